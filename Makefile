@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine with only Python 3.11+: `make demo` and `make test`.
+# Each creates or updates the local virtualenv .venv from setup.cfg first.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,experiments]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m experiments.demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,118 @@
+"""EM for the gating with the experts fixed (ALGORITHM.md section 4).
+
+The M-step maximises sum_n sum_i q_ni log softmax(W x_n)_i, a weighted multinomial logistic
+regression. Each EM iteration takes one step of Bohning's bound method on it: the negative
+Hessian is bounded by B = 1/2 (I - 1 1^T / k) (x) C over the k - 1 free rows, C = X^T X / n,
+so W <- W + B^(-1) grad is a monotone ascent step for any data (no step size), and
+B^(-1) = 2 (I + 1 1^T) (x) C^(-1) costs one Cholesky factor of C for the whole run.
+E-step and M-step together are a generalised EM: the likelihood never decreases.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.scipy as jsp
+
+from moejax import _validate
+from moejax.model import expert_outputs
+from moejax.nonlinearities import Nonlinearity
+
+
+class GatingInfo(NamedTuple):
+    """Diagnostics of `fit_gating`.
+
+    Attributes:
+      log_likelihood: (num_inits,) final mean log-likelihood L(W) of every initialisation.
+      best: index of the kept initialisation.
+      trace: (num_iters,) L(W) of the kept initialisation before each iteration.
+    """
+
+    log_likelihood: jax.Array
+    best: jax.Array
+    trace: jax.Array
+
+
+def expert_log_densities(x: jax.Array, y: jax.Array, experts: jax.Array, noise_std: jax.Array,
+                         nonlinearity: Nonlinearity) -> jax.Array:
+    """log N(y_n | g(a_i . x_n), sigma^2): (n, k). Fixed during the gating EM."""
+    resid = (y[:, None] - expert_outputs(experts, x, nonlinearity)) / noise_std
+    return -0.5 * jnp.square(resid) - jnp.log(noise_std) - 0.5 * jnp.log(2 * jnp.pi)
+
+
+def _gating_log_likelihood(logits: jax.Array, log_dens: jax.Array) -> jax.Array:
+    return jnp.mean(jax.nn.logsumexp(jax.nn.log_softmax(logits, axis=-1) + log_dens, axis=-1))
+
+
+def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
+            gram_chol: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One EM iteration for the gating; returns (new gating (k, d), L(W) before the step).
+
+    gating: (k, d) with last row 0; x: (n, d); log_dens: (n, k) from `expert_log_densities`;
+    gram_chol: (d, d) lower Cholesky factor of C = X^T X / n.
+    """
+    n = x.shape[0]
+    logits = x @ gating.T
+    log_gate = jax.nn.log_softmax(logits, axis=-1)
+    joint = log_gate + log_dens
+    log_norm = jax.nn.logsumexp(joint, axis=-1, keepdims=True)
+    resp = jnp.exp(joint - log_norm)  # E-step: q_ni
+    grad = ((resp - jnp.exp(log_gate))[:, :-1]).T @ x / n  # (k - 1, d)
+    # B^(-1) grad with B = 1/2 (I - 1 1^T / k) (x) C: (I - 1 1^T/k)^(-1) = I + 1 1^T on k-1 rows.
+    grad = 2.0 * (grad + jnp.sum(grad, axis=0, keepdims=True))
+    step = jsp.linalg.cho_solve((gram_chol, True), grad.T).T
+    new = gating.at[:-1].add(step)
+    return new, jnp.mean(log_norm)
+
+
+@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_inits", "num_iters"))
+def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iters, init_scale):
+    n, d = x.shape
+    k = experts.shape[0]
+    log_dens = expert_log_densities(x, y, experts, noise_std, nonlinearity)
+    gram_chol = jnp.linalg.cholesky(x.T @ x / n)
+
+    def run(w0):
+        def body(w, _):
+            return em_step(w, x, log_dens, gram_chol)
+
+        w, trace = jax.lax.scan(body, w0, None, length=num_iters)
+        return w, trace
+
+    init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
+    init = init.at[:, -1].set(0.0)
+    gatings, traces = jax.vmap(run)(init)
+    final = jax.vmap(lambda w: _gating_log_likelihood(x @ w.T, log_dens))(gatings)
+    # A NaN likelihood (diverged run) must never be selected.
+    best = jnp.argmax(jnp.where(jnp.isnan(final), -jnp.inf, final))
+    return gatings[best], GatingInfo(final, best, traces[best])
+
+
+def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *,
+               noise_std, nonlinearity: Nonlinearity = "linear", num_inits: int = 8,
+               num_iters: int = 100, init_scale: float = 1.0) -> tuple[jax.Array, GatingInfo]:
+    """Maximum-likelihood gating W for fixed experts by EM from random initialisations.
+
+    Runs `num_inits` EM runs of `num_iters` iterations in one vmap, each from W with
+    N(0, init_scale^2 / d) entries (last row 0), and keeps the one with the largest L(W)
+    (ALGORITHM.md section 4).
+
+    Args:
+      key: PRNG key for the initialisations.
+      x: (n, d) inputs; y: (n,) responses.
+      experts: (k, d) fixed expert directions.
+      noise_std: sigma > 0 (may be traced).
+      nonlinearity: the experts' g.
+
+    Returns:
+      (gating (k, d) with last row 0, GatingInfo).
+    """
+    x, y = _validate.data(x, y)
+    if experts.ndim != 2 or experts.shape[1] != x.shape[1]:
+        raise ValueError(f"experts must have shape (k, d={x.shape[1]}), got {experts.shape}.")
+    if num_inits < 1 or num_iters < 1:
+        raise ValueError(f"num_inits and num_iters must be >= 1, got {num_inits}, {num_iters}.")
+    _validate.positive(noise_std, "noise_std")
+    return _fit_gating(key, x, y, experts.astype(x.dtype), jnp.asarray(noise_std, x.dtype),
+                       nonlinearity, num_inits, num_iters, init_scale)

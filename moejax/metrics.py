@@ -1,0 +1,50 @@
+"""Errors up to the permutation of the experts (ALGORITHM.md section 6). Host-side NumPy/SciPy;
+inputs may carry leading batch axes, broadcast against each other (one result per item)."""
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from moejax.model import MoEParams
+
+
+def _batched(fn, *arrays, core_ndim=2):
+    arrays = [np.asarray(a, np.float64) for a in arrays]
+    batch = np.broadcast_shapes(*(a.shape[:-core_ndim] for a in arrays))
+    arrays = [np.broadcast_to(a, batch + a.shape[-core_ndim:]) for a in arrays]
+    out = [fn(*(a[idx] for a in arrays)) for idx in np.ndindex(*batch)]
+    return np.asarray(out).reshape(batch + np.shape(out[0]))
+
+
+def _match(est, truth):
+    cost = np.linalg.norm(est[:, None, :] - truth[None, :, :], axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty_like(cols)
+    perm[cols] = rows
+    return perm
+
+
+def match_experts(est_experts, true_experts) -> np.ndarray:
+    """The permutation perm with est_experts[perm] closest to true_experts: (..., k) ints.
+
+    Minimises sum_i ||est_{perm_i} - true_i|| (Hungarian algorithm)."""
+    return _batched(_match, est_experts, true_experts)
+
+
+def expert_error(est_experts, true_experts) -> np.ndarray:
+    """min_P ||P A_hat - A||_F over permutations P, with P from `match_experts`: (...)."""
+    def one(est, truth):
+        return np.linalg.norm(est[_match(est, truth)] - truth)
+
+    return _batched(one, est_experts, true_experts)
+
+
+def gating_error(est: MoEParams, truth: MoEParams) -> np.ndarray:
+    """||(W_hat_i - W_hat_k) - (W_i - W_k)||_F with the experts' permutation applied: (...).
+
+    Rows are taken relative to the last expert's row, since the gating is identified only up
+    to adding one vector to every row."""
+    def one(a_hat, w_hat, a, w):
+        w_hat = w_hat[_match(a_hat, a)]
+        return np.linalg.norm((w_hat - w_hat[-1]) - (w - w[-1]))
+
+    return _batched(one, est.experts, est.gating, truth.experts, truth.gating)

@@ -1,0 +1,97 @@
+"""The mixture-of-experts regression model (ALGORITHM.md section 1)."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from moejax import _validate
+from moejax.nonlinearities import Nonlinearity, get_nonlinearity
+
+
+class MoEParams(NamedTuple):
+    """Parameters of y = g(a_z . x) + noise_std * eps, P(z = i | x) = softmax(gating @ x)_i.
+
+    Attributes:
+      experts: (k, d), unit-norm rows a_i.
+      gating: (k, d), rows w_i; the last row is zero (the gating is identified only up to
+        adding one vector to every row).
+      noise_std: scalar sigma > 0.
+    """
+
+    experts: jax.Array
+    gating: jax.Array
+    noise_std: jax.Array
+
+
+def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std: float = 0.1,
+                  gating_norm: float = 2.0, orthogonal_gating: bool = True) -> MoEParams:
+    """Draws a synthetic ground truth: orthonormal experts and gating rows of norm `gating_norm`.
+
+    With `orthogonal_gating` the gating rows lie in the orthogonal complement of the experts'
+    span (the assumption of the consistency result); this needs dim > num_experts.
+    """
+    if num_experts < 2 or num_experts > dim:
+        raise ValueError(f"num_experts must be in [2, dim={dim}], got {num_experts}.")
+    if orthogonal_gating and dim <= num_experts:
+        raise ValueError(
+            f"orthogonal_gating needs dim > num_experts, got dim={dim}, num_experts={num_experts}.")
+    key_a, key_w = jax.random.split(key)
+    q, _ = jnp.linalg.qr(jax.random.normal(key_a, (dim, dim)))
+    experts = q[:, :num_experts].T
+    w = jax.random.normal(key_w, (num_experts - 1, dim))
+    if orthogonal_gating:
+        w = w - (w @ experts.T) @ experts
+    w = gating_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
+    gating = jnp.concatenate([w, jnp.zeros((1, dim), w.dtype)])
+    return MoEParams(experts, gating, jnp.asarray(noise_std, w.dtype))
+
+
+def expert_outputs(experts: jax.Array, x: jax.Array, nonlinearity: Nonlinearity) -> jax.Array:
+    """g(x @ experts.T): (n, k), each expert's noiseless output."""
+    return get_nonlinearity(nonlinearity)(x @ experts.T)
+
+
+def sample(key: jax.Array, params: MoEParams, n: int,
+           nonlinearity: Nonlinearity = "linear") -> tuple[jax.Array, jax.Array]:
+    """Draws n samples: x ~ N(0, I_d) of shape (n, d) and y of shape (n,)."""
+    k, d = params.experts.shape
+    key_x, key_z, key_eps = jax.random.split(key, 3)
+    x = jax.random.normal(key_x, (n, d), params.experts.dtype)
+    z = jax.random.categorical(key_z, x @ params.gating.T)
+    mean = jnp.take_along_axis(expert_outputs(params.experts, x, nonlinearity), z[:, None], 1)[:, 0]
+    y = mean + params.noise_std * jax.random.normal(key_eps, (n,), mean.dtype)
+    return x, y
+
+
+def _joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array,
+                     nonlinearity: Nonlinearity) -> jax.Array:
+    """log [softmax(W x)_i N(y | g(a_i . x), sigma^2)]: (n, k)."""
+    log_gate = jax.nn.log_softmax(x @ params.gating.T, axis=-1)
+    resid = (y[:, None] - expert_outputs(params.experts, x, nonlinearity)) / params.noise_std
+    log_lik = -0.5 * jnp.square(resid) - jnp.log(params.noise_std) - 0.5 * jnp.log(2 * jnp.pi)
+    return log_gate + log_lik
+
+
+def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,
+                   nonlinearity: Nonlinearity = "linear") -> jax.Array:
+    """Mean log-likelihood (1/n) sum_n log sum_i softmax(W x_n)_i N(y_n | g(a_i . x_n), sigma^2).
+
+    x: (n, d), y: (n,). Returns a scalar (ALGORITHM.md section 4's L).
+    """
+    x, y = _validate.data(x, y, dim=params.experts.shape[1])
+    return jnp.mean(jax.nn.logsumexp(_joint_log_probs(params, x, y, nonlinearity), axis=-1))
+
+
+def posteriors(params: MoEParams, x: jax.Array, y: jax.Array,
+               nonlinearity: Nonlinearity = "linear") -> jax.Array:
+    """P(z = i | x, y): (n, k), the E-step responsibilities."""
+    x, y = _validate.data(x, y, dim=params.experts.shape[1])
+    return jax.nn.softmax(_joint_log_probs(params, x, y, nonlinearity), axis=-1)
+
+
+def predict(params: MoEParams, x: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
+    """E[y | x] = sum_i softmax(W x)_i g(a_i . x): (n,) for x: (n, d)."""
+    x = _validate.features(x, dim=params.experts.shape[1])
+    gate = jax.nn.softmax(x @ params.gating.T, axis=-1)
+    return jnp.sum(gate * expert_outputs(params.experts, x, nonlinearity), axis=-1)

@@ -1,0 +1,139 @@
+"""Expert non-linearities g and the label-transform constants of ALGORITHM.md section 2."""
+
+import functools
+from typing import Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Nonlinearity = Union[str, Callable[[jax.Array], jax.Array]]
+
+_NAMED = {
+    "linear": lambda z: z,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+}
+
+NONLINEARITIES = tuple(_NAMED)
+
+# Quadrature for E[f(Z)], Z ~ N(0, 1): composite Gauss-Legendre on [-12, 12] (the mass outside
+# is below 1e-32) with 2000 panels of 8 nodes, weighted by the normal density. ALGORITHM.md
+# suggests 60-100 Gauss-Hermite nodes, which is spectrally accurate for smooth g but converges
+# slowly at a kink: for relu it gives c2 = 0.3661 (100 nodes) or 0.3668 (80 nodes) instead of
+# the exact 1 - 2/pi = 0.36338, and a1 off by 0.017. Panels make a kink cost O(h^2), and a kink
+# at 0 (relu, leaky relu) falls on a panel edge, where the rule is exact.
+def _normal_rule(num_panels: int = 2000, order: int = 8, half_width: float = 12.0):
+    x, w = np.polynomial.legendre.leggauss(order)
+    edges = np.linspace(-half_width, half_width, num_panels + 1)
+    h = edges[1] - edges[0]
+    nodes = (edges[:-1, None] + 0.5 * h * (x[None, :] + 1.0)).ravel()
+    weights = np.tile(0.5 * h * w, num_panels) * np.exp(-0.5 * nodes**2) / np.sqrt(2.0 * np.pi)
+    return nodes, weights
+
+
+_NODES, _WEIGHTS = _normal_rule()
+# Relative size below which a coefficient counts as zero.
+_SINGULAR_RTOL = 1e-6
+
+
+class TransformConstants(NamedTuple):
+    """Constants of the label transforms T2(y) = y^2 + b y and T3(y) = y^3 + a2 y^2 + a1 y.
+
+    c2 and c3 are the Hermite coefficients E[h2 He2] and E[h3 He3] that scale M2 and M3.
+    """
+
+    b: jax.Array
+    a1: jax.Array
+    a2: jax.Array
+    c2: jax.Array
+    c3: jax.Array
+
+
+def get_nonlinearity(nonlinearity: Nonlinearity) -> Callable[[jax.Array], jax.Array]:
+    """Returns the elementwise function for a name in `NONLINEARITIES`, or a callable unchanged."""
+    if callable(nonlinearity):
+        return nonlinearity
+    if isinstance(nonlinearity, str) and nonlinearity in _NAMED:
+        return _NAMED[nonlinearity]
+    raise ValueError(
+        f"nonlinearity must be one of {NONLINEARITIES} or an elementwise JAX callable, "
+        f"got {nonlinearity!r}."
+    )
+
+
+def _name(nonlinearity: Nonlinearity) -> str:
+    return nonlinearity if isinstance(nonlinearity, str) else getattr(
+        nonlinearity, "__name__", repr(nonlinearity))
+
+
+@functools.lru_cache(maxsize=64)
+def _hermite_moments(nonlinearity: Nonlinearity) -> np.ndarray:
+    """E[g(Z)^p He_m(Z)] for p = 1, 2, 3 (rows) and m = 0..3 (columns), float64, by quadrature."""
+    g = get_nonlinearity(nonlinearity)
+    with jax.ensure_compile_time_eval():
+        gz = np.asarray(g(jnp.asarray(_NODES)), dtype=np.float64)
+    if gz.shape != _NODES.shape or not np.all(np.isfinite(gz)):
+        raise ValueError(
+            f"nonlinearity {_name(nonlinearity)!r} must map a 1-D array elementwise to finite "
+            "values of the same shape.")
+    z = _NODES
+    he = np.stack([np.ones_like(z), z, z**2 - 1, z**3 - 3 * z])  # (4, nodes)
+    powers = np.stack([gz, gz**2, gz**3])  # (3, nodes)
+    return np.einsum("pj,mj,j->pm", powers, he, _WEIGHTS)
+
+
+def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConstants:
+    """Constants b, a1, a2, c2, c3 of ALGORITHM.md section 2 for g = `nonlinearity`.
+
+    The Hermite moments E[g(Z)^p He_m(Z)] come from quadrature (any g works, kinks included;
+    see `_normal_rule`), computed once per g; the dependence on sigma is closed-form, so `noise_std` may be a traced value (jit, vmap, grad):
+
+        b        = -E[g^2 He1] / E[g He1]
+        c2       =  E[g^2 He2] + b E[g He2]
+        [a2, a1] solves E[h3 He1] = E[h3 He2] = 0 with h3 = g^3 + 3 s^2 g + a2 (g^2 + s^2) + a1 g
+        c3       =  E[h3 He3]
+
+    Raises:
+      ValueError: if the system is singular or c2 or c3 vanishes, i.e. the second or third
+        moment cannot see the experts for this g (for example an even g such as z**2), or if
+        a concrete `noise_std` is not a positive finite number.
+    """
+    name = _name(nonlinearity)
+    mom = _hermite_moments(nonlinearity)  # mom[p - 1, m] = E[g^p He_m]
+    scale = max(1.0, float(np.max(np.abs(mom))))
+    eg1, eg2, eg3 = mom  # each (4,): E[g^p He_m], m = 0..3
+    if abs(eg1[1]) < _SINGULAR_RTOL * scale:
+        raise ValueError(
+            f"nonlinearity {name!r} has E[g(Z) Z] = 0, so the label transform T2 is undefined "
+            "(an even g): the moment method cannot recover experts for it.")
+    b = -eg2[1] / eg1[1]
+    c2 = eg2[2] + b * eg1[2]
+    system = np.array([[eg2[1], eg1[1]], [eg2[2], eg1[2]]])
+    if abs(c2) < _SINGULAR_RTOL * scale or abs(np.linalg.det(system)) < _SINGULAR_RTOL * scale**2:
+        raise ValueError(
+            f"nonlinearity {name!r} gives a singular system for the transform constants "
+            f"(c2 = {c2:.3g}, det = {np.linalg.det(system):.3g}): the second/third moments cannot "
+            "see the experts for this g.")
+
+    # The 2x2 system: system @ [a2, a1] = -(E[g^3 He_m] + 3 s^2 E[g He_m]), m = 1, 2.
+    s2 = jnp.square(jnp.asarray(noise_std, dtype=jnp.result_type(float)))
+    inv = np.linalg.inv(system)
+    rhs1 = -(eg3[1] + 3.0 * s2 * eg1[1])
+    rhs2 = -(eg3[2] + 3.0 * s2 * eg1[2])
+    a2 = inv[0, 0] * rhs1 + inv[0, 1] * rhs2
+    a1 = inv[1, 0] * rhs1 + inv[1, 1] * rhs2
+    c3 = eg3[3] + 3.0 * s2 * eg1[3] + a2 * eg2[3] + a1 * eg1[3]
+
+    if not isinstance(c3, jax.core.Tracer):
+        sigma = float(noise_std)
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"noise_std must be a positive finite number, got {noise_std!r}.")
+        if abs(float(c3)) < _SINGULAR_RTOL * scale:
+            raise ValueError(
+                f"nonlinearity {name!r} with noise_std={sigma:g} has c3 = 0: the third moment "
+                "cannot see the experts for this g.")
+    dtype = jnp.result_type(float)
+    return TransformConstants(*(jnp.asarray(v, dtype) for v in (b, a1, a2, c2, c3)))

@@ -1,0 +1,119 @@
+"""The consistent estimator: moments -> whitening -> tensor decomposition -> un-whitening
+-> gating EM (ALGORITHM.md sections 2-4)."""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from moejax import _validate, gating, moments, tensor
+from moejax.model import MoEParams
+from moejax.nonlinearities import Nonlinearity, get_nonlinearity, transform_constants
+
+
+class ExpertEstimate(NamedTuple):
+    """Output of the moment stage.
+
+    Attributes:
+      experts: (k, d) unit-norm expert directions.
+      mixing_weights: (k,) pi_i = E[p_i(x)] implied by the moments; sums to about 1.
+      norms: (k,) norms of the un-whitened estimates before normalisation; about 1 when the
+        model holds (a diagnostic).
+    """
+
+    experts: jax.Array
+    mixing_weights: jax.Array
+    norms: jax.Array
+
+
+def min_samples(dim: int) -> int:
+    """Fewest samples `recover` accepts: more than d, so that M2 and X^T X are estimable."""
+    return dim + 1
+
+
+def _check(x, y, num_experts: int, nonlinearity: Nonlinearity, noise_std):
+    x, y = _validate.data(x, y)
+    n, d = x.shape
+    if not isinstance(num_experts, int) or not 2 <= num_experts <= d:
+        raise ValueError(f"num_experts must be an integer in [2, d={d}], got {num_experts!r}.")
+    if n < min_samples(d):
+        raise ValueError(
+            f"x has n = {n} samples; the moment method needs at least n = d + 1 = {min_samples(d)}"
+            " (and far more for accuracy: the expert error falls like 1/sqrt(n)).")
+    get_nonlinearity(nonlinearity)
+    _validate.positive(noise_std, "noise_std")
+    return x, y, jnp.asarray(noise_std, x.dtype)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("num_experts", "nonlinearity", "num_restarts", "num_iters"))
+def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts, num_iters):
+    consts = transform_constants(nonlinearity, noise_std)
+    t2, t3 = moments.label_transforms(y, consts)
+    m2 = jnp.sign(consts.c2) * moments.second_moment(x, t2)
+    white = moments.whitening(m2, num_experts)
+    t = jnp.sign(consts.c3) * moments.whitened_third_moment(x @ white.matrix, t3, white.matrix)
+    lam, v = tensor.decompose(key, t, num_experts, num_restarts=num_restarts, num_iters=num_iters)
+    c2, c3 = jnp.abs(consts.c2), jnp.abs(consts.c3)
+    # pinv(Wh^T) = U diag(eigvals)^(1/2); a_i = lam_i |c2| / |c3| pinv(Wh^T) v_i (section 3.5).
+    raw = (lam * c2 / c3)[:, None] * ((v * jnp.sqrt(white.eigvals)) @ white.eigvecs.T)
+    norms = jnp.linalg.norm(raw, axis=1)
+    pi = jnp.square(c3 / (lam * c2**1.5))
+    return ExpertEstimate(raw / norms[:, None], pi, norms)
+
+
+def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
+                    nonlinearity: Nonlinearity = "linear", noise_std, num_restarts: int = 10,
+                    num_power_iters: int = 100) -> ExpertEstimate:
+    """The moment stage alone: experts and mixing weights from E[T2(y) S2(x)], E[T3(y) S3(x)].
+
+    x: (n, d) with x ~ N(0, I_d); y: (n,). Never forms a (d, d, d) tensor: the third moment is
+    taken on the whitened projection x @ Wh, (n, k). Cost O(n d^2 + n k^3 + d^3).
+    """
+    x, y, noise_std = _check(x, y, num_experts, nonlinearity, noise_std)
+    return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts,
+                            num_power_iters)
+
+
+def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
+            nonlinearity: Nonlinearity = "linear", noise_std, num_restarts: int = 10,
+            num_power_iters: int = 100, num_gating_inits: int = 8,
+            num_em_iters: int = 100) -> MoEParams:
+    """Consistent estimate of all MoE parameters from samples (ALGORITHM.md sections 2-4).
+
+    1. Experts from the cross-moments of Stein score functions and transformed labels,
+       whitening by the top-k eigenspace of M2 and the tensor power method with deflation
+       (`recover_experts`).
+    2. Gating by EM with the experts fixed, from `num_gating_inits` random starts run in one
+       vmap, keeping the best log-likelihood (`moejax.gating.fit_gating`).
+
+    Works eagerly, under `jax.jit` (all integer arguments and `nonlinearity` static;
+    `noise_std` may be traced) and under `jax.vmap` over keys and/or datasets. Input values are
+    checked only when concrete.
+
+    Args:
+      key: PRNG key.
+      x: (n, d) inputs, x ~ N(0, I_d); integer arrays are cast to float.
+      y: (n,) responses.
+      num_experts: k, with 2 <= k <= d.
+      nonlinearity: a name in `moejax.NONLINEARITIES` or an elementwise JAX callable.
+      noise_std: sigma > 0, the known noise level.
+      num_restarts, num_power_iters: tensor power method settings.
+      num_gating_inits, num_em_iters: gating EM settings.
+
+    Returns:
+      MoEParams with unit-norm experts (k, d), gating (k, d) with last row 0, and noise_std.
+
+    Raises:
+      ValueError: for malformed or non-finite inputs, k outside [2, d], n <= d, noise_std <= 0,
+        an unknown nonlinearity, or one the moments cannot see.
+    """
+    x, y, noise_std = _check(x, y, num_experts, nonlinearity, noise_std)
+    key_tensor, key_gating = jax.random.split(key)
+    experts = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
+                               num_restarts, num_power_iters).experts
+    w, _ = gating.fit_gating(key_gating, x, y, experts, noise_std=noise_std,
+                             nonlinearity=nonlinearity, num_inits=num_gating_inits,
+                             num_iters=num_em_iters)
+    return MoEParams(experts, w, noise_std)

@@ -1,0 +1,22 @@
+"""Shared fixtures: the synthetic ground truth of the core issue (d = 10, k = 3, sigma = 0.1,
+orthonormal experts, gating rows of norm 2 orthogonal to the experts)."""
+
+import jax
+import pytest
+
+import moejax as mj
+
+DIM, NUM_EXPERTS, NOISE_STD = 10, 3, 0.1
+
+
+def truth_and_data(seed: int, n: int, nonlinearity: str = "linear"):
+    """(params, x, y) for one seed; the key tree is fixed so every test sees the same data."""
+    key_params, key_data = jax.random.split(jax.random.key(seed))
+    params = mj.random_params(key_params, DIM, NUM_EXPERTS, noise_std=NOISE_STD)
+    x, y = mj.sample(key_data, params, n, nonlinearity)
+    return params, x, y
+
+
+@pytest.fixture(scope="session")
+def small_problem():
+    return truth_and_data(0, 20_000)
