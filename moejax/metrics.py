@@ -16,7 +16,8 @@ def _batched(fn, *arrays, core_ndim=2):
 
 
 def _match(est, truth):
-    cost = np.linalg.norm(est[:, None, :] - truth[None, :, :], axis=-1)
+    # Squared distances: their sum is ||P A_hat - A||_F^2, so the assignment is the exact minimiser.
+    cost = np.sum(np.square(est[:, None, :] - truth[None, :, :]), axis=-1)
     rows, cols = linear_sum_assignment(cost)
     perm = np.empty_like(cols)
     perm[cols] = rows
@@ -26,7 +27,7 @@ def _match(est, truth):
 def match_experts(est_experts, true_experts) -> np.ndarray:
     """The permutation perm with est_experts[perm] closest to true_experts: (..., k) ints.
 
-    Minimises sum_i ||est_{perm_i} - true_i|| (Hungarian algorithm)."""
+    Minimises sum_i ||est_{perm_i} - true_i||^2 (Hungarian algorithm)."""
     return _batched(_match, est_experts, true_experts)
 
 

@@ -1,0 +1,88 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import logsumexp, softmax
+
+import moejax as mj
+
+
+def test_random_params_structure():
+    p = mj.random_params(jax.random.key(0), 10, 3, noise_std=0.2, gating_norm=2.0)
+    np.testing.assert_allclose(p.experts @ p.experts.T, np.eye(3), atol=1e-5)
+    np.testing.assert_allclose(p.gating @ p.experts.T, 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.norm(p.gating[:-1], axis=1), 2.0, rtol=1e-5)
+    assert np.all(p.gating[-1] == 0) and float(p.noise_std) == pytest.approx(0.2)
+    q = mj.random_params(jax.random.key(0), 10, 3, orthogonal_gating=False)
+    assert np.max(np.abs(q.gating @ q.experts.T)) > 0.1
+    with pytest.raises(ValueError, match="orthogonal_gating"):
+        mj.random_params(jax.random.key(0), 3, 3)
+
+
+def test_sample_shapes_and_conditional_moments(small_problem):
+    params, x, y = small_problem
+    assert x.shape == (20_000, 10) and y.shape == (20_000,)
+    # E[y | x] = predict(x): residuals have mean 0 (std err ~ 0.7 / sqrt(n) = 0.005).
+    resid = y - mj.predict(params, x)
+    assert abs(float(jnp.mean(resid))) < 0.03
+    # x ~ N(0, I): sample covariance within ~5 std errs (1 / sqrt(n) = 0.007) of I.
+    np.testing.assert_allclose(x.T @ x / x.shape[0], np.eye(10), atol=0.04)
+
+
+def test_sampled_labels_follow_the_gate():
+    params = mj.random_params(jax.random.key(1), 4, 2, noise_std=0.01)
+    x, y = mj.sample(jax.random.key(2), params, 50_000)
+    # With tiny noise the expert that produced y is the one whose output is closest.
+    out = np.asarray(x @ params.experts.T)
+    z = np.argmin(np.abs(out - np.asarray(y)[:, None]), axis=1)
+    gate = softmax(np.asarray(x @ params.gating.T), axis=1)
+    np.testing.assert_allclose(np.mean(z == 0), np.mean(gate[:, 0]), atol=0.01)
+
+
+def reference_log_lik(params, x, y, g):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    a, w, s = (np.asarray(v, np.float64) for v in params)
+    log_gate = np.asarray(x @ w.T) - logsumexp(x @ w.T, axis=1, keepdims=True)
+    dens = -0.5 * ((y[:, None] - g(x @ a.T)) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+    return np.mean(logsumexp(log_gate + dens, axis=1)), softmax(log_gate + dens, axis=1)
+
+
+@pytest.mark.parametrize("name, g", [("linear", lambda z: z), ("tanh", np.tanh)])
+def test_log_likelihood_and_posteriors_match_numpy(name, g):
+    params = mj.random_params(jax.random.key(3), 5, 2, noise_std=0.3)
+    x, y = mj.sample(jax.random.key(4), params, 200, name)
+    ll, post = reference_log_lik(params, x, y, g)
+    assert float(mj.log_likelihood(params, x, y, name)) == pytest.approx(ll, rel=1e-5)
+    np.testing.assert_allclose(mj.posteriors(params, x, y, name), post, atol=1e-5)
+
+
+def test_predict_matches_numpy_and_is_jittable():
+    params = mj.random_params(jax.random.key(5), 5, 3)
+    x = jax.random.normal(jax.random.key(6), (50, 5))
+    gate = softmax(np.asarray(x @ params.gating.T, np.float64), axis=1)
+    expected = np.sum(gate * np.maximum(np.asarray(x @ params.experts.T), 0), axis=1)
+    np.testing.assert_allclose(mj.predict(params, x, "relu"), expected, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(mj.predict, static_argnums=2)(params, x, "relu"),
+                               expected, atol=1e-5)
+
+
+def test_params_are_pytrees():
+    params = mj.random_params(jax.random.key(7), 5, 2)
+    doubled = jax.tree_util.tree_map(lambda v: 2 * v, params)
+    assert isinstance(doubled, mj.MoEParams)
+    grad = jax.grad(lambda p, x, y: mj.log_likelihood(p, x, y))(params, *mj.sample(
+        jax.random.key(8), params, 100))
+    assert grad.experts.shape == (2, 5) and np.all(np.isfinite(grad.experts))
+
+
+def test_bad_inputs():
+    params = mj.random_params(jax.random.key(9), 5, 2)
+    x = np.zeros((10, 5), np.float32)
+    with pytest.raises(ValueError, match="x must have d = 5"):
+        mj.predict(params, np.zeros((10, 4)))
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        mj.predict(params, np.zeros(5))
+    with pytest.raises(ValueError, match="y must have one entry per row"):
+        mj.log_likelihood(params, x, np.zeros(9))
+    with pytest.raises(ValueError, match="NaN"):
+        mj.log_likelihood(params, x, np.full(10, np.nan))
