@@ -25,8 +25,8 @@ _SEEDS = flags.DEFINE_integer("num_seeds", 5, "Seeds per setting (one vmap).")
 _DIM = flags.DEFINE_integer("dim", 10, "Input dimension d.")
 _EXPERTS = flags.DEFINE_integer("num_experts", 3, "Number of experts k.")
 _SIGMA = flags.DEFINE_float("noise_std", 0.1, "Noise standard deviation.")
-_INITS = flags.DEFINE_integer("num_gating_inits", 8, "Random starts of the gating EM.")
-_EM_ITERS = flags.DEFINE_integer("num_em_iters", 100, "Gating EM iterations.")
+_INITS = flags.DEFINE_integer("num_gating_inits", 4, "Random starts of the gating EM.")
+_EM_ITERS = flags.DEFINE_integer("num_em_iters", 50, "Gating EM iterations.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
 

@@ -78,8 +78,8 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
 
 def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             nonlinearity: Nonlinearity = "linear", noise_std, num_restarts: int = 10,
-            num_power_iters: int = 100, num_gating_inits: int = 8,
-            num_em_iters: int = 100) -> MoEParams:
+            num_power_iters: int = 100, num_gating_inits: int = 4,
+            num_em_iters: int = 50) -> MoEParams:
     """Consistent estimate of all MoE parameters from samples (ALGORITHM.md sections 2-4).
 
     1. Experts from the cross-moments of Stein score functions and transformed labels,
