@@ -40,59 +40,53 @@ def expert_log_densities(x: jax.Array, y: jax.Array, experts: jax.Array, noise_s
     return -0.5 * jnp.square(resid) - jnp.log(noise_std) - 0.5 * jnp.log(2 * jnp.pi)
 
 
-# The E-step works expert-major, on k arrays of shape (m, n) (one per expert, m gatings side by
-# side), combined by k elementwise ops rather than a reduction over an expert axis: XLA:CPU runs
-# a reduction over a few entries as a separate slow loop, while elementwise ops fuse into one
-# pass over the data (measured 2-4x faster for n = 1e5, k = 3). k is static and small.
+# The E-step works expert-major, on k rows of length n combined by k elementwise ops rather
+# than a reduction over an expert axis: XLA:CPU runs a reduction over a few entries as a
+# separate slow loop, while elementwise ops fuse into one pass over the data (measured 2-4x
+# faster for n = 1e5, k = 3). k is static and small.
 
 
-def _softmax_experts(cols):
+def _softmax_experts(rows):
     """softmax and logsumexp across a list of k equal-shape arrays: (list of k, lse)."""
-    top = functools.reduce(jnp.maximum, cols)
-    exps = [jnp.exp(c - top) for c in cols]
+    top = functools.reduce(jnp.maximum, rows)
+    exps = [jnp.exp(r - top) for r in rows]
     total = functools.reduce(jnp.add, exps)
     return [e / total for e in exps], top + jnp.log(total)
 
 
-def _e_step(gatings, x, log_dens):
-    """Gate probabilities p, responsibilities q (each k arrays (m, n)) and log p(y | x): (m, n).
+def _e_step(gating, x, log_dens):
+    """Gate probabilities p and responsibilities q (each k arrays (n,)), log p(y_n | x_n): (n,).
 
     q_ni is proportional to p_ni N(y_n | g(a_i . x_n), sigma^2) = softmax(logits + log_dens)_i.
-    All m k logits come from one (m k, d) x (d, n) matmul.
     """
-    m, k, d = gatings.shape
-    logits = jnp.swapaxes(gatings, 0, 1).reshape(k * m, d) @ x.T
-    logits = [logits[i * m:(i + 1) * m] for i in range(k)]
+    logits = list(gating @ x.T)
     gate, log_z = _softmax_experts(logits)
-    resp, log_joint = _softmax_experts([l + log_dens[i] for i, l in enumerate(logits)])
+    resp, log_joint = _softmax_experts([l + ld for l, ld in zip(logits, log_dens)])
     return gate, resp, log_joint - log_z
 
 
-def gating_log_likelihood(gatings: jax.Array, x: jax.Array, log_dens: jax.Array) -> jax.Array:
-    """L(W) for a stack of gatings (m, k, d): (m,). log_dens: (k, n)."""
-    return jnp.mean(_e_step(gatings, x, log_dens)[2], axis=1)
+def gating_log_likelihood(gating: jax.Array, x: jax.Array, log_dens: jax.Array) -> jax.Array:
+    """L(W) = (1/n) sum_n log sum_i softmax(W x_n)_i N(y_n | g(a_i . x_n), sigma^2), a scalar.
+
+    gating: (k, d); x: (n, d); log_dens: (k, n) from `expert_log_densities`.
+    """
+    return jnp.mean(_e_step(gating, x, log_dens)[2])
 
 
-def em_step(gatings: jax.Array, x: jax.Array, log_dens: jax.Array,
+def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
             gram_chol: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One EM iteration for a stack of m gatings; returns (new gatings, L(W) before the step).
+    """One EM iteration for the gating; returns (new gating (k, d), L(W) before the step).
 
-    The m runs (independent initialisations) share each pass over the data: their logits and
-    gradients are single matmuls with m k rows, not m small ones.
-
-    gatings: (m, k, d), last rows 0; x: (n, d); log_dens: (k, n) from `expert_log_densities`;
-    gram_chol: (d, d) lower Cholesky factor of C = X^T X / n. Returns shapes (m, k, d), (m,).
+    gating: (k, d) with last row 0; x: (n, d); log_dens: (k, n) from `expert_log_densities`;
+    gram_chol: (d, d) lower Cholesky factor of C = X^T X / n.
     """
     n, d = x.shape
-    m, k, _ = gatings.shape
-    gate, resp, log_lik = _e_step(gatings, x, log_dens)
-    diff = jnp.concatenate([q - p for q, p in zip(resp[:-1], gate[:-1])])  # ((k - 1) m, n)
-    grad = (diff @ x / n).reshape(k - 1, m, d)
+    gate, resp, log_lik = _e_step(gating, x, log_dens)
+    grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / n  # (k - 1, d)
     # B^(-1) grad with B = 1/2 (I - 1 1^T / k) (x) C: (I - 1 1^T/k)^(-1) = I + 1 1^T on k-1 rows.
     grad = 2.0 * (grad + jnp.sum(grad, axis=0, keepdims=True))
-    step = jsp.linalg.cho_solve((gram_chol, True), grad.reshape(-1, d).T).T
-    step = jnp.swapaxes(step.reshape(k - 1, m, d), 0, 1)
-    return gatings.at[:, :-1].add(step), jnp.mean(log_lik, axis=1)
+    step = jsp.linalg.cho_solve((gram_chol, True), grad.T).T
+    return gating.at[:-1].add(step), jnp.mean(log_lik)
 
 
 @functools.partial(jax.jit, static_argnames=("nonlinearity", "num_inits", "num_iters"))
@@ -104,12 +98,16 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
 
     init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
     init = init.at[:, -1].set(0.0)
-    gatings, traces = jax.lax.scan(lambda w, _: em_step(w, x, log_dens, gram_chol), init, None,
-                                   length=num_iters)
-    final = gating_log_likelihood(gatings, x, log_dens)
+
+    def run(w0):
+        return jax.lax.scan(lambda w, _: em_step(w, x, log_dens, gram_chol), w0, None,
+                            length=num_iters)
+
+    gatings, traces = jax.vmap(run)(init)
+    final = jax.vmap(gating_log_likelihood, in_axes=(0, None, None))(gatings, x, log_dens)
     # A NaN likelihood (diverged run) must never be selected.
     best = jnp.argmax(jnp.where(jnp.isnan(final), -jnp.inf, final))
-    return gatings[best], GatingInfo(final, best, traces[:, best])
+    return gatings[best], GatingInfo(final, best, traces[best])
 
 
 def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *,
@@ -117,7 +115,7 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
                num_iters: int = 50, init_scale: float = 1.0) -> tuple[jax.Array, GatingInfo]:
     """Maximum-likelihood gating W for fixed experts by EM from random initialisations.
 
-    Runs `num_inits` EM runs of `num_iters` iterations side by side, each from W with
+    Runs `num_inits` EM runs of `num_iters` iterations in one vmap, each from W with
     N(0, init_scale^2 / d) entries (last row 0), and keeps the one with the largest L(W)
     (ALGORITHM.md section 4).
 
