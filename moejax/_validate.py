@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moejax.nonlinearities import get_nonlinearity
+
 
 def _concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
@@ -60,3 +62,23 @@ def positive(value, name: str):
         if v.ndim != 0 or not np.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
     return value
+
+
+def min_samples(dim: int) -> int:
+    """Fewest samples the estimators accept: more than d, so that M2 and X^T X are estimable."""
+    return dim + 1
+
+
+def fit_inputs(x, y, num_experts, nonlinearity, noise_std):
+    """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays."""
+    x, y = data(x, y)
+    n, d = x.shape
+    if not isinstance(num_experts, int) or not 2 <= num_experts <= d:
+        raise ValueError(f"num_experts must be an integer in [2, d={d}], got {num_experts!r}.")
+    if n < min_samples(d):
+        raise ValueError(
+            f"x has n = {n} samples; the moment method needs at least n = d + 1 = {min_samples(d)}"
+            " (and far more for accuracy: the expert error falls like 1/sqrt(n)).")
+    get_nonlinearity(nonlinearity)
+    positive(noise_std, "noise_std")
+    return x, y, jnp.asarray(noise_std, x.dtype)

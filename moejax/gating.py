@@ -54,7 +54,7 @@ def _softmax_experts(rows):
     return [e / total for e in exps], top + jnp.log(total)
 
 
-def _e_step(gating, x, log_dens):
+def e_step(gating, x, log_dens):
     """Gate probabilities p and responsibilities q (each k arrays (n,)), log p(y_n | x_n): (n,).
 
     q_ni is proportional to p_ni N(y_n | g(a_i . x_n), sigma^2) = softmax(logits + log_dens)_i.
@@ -70,7 +70,20 @@ def gating_log_likelihood(gating: jax.Array, x: jax.Array, log_dens: jax.Array) 
 
     gating: (k, d); x: (n, d); log_dens: (k, n) from `expert_log_densities`.
     """
-    return jnp.mean(_e_step(gating, x, log_dens)[2])
+    return jnp.mean(e_step(gating, x, log_dens)[2])
+
+
+def m_step(gating: jax.Array, gate, resp, x: jax.Array, gram_chol: jax.Array) -> jax.Array:
+    """One Bohning ascent step on sum_n sum_i q_ni log softmax(W x_n)_i: the new gating (k, d).
+
+    gate, resp: k arrays (n,) each, p_ni and q_ni from the E-step; gram_chol: (d, d) lower
+    Cholesky factor of C = X^T X / n.
+    """
+    grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / x.shape[0]
+    # B^(-1) grad with B = 1/2 (I - 1 1^T / k) (x) C: (I - 1 1^T/k)^(-1) = I + 1 1^T on k-1 rows.
+    grad = 2.0 * (grad + jnp.sum(grad, axis=0, keepdims=True))
+    step = jsp.linalg.cho_solve((gram_chol, True), grad.T).T
+    return gating.at[:-1].add(step)
 
 
 def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
@@ -80,13 +93,8 @@ def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
     gating: (k, d) with last row 0; x: (n, d); log_dens: (k, n) from `expert_log_densities`;
     gram_chol: (d, d) lower Cholesky factor of C = X^T X / n.
     """
-    n, d = x.shape
-    gate, resp, log_lik = _e_step(gating, x, log_dens)
-    grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / n  # (k - 1, d)
-    # B^(-1) grad with B = 1/2 (I - 1 1^T / k) (x) C: (I - 1 1^T/k)^(-1) = I + 1 1^T on k-1 rows.
-    grad = 2.0 * (grad + jnp.sum(grad, axis=0, keepdims=True))
-    step = jsp.linalg.cho_solve((gram_chol, True), grad.T).T
-    return gating.at[:-1].add(step), jnp.mean(log_lik)
+    gate, resp, log_lik = e_step(gating, x, log_dens)
+    return m_step(gating, gate, resp, x, gram_chol), jnp.mean(log_lik)
 
 
 @functools.partial(jax.jit, static_argnames=("nonlinearity", "num_inits", "num_iters"))

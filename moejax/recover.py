@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from moejax import _validate, gating, moments, tensor
 from moejax.model import MoEParams
-from moejax.nonlinearities import Nonlinearity, get_nonlinearity, transform_constants
+from moejax.nonlinearities import Nonlinearity, transform_constants
 
 
 class ExpertEstimate(NamedTuple):
@@ -25,25 +25,6 @@ class ExpertEstimate(NamedTuple):
     experts: jax.Array
     mixing_weights: jax.Array
     norms: jax.Array
-
-
-def min_samples(dim: int) -> int:
-    """Fewest samples `recover` accepts: more than d, so that M2 and X^T X are estimable."""
-    return dim + 1
-
-
-def _check(x, y, num_experts: int, nonlinearity: Nonlinearity, noise_std):
-    x, y = _validate.data(x, y)
-    n, d = x.shape
-    if not isinstance(num_experts, int) or not 2 <= num_experts <= d:
-        raise ValueError(f"num_experts must be an integer in [2, d={d}], got {num_experts!r}.")
-    if n < min_samples(d):
-        raise ValueError(
-            f"x has n = {n} samples; the moment method needs at least n = d + 1 = {min_samples(d)}"
-            " (and far more for accuracy: the expert error falls like 1/sqrt(n)).")
-    get_nonlinearity(nonlinearity)
-    _validate.positive(noise_std, "noise_std")
-    return x, y, jnp.asarray(noise_std, x.dtype)
 
 
 @functools.partial(jax.jit,
@@ -71,7 +52,7 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     x: (n, d) with x ~ N(0, I_d); y: (n,). Never forms a (d, d, d) tensor: the third moment is
     taken on the whitened projection x @ Wh, (n, k). Cost O(n d^2 + n k^3 + d^3).
     """
-    x, y, noise_std = _check(x, y, num_experts, nonlinearity, noise_std)
+    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
     return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts,
                             num_power_iters)
 
@@ -109,7 +90,7 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
       ValueError: for malformed or non-finite inputs, k outside [2, d], n <= d, noise_std <= 0,
         an unknown nonlinearity, or one the moments cannot see.
     """
-    x, y, noise_std = _check(x, y, num_experts, nonlinearity, noise_std)
+    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
     key_tensor, key_gating = jax.random.split(key)
     experts = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
                                num_restarts, num_power_iters).experts
