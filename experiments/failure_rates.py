@@ -1,0 +1,110 @@
+r"""Failure rates: the fraction of seeds whose expert error exceeds --threshold, per method,
+in settings chosen to include hard ones. Every (setting, method) is one vmap over seeds.
+
+    python -m experiments.failure_rates --num_seeds=50
+
+Writes failure_rates.{json,csv,png} to --output_dir and prints a markdown table.
+"""
+
+import csv
+import json
+import os
+import time
+
+from absl import app, flags
+import numpy as np
+
+from experiments import common
+
+S = common.Setting
+# name -> (setting, n)
+SETTINGS = {
+    "base": (S(), 20_000),
+    "k5-relu": (S(nonlinearity="relu", num_experts=5), 50_000),
+    "k8-linear": (S(num_experts=8), 50_000),
+    "sharp-sigmoid": (S(nonlinearity="sigmoid", gating_norm=6.0), 50_000),
+    "noisy-tanh-k5": (S(nonlinearity="tanh", num_experts=5, noise_std=0.5), 50_000),
+}
+
+_SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), f"Subset of {list(SETTINGS)}.")
+_SEEDS = flags.DEFINE_integer("num_seeds", 50, "Seeds per setting and method, one vmap.")
+_METHODS = flags.DEFINE_list("methods", list(common.METHODS), f"Subset of {common.METHODS}.")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.3, "A seed fails above this expert error.")
+_N_SCALE = flags.DEFINE_float("n_scale", 1.0, "Multiply every setting's n (tests use less).")
+_OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
+
+
+def describe(s: common.Setting, n: int) -> str:
+    return (f"g={s.nonlinearity}, d={s.dim}, k={s.num_experts}, sigma={s.noise_std}, "
+            f"|w|={s.gating_norm}, n={n}")
+
+
+def main(argv):
+    del argv
+    unknown = set(_SETTINGS.value) - set(SETTINGS)
+    if unknown:
+        raise app.UsageError(f"unknown settings {sorted(unknown)}; known: {list(SETTINGS)}")
+    rows, start = [], time.perf_counter()
+    total = len(_SETTINGS.value) * len(_METHODS.value)
+    for name in _SETTINGS.value:
+        setting, n = SETTINGS[name]
+        n = max(int(n * _N_SCALE.value), setting.dim + 1)
+        for method in _METHODS.value:
+            tic = time.perf_counter()
+            expert, gate = common.run_seeds(method, setting, n, _SEEDS.value)
+            rows += [dict(setting=name, method=method, n=n, seed=s, expert_error=float(e),
+                          gating_error=float(g)) for s, (e, g) in enumerate(zip(expert, gate))]
+            print(f"[{len(rows) // _SEEDS.value}/{total}] {name:14s} {method:8s} failure "
+                  f"{np.mean(expert > _THRESHOLD.value):.2f} median {np.median(expert):.3f} "
+                  f"({time.perf_counter() - tic:.1f} s, {time.perf_counter() - start:.0f} s total)",
+                  flush=True)
+
+    def rate(name, method):
+        errs = np.array([r["expert_error"] for r in rows
+                         if r["setting"] == name and r["method"] == method])
+        return float(np.mean(errs > _THRESHOLD.value)), float(np.median(errs))
+
+    table = {name: {m: rate(name, m) for m in _METHODS.value} for name in _SETTINGS.value}
+    os.makedirs(_OUT.value, exist_ok=True)
+    base = os.path.join(_OUT.value, "failure_rates")
+    with open(base + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(base + ".json", "w") as f:
+        json.dump({"threshold": _THRESHOLD.value, "num_seeds": _SEEDS.value,
+                   "settings": {k: {"n": max(int(SETTINGS[k][1] * _N_SCALE.value),
+                                             SETTINGS[k][0].dim + 1), **vars(SETTINGS[k][0])}
+                                for k in _SETTINGS.value},
+                   "failure_rate_and_median": table, "rows": rows}, f, indent=1)
+
+    print(f"\nFailure rate (expert error > {_THRESHOLD.value}) over {_SEEDS.value} seeds, "
+          "with the median expert error in brackets:\n")
+    print("| setting | " + " | ".join(common.METHOD_LABELS[m] for m in _METHODS.value) + " |")
+    print("|---|" + "---|" * len(_METHODS.value))
+    for name in _SETTINGS.value:
+        setting, _ = SETTINGS[name]
+        n = rows[[r["setting"] for r in rows].index(name)]["n"]
+        cells = [f"{table[name][m][0]:.2f} ({table[name][m][1]:.3f})" for m in _METHODS.value]
+        print(f"| {name}: {describe(setting, n)} | " + " | ".join(cells) + " |")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(_METHODS.value)
+    for j, method in enumerate(_METHODS.value):
+        ax.bar(np.arange(len(_SETTINGS.value)) + j * width,
+               [table[name][method][0] for name in _SETTINGS.value], width,
+               label=common.METHOD_LABELS[method])
+    ax.set_xticks(np.arange(len(_SETTINGS.value)) + 0.4 - width / 2, _SETTINGS.value)
+    ax.set(ylabel=f"fraction of seeds with error > {_THRESHOLD.value}", ylim=(0, 1),
+           title=f"failure rates over {_SEEDS.value} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(base + ".png", dpi=120)
+    print(f"wrote {base}.csv, .json, .png")
+
+
+if __name__ == "__main__":
+    app.run(main)
