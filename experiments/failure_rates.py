@@ -20,13 +20,14 @@ S = common.Setting
 # name -> (setting, n)
 SETTINGS = {
     "base": (S(), 20_000),
-    "k5-relu": (S(nonlinearity="relu", num_experts=5), 50_000),
-    "k8-linear": (S(num_experts=8), 50_000),
-    "sharp-sigmoid": (S(nonlinearity="sigmoid", gating_norm=6.0), 50_000),
-    "noisy-tanh-k5": (S(nonlinearity="tanh", num_experts=5, noise_std=0.5), 50_000),
+    "k5-relu": (S(nonlinearity="relu", num_experts=5), 20_000),
+    "k8-linear": (S(num_experts=8), 20_000),
+    "sharp-sigmoid": (S(nonlinearity="sigmoid", gating_norm=6.0), 20_000),
+    "noisy-tanh-k5": (S(nonlinearity="tanh", num_experts=5, noise_std=0.5), 20_000),
 }
+DEFAULT_SETTINGS = ["base", "k5-relu", "k8-linear", "sharp-sigmoid"]
 
-_SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), f"Subset of {list(SETTINGS)}.")
+_SETTINGS = flags.DEFINE_list("settings", DEFAULT_SETTINGS, f"Subset of {list(SETTINGS)}.")
 _SEEDS = flags.DEFINE_integer("num_seeds", 50, "Seeds per setting and method, one vmap.")
 _METHODS = flags.DEFINE_list("methods", list(common.METHODS), f"Subset of {common.METHODS}.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.3, "A seed fails above this expert error.")
@@ -36,7 +37,7 @@ _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write 
 
 def describe(s: common.Setting, n: int) -> str:
     return (f"g={s.nonlinearity}, d={s.dim}, k={s.num_experts}, sigma={s.noise_std}, "
-            f"|w|={s.gating_norm}, n={n}")
+            f"gate norm {s.gating_norm}, n={n}")
 
 
 def main(argv):

@@ -75,7 +75,7 @@ def main(argv):
         ax.set(xscale="log", yscale="log", xlabel="n", title=f"{title} error: median, IQR")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"g={setting.nonlinearity}, d={setting.dim}, k={setting.num_experts}, "
-                 f"sigma={setting.noise_std}, |w|={setting.gating_norm}, {_SEEDS.value} seeds")
+                 f"sigma={setting.noise_std}, gate norm {setting.gating_norm}, {_SEEDS.value} seeds")
     fig.tight_layout()
     fig.savefig(base + ".png", dpi=120)
     print(f"wrote {base}.csv, .json, .png")

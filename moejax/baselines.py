@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from moejax import _validate
-from moejax.gating import e_step, expert_log_densities, m_step
-from moejax.model import MoEParams
+from moejax.gating import e_step, m_step
+from moejax.model import MoEParams, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import jax.scipy as jsp
 
 from moejax import _validate
-from moejax.nonlinearities import Nonlinearity, get_nonlinearity
+from moejax.model import expert_log_densities
+from moejax.nonlinearities import Nonlinearity
 
 
 class GatingInfo(NamedTuple):
@@ -31,13 +32,6 @@ class GatingInfo(NamedTuple):
     log_likelihood: jax.Array
     best: jax.Array
     trace: jax.Array
-
-
-def expert_log_densities(x: jax.Array, y: jax.Array, experts: jax.Array, noise_std: jax.Array,
-                         nonlinearity: Nonlinearity) -> jax.Array:
-    """log N(y_n | g(a_i . x_n), sigma^2), expert-major: (k, n). Fixed during the gating EM."""
-    resid = (y - get_nonlinearity(nonlinearity)(experts @ x.T)) / noise_std
-    return -0.5 * jnp.square(resid) - jnp.log(noise_std) - 0.5 * jnp.log(2 * jnp.pi)
 
 
 # The E-step works expert-major, on k rows of length n combined by k elementwise ops rather

@@ -64,13 +64,19 @@ def sample(key: jax.Array, params: MoEParams, n: int,
     return x, y
 
 
+def expert_log_densities(x: jax.Array, y: jax.Array, experts: jax.Array, noise_std: jax.Array,
+                         nonlinearity: Nonlinearity) -> jax.Array:
+    """log N(y_n | g(a_i . x_n), sigma^2), expert-major: (k, n)."""
+    resid = (y - get_nonlinearity(nonlinearity)(experts @ x.T)) / noise_std
+    return -0.5 * jnp.square(resid) - jnp.log(noise_std) - 0.5 * jnp.log(2 * jnp.pi)
+
+
 def _joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array,
                      nonlinearity: Nonlinearity) -> jax.Array:
     """log [softmax(W x)_i N(y | g(a_i . x), sigma^2)]: (n, k)."""
     log_gate = jax.nn.log_softmax(x @ params.gating.T, axis=-1)
-    resid = (y[:, None] - expert_outputs(params.experts, x, nonlinearity)) / params.noise_std
-    log_lik = -0.5 * jnp.square(resid) - jnp.log(params.noise_std) - 0.5 * jnp.log(2 * jnp.pi)
-    return log_gate + log_lik
+    return log_gate + expert_log_densities(x, y, params.experts, params.noise_std,
+                                           nonlinearity).T
 
 
 def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,

@@ -1,0 +1,75 @@
+"""The experiment binaries at tiny sizes: they run and write well-formed outputs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *args):
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    return out
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_demo_succeeds_and_writes_json(tmp_path):
+    out = run("experiments.demo", "--n=20000", "--n_test=2000", "--max_gating_error=2",
+              f"--output_json={tmp_path / 'demo.json'}")
+    assert out.returncode == 0, out.stderr
+    assert "recovery OK" in out.stdout
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert 0 <= result["expert_error"] < 0.5 and len(result["mixing_true"]) == 3
+
+
+def test_demo_exits_nonzero_when_recovery_fails():
+    out = run("experiments.demo", "--n=200", "--n_test=100", "--num_em_iters=2",
+              "--max_expert_error=0.01")
+    assert out.returncode == 1 and "recovery FAILED" in out.stdout
+
+
+def test_synthetic_sweep(tmp_path):
+    out = run("experiments.synthetic_sweep", "--ns=300,1000", "--num_seeds=2", "--em_iters=3",
+              "--gd_steps=3", f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    rows = read_csv(tmp_path / "synthetic_sweep.csv")
+    assert len(rows) == 2 * 4 * 2
+    assert {r["method"] for r in rows} == {"moments", "refine", "em", "gd"}
+    assert all(float(r["expert_error"]) >= 0 for r in rows)
+    assert json.loads((tmp_path / "synthetic_sweep.json").read_text())["num_seeds"] == 2
+    assert (tmp_path / "synthetic_sweep.png").stat().st_size > 1000
+
+
+def test_failure_rates(tmp_path):
+    out = run("experiments.failure_rates", "--settings=base", "--num_seeds=2", "--n_scale=0.02",
+              "--methods=moments,em", f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "failure_rates.json").read_text())
+    rate, median = summary["failure_rate_and_median"]["base"]["em"]
+    assert 0 <= rate <= 1 and median >= 0
+    assert len(read_csv(tmp_path / "failure_rates.csv")) == 4
+    assert "| base:" in out.stdout
+
+
+def test_unknown_names_are_rejected(tmp_path):
+    out = run("experiments.failure_rates", "--settings=nope", f"--output_dir={tmp_path}")
+    assert out.returncode != 0 and "unknown settings" in out.stderr
+    out = run("experiments.synthetic_sweep", "--methods=magic", f"--output_dir={tmp_path}")
+    assert out.returncode != 0 and "method must be one of" in out.stderr
+
+
+def test_bench_sweep(tmp_path):
+    out = run("experiments.bench_sweep", "--num_seeds=2", "--n=500", "--repeats=1",
+              f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "bench_sweep.json").read_text())
+    assert result["speedup_compile_excluded"] > 0
