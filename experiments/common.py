@@ -1,7 +1,10 @@
 """Pieces shared by the experiment binaries: the methods compared and a vmapped runner."""
 
+import csv
 import dataclasses
 import functools
+import json
+import os
 from typing import Callable
 
 import jax
@@ -74,3 +77,41 @@ def run_seeds(method: str, setting: Setting, n: int, num_seeds: int, seed: int =
     truth, est = _run(keys, method, setting, n)
     return (np.asarray(mj.expert_error(est.experts, truth.experts)),
             np.asarray(mj.gating_error(est, truth)))
+
+
+def write_rows(base: str, rows: list[dict], meta: dict) -> None:
+    """Writes per-seed rows to base.csv and {**meta, "rows": rows} to base.json."""
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    with open(base + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(base + ".json", "w") as f:
+        json.dump({**meta, "rows": rows}, f, indent=1)
+
+
+def plot_error_vs_n(path: str, rows: list[dict], group: str, labels: dict, title: str) -> None:
+    """Expert and gating error against n, log-log, median line and interquartile band per group.
+
+    rows: dicts with keys `group`, "n", "expert_error", "gating_error"; labels: group value ->
+    legend label, in plotting order.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted({r["n"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, key, name in zip(axes, ("expert_error", "gating_error"), ("experts", "gating")):
+        for value, label in labels.items():
+            vals = np.array([[r[key] for r in rows if r[group] == value and r["n"] == n]
+                             for n in ns])
+            q25, q50, q75 = np.percentile(vals, [25, 50, 75], axis=1)
+            ax.plot(ns, q50, marker="o", label=label)
+            ax.fill_between(ns, q25, q75, alpha=0.2)
+        ax.set(xscale="log", yscale="log", xlabel="n", title=f"{name} error: median, IQR")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

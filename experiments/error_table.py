@@ -7,8 +7,6 @@ prints a markdown table of medians.
     python -m experiments.error_table --output_dir=experiments/results
 """
 
-import csv
-import json
 import os
 import time
 
@@ -16,6 +14,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from experiments import common
 import moejax as mj
 
 _NONLINS = flags.DEFINE_list("nonlinearities", ["linear", "tanh", "relu", "sigmoid"],
@@ -50,7 +49,6 @@ def run_setting(g: str, n: int, seeds: int):
 def main(argv):
     del argv
     ns = [int(float(v)) for v in _NS.value]
-    os.makedirs(_OUT.value, exist_ok=True)
     rows = []
     total = len(_NONLINS.value) * len(ns)
     for g in _NONLINS.value:
@@ -64,15 +62,10 @@ def main(argv):
                   f"({time.perf_counter() - start:.1f} s)", flush=True)
 
     base = os.path.join(_OUT.value, "error_table")
-    with open(base + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     config = dict(dim=_DIM.value, num_experts=_EXPERTS.value, noise_std=_SIGMA.value,
                   num_seeds=_SEEDS.value, num_gating_inits=_INITS.value,
                   num_em_iters=_EM_ITERS.value)
-    with open(base + ".json", "w") as f:
-        json.dump({"config": config, "rows": rows}, f, indent=1)
+    common.write_rows(base, rows, {"config": config})
 
     def medians(g, key):
         return [np.median([r[key] for r in rows if r["nonlinearity"] == g and r["n"] == n])
@@ -86,24 +79,10 @@ def main(argv):
         print(f"| {g} | " + " | ".join(cells) + " |")
     print("(median expert error / median gating error over seeds)")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
-    for ax, key, title in zip(axes, ("expert_error", "gating_error"), ("experts", "gating")):
-        for g in _NONLINS.value:
-            vals = np.array([[r[key] for r in rows if r["nonlinearity"] == g and r["n"] == n]
-                             for n in ns])
-            q25, q50, q75 = np.percentile(vals, [25, 50, 75], axis=1)
-            ax.plot(ns, q50, marker="o", label=g)
-            ax.fill_between(ns, q25, q75, alpha=0.2)
-        ax.set(xscale="log", yscale="log", xlabel="n", title=f"{title}: median, IQR band")
-    axes[0].set_ylabel("error")
-    axes[0].legend()
-    fig.suptitle(f"moejax.recover, d={_DIM.value}, k={_EXPERTS.value}, sigma={_SIGMA.value}, "
-                 f"{_SEEDS.value} seeds")
-    fig.tight_layout()
-    fig.savefig(base + ".png", dpi=120)
+    common.plot_error_vs_n(
+        base + ".png", rows, "nonlinearity", {g: g for g in _NONLINS.value},
+        f"moejax.recover, d={_DIM.value}, k={_EXPERTS.value}, sigma={_SIGMA.value}, "
+        f"{_SEEDS.value} seeds")
     print(f"wrote {base}.csv, .json, .png")
 
 

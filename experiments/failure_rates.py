@@ -6,8 +6,6 @@ in settings chosen to include hard ones. Every (setting, method) is one vmap ove
 Writes failure_rates.{json,csv,png} to --output_dir and prints a markdown table.
 """
 
-import csv
-import json
 import os
 import time
 
@@ -66,18 +64,11 @@ def main(argv):
         return float(np.mean(errs > _THRESHOLD.value)), float(np.median(errs))
 
     table = {name: {m: rate(name, m) for m in _METHODS.value} for name in _SETTINGS.value}
-    os.makedirs(_OUT.value, exist_ok=True)
     base = os.path.join(_OUT.value, "failure_rates")
-    with open(base + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(base + ".json", "w") as f:
-        json.dump({"threshold": _THRESHOLD.value, "num_seeds": _SEEDS.value,
-                   "settings": {k: {"n": max(int(SETTINGS[k][1] * _N_SCALE.value),
-                                             SETTINGS[k][0].dim + 1), **vars(SETTINGS[k][0])}
-                                for k in _SETTINGS.value},
-                   "failure_rate_and_median": table, "rows": rows}, f, indent=1)
+    settings = {k: {"n": max(int(SETTINGS[k][1] * _N_SCALE.value), SETTINGS[k][0].dim + 1),
+                    **vars(SETTINGS[k][0])} for k in _SETTINGS.value}
+    common.write_rows(base, rows, {"threshold": _THRESHOLD.value, "num_seeds": _SEEDS.value,
+                                   "settings": settings, "failure_rate_and_median": table})
 
     print(f"\nFailure rate (expert error > {_THRESHOLD.value}) over {_SEEDS.value} seeds, "
           "with the median expert error in brackets:\n")

@@ -5,8 +5,6 @@ r"""Expert and gating error against n for each method, every n and method one vm
 Writes synthetic_sweep.{json,csv,png} to --output_dir.
 """
 
-import csv
-import json
 import os
 import time
 
@@ -51,33 +49,12 @@ def main(argv):
                   f"gating {np.median(gate):.4f} ({time.perf_counter() - tic:.1f} s, "
                   f"{time.perf_counter() - start:.0f} s total)", flush=True)
 
-    os.makedirs(_OUT.value, exist_ok=True)
     base = os.path.join(_OUT.value, _NAME.value)
-    with open(base + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(base + ".json", "w") as f:
-        json.dump({"setting": vars(setting), "num_seeds": _SEEDS.value, "rows": rows}, f,
-                  indent=1)
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for ax, key, title in zip(axes, ("expert_error", "gating_error"), ("experts", "gating")):
-        for method in _METHODS.value:
-            vals = np.array([[r[key] for r in rows if r["method"] == method and r["n"] == n]
-                             for n in ns])
-            q25, q50, q75 = np.percentile(vals, [25, 50, 75], axis=1)
-            ax.plot(ns, q50, marker="o", label=common.METHOD_LABELS[method])
-            ax.fill_between(ns, q25, q75, alpha=0.2)
-        ax.set(xscale="log", yscale="log", xlabel="n", title=f"{title} error: median, IQR")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"g={setting.nonlinearity}, d={setting.dim}, k={setting.num_experts}, "
-                 f"sigma={setting.noise_std}, gate norm {setting.gating_norm}, {_SEEDS.value} seeds")
-    fig.tight_layout()
-    fig.savefig(base + ".png", dpi=120)
+    common.write_rows(base, rows, {"setting": vars(setting), "num_seeds": _SEEDS.value})
+    common.plot_error_vs_n(
+        base + ".png", rows, "method", {m: common.METHOD_LABELS[m] for m in _METHODS.value},
+        f"g={setting.nonlinearity}, d={setting.dim}, k={setting.num_experts}, "
+        f"sigma={setting.noise_std}, gate norm {setting.gating_norm}, {_SEEDS.value} seeds")
     print(f"wrote {base}.csv, .json, .png")
 
 

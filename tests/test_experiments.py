@@ -73,3 +73,12 @@ def test_bench_sweep(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "bench_sweep.json").read_text())
     assert result["speedup_compile_excluded"] > 0
+
+
+def test_error_table(tmp_path):
+    out = run("experiments.error_table", "--nonlinearities=linear,tanh", "--ns=300,1000",
+              "--num_seeds=2", "--num_em_iters=3", f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert len(read_csv(tmp_path / "error_table.csv")) == 2 * 2 * 2
+    assert "| tanh |" in out.stdout
+    assert (tmp_path / "error_table.png").stat().st_size > 1000
