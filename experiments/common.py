@@ -32,8 +32,11 @@ class Setting:
     gating_norm: float = 2.0
     orthogonal_gating: bool = True
     em_iters: int = 200
-    gd_steps: int = 1000
-    learning_rate: float = 0.01
+    learning_rate: float = 0.01  # joint EM's inner Adam steps for non-linear g
+    # 500 steps at rate 0.02 reached the same errors as 1000 at 0.01 (10 seeds, d = 10, k = 3
+    # and k = 8, n = 2e4) in half the time.
+    gd_steps: int = 500
+    gd_learning_rate: float = 0.02
 
 
 def method_fn(method: str, s: Setting) -> Callable:
@@ -50,7 +53,7 @@ def method_fn(method: str, s: Setting) -> Callable:
                                              learning_rate=s.learning_rate, **common)[0]
     if method == "gd":
         return lambda key, x, y: mj.joint_gd(key, x, y, num_steps=s.gd_steps,
-                                             learning_rate=s.learning_rate, **common)[0]
+                                             learning_rate=s.gd_learning_rate, **common)[0]
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
 

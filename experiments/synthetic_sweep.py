@@ -23,7 +23,8 @@ _NS = flags.DEFINE_list("ns", ["3000", "10000", "30000", "100000"], "Sample size
 _SEEDS = flags.DEFINE_integer("num_seeds", 10, "Seeds per (n, method), one vmap.")
 _METHODS = flags.DEFINE_list("methods", list(common.METHODS), f"Subset of {common.METHODS}.")
 _EM_ITERS = flags.DEFINE_integer("em_iters", 200, "Joint EM iterations (em, refine).")
-_GD_STEPS = flags.DEFINE_integer("gd_steps", 1000, "Adam steps (gd).")
+_GD_STEPS = flags.DEFINE_integer("gd_steps", 500, "Adam steps (gd).")
+_GD_LR = flags.DEFINE_float("gd_learning_rate", 0.02, "Adam learning rate (gd).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 _NAME = flags.DEFINE_string("name", "synthetic_sweep", "Base name of the output files.")
 
@@ -33,7 +34,8 @@ def main(argv):
     setting = common.Setting(nonlinearity=_NONLIN.value, dim=_DIM.value,
                              num_experts=_EXPERTS.value, noise_std=_SIGMA.value,
                              gating_norm=_GATE_NORM.value, orthogonal_gating=_ORTHOGONAL.value,
-                             em_iters=_EM_ITERS.value, gd_steps=_GD_STEPS.value)
+                             em_iters=_EM_ITERS.value, gd_steps=_GD_STEPS.value,
+                             gd_learning_rate=_GD_LR.value)
     for m in _METHODS.value:
         common.method_fn(m, setting)  # fail on an unknown method before any work
     ns = [int(float(v)) for v in _NS.value]

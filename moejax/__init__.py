@@ -1,33 +1,46 @@
 """moejax: consistent learning of mixture-of-experts regression in JAX."""
 
+from moejax import datasets, io
 from moejax.baselines import FitInfo, joint_em, joint_gd, random_init, refine
+from moejax.estimator import FittedMoE, fit
 from moejax.gating import GatingInfo, fit_gating
 from moejax.metrics import expert_error, gating_error, match_experts
 from moejax.model import (MoEParams, log_likelihood, posteriors, predict, random_params,
                           sample)
 from moejax.nonlinearities import (NONLINEARITIES, TransformConstants, get_nonlinearity,
-                                   transform_constants)
+                                   output_second_moment, transform_constants)
+from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target,
+                                  transform_features, transform_target)
 from moejax._validate import min_samples
-from moejax.recover import ExpertEstimate, recover, recover_experts
+from moejax.recover import ExpertEstimate, initial_noise_std, recover, recover_experts
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExpertEstimate",
     "FitInfo",
+    "FittedMoE",
     "GatingInfo",
     "MoEParams",
     "NONLINEARITIES",
+    "Standardizer",
     "TransformConstants",
+    "datasets",
     "expert_error",
+    "fit",
     "fit_gating",
+    "fit_standardizer",
     "gating_error",
     "get_nonlinearity",
+    "initial_noise_std",
+    "inverse_target",
+    "io",
     "joint_em",
     "joint_gd",
     "log_likelihood",
     "match_experts",
     "min_samples",
+    "output_second_moment",
     "posteriors",
     "predict",
     "random_init",
@@ -37,4 +50,6 @@ __all__ = [
     "refine",
     "sample",
     "transform_constants",
+    "transform_features",
+    "transform_target",
 ]

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import jax.scipy as jsp
 
 from moejax import _validate
-from moejax.model import expert_log_densities
-from moejax.nonlinearities import Nonlinearity
+from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 
 
 class GatingInfo(NamedTuple):
@@ -27,11 +26,13 @@ class GatingInfo(NamedTuple):
       log_likelihood: (num_inits,) final mean log-likelihood L(W) of every initialisation.
       best: index of the kept initialisation.
       trace: (num_iters,) L(W) of the kept initialisation before each iteration.
+      noise_std: sigma of the kept initialisation (the input unless it was learned).
     """
 
     log_likelihood: jax.Array
     best: jax.Array
     trace: jax.Array
+    noise_std: jax.Array
 
 
 # The E-step works expert-major, on k rows of length n combined by k elementwise ops rather
@@ -91,41 +92,65 @@ def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
     return m_step(gating, gate, resp, x, gram_chol), jnp.mean(log_lik)
 
 
-@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_inits", "num_iters"))
-def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iters, init_scale):
+def noise_std_update(resp, sq_resid) -> jax.Array:
+    """The M-step for sigma: sqrt((1/n) sum_n sum_i q_ni r_ni^2), a scalar.
+
+    resp: k arrays (n,) of responsibilities; sq_resid: (k, n) squared residuals (y - g(a_i . x))^2.
+    """
+    return jnp.sqrt(jnp.mean(sum(q * r for q, r in zip(resp, sq_resid))))
+
+
+def _log_densities(sq_resid, noise_std):
+    return -0.5 * sq_resid / jnp.square(noise_std) - jnp.log(noise_std) - 0.5 * jnp.log(2 * jnp.pi)
+
+
+@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_inits", "num_iters",
+                                             "learn_noise_std"))
+def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iters, init_scale,
+                learn_noise_std=False):
     n, d = x.shape
     k = experts.shape[0]
-    log_dens = expert_log_densities(x, y, experts, noise_std, nonlinearity)
+    sq_resid = jnp.square(y - get_nonlinearity(nonlinearity)(experts @ x.T))
     gram_chol = jnp.linalg.cholesky(x.T @ x / n)
 
     init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
     init = init.at[:, -1].set(0.0)
 
-    def run(w0):
-        return jax.lax.scan(lambda w, _: em_step(w, x, log_dens, gram_chol), w0, None,
-                            length=num_iters)
+    def step(carry, _):
+        w, sigma = carry
+        gate, resp, log_lik = e_step(w, x, _log_densities(sq_resid, sigma))
+        if learn_noise_std:
+            sigma = noise_std_update(resp, sq_resid)
+        return (m_step(w, gate, resp, x, gram_chol), sigma), jnp.mean(log_lik)
 
-    gatings, traces = jax.vmap(run)(init)
-    final = jax.vmap(gating_log_likelihood, in_axes=(0, None, None))(gatings, x, log_dens)
+    def run(w0):
+        return jax.lax.scan(step, (w0, noise_std), None, length=num_iters)
+
+    (gatings, sigmas), traces = jax.vmap(run)(init)
+    final = jax.vmap(lambda w, s: gating_log_likelihood(w, x, _log_densities(sq_resid, s)))(
+        gatings, sigmas)
     # A NaN likelihood (diverged run) must never be selected.
     best = jnp.argmax(jnp.where(jnp.isnan(final), -jnp.inf, final))
-    return gatings[best], GatingInfo(final, best, traces[best])
+    return gatings[best], GatingInfo(final, best, traces[best], sigmas[best])
 
 
 def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *,
                noise_std, nonlinearity: Nonlinearity = "linear", num_inits: int = 4,
-               num_iters: int = 50, init_scale: float = 1.0) -> tuple[jax.Array, GatingInfo]:
+               num_iters: int = 50, init_scale: float = 1.0,
+               learn_noise_std: bool = False) -> tuple[jax.Array, GatingInfo]:
     """Maximum-likelihood gating W for fixed experts by EM from random initialisations.
 
     Runs `num_inits` EM runs of `num_iters` iterations in one vmap, each from W with
     N(0, init_scale^2 / d) entries (last row 0), and keeps the one with the largest L(W)
-    (ALGORITHM.md section 4).
+    (ALGORITHM.md section 4). With `learn_noise_std`, sigma is a parameter too: it starts at
+    `noise_std` and every M-step sets sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2,
+    its exact maximiser, so the likelihood still never decreases.
 
     Args:
       key: PRNG key for the initialisations.
       x: (n, d) inputs; y: (n,) responses.
       experts: (k, d) fixed expert directions.
-      noise_std: sigma > 0 (may be traced).
+      noise_std: sigma > 0 (may be traced); the start value if `learn_noise_std`.
       nonlinearity: the experts' g.
 
     Returns:
@@ -138,4 +163,4 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
         raise ValueError(f"num_inits and num_iters must be >= 1, got {num_inits}, {num_iters}.")
     _validate.positive(noise_std, "noise_std")
     return _fit_gating(key, x, y, experts.astype(x.dtype), jnp.asarray(noise_std, x.dtype),
-                       nonlinearity, num_inits, num_iters, init_scale)
+                       nonlinearity, num_inits, num_iters, init_scale, learn_noise_std)

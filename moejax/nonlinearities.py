@@ -85,6 +85,12 @@ def _hermite_moments(nonlinearity: Nonlinearity) -> np.ndarray:
     return np.einsum("pj,mj,j->pm", powers, he, _WEIGHTS)
 
 
+def output_second_moment(nonlinearity: Nonlinearity) -> float:
+    """E[g(Z)^2] for Z ~ N(0, 1): the noiseless E[y^2] of a model with unit-norm experts and
+    gating independent of a_i . x (by quadrature, as in `transform_constants`)."""
+    return float(_hermite_moments(nonlinearity)[1, 0])
+
+
 def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConstants:
     """Constants b, a1, a2, c2, c3 of ALGORITHM.md section 2 for g = `nonlinearity`.
 

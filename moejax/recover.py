@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from moejax import _validate, gating, moments, tensor
 from moejax.model import MoEParams
-from moejax.nonlinearities import Nonlinearity, transform_constants
+from moejax.nonlinearities import Nonlinearity, output_second_moment, transform_constants
 
 
 class ExpertEstimate(NamedTuple):
@@ -57,8 +57,22 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
                             num_power_iters)
 
 
+def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
+    """A moment estimate of sigma: sqrt(mean(y^2) - E[g(Z)^2]), Z ~ N(0, 1).
+
+    Consistent under the model's assumptions (unit-norm experts, x ~ N(0, I), gating independent
+    of every a_i . x, so that each a_i . x given the expert is N(0, 1)). Its variance is large
+    when sigma is small (sd of mean(y^2) / (2 sigma)), so `recover` uses it only as the start of
+    the gating EM, which re-estimates sigma by maximum likelihood. Floored at 0.1 sd(y) for
+    data that break the assumptions (negative estimate). y: (n,). Returns a scalar.
+    """
+    second = jnp.mean(jnp.square(y))
+    floor = 0.01 * jnp.var(y)
+    return jnp.sqrt(jnp.maximum(second - output_second_moment(nonlinearity), floor))
+
+
 def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
-            nonlinearity: Nonlinearity = "linear", noise_std, num_restarts: int = 10,
+            nonlinearity: Nonlinearity = "linear", noise_std=None, num_restarts: int = 10,
             num_power_iters: int = 100, num_gating_inits: int = 4,
             num_em_iters: int = 50) -> MoEParams:
     """Consistent estimate of all MoE parameters from samples (ALGORITHM.md sections 2-4).
@@ -79,7 +93,9 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
       y: (n,) responses.
       num_experts: k, with 2 <= k <= d.
       nonlinearity: a name in `moejax.NONLINEARITIES` or an elementwise JAX callable.
-      noise_std: sigma > 0, the known noise level.
+      noise_std: sigma > 0, the known noise level, or None to estimate it: the moment stage
+        uses `initial_noise_std(y, nonlinearity)`, and the gating EM then updates sigma with
+        its maximum-likelihood M-step (`fit_gating(..., learn_noise_std=True)`).
       num_restarts, num_power_iters: tensor power method settings.
       num_gating_inits, num_em_iters: gating EM settings.
 
@@ -90,11 +106,16 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
       ValueError: for malformed or non-finite inputs, k outside [2, d], n <= d, noise_std <= 0,
         an unknown nonlinearity, or one the moments cannot see.
     """
-    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+    learn = noise_std is None
+    if learn:
+        x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0)
+        noise_std = initial_noise_std(y, nonlinearity)
+    else:
+        x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
     key_tensor, key_gating = jax.random.split(key)
     experts = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
                                num_restarts, num_power_iters).experts
-    w, _ = gating.fit_gating(key_gating, x, y, experts, noise_std=noise_std,
-                             nonlinearity=nonlinearity, num_inits=num_gating_inits,
-                             num_iters=num_em_iters)
-    return MoEParams(experts, w, noise_std)
+    w, info = gating.fit_gating(key_gating, x, y, experts, noise_std=noise_std,
+                                nonlinearity=nonlinearity, num_inits=num_gating_inits,
+                                num_iters=num_em_iters, learn_noise_std=learn)
+    return MoEParams(experts, w, info.noise_std)

@@ -5,7 +5,7 @@ import pytest
 from scipy.special import log_softmax, logsumexp, softmax
 
 import moejax as mj
-from moejax import gating
+from moejax import gating, model
 
 
 def numpy_em_step(w, x, y, a, sigma):
@@ -27,7 +27,7 @@ def test_em_step_matches_numpy(small_problem):
     params, x, y = small_problem
     x, y = x[:2000], y[:2000]
     w0 = 0.3 * jax.random.normal(jax.random.key(0), params.gating.shape).at[-1].set(0.0)
-    log_dens = gating.expert_log_densities(x, y, params.experts, params.noise_std, "linear")
+    log_dens = model.expert_log_densities(x, y, params.experts, params.noise_std, "linear")
     chol = jnp.linalg.cholesky(x.T @ x / x.shape[0])
     new, ll = gating.em_step(w0, x, log_dens, chol)
     new_ref, ll_ref = numpy_em_step(w0, x, y, params.experts, 0.1)

@@ -1,0 +1,212 @@
+r"""Command line: fit an MoE to a CSV/TSV table, and predict with a saved model.
+
+    python -m moejax fit --data=train.csv --target=y --experts=3 --out=model.npz
+    python -m moejax predict --model=model.npz --data=test.csv --out=predictions.csv
+
+Files ending in .tsv or .tab are tab-separated, all others comma-separated; the first line
+names the columns. Bad input ends with a one-line message and exit status 1; nothing is
+written unless the command succeeds.
+"""
+
+import csv
+import math
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+import jax
+import numpy as np
+
+COMMANDS = ("fit", "predict")
+
+_DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated).")
+_TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
+_EXPERTS = flags.DEFINE_integer("experts", None, "fit: number of experts k (2 <= k <= d).")
+_NONLIN = flags.DEFINE_enum("nonlinearity", "linear", ["linear", "relu", "tanh", "sigmoid"],
+                            "fit: the experts' non-linearity g.")
+_NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
+                            "(default: estimated).")
+_REFINE = flags.DEFINE_integer("refine_iters", 100, "fit: joint-EM refinement iterations.")
+_WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
+_SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
+_MODEL = flags.DEFINE_string("model", None, "predict: a model written by `fit`.")
+_OUT = flags.DEFINE_string("out", None, "fit: model file to write (.npz); predict: CSV to write.")
+_DROP = flags.DEFINE_bool("drop_missing", False, "Drop rows with empty or NaN cells instead of "
+                          "failing on them.")
+
+
+class InputError(Exception):
+    """Bad input; the message is shown to the user without a traceback."""
+
+
+def _lines(numbers, limit=10) -> str:
+    shown = ", ".join(str(v) for v in numbers[:limit])
+    return shown + (f", ... ({len(numbers)} in all)" if len(numbers) > limit else "")
+
+
+def read_table(path: str, *, drop_missing: bool = False, log=print):
+    """Reads a numeric table with a header line.
+
+    Returns (values (n, m) float64, column names, file line numbers (n,) of the kept rows).
+    Raises InputError for a missing or empty file, a ragged row, non-numeric cells, or rows
+    with empty/NaN/infinite cells (unless `drop_missing`, which drops and reports them).
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"data file {path!r} does not exist.")
+    delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f, delimiter=delimiter))
+    # Blank lines (e.g. a trailing newline) are not data.
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
+    if not numbered:
+        raise InputError(f"{path!r} is empty: expected a header line and data rows.")
+    (_, header), body = numbered[0], numbered[1:]
+    names = [c.strip() for c in header]
+    if len(set(names)) != len(names) or not all(names):
+        raise InputError(f"{path!r}: the header must name every column once, got {names}.")
+    values, missing, bad = [], [], []
+    for line, row in body:
+        if len(row) != len(names):
+            raise InputError(f"{path!r} line {line} has {len(row)} fields; the header has "
+                             f"{len(names)}.")
+        parsed, is_missing = [], False
+        for name, cell in zip(names, row):
+            cell = cell.strip()
+            try:
+                v = float(cell) if cell else math.nan
+            except ValueError:
+                bad.append(f"line {line} column {name!r}: {cell!r}")
+                v = math.nan
+            is_missing |= not math.isfinite(v)
+            parsed.append(v)
+        values.append(parsed)
+        if is_missing:
+            missing.append(line)
+    if bad:
+        raise InputError(f"{path!r} has {len(bad)} non-numeric cell(s): " + "; ".join(bad[:5])
+                         + (" ..." if len(bad) > 5 else ""))
+    if missing and not drop_missing:
+        raise InputError(f"{path!r} has {len(missing)} row(s) with empty, NaN or infinite cells, "
+                         f"at lines {_lines(missing)}; fix them or pass --drop_missing.")
+    dropped = set(missing)
+    keep = [i for i, (line, _) in enumerate(body) if line not in dropped]
+    if missing:
+        log(f"dropped {len(missing)} row(s) with empty, NaN or infinite cells (lines "
+            f"{_lines(missing)})")
+    table = np.array([values[i] for i in keep], dtype=np.float64).reshape(len(keep), len(names))
+    return table, names, np.array([body[i][0] for i in keep], dtype=np.int64)
+
+
+def _write_atomic(path: str, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".moejax-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _require(**values):
+    missing = [f"--{name}" for name, v in values.items() if v is None]
+    if missing:
+        raise InputError(f"missing required flag(s): {', '.join(missing)}.")
+
+
+def fit_command() -> None:
+    from moejax import estimator, io
+    _require(data=_DATA.value, target=_TARGET.value, experts=_EXPERTS.value, out=_OUT.value)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
+        raise InputError(f"--out: directory of {_OUT.value!r} does not exist.")
+    table, names, _ = read_table(_DATA.value, drop_missing=_DROP.value)
+    if _TARGET.value not in names:
+        raise InputError(f"--target: column {_TARGET.value!r} is not in {_DATA.value!r}; its "
+                         f"columns are {names}.")
+    t = names.index(_TARGET.value)
+    x, y = np.delete(table, t, axis=1), table[:, t]
+    feature_names = tuple(n for n in names if n != _TARGET.value)
+    n, d = x.shape
+    k = _EXPERTS.value
+    if d < 2:
+        raise InputError(f"{_DATA.value!r} has {d} feature column(s); an MoE needs at least 2.")
+    if not 2 <= k <= d:
+        raise InputError(f"--experts must be between 2 and the number of features d = {d}, "
+                         f"got {k}.")
+    if n < d + 2:
+        raise InputError(f"{_DATA.value!r} has {n} usable rows; fitting {d} features needs at "
+                         f"least d + 2 = {d + 2} (and far more for a useful fit).")
+    if _NOISE.value is not None and not _NOISE.value > 0:
+        raise InputError(f"--noise_std must be positive, got {_NOISE.value}.")
+    if _REFINE.value < 0:
+        raise InputError(f"--refine_iters must be >= 0, got {_REFINE.value}.")
+    print(f"fitting {k} {_NONLIN.value} experts to {n} rows, {d} features, target "
+          f"{_TARGET.value!r}", flush=True)
+    model = estimator.fit(jax.random.key(_SEED.value), x, y, num_experts=k,
+                          nonlinearity=_NONLIN.value, noise_std=_NOISE.value,
+                          whiten=_WHITEN.value, refine_iters=_REFINE.value,
+                          feature_names=feature_names, target_name=_TARGET.value,
+                          progress=lambda m: print("  " + m, flush=True))
+    mse = float(np.mean(np.square(np.asarray(model.predict(x)) - y)))
+    nll = -float(model.log_likelihood(x, y))
+    if not (math.isfinite(mse) and math.isfinite(nll)):
+        raise InputError("the fit diverged (non-finite training error); nothing was written.")
+    weights = ", ".join(f"{v:.3f}" for v in np.asarray(model.mixing_weights(x)))
+    print(f"mixing weights: {weights}")
+    print(f"noise sd: {float(model.noise_std):.4g}")
+    print(f"training NLL: {nll:.4f} per row")
+    print(f"training MSE: {mse:.4g}")
+    io.save(_OUT.value, model)
+    print(f"wrote {_OUT.value}")
+
+
+def predict_command() -> None:
+    from moejax import io
+    _require(model=_MODEL.value, data=_DATA.value, out=_OUT.value)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
+        raise InputError(f"--out: directory of {_OUT.value!r} does not exist.")
+    try:
+        model = io.load(_MODEL.value)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"--model: {e}") from None
+    table, names, lines = read_table(_DATA.value, drop_missing=_DROP.value)
+    wanted = model.feature_names or ()
+    absent = [c for c in wanted if c not in names]
+    if absent or len(wanted) != model.dim:
+        raise InputError(f"{_DATA.value!r} does not match the model: the model was fitted on "
+                         f"columns {list(wanted)}; the data lack {absent} (it has {names}).")
+    x = table[:, [names.index(c) for c in wanted]]
+    pred = np.asarray(model.predict(x), dtype=np.float64)
+    column = f"predicted_{model.target_name or 'y'}"
+
+    def write(f):
+        writer = csv.writer(f)
+        writer.writerow(["line", column])
+        writer.writerows((int(l), repr(float(p))) for l, p in zip(lines, pred))
+
+    _write_atomic(_OUT.value, write)
+    print(f"wrote {len(pred)} predictions to {_OUT.value}")
+    if model.target_name in names:
+        y = table[:, names.index(model.target_name)]
+        print(f"MSE against column {model.target_name!r}: "
+              f"{float(np.mean(np.square(pred - y))):.4g}; "
+              f"NLL: {-float(model.log_likelihood(x, y)):.4f} per row")
+
+
+def main(argv) -> None:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        sys.stderr.write(f"usage: python -m moejax {{{','.join(COMMANDS)}}} --flag=value ...\n"
+                         f"  (got {argv[1:]}; see --helpfull for the flags)\n")
+        sys.exit(2)
+    try:
+        (fit_command if argv[1] == "fit" else predict_command)()
+    except (InputError, ValueError, OSError) as e:
+        # ValueError: the library's checks (shapes, finiteness, sizes) speak for themselves.
+        sys.stderr.write(f"moejax {argv[1]}: error: {e}\n")
+        sys.exit(1)
+
+
+def run() -> None:
+    app.run(main)

@@ -1,0 +1,142 @@
+"""Fitting an MoE to real data: standardise, moment start, gating EM, joint-EM refinement with
+per-expert intercepts; a fitted model that predicts in original units."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from moejax import _validate, gating, model, preprocessing
+from moejax.baselines import refine
+from moejax.model import MoEParams
+from moejax.nonlinearities import NONLINEARITIES, Nonlinearity
+from moejax.preprocessing import Standardizer
+from moejax.recover import initial_noise_std, recover_experts
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedMoE:
+    """A fitted MoE with its preprocessing; a pytree (data: params, standardizer).
+
+    The model acts on z = [standardize(x), 1]: params.experts and params.gating are (k, d + 1),
+    their last column the intercepts, and params.noise_std is in standardised target units.
+
+    Attributes:
+      params: MoEParams on the standardised scale.
+      standardizer: the feature and target transform.
+      nonlinearity: the experts' g, a name in `moejax.NONLINEARITIES`.
+      feature_names: optional names of the d input columns (checked on prediction by the CLI).
+      target_name: optional name of the target column.
+    """
+
+    params: MoEParams
+    standardizer: Standardizer
+    nonlinearity: str = "linear"
+    feature_names: tuple[str, ...] | None = None
+    target_name: str | None = None
+
+    @property
+    def num_experts(self) -> int:
+        return self.params.experts.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """d, the number of input features (without the intercept)."""
+        return self.params.experts.shape[1] - 1
+
+    @property
+    def noise_std(self) -> jax.Array:
+        """sigma in the target's original units."""
+        return self.params.noise_std * self.standardizer.y_scale
+
+    def design(self, x) -> jax.Array:
+        """[standardize(x), 1]: (n, d + 1), the model's input."""
+        x = _validate.features(x, dim=self.dim)
+        return design_matrix(self.standardizer, x)
+
+    def predict(self, x) -> jax.Array:
+        """E[y | x] in original units: (n,) for x: (n, d)."""
+        pred = model.predict(self.params, self.design(x), self.nonlinearity)
+        return preprocessing.inverse_target(self.standardizer, pred)
+
+    def log_likelihood(self, x, y) -> jax.Array:
+        """Mean log-density of y given x, in the target's original units: a scalar."""
+        y = _validate.data(x, y)[1]
+        y_std = preprocessing.transform_target(self.standardizer, y)
+        return (model.log_likelihood(self.params, self.design(x), y_std, self.nonlinearity)
+                - jnp.log(self.standardizer.y_scale))
+
+    def mixing_weights(self, x) -> jax.Array:
+        """Mean gate probabilities over the rows of x: (k,)."""
+        return jnp.mean(jax.nn.softmax(self.design(x) @ self.params.gating.T, axis=-1), axis=0)
+
+
+jax.tree_util.register_dataclass(
+    FittedMoE, data_fields=["params", "standardizer"],
+    meta_fields=["nonlinearity", "feature_names", "target_name"])
+
+
+def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
+    """[standardize(x), 1]: (n, d + 1)."""
+    xs = preprocessing.transform_features(standardizer, x)
+    return jnp.concatenate([xs, jnp.ones_like(xs[:, :1])], axis=1)
+
+
+def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
+        noise_std=None, whiten: bool = True, refine_iters: int = 100,
+        num_restarts: int = 10, num_gating_inits: int = 4, num_em_iters: int = 50,
+        feature_names=None, target_name=None, progress=None) -> FittedMoE:
+    """Fits an MoE to data that need not satisfy the method's assumptions.
+
+    1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
+    2. Unit-norm experts from the moment method on the standardised data (`recover_experts`).
+       (Their un-whitened norms are not used: where the model is wrong, as on real data, a
+       small tensor eigenvalue makes them blow up.)
+    3. Gating by EM with the experts fixed (`fit_gating`).
+    4. Joint-EM refinement (`refine`, `refine_iters` iterations; 0 skips it) on [x_std, 1],
+       which also estimates an intercept per expert and per gate, starting from 0.
+
+    noise_std: sigma in the target's units, or None to estimate it: started at the moment
+    estimate `initial_noise_std` and updated by the maximum-likelihood M-step in the gating EM
+    and in every refinement iteration.
+
+    x: (n, d); y: (n,). `progress`, if given, is called with a short message as each stage
+    starts (the command line prints them). Returns a FittedMoE that predicts in original units.
+    """
+    progress = progress or (lambda message: None)
+    if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES} (a name, so that the "
+                         f"model can be saved), got {nonlinearity!r}.")
+    learn = noise_std is None
+    x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0 if learn else noise_std)
+    if isinstance(refine_iters, bool) or not isinstance(refine_iters, int) or refine_iters < 0:
+        raise ValueError(f"refine_iters must be an integer >= 0, got {refine_iters!r}.")
+    if feature_names is not None:
+        feature_names = tuple(str(v) for v in feature_names)
+        if len(feature_names) != x.shape[1]:
+            raise ValueError(f"feature_names must name the d = {x.shape[1]} columns of x, got "
+                             f"{len(feature_names)} names.")
+    progress(f"standardising {x.shape[0]} rows x {x.shape[1]} features")
+    std = preprocessing.fit_standardizer(x, y, whiten=whiten)
+    xs = preprocessing.transform_features(std, x)
+    ys = preprocessing.transform_target(std, y)
+    sigma = initial_noise_std(ys, nonlinearity) if learn else noise_std / std.y_scale
+
+    key_tensor, key_gating = jax.random.split(key)
+    progress(f"moment stage: {num_experts} experts")
+    est = recover_experts(key_tensor, xs, ys, num_experts=num_experts, nonlinearity=nonlinearity,
+                          noise_std=sigma, num_restarts=num_restarts)
+    experts = est.experts
+    progress(f"gating EM: {num_gating_inits} starts x {num_em_iters} iterations")
+    w, info = gating.fit_gating(key_gating, xs, ys, experts, noise_std=sigma,
+                                nonlinearity=nonlinearity, num_inits=num_gating_inits,
+                                num_iters=num_em_iters, learn_noise_std=learn)
+    pad = jnp.zeros((num_experts, 1), xs.dtype)
+    params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1),
+                       info.noise_std)
+    if refine_iters:
+        progress(f"joint-EM refinement: {refine_iters} iterations")
+        params, _ = refine(params, design_matrix(std, x), ys, nonlinearity=nonlinearity,
+                           num_iters=refine_iters, learn_noise_std=learn)
+    return FittedMoE(params, std, nonlinearity, feature_names,
+                     None if target_name is None else str(target_name))

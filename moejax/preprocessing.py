@@ -1,0 +1,79 @@
+"""Standardisation for real data, where x is not N(0, I): the transform is stored so that a
+fitted model takes and returns original units."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moejax import _validate
+
+
+class Standardizer(NamedTuple):
+    """x_std = (x - x_mean) @ x_map, y_std = (y - y_mean) / y_scale.
+
+    Attributes:
+      x_mean: (d,) feature means.
+      x_map: (d, d) the whitening map Sigma^(-1/2) (symmetric, so whitened features stay aligned
+        with the original columns), or diag(1 / sd) when only standardising.
+      y_mean, y_scale: scalars, the target's mean and standard deviation.
+    """
+
+    x_mean: jax.Array
+    x_map: jax.Array
+    y_mean: jax.Array
+    y_scale: jax.Array
+
+
+def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Standardizer:
+    """The standardisation of (x: (n, d), y: (n,)).
+
+    whiten=True maps x to mean 0 and identity covariance (the moment method assumes
+    x ~ N(0, I)); whiten=False only centres and scales each column.
+
+    Raises:
+      ValueError: for malformed inputs, a constant feature or target, or (whiten=True) features
+        whose covariance is singular to `rcond` (collinear columns).
+    """
+    x, y = _validate.data(x, y)
+    if x.shape[0] < 2:
+        raise ValueError(f"x needs at least 2 rows to standardise, got {x.shape[0]}.")
+    x_mean = jnp.mean(x, axis=0)
+    xc = x - x_mean
+    sd = jnp.std(xc, axis=0)
+    constant = np.flatnonzero(np.asarray(sd) <= rcond * max(1.0, float(jnp.max(jnp.abs(x)))))
+    if constant.size:
+        raise ValueError(f"x has constant column(s) {constant.tolist()}: they carry no "
+                         "information and cannot be standardised; drop them.")
+    if whiten:
+        # Scale first so that the eigenvalue test is about correlation, not units.
+        corr = (xc / sd).T @ (xc / sd) / x.shape[0]
+        eigvals, eigvecs = jnp.linalg.eigh(corr)
+        if float(eigvals[0]) <= rcond * float(eigvals[-1]):
+            raise ValueError(
+                "x's columns are collinear (the feature covariance is singular: smallest "
+                f"eigenvalue {float(eigvals[0]):.3g} of the correlation matrix); drop redundant "
+                "columns or use whiten=False.")
+        x_map = (eigvecs / jnp.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
+    else:
+        x_map = jnp.diag(1.0 / sd)
+    y_scale = jnp.std(y)
+    if float(y_scale) <= 0:
+        raise ValueError("y is constant: there is nothing to fit.")
+    return Standardizer(x_mean, x_map, jnp.mean(y), y_scale)
+
+
+def transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
+    """(x - x_mean) @ x_map: (n, d)."""
+    return (x - s.x_mean) @ s.x_map
+
+
+def transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
+    """(y - y_mean) / y_scale: (n,)."""
+    return (y - s.y_mean) / s.y_scale
+
+
+def inverse_target(s: Standardizer, y_std: jax.Array) -> jax.Array:
+    """y_mean + y_scale * y_std: back to original units."""
+    return s.y_mean + s.y_scale * y_std
