@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from moejax import _validate, gating, model, preprocessing
 from moejax.baselines import refine
 from moejax.model import MoEParams
-from moejax.nonlinearities import NONLINEARITIES, Nonlinearity
+from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import Standardizer
 from moejax.recover import initial_noise_std, recover_experts
 

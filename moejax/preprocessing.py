@@ -15,8 +15,10 @@ class Standardizer(NamedTuple):
 
     Attributes:
       x_mean: (d,) feature means.
-      x_map: (d, d) the whitening map Sigma^(-1/2) (symmetric, so whitened features stay aligned
-        with the original columns), or diag(1 / sd) when only standardising.
+      x_map: (d, d) the whitening map diag(1 / sd) R^(-1/2), R the correlation matrix
+        ("ZCA-cor": unaffected by the columns' units, and each whitened feature stays as
+        close as possible to its standardised column), or diag(1 / sd) when only
+        standardising.
       y_mean, y_scale: scalars, the target's mean and standard deviation.
     """
 

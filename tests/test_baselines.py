@@ -70,3 +70,11 @@ def test_bad_inputs():
         mj.joint_gd(jax.random.key(0), x, y[:50], num_experts=2, noise_std=0.1)
     with pytest.raises(ValueError, match="x contains"):
         mj.refine(mj.random_init(jax.random.key(0), 5, 2, 0.1), np.full((100, 5), np.nan), y)
+
+
+def test_joint_gd_and_em_learn_unknown_noise_std(small_problem):
+    truth, x, y = small_problem
+    for fn, kw in ((mj.joint_gd, dict(num_steps=500, learning_rate=0.02)),
+                   (mj.joint_em, dict(num_iters=100))):
+        est, _ = fn(jax.random.key(0), x, y, num_experts=NUM_EXPERTS, **kw)
+        assert abs(float(est.noise_std) / NOISE_STD - 1) < 0.1, fn.__name__

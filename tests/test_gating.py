@@ -69,3 +69,13 @@ def test_bad_inputs(small_problem):
         mj.fit_gating(jax.random.key(0), x, y, params.experts, noise_std=-1.0)
     with pytest.raises(ValueError, match="num_inits"):
         mj.fit_gating(jax.random.key(0), x, y, params.experts, noise_std=0.1, num_inits=0)
+
+
+def test_learned_noise_std_keeps_em_monotone_and_finds_sigma(small_problem):
+    # With the true experts, sigma's M-step converges to the residual sd of the true assignment.
+    truth, x, y = small_problem
+    w, info = mj.fit_gating(jax.random.key(0), x, y, truth.experts, noise_std=0.5,
+                            learn_noise_std=True, num_iters=100)
+    assert np.all(np.diff(np.asarray(info.trace)) > -1e-5)
+    assert abs(float(info.noise_std) / float(truth.noise_std) - 1) < 0.05
+    assert float(mj.gating_error(mj.MoEParams(truth.experts, w, info.noise_std), truth)) < 0.3

@@ -153,3 +153,36 @@ def test_bad_inputs(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         mj.recover(jax.random.key(0), args.pop("x"), args.pop("y"), **args)
+
+
+def test_initial_noise_std_matches_moment_identity():
+    # E[y^2] = E[g(Z)^2] + sigma^2 under the model; at sigma = 0.5, n = 1e5 the sd of the
+    # estimate is about sd(y^2) / sqrt(n) / (2 sigma) < 0.01.
+    for g in ("linear", "tanh"):
+        key_p, key_x = jax.random.split(jax.random.key(0))
+        truth = mj.random_params(key_p, 10, 3, noise_std=0.5)
+        _, y = mj.sample(key_x, truth, 100_000, g)
+        assert abs(float(mj.initial_noise_std(y, g)) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("nonlinearity", ["linear", "tanh"])
+def test_recover_estimates_unknown_noise_std(nonlinearity):
+    # The issue's bound: within 10% at n = 1e5. At sigma = 0.5 the gating EM's M-step gave
+    # errors under 1.5% (4 seeds per g); at sigma = 0.1 the moment experts' error inflates the
+    # residuals (about +8%), so the small-sigma case is tested after refinement below.
+    for seed in range(3):
+        key_p, key_x, key_fit = jax.random.split(jax.random.key(seed), 3)
+        truth = mj.random_params(key_p, 10, 3, noise_std=0.5)
+        x, y = mj.sample(key_x, truth, 100_000, nonlinearity)
+        est = mj.recover(key_fit, x, y, num_experts=3, nonlinearity=nonlinearity)
+        assert abs(float(est.noise_std) / 0.5 - 1) < 0.1
+
+
+@pytest.mark.parametrize("nonlinearity", ["linear", "tanh"])
+def test_refine_estimates_small_unknown_noise_std(nonlinearity):
+    # sigma = 0.1, n = 1e5: recover + refine(learn_noise_std) was within 0.5% on 4 seeds.
+    for seed in range(3):
+        truth, x, y = truth_and_data(seed, 100_000, nonlinearity)
+        start = mj.recover(jax.random.key(seed), x, y, num_experts=3, nonlinearity=nonlinearity)
+        est, _ = mj.refine(start, x, y, nonlinearity=nonlinearity, learn_noise_std=True)
+        assert abs(float(est.noise_std) / NOISE_STD - 1) < 0.1

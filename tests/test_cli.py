@@ -1,0 +1,123 @@
+"""The command line, run as a user would (subprocess), on small CSVs written here."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import moejax as mj
+from conftest import truth_and_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def moejax(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "moejax", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+HEADER = [f"f{i}" for i in range(10)] + ["target"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    truth, x, y = truth_and_data(0, 4000)
+    table = np.c_[np.asarray(x) * 2 + 1, np.asarray(y) * 10 + 3]
+    # The oracle's error: E[y | x] leaves the random choice of expert unexplained.
+    oracle_mse = 100 * float(np.mean(np.square(np.asarray(mj.predict(truth, x)) - np.asarray(y))))
+    write_csv(d / "train.csv", HEADER, table.tolist())
+    out = moejax("fit", "--data=train.csv", "--target=target", "--experts=3", "--out=model.npz",
+                 "--refine_iters=20", cwd=d)
+    assert out.returncode == 0, out.stderr
+    return d, table, out.stdout, oracle_mse
+
+
+def test_fit_prints_summary_and_writes_model(workdir):
+    d, _, stdout, oracle_mse = workdir
+    for text in ("mixing weights:", "training NLL:", "training MSE:", "gating EM", "wrote model.npz"):
+        assert text in stdout
+    mse = float(stdout.split("training MSE:")[1].split()[0])
+    assert mse < 1.1 * oracle_mse
+    assert (d / "model.npz").is_file()
+
+
+def test_predict_writes_predictions_in_column_order_of_model(workdir):
+    d, table, _, oracle_mse = workdir
+    # Columns shuffled and the target dropped: matched by name.
+    order = [3, 1, 0, 2, 4, 5, 6, 7, 9, 8]
+    write_csv(d / "new.csv", [HEADER[i] for i in order], table[:50, order].tolist())
+    out = moejax("predict", "--model=model.npz", "--data=new.csv", "--out=pred.csv", cwd=d)
+    assert out.returncode == 0, out.stderr
+    with open(d / "pred.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["line", "predicted_target"] and len(rows) == 51
+    pred = np.array([float(r[1]) for r in rows[1:]])
+    assert np.mean((pred - table[:50, -1]) ** 2) < 2 * oracle_mse  # 50 rows: a loose check
+
+
+@pytest.mark.parametrize("name,content,flags,message", [
+    ("absent.csv", None, ["--target=target", "--experts=3"], "does not exist"),
+    ("t.csv", "a,b,c\n1,2,3\n", ["--target=y", "--experts=2"], "column 'y' is not in"),
+    ("t.csv", "a,b,c,y\n" + "1,2,x,4\n" * 10, ["--target=y", "--experts=2"], "non-numeric cell"),
+    ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 10 + "1,,3,4\n1,2,nan,4\n", ["--target=y", "--experts=2"],
+     "2 row(s) with empty, NaN or infinite cells, at lines 12, 13"),
+    ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 3, ["--target=y", "--experts=2"], "has 3 usable rows"),
+    ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 30, ["--target=y", "--experts=4"], "--experts must be"),
+    ("t.csv", "", ["--target=y", "--experts=2"], "is empty"),
+    ("t.csv", "a,b,y\n1,2\n", ["--target=y", "--experts=2"], "line 2 has 2 fields"),
+])
+def test_fit_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, name, content, flags, message):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    before = set(os.listdir(tmp_path))
+    out = moejax("fit", f"--data={name}", "--out=m.npz", *flags, cwd=tmp_path)
+    assert out.returncode == 1
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert set(os.listdir(tmp_path)) == before
+
+
+def test_drop_missing_drops_and_reports(workdir, tmp_path):
+    _, table, _, _ = workdir
+    rows = table[:400].tolist()
+    rows[5][2] = ""
+    rows[7][0] = "nan"
+    write_csv(tmp_path / "t.csv", HEADER, rows)
+    out = moejax("fit", "--data=t.csv", "--target=target", "--experts=3", "--out=m.npz",
+                 "--refine_iters=2", "--drop_missing", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout
+    assert "398 rows" in out.stdout
+
+
+def test_predict_bad_inputs(workdir, tmp_path):
+    d, table, _, _ = workdir
+    write_csv(tmp_path / "few.csv", HEADER[:5], table[:10, :5].tolist())
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    cases = [
+        (["--model=absent.npz", "--data=few.csv"], "does not exist"),
+        (["--model=broken.npz", "--data=few.csv"], "not a readable moejax model"),
+        ([f"--model={d / 'model.npz'}", "--data=few.csv"], "does not match the model"),
+        ([f"--model={d / 'model.npz'}"], "missing required flag(s): --data"),
+    ]
+    for flags, message in cases:
+        before = set(os.listdir(tmp_path))
+        out = moejax("predict", *flags, "--out=p.csv", cwd=tmp_path)
+        assert out.returncode == 1 and message in out.stderr, (flags, out.stderr)
+        assert "Traceback" not in out.stderr and set(os.listdir(tmp_path)) == before
+
+
+def test_unknown_command_is_a_usage_error(tmp_path):
+    out = moejax("train", cwd=tmp_path)
+    assert out.returncode == 2 and "usage: python -m moejax {fit,predict}" in out.stderr

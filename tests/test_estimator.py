@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import moejax as mj
+from conftest import truth_and_data
+
+
+def _affine(seed, n, nonlinearity="linear"):
+    """Synthetic data in 'real' units: x = 3 z + 7 (z the model's N(0, I) inputs), y = 50 + 4 y_model."""
+    truth, z, y = truth_and_data(seed, n, nonlinearity)
+    return truth, 3.0 * z + 7.0, 50.0 + 4.0 * y
+
+
+def test_fit_on_shifted_scaled_data_predicts_in_original_units():
+    truth, x, y = _affine(0, 50_000)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3)
+    z_test, y_test = mj.sample(jax.random.key(99), truth, 5000)  # held out, same truth
+    x_test, y_test = 3.0 * z_test + 7.0, 50.0 + 4.0 * y_test
+    # Oracle: the true model on the model-scale inputs.
+    oracle = 50.0 + 4.0 * mj.predict(truth, (x_test - 7.0) / 3.0)
+    mse_model = float(jnp.mean(jnp.square(model.predict(x_test) - y_test)))
+    mse_oracle = float(jnp.mean(jnp.square(oracle - y_test)))
+    assert mse_model < 1.05 * mse_oracle
+    # sigma comes back in target units: 4 * 0.1.
+    assert abs(float(model.noise_std) / 0.4 - 1) < 0.1
+    # Intercepts: centred data need none, so they come back near 0.
+    assert float(jnp.max(jnp.abs(model.params.experts[:, -1]))) < 0.05
+
+
+def test_intercepts_are_estimated():
+    # y = g(a_i . x) + b_i with b = (1, -1, 0.5) per expert: the refinement must find them.
+    truth, z, y_model = truth_and_data(1, 50_000)
+    z_assign = jnp.argmax(mj.posteriors(truth, z, y_model), axis=1)
+    b = jnp.array([1.0, -1.0, 0.5])
+    y = y_model + b[z_assign]
+    model = mj.fit(jax.random.key(1), z, y, num_experts=3, whiten=False, refine_iters=200)
+    scale = float(model.standardizer.y_scale)
+    found = np.sort(np.asarray(model.params.experts[:, -1]) * scale + float(model.standardizer.y_mean))
+    np.testing.assert_allclose(found, np.sort(np.asarray(b)), atol=0.1)
+
+
+def test_log_likelihood_is_in_original_units():
+    _, x, y = _affine(2, 5000)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=10)
+    # Changing the target's units by 10 moves the density by -log 10 per row.
+    shifted = mj.FittedMoE(model.params, model.standardizer._replace(
+        y_mean=model.standardizer.y_mean * 10, y_scale=model.standardizer.y_scale * 10),
+        model.nonlinearity)
+    np.testing.assert_allclose(shifted.log_likelihood(x, 10 * y),
+                               model.log_likelihood(x, y) - np.log(10), rtol=1e-5)
+
+
+def test_fitted_model_is_a_pytree_through_jit():
+    _, x, y = _affine(3, 5000)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names="abcdefghij")
+    jitted = jax.jit(lambda m, x: m.predict(x))(model, x[:10])
+    np.testing.assert_allclose(jitted, model.predict(x[:10]), rtol=1e-5)
+    assert jax.tree_util.tree_structure(model).num_leaves == 7
+
+
+def test_fit_rejects_bad_arguments():
+    _, x, y = _affine(0, 500)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        mj.fit(jax.random.key(0), x, y, num_experts=3, nonlinearity=jnp.tanh)
+    with pytest.raises(ValueError, match="refine_iters"):
+        mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=-1)
+    with pytest.raises(ValueError, match="feature_names"):
+        mj.fit(jax.random.key(0), x, y, num_experts=3, feature_names=["a"])
+    with pytest.raises(ValueError, match="num_experts"):
+        mj.fit(jax.random.key(0), x, y, num_experts=11)
