@@ -1,6 +1,6 @@
 """moejax: consistent learning of mixture-of-experts regression in JAX."""
 
-from moejax import datasets, io
+from moejax import datasets, io, sums
 from moejax.baselines import FitInfo, joint_em, joint_gd, random_init, refine
 from moejax.estimator import FittedMoE, fit
 from moejax.gating import GatingInfo, fit_gating
@@ -49,6 +49,7 @@ __all__ = [
     "recover_experts",
     "refine",
     "sample",
+    "sums",
     "transform_constants",
     "transform_features",
     "transform_target",

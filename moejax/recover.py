@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from moejax import _validate, gating, moments, tensor
 from moejax.model import MoEParams
+from moejax.sums import Layout, layout_of
 from moejax.nonlinearities import Nonlinearity, output_second_moment, transform_constants
 
 
@@ -27,15 +28,24 @@ class ExpertEstimate(NamedTuple):
     norms: jax.Array
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("num_experts", "nonlinearity", "num_restarts", "num_iters"))
-def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts, num_iters):
+@functools.partial(jax.jit, static_argnames=("num_experts", "nonlinearity", "num_restarts",
+                                             "num_iters", "subspace_iters", "layout"))
+def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts, num_iters,
+                     subspace_iters=None, layout=Layout()):
+    n, d = x.shape
     consts = transform_constants(nonlinearity, noise_std)
-    t2, t3 = moments.label_transforms(y, consts)
-    m2 = jnp.sign(consts.c2) * moments.second_moment(x, t2)
-    white = moments.whitening(m2, num_experts)
-    t = jnp.sign(consts.c3) * moments.whitened_third_moment(x @ white.matrix, t3, white.matrix)
-    lam, v = tensor.decompose(key, t, num_experts, num_restarts=num_restarts, num_iters=num_iters)
+    t2, t3 = moments.t2_transform(consts), moments.t3_transform(consts)
+    sign2 = jnp.sign(consts.c2)
+    if subspace_iters is None:
+        m2 = sign2 * moments.second_moment(x, y, t2, layout)
+        white = moments.whitening(m2, num_experts)
+    else:
+        product = lambda v: sign2 * moments.second_moment_product(x, y, v, t2, layout)
+        white = moments.implicit_whitening(jax.random.fold_in(key, 1), product, d, num_experts,
+                                           num_iters=subspace_iters, dtype=x.dtype)
+    t = jnp.sign(consts.c3) * moments.whitened_third_moment(x, y, white.matrix, t3, layout)
+    lam, v = tensor.decompose(key, t, num_experts, num_restarts=num_restarts,
+                              num_iters=num_iters)
     c2, c3 = jnp.abs(consts.c2), jnp.abs(consts.c3)
     # pinv(Wh^T) = U diag(eigvals)^(1/2); a_i = lam_i |c2| / |c3| pinv(Wh^T) v_i (section 3.5).
     raw = (lam * c2 / c3)[:, None] * ((v * jnp.sqrt(white.eigvals)) @ white.eigvecs.T)
@@ -44,17 +54,29 @@ def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restar
     return ExpertEstimate(raw / norms[:, None], pi, norms)
 
 
+def _check_subspace_iters(subspace_iters):
+    if subspace_iters is not None and (isinstance(subspace_iters, bool)
+                                       or not isinstance(subspace_iters, int) or subspace_iters < 1):
+        raise ValueError(f"subspace_iters must be a positive integer or None, got {subspace_iters!r}.")
+
+
 def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
                     nonlinearity: Nonlinearity = "linear", noise_std, num_restarts: int = 10,
-                    num_power_iters: int = 100) -> ExpertEstimate:
+                    num_power_iters: int = 100, subspace_iters: int | None = None,
+                    chunk_size: int | None = None) -> ExpertEstimate:
     """The moment stage alone: experts and mixing weights from E[T2(y) S2(x)], E[T3(y) S3(x)].
 
     x: (n, d) with x ~ N(0, I_d); y: (n,). Never forms a (d, d, d) tensor: the third moment is
-    taken on the whitened projection x @ Wh, (n, k). Cost O(n d^2 + n k^3 + d^3).
+    taken on the whitened projection x @ Wh. With subspace_iters=None, M2 is formed (n d^2
+    work) and fully eigendecomposed; with an integer q, its top-k eigenspace comes from q + 1
+    implicit products M2 @ V (randomised subspace iteration, n d (k + 5) work each), M2 never
+    formed: the choice for large d. chunk_size and sharded inputs: see `recover`.
     """
     x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+    _check_subspace_iters(subspace_iters)
+    layout = layout_of(x, chunk_size)
     return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts,
-                            num_power_iters)
+                            num_power_iters, subspace_iters, layout)
 
 
 def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
@@ -74,7 +96,8 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
 def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             nonlinearity: Nonlinearity = "linear", noise_std=None, num_restarts: int = 10,
             num_power_iters: int = 100, num_gating_inits: int = 4,
-            num_em_iters: int = 50) -> MoEParams:
+            num_em_iters: int = 50, subspace_iters: int | None = None,
+            chunk_size: int | None = None) -> MoEParams:
     """Consistent estimate of all MoE parameters from samples (ALGORITHM.md sections 2-4).
 
     1. Experts from the cross-moments of Stein score functions and transformed labels,
@@ -98,6 +121,16 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
         its maximum-likelihood M-step (`fit_gating(..., learn_noise_std=True)`).
       num_restarts, num_power_iters: tensor power method settings.
       num_gating_inits, num_em_iters: gating EM settings.
+      subspace_iters: None forms M2 (d x d) and eigendecomposes it; an integer q finds its
+        top-k eigenspace by q + 1 implicit products instead (for large d; see
+        `recover_experts`).
+      chunk_size: None sums over all rows at once; an integer sums over blocks of that many
+        rows (a `lax.scan`), so temporaries do not grow with n. Same result to float rounding.
+
+    Data parallelism: if x is a `jax.Array` sharded along its rows over a mesh axis
+    (`jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))`), every sum over samples
+    runs per device inside `shard_map` and is reduced with `psum`; the small linear algebra is
+    replicated. n must be a multiple of the number of devices on that axis.
 
     Returns:
       MoEParams with unit-norm experts (k, d), gating (k, d) with last row 0, and noise_std.
@@ -112,10 +145,13 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
         noise_std = initial_noise_std(y, nonlinearity)
     else:
         x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+    _check_subspace_iters(subspace_iters)
+    layout = layout_of(x, chunk_size)
     key_tensor, key_gating = jax.random.split(key)
     experts = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
-                               num_restarts, num_power_iters).experts
+                               num_restarts, num_power_iters, subspace_iters, layout).experts
     w, info = gating.fit_gating(key_gating, x, y, experts, noise_std=noise_std,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
-                                num_iters=num_em_iters, learn_noise_std=learn)
+                                num_iters=num_em_iters, learn_noise_std=learn,
+                                chunk_size=chunk_size)
     return MoEParams(experts, w, info.noise_std)

@@ -81,3 +81,19 @@ def test_error_table(tmp_path):
     assert len(read_csv(tmp_path / "error_table.csv")) == 2 * 2 * 2
     assert "| tanh |" in out.stdout
     assert (tmp_path / "error_table.png").stat().st_size > 1000
+
+
+def test_airfoil(tmp_path):
+    out = run("experiments.airfoil", "--num_splits=1", "--ks=2", "--num_starts=2", "--em_iters=3",
+              "--gd_steps=3", f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    rows = read_csv(tmp_path / "airfoil.csv")
+    assert {r["method"] for r in rows} == {"moments", "refine", "em", "gd", "ols"}
+    for r in rows:
+        assert float(r["test_mse"]) > 0 and abs(float(r["test_nll"])) < 100
+    # Least squares on this data: test MSE about 23 dB^2 (a sanity check on the split and units).
+    ols = next(float(r["test_mse"]) for r in rows if r["method"] == "ols")
+    assert 15 < ols < 35
+    assert (tmp_path / "airfoil.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "airfoil.json").read_text())["summary"]
+    assert len(summary) == 5

@@ -1,0 +1,111 @@
+"""Sums over samples: the one place that reads all n rows.
+
+Every statistic the method needs (moments, Gram matrix, EM sums) is a sum over rows of a
+function of a block of rows. `row_sum` computes such sums in one of three layouts, chosen by a
+static `Layout`:
+
+- in one block (the default);
+- in fixed-size chunks, a `lax.scan` over row blocks read with `dynamic_slice`, so the
+  temporaries are (chunk_size, ...) whatever n is. The last block is clamped to end at row n,
+  and its rows already counted get weight 0, so no padding copy of the data is made;
+- data-parallel over a device mesh: each device sums its own rows (in chunks, if asked) inside
+  `shard_map`, and `psum` adds the partial sums across devices.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
+
+try:  # jax >= 0.7
+    _shard_map = jax.shard_map
+except AttributeError:  # pragma: no cover - older jax
+    from jax.experimental.shard_map import shard_map as _old_shard_map
+
+    def _shard_map(f, *, mesh, in_specs, out_specs):
+        return _old_shard_map(f, mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+class Layout(NamedTuple):
+    """How sums over rows are computed (static: hashable, part of the compiled program).
+
+    Attributes:
+      chunk_size: rows per block, or None for one block.
+      mesh: a `jax.sharding.Mesh` whose axis `axis` splits the rows across devices, or None.
+      axis: the mesh axis name of the row dimension.
+    """
+
+    chunk_size: int | None = None
+    mesh: Mesh | None = None
+    axis: str | None = None
+
+
+def _chunked(fn, arrays, chunk_size):
+    n = arrays[0].shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return fn(*arrays, jnp.ones((n,), arrays[0].dtype))
+    num_blocks = -(-n // chunk_size)
+
+    def block(i):
+        start = jnp.minimum(i * chunk_size, n - chunk_size)
+        rows = [jax.lax.dynamic_slice_in_dim(a, start, chunk_size) for a in arrays]
+        weight = (start + jnp.arange(chunk_size) >= i * chunk_size).astype(arrays[0].dtype)
+        return fn(*rows, weight)
+
+    def body(total, i):
+        return jax.tree_util.tree_map(jnp.add, total, block(i)), None
+
+    first = block(0)
+    total, _ = jax.lax.scan(body, first, jnp.arange(1, num_blocks))
+    return total
+
+
+def row_sum(fn: Callable[..., Any], arrays: tuple, layout: Layout = Layout()) -> Any:
+    """sum over rows r of fn(arrays[r], weight[r]), as fn sees it on blocks of rows.
+
+    fn(*blocks, weight) -> pytree: `blocks` are the arrays' rows of one block (same leading
+    size c), `weight` (c,) is 1 for rows to count and 0 for rows to ignore; fn must return sums
+    over the block's rows with every row's term multiplied by its weight. arrays: tuple of
+    arrays with the same leading dimension n. fn may close over small replicated arrays.
+    """
+    if layout.mesh is None:
+        return _chunked(fn, arrays, layout.chunk_size)
+    rows = PartitionSpec(layout.axis)
+
+    def local(*blocks):
+        partial = _chunked(fn, blocks, layout.chunk_size)
+        return jax.tree_util.tree_map(lambda v: jax.lax.psum(v, layout.axis), partial)
+
+    return _shard_map(local, mesh=layout.mesh, in_specs=tuple(rows for _ in arrays),
+                      out_specs=PartitionSpec())(*arrays)
+
+
+def layout_of(x, chunk_size: int | None = None) -> Layout:
+    """The layout for data x: chunked if `chunk_size`, and data-parallel when x is a concrete
+    array sharded along its rows over a mesh axis (`NamedSharding` with spec (axis, ...)).
+
+    Raises:
+      ValueError: for a chunk_size that is not a positive integer, or rows that do not split
+        evenly over the devices.
+    """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    sharding = getattr(x, "sharding", None) if not isinstance(x, jax.core.Tracer) else None
+    if not isinstance(sharding, jax.sharding.NamedSharding) or not sharding.spec:
+        return Layout(chunk_size)
+    axis = sharding.spec[0]
+    if axis is None:
+        return Layout(chunk_size)
+    if not isinstance(axis, str):
+        raise ValueError(f"x's rows are sharded over the mesh axes {axis}; moejax supports one "
+                         "mesh axis for the rows (e.g. PartitionSpec('data')).")
+    devices = sharding.mesh.shape[axis]
+    if devices == 1:
+        return Layout(chunk_size)
+    if x.shape[0] % devices:
+        raise ValueError(f"x has n = {x.shape[0]} rows, which do not split evenly over the "
+                         f"{devices} devices of mesh axis {axis!r}; drop {x.shape[0] % devices} "
+                         "rows or pad the data to a multiple.")
+    return Layout(chunk_size, sharding.mesh, axis)
