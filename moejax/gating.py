@@ -55,7 +55,11 @@ def e_step(gating, x, log_dens):
 
     q_ni is proportional to p_ni N(y_n | g(a_i . x_n), sigma^2) = softmax(logits + log_dens)_i.
     """
-    logits = list(gating @ x.T)
+    return _e_step_rows(list(gating @ x.T), log_dens)
+
+
+def _e_step_rows(logits, log_dens):
+    """`e_step` from the k logit rows (n,) each."""
     gate, log_z = _softmax_experts(logits)
     resp, log_joint = _softmax_experts([l + ld for l, ld in zip(logits, log_dens)])
     return gate, resp, log_joint - log_z
@@ -69,16 +73,38 @@ def gating_log_likelihood(gating: jax.Array, x: jax.Array, log_dens: jax.Array) 
     return jnp.mean(e_step(gating, x, log_dens)[2])
 
 
-def bohning_step(gating: jax.Array, grad: jax.Array, gram_chol: jax.Array) -> jax.Array:
+def bohning_step(gating: jax.Array, grad: jax.Array, solve) -> jax.Array:
     """W <- W + B^(-1) grad on the k - 1 free rows: the new gating (k, d).
 
-    grad: (k - 1, d), (1/n) sum_n (q_ni - p_ni) x_n for i < k; gram_chol: (d, d) lower
-    Cholesky factor of C = X^T X / n.
+    grad: (k - 1, d), (1/n) sum_n (q_ni - p_ni) x_n for i < k; solve: v (d, m) -> C^(-1) v
+    for C = X^T X / n, or -> v / L for a scalar bound L >= lambda_max(C) (`_gram_solver`).
     """
     # B^(-1) grad with B = 1/2 (I - 1 1^T / k) (x) C: (I - 1 1^T/k)^(-1) = I + 1 1^T on k-1 rows.
     grad = 2.0 * (grad + jnp.sum(grad, axis=0, keepdims=True))
-    step = jsp.linalg.cho_solve((gram_chol, True), grad.T).T
-    return gating.at[:-1].add(step)
+    return gating.at[:-1].add(solve(grad.T).T)
+
+
+def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int = 30):
+    """v -> C^(-1) v with C = X^T X / n, by one Cholesky factor of C (n d^2 work), or, matrix
+    free, v -> v / L with L = 1.1 lambda_max(C), lambda_max by power iteration (num_iters
+    passes of n d work). L I >= C keeps the Bohning step monotone; the 10% margin covers the
+    power iteration's shortfall below lambda_max, which is largest when C's top eigenvalues
+    are close (as for whitened data) and then the shortfall is small."""
+    if not matrix_free:
+        chol = jnp.linalg.cholesky(gram_matrix(x, layout))
+        return lambda v: jsp.linalg.cho_solve((chol, True), v)
+    n, d = x.shape
+
+    def product(v):
+        return row_sum(lambda xb, w: xb.T @ (w * (xb @ v)), (x,), layout) / n
+
+    def power_step(_, v):
+        u = product(v)
+        return u / jnp.linalg.norm(u)
+
+    v = jax.lax.fori_loop(0, num_iters, power_step, jnp.ones((d,), x.dtype) / jnp.sqrt(d))
+    bound = 1.1 * jnp.dot(v, product(v))
+    return lambda v: v / bound
 
 
 def m_step(gating: jax.Array, gate, resp, x: jax.Array, gram_chol: jax.Array) -> jax.Array:
@@ -88,7 +114,7 @@ def m_step(gating: jax.Array, gate, resp, x: jax.Array, gram_chol: jax.Array) ->
     Cholesky factor of C = X^T X / n.
     """
     grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / x.shape[0]
-    return bohning_step(gating, grad, gram_chol)
+    return bohning_step(gating, grad, lambda v: jsp.linalg.cho_solve((gram_chol, True), v))
 
 
 def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
@@ -121,31 +147,40 @@ def gram_matrix(x: jax.Array, layout: Layout = Layout()) -> jax.Array:
 
 def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout):
     """For each of m gatings (m, k, d) and sigmas (m,): sums over rows of (q - p) x for the
-    k - 1 free rows (m, k - 1, d), of log p(y | x) (m,), and of sum_i q_i r_i^2 (m,). One pass
-    over the data serves every initialisation."""
+    k - 1 free rows (m, k - 1, d), of log p(y | x) (m,), and of sum_i q_i r_i^2 (m,).
+
+    One pass over the data serves every initialisation, with two matrix products per block:
+    the logits of all inits and the experts' pre-activations in one, the gradients in another
+    (measured 1.4x faster than a vmap over inits at n = 1e6, d = 100, k = 5, 4 inits).
+    """
     g = get_nonlinearity(nonlinearity)
+    m, k, d = gatings.shape
+    weights = jnp.concatenate([gatings[:, :-1].reshape(m * (k - 1), d), experts])
 
     def block(xb, yb, w):
-        sq_resid = jnp.square(yb - g(experts @ xb.T))  # (k, rows), shared by all inits
-
-        def one(gating, sigma):
-            gate, resp, log_lik = e_step(gating, xb, _log_densities(sq_resid, sigma))
-            diff = jnp.stack([(q - p) * w for q, p in zip(resp[:-1], gate[:-1])])
-            sq = sum(q * r for q, r in zip(resp, sq_resid))
-            return diff @ xb, jnp.sum(w * log_lik), jnp.sum(w * sq)
-
-        return jax.vmap(one)(gatings, sigmas)
+        proj = weights @ xb.T  # (m (k - 1) + k, rows); the last gating row is 0
+        sq_resid = jnp.square(yb - g(proj[m * (k - 1):]))
+        zero = jnp.zeros_like(yb)
+        diffs, log_liks, sqs = [], [], []
+        for j in range(m):  # m is static and small
+            logits = list(proj[j * (k - 1):(j + 1) * (k - 1)]) + [zero]
+            gate, resp, log_lik = _e_step_rows(logits, _log_densities(sq_resid, sigmas[j]))
+            diffs += [(q - p) * w for q, p in zip(resp[:-1], gate[:-1])]
+            log_liks.append(jnp.sum(w * log_lik))
+            sqs.append(jnp.sum(w * sum(q * r for q, r in zip(resp, sq_resid))))
+        grad = (jnp.stack(diffs) @ xb).reshape(m, k - 1, d)
+        return grad, jnp.stack(log_liks), jnp.stack(sqs)
 
     return row_sum(block, (x, y), layout)
 
 
 @functools.partial(jax.jit, static_argnames=("nonlinearity", "num_inits", "num_iters",
-                                             "learn_noise_std", "layout"))
+                                             "learn_noise_std", "layout", "matrix_free"))
 def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iters, init_scale,
-                learn_noise_std=False, layout=Layout()):
+                learn_noise_std=False, layout=Layout(), matrix_free=False):
     n, d = x.shape
     k = experts.shape[0]
-    gram_chol = jnp.linalg.cholesky(gram_matrix(x, layout))
+    solve = _gram_solver(x, layout, matrix_free)
 
     init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
     init = init.at[:, -1].set(0.0)
@@ -157,7 +192,7 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
         grad, log_lik, sq = sums(gatings, sigmas)
         if learn_noise_std:  # sigma's exact M-step, from this E-step's responsibilities
             sigmas = jnp.sqrt(sq / n)
-        gatings = jax.vmap(bohning_step, in_axes=(0, 0, None))(gatings, grad / n, gram_chol)
+        gatings = jax.vmap(bohning_step, in_axes=(0, 0, None))(gatings, grad / n, solve)
         return (gatings, sigmas), log_lik / n
 
     start = (init, jnp.full((num_inits,), noise_std, x.dtype))
@@ -183,7 +218,8 @@ def _first_best(log_liks: jax.Array) -> jax.Array:
 def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *,
                noise_std, nonlinearity: Nonlinearity = "linear", num_inits: int = 4,
                num_iters: int = 50, init_scale: float = 1.0, learn_noise_std: bool = False,
-               chunk_size: int | None = None) -> tuple[jax.Array, GatingInfo]:
+               chunk_size: int | None = None,
+               matrix_free: bool = False) -> tuple[jax.Array, GatingInfo]:
     """Maximum-likelihood gating W for fixed experts by EM from random initialisations.
 
     Runs `num_inits` EM runs of `num_iters` iterations in one vmap, each from W with
@@ -194,7 +230,10 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
 
     Each iteration is one pass over the data for all initialisations together; with
     `chunk_size` the pass runs over blocks of that many rows, and x sharded along its rows
-    over a device mesh runs data-parallel (see `moejax.recover`).
+    over a device mesh runs data-parallel (see `moejax.recover`). The M-step needs C = X^T X / n
+    (d x d, n d^2 work, once); `matrix_free` replaces it by the scalar bound
+    1.1 lambda_max(C) I (power iteration), still monotone and as fast per iteration when
+    x is whitened, for large d.
 
     Args:
       key: PRNG key for the initialisations.
@@ -214,4 +253,5 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
     _validate.positive(noise_std, "noise_std")
     layout = layout_of(x, chunk_size)
     return _fit_gating(key, x, y, experts.astype(x.dtype), jnp.asarray(noise_std, x.dtype),
-                       nonlinearity, num_inits, num_iters, init_scale, learn_noise_std, layout)
+                       nonlinearity, num_inits, num_iters, init_scale, learn_noise_std, layout,
+                       matrix_free)

@@ -121,9 +121,10 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
         its maximum-likelihood M-step (`fit_gating(..., learn_noise_std=True)`).
       num_restarts, num_power_iters: tensor power method settings.
       num_gating_inits, num_em_iters: gating EM settings.
-      subspace_iters: None forms M2 (d x d) and eigendecomposes it; an integer q finds its
-        top-k eigenspace by q + 1 implicit products instead (for large d; see
-        `recover_experts`).
+      subspace_iters: None forms M2 and X^T X (d x d, n d^2 work each). An integer q switches
+        to the matrix-free mode for large d: M2's top-k eigenspace from q + 1 implicit
+        products (`recover_experts`), and the gating M-step with a scalar bound
+        (`fit_gating(..., matrix_free=True)`); n d k work per pass.
       chunk_size: None sums over all rows at once; an integer sums over blocks of that many
         rows (a `lax.scan`), so temporaries do not grow with n. Same result to float rounding.
 
@@ -153,5 +154,5 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     w, info = gating.fit_gating(key_gating, x, y, experts, noise_std=noise_std,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
                                 num_iters=num_em_iters, learn_noise_std=learn,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, matrix_free=subspace_iters is not None)
     return MoEParams(experts, w, info.noise_std)

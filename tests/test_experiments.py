@@ -37,12 +37,13 @@ def test_demo_exits_nonzero_when_recovery_fails():
 
 
 def test_synthetic_sweep(tmp_path):
-    out = run("experiments.synthetic_sweep", "--ns=300,1000", "--num_seeds=2", "--em_iters=3",
-              "--gd_steps=3", f"--output_dir={tmp_path}")
+    # Two of the four methods keep it to four compilations (each method is tested elsewhere).
+    out = run("experiments.synthetic_sweep", "--ns=300,1000", "--num_seeds=2", "--gd_steps=3",
+              "--methods=moments,gd", f"--output_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     rows = read_csv(tmp_path / "synthetic_sweep.csv")
-    assert len(rows) == 2 * 4 * 2
-    assert {r["method"] for r in rows} == {"moments", "refine", "em", "gd"}
+    assert len(rows) == 2 * 2 * 2
+    assert {r["method"] for r in rows} == {"moments", "gd"}
     assert all(float(r["expert_error"]) >= 0 for r in rows)
     assert json.loads((tmp_path / "synthetic_sweep.json").read_text())["num_seeds"] == 2
     assert (tmp_path / "synthetic_sweep.png").stat().st_size > 1000
@@ -75,10 +76,10 @@ def test_bench_sweep(tmp_path):
 
 
 def test_error_table(tmp_path):
-    out = run("experiments.error_table", "--nonlinearities=linear,tanh", "--ns=300,1000",
+    out = run("experiments.error_table", "--nonlinearities=tanh", "--ns=300,1000",
               "--num_seeds=2", "--num_em_iters=3", f"--output_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
-    assert len(read_csv(tmp_path / "error_table.csv")) == 2 * 2 * 2
+    assert len(read_csv(tmp_path / "error_table.csv")) == 2 * 2
     assert "| tanh |" in out.stdout
     assert (tmp_path / "error_table.png").stat().st_size > 1000
 
