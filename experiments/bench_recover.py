@@ -26,9 +26,10 @@ _GRID = flags.DEFINE_string(
     "grid", "default", "'default', 'goal', or configurations 'n,d,k;n,d,k;...'.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median).")
 _CHUNK = flags.DEFINE_integer("chunk_size", 8192, "recover's chunk_size for the main rows.")
-_MAX_DIRECT = flags.DEFINE_float("max_direct_s", 20.0, "Measure the whole recover directly "
+_MAX_DIRECT = flags.DEFINE_float("max_direct_s", 12.0, "Measure the whole recover directly "
                                  "when its estimate is below this (seconds).")
-_NUMPY_MAX = flags.DEFINE_float("numpy_max_nd", 1e8, "Run the NumPy reference when n d <= this.")
+_NUMPY_MAX = flags.DEFINE_float("numpy_max_n", 1e5, "Run the NumPy reference when n <= this "
+                                 "(and always at the goal configuration).")
 _TENSORLY_MAX = flags.DEFINE_float("tensorly_max_nd3", 1e11, "Run tensorly when n d^3 <= this.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: run one configuration 'n,d,k'.")
@@ -155,13 +156,13 @@ def child(n, d, k):
         row["recover_s"], row["recover_compile_s"] = _time(
             lambda: mj.recover(key, x, y, chunk_size=_CHUNK.value, subspace_iters=sub,
                                **common).gating, _REPEATS.value)
-        if not matrix_free and n * d <= 10**8:  # the same in one block, for comparison
+        if (n, d, k) in GOAL:  # the same in one block, for comparison
             row["recover_one_block_s"], _ = _time(
                 lambda: mj.recover(key, x, y, **common).gating, _REPEATS.value)
     row["peak_over_input_mb"] = ((_rss_kb("VmHWM") - base_rss) / 1024) if can_reset else None
 
     consts = mj.transform_constants("linear", 0.1)
-    if n * d <= _NUMPY_MAX.value:
+    if n <= _NUMPY_MAX.value or (n, d, k) in GOAL:
         xn, yn = np.asarray(x, np.float64), np.asarray(y, np.float64)
         start = time.perf_counter()
         a_np, _ = numpy_reference.recover_numpy(xn, yn, k, consts, 0.1, lambda z: z)
@@ -197,7 +198,7 @@ def _spawn(flag, value):
     out = subprocess.run([sys.executable, "-m", "experiments.bench_recover", f"--{flag}={value}",
                           f"--repeats={_REPEATS.value}", f"--chunk_size={_CHUNK.value}",
                           f"--max_direct_s={_MAX_DIRECT.value}",
-                          f"--numpy_max_nd={_NUMPY_MAX.value}",
+                          f"--numpy_max_n={_NUMPY_MAX.value}",
                           f"--tensorly_max_nd3={_TENSORLY_MAX.value}"],
                          capture_output=True, text=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
@@ -219,7 +220,7 @@ def main(argv):
     if _GRID.value == "default":
         grid, memory = DEFAULT, MEMORY
     elif _GRID.value == "goal":
-        grid, memory = GOAL, []
+        grid, memory = GOAL, [m for m in MEMORY if m[0] == 10**7]
     else:
         grid = [tuple(int(float(v)) for v in c.split(",")) for c in _GRID.value.split(";")]
         memory = []
