@@ -136,24 +136,17 @@ def main(argv):
         print(f"| {LABELS[s['method']]} | {s['k'] or '-'} | {s['mse_mean']:.2f} +- "
               f"{s['mse_std']:.2f} | {s['nll_mean']:.3f} +- {s['nll_std']:.3f} |")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 3.8))
     moe = [m for m in _METHODS.value if m != "ols"]
-    width = 0.8 / max(len(moe), 1)
-    for j, m in enumerate(moe):
+    series = {}
+    for m in moe:
         vals = [next(s for s in summary if s["method"] == m and s["k"] == k) for k in ks]
-        ax.bar(np.arange(len(ks)) + j * width, [v["mse_mean"] for v in vals], width,
-               yerr=[v["mse_std"] for v in vals], label=LABELS[m], capsize=2)
+        series[LABELS[m]] = ([v["mse_mean"] for v in vals], [v["mse_std"] for v in vals])
+    hline = None
     if "ols" in _METHODS.value:
-        ols = next(s for s in summary if s["method"] == "ols")["mse_mean"]
-        ax.axhline(ols, color="k", ls="--", lw=1, label=LABELS["ols"])
-    ax.set_xticks(np.arange(len(ks)) + 0.4 - width / 2, [f"k = {k}" for k in ks])
-    ax.set(ylabel="test MSE (dB$^2$)", title=f"airfoil self-noise, {_SPLITS.value} splits")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(base + ".png", dpi=120)
+        hline = (next(s for s in summary if s["method"] == "ols")["mse_mean"], LABELS["ols"])
+    common.plot_grouped_bars(base + ".png", [f"k = {k}" for k in ks], series,
+                             ylabel="test MSE (dB$^2$)", figsize=(8, 3.8), hline=hline,
+                             title=f"airfoil self-noise, {_SPLITS.value} splits", legend_size=7)
     print(f"wrote {base}.csv, .json, .png")
 
 

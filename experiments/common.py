@@ -118,3 +118,26 @@ def plot_error_vs_n(path: str, rows: list[dict], group: str, labels: dict, title
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_grouped_bars(path: str, groups: list[str], series: dict, *, ylabel: str, title: str,
+                      figsize=(9, 3.8), ylim=None, hline=None, legend_size=8) -> None:
+    """One bar per series in each group. series: label -> (heights, error bars or None), each
+    of len(groups); hline: optional (y, label) drawn as a dashed reference line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=figsize)
+    width = 0.8 / max(len(series), 1)
+    for j, (label, (heights, errors)) in enumerate(series.items()):
+        ax.bar(np.arange(len(groups)) + j * width, heights, width, yerr=errors, label=label,
+               capsize=2 if errors is not None else 0)
+    if hline is not None:
+        ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+    ax.set(ylabel=ylabel, title=title, ylim=ylim)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

@@ -82,21 +82,11 @@ def main(argv):
         cells = [f"{table[name][m][0]:.2f} ({table[name][m][1]:.3f})" for m in _METHODS.value]
         print(f"| {name}: {describe(setting, n)} | " + " | ".join(cells) + " |")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    width = 0.8 / len(_METHODS.value)
-    for j, method in enumerate(_METHODS.value):
-        ax.bar(np.arange(len(_SETTINGS.value)) + j * width,
-               [table[name][method][0] for name in _SETTINGS.value], width,
-               label=common.METHOD_LABELS[method])
-    ax.set_xticks(np.arange(len(_SETTINGS.value)) + 0.4 - width / 2, _SETTINGS.value)
-    ax.set(ylabel=f"fraction of seeds with error > {_THRESHOLD.value}", ylim=(0, 1),
-           title=f"failure rates over {_SEEDS.value} seeds")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(base + ".png", dpi=120)
+    series = {common.METHOD_LABELS[m]: ([table[name][m][0] for name in _SETTINGS.value], None)
+              for m in _METHODS.value}
+    common.plot_grouped_bars(base + ".png", _SETTINGS.value, series, ylim=(0, 1),
+                             ylabel=f"fraction of seeds with error > {_THRESHOLD.value}",
+                             title=f"failure rates over {_SEEDS.value} seeds")
     print(f"wrote {base}.csv, .json, .png")
 
 

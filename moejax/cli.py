@@ -12,7 +12,6 @@ import csv
 import math
 import os
 import sys
-import tempfile
 
 from absl import app, flags
 import jax
@@ -98,18 +97,6 @@ def read_table(path: str, *, drop_missing: bool = False, log=print):
     return table, names, np.array([body[i][0] for i in keep], dtype=np.int64)
 
 
-def _write_atomic(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".moejax-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _require(**values):
     missing = [f"--{name}" for name, v in values.items() if v is None]
     if missing:
@@ -186,7 +173,7 @@ def predict_command() -> None:
         writer.writerow(["line", column])
         writer.writerows((int(l), repr(float(p))) for l, p in zip(lines, pred))
 
-    _write_atomic(_OUT.value, write)
+    io.atomic_write(_OUT.value, write)
     print(f"wrote {len(pred)} predictions to {_OUT.value}")
     if model.target_name in names:
         y = table[:, names.index(model.target_name)]

@@ -36,12 +36,23 @@ def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
                 target_name=fitted.target_name)
     arrays = {name: np.asarray(getattr(getattr(fitted, part), field))
               for name, (part, field) in _ARRAYS.items()}
+
+    def write(f):
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+    atomic_write(path, write, binary=True)
+
+
+def atomic_write(path: str | os.PathLike, write, *, binary: bool = False) -> None:
+    """Calls write(f) on a temporary file in path's directory, flushes it to disk and renames
+    it over `path`: readers see the old file or the whole new one, never a partial write. On
+    any exception (Ctrl-C included) the temporary file is removed and `path` is untouched."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".moejax-", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
