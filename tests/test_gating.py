@@ -37,6 +37,23 @@ def test_em_step_matches_numpy(small_problem):
     assert float(gating.gating_log_likelihood(w0, x, log_dens)) == pytest.approx(float(ll), rel=1e-6)
 
 
+def test_fused_em_sums_match_numpy_em_step(small_problem):
+    # The path fit_gating runs: all inits in one pass (here 2 inits), chunked, Bohning step.
+    params, x, y = small_problem
+    x, y = x[:2000], y[:2000]
+    w0 = 0.3 * jax.random.normal(jax.random.key(0), (2,) + params.gating.shape)
+    w0 = w0.at[:, -1].set(0.0)
+    chol = jnp.linalg.cholesky(x.T @ x / x.shape[0])
+    grad, ll, _ = gating._em_sums(w0, jnp.full((2,), 0.1), x, y, params.experts, "linear",
+                                  gating.Layout(512))
+    for j in range(2):
+        new = gating.bohning_step(w0[j], grad[j] / 2000,
+                                  lambda v: jax.scipy.linalg.cho_solve((chol, True), v))
+        new_ref, ll_ref = numpy_em_step(w0[j], x, y, params.experts, 0.1)
+        np.testing.assert_allclose(new, new_ref, atol=1e-4)
+        assert float(ll[j]) / 2000 == pytest.approx(ll_ref, rel=1e-5)
+
+
 @pytest.mark.parametrize("nonlinearity", ["linear", "sigmoid"])
 def test_likelihood_never_decreases(nonlinearity):
     key_p, key_x, key_w = jax.random.split(jax.random.key(1), 3)
