@@ -25,12 +25,19 @@ import numpy as np
 _GRID = flags.DEFINE_string(
     "grid", "default", "'default', 'goal', or configurations 'n,d,k;n,d,k;...'.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median).")
-_CHUNK = flags.DEFINE_integer("chunk_size", 8192, "recover's chunk_size for the main rows.")
+_CHUNK = flags.DEFINE_integer(
+    "chunk_size", 0, "recover's chunk_size for the main rows: 0 picks blocks of about 4 MB "
+    "(2^20 / d rows, a power of 2: 8192 at d = 100), -1 sums in one block.")
+_MEMORY_GRID = flags.DEFINE_string(
+    "memory_grid", None, "Memory runs 'n,d,k,chunk;...' (chunk 0: one block); default: the grid's.")
 _MAX_DIRECT = flags.DEFINE_float("max_direct_s", 12.0, "Measure the whole recover directly "
                                  "when its estimate is below this (seconds).")
 _NUMPY_MAX = flags.DEFINE_float("numpy_max_n", 1e5, "Run the NumPy reference when n <= this "
                                  "(and always at the goal configuration).")
 _TENSORLY_MAX = flags.DEFINE_float("tensorly_max_nd3", 1e11, "Run tensorly when n d^3 <= this.")
+_NUMPY = flags.DEFINE_bool("numpy", True, "Run the NumPy reference at all.")
+_TAG = flags.DEFINE_string("tag", None, "Results file name: bench_recover_<tag>.json "
+                           "(default: the grid's name).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: run one configuration 'n,d,k'.")
 _MEMORY = flags.DEFINE_string("memory_child", None, "Internal: memory run 'n,d,k,chunk'.")
@@ -112,14 +119,32 @@ def _tensorly_experts(x, y, k, consts):
     return (f0 * sign).T
 
 
+def _chunk(d):
+    """The chunk_size for dimension d from --chunk_size (None: one block)."""
+    if _CHUNK.value == 0:
+        return 2 ** int(np.log2(2**20 / d))
+    return None if _CHUNK.value < 0 else _CHUNK.value
+
+
+def _device_peak_mb():
+    """Peak bytes in use on the first accelerator so far (MB), or None on CPU."""
+    import jax
+    stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+    return stats["peak_bytes_in_use"] / 2**20 if stats else None
+
+
 def child(n, d, k):
     import jax
     import moejax as mj
+    from moejax import gating
+    from moejax.sums import Layout
     from experiments import numpy_reference
-    row = dict(n=n, d=d, k=k, chunk_size=_CHUNK.value)
+    chunk = _chunk(d)
+    row = dict(n=n, d=d, k=k, chunk_size=chunk)
     truth, x, y = _data(n, d, k)
     row["input_mb"] = (x.nbytes + y.nbytes) / 2**20
-    base_rss = _rss_kb("VmRSS")
+    row["data_peak_device_mb"] = _device_peak_mb()
+    base_rss = _settle()
     can_reset = _reset_peak()
 
     floor_fn = jax.jit(lambda x, y: jax.numpy.sum(x * y[:, None]))
@@ -131,38 +156,40 @@ def child(n, d, k):
     common = dict(num_experts=k, nonlinearity="linear", noise_std=0.1)
     key = jax.random.key(1)
     row["expert_s"], row["expert_compile_s"] = _time(
-        lambda: mj.recover_experts(key, x, y, chunk_size=_CHUNK.value, subspace_iters=sub,
+        lambda: mj.recover_experts(key, x, y, chunk_size=chunk, subspace_iters=sub,
                                    **common).experts, _REPEATS.value)
-    experts = mj.recover_experts(key, x, y, chunk_size=_CHUNK.value, subspace_iters=sub,
+    experts = mj.recover_experts(key, x, y, chunk_size=chunk, subspace_iters=sub,
                                  **common).experts
     row["expert_error"] = float(mj.expert_error(experts, truth.experts))
 
-    def gating(iters):
-        return lambda: mj.fit_gating(key, x, y, experts, noise_std=0.1, num_iters=iters,
-                                     chunk_size=_CHUNK.value, matrix_free=matrix_free)[0]
-
-    t1, c1 = _time(gating(1), 3)
-    t6, _ = _time(gating(6), 3)
-    row["em_iter_s"] = (t6 - t1) / 5  # all 4 inits, one pass over the data
-    row["em_setup_s"] = t1 - row["em_iter_s"]  # C = X^T X (or its bound) and the final pass
-    row["gating_compile_s"] = c1
-    if n <= 10**6:
-        _, info = mj.fit_gating(key, x, y, experts, noise_std=0.1, num_iters=NUM_EM_ITERS,
-                                chunk_size=_CHUNK.value, matrix_free=matrix_free)
-        row["em_iters_to_converge"] = _converged_at(info.trace)
-    derived = row["expert_s"] + row["em_setup_s"] + NUM_EM_ITERS * row["em_iter_s"]
+    # One EM iteration is one pass of the fused sums for all 4 inits (the Bohning update after
+    # it is O(k d^2)); the setup is C = X^T X and its Cholesky factor, or the power-iteration
+    # bound in the matrix-free mode, computed once per fit.
+    layout = Layout(chunk)
+    inits = 0.1 * jax.random.normal(key, (4, k, d), x.dtype)
+    sigmas = jax.numpy.full((4,), 0.1, x.dtype)
+    sums = jax.jit(lambda *a: gating._em_sums(*a, "linear", layout))
+    row["em_iter_s"], row["em_iter_compile_s"] = _time(
+        lambda: sums(inits, sigmas, x, y, experts), _REPEATS.value)
+    setup = jax.jit(lambda x, e: gating._gram_solver(x, layout, matrix_free)(e.T))
+    row["em_setup_s"], _ = _time(lambda: setup(x, experts), min(_REPEATS.value, 3))
+    derived = row["expert_s"] + row["em_setup_s"] + (NUM_EM_ITERS + 1) * row["em_iter_s"]
     row["recover_derived_s"] = derived
     if derived < _MAX_DIRECT.value:
         row["recover_s"], row["recover_compile_s"] = _time(
-            lambda: mj.recover(key, x, y, chunk_size=_CHUNK.value, subspace_iters=sub,
+            lambda: mj.recover(key, x, y, chunk_size=chunk, subspace_iters=sub,
                                **common).gating, _REPEATS.value)
+        _, info = mj.fit_gating(key, x, y, experts, noise_std=0.1, num_iters=NUM_EM_ITERS,
+                                chunk_size=chunk, matrix_free=matrix_free)
+        row["em_iters_to_converge"] = _converged_at(info.trace)
         if (n, d, k) in GOAL:  # the same in one block, for comparison
             row["recover_one_block_s"], _ = _time(
                 lambda: mj.recover(key, x, y, **common).gating, _REPEATS.value)
     row["peak_over_input_mb"] = ((_rss_kb("VmHWM") - base_rss) / 1024) if can_reset else None
+    row["peak_device_mb"] = _device_peak_mb()
 
     consts = mj.transform_constants("linear", 0.1)
-    if n <= _NUMPY_MAX.value or (n, d, k) in GOAL:
+    if _NUMPY.value and (n <= _NUMPY_MAX.value or (n, d, k) in GOAL):
         xn, yn = np.asarray(x, np.float64), np.asarray(y, np.float64)
         start = time.perf_counter()
         a_np, _ = numpy_reference.recover_numpy(xn, yn, k, consts, 0.1, lambda z: z)
@@ -179,26 +206,46 @@ def child(n, d, k):
     print("RESULT " + json.dumps(row), flush=True)
 
 
+def _settle() -> int:
+    """Free what can be freed (Python garbage, malloc's cached pages); the resident set in KB."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return _rss_kb("VmRSS")
+
+
 def memory_child(n, d, k, chunk):
+    """Peak resident memory of a steady-state recover (compiled by a first call) above the
+    resident set with the data loaded; on an accelerator, the device's peak bytes in use."""
+    import resource
     import jax
     import moejax as mj
     _, x, y = _data(n, d, k)
-    base = _rss_kb("VmRSS")
+    data_peak = _device_peak_mb()
+    run = lambda: jax.block_until_ready(mj.recover(
+        jax.random.key(1), x, y, num_experts=k, noise_std=0.1, chunk_size=chunk or None,
+        num_em_iters=2))
+    run()
+    base = _settle()
     _reset_peak()
-    est = mj.recover(jax.random.key(1), x, y, num_experts=k, noise_std=0.1,
-                     chunk_size=chunk or None, num_em_iters=2)
-    jax.block_until_ready(est)
-    print("RESULT " + json.dumps(dict(n=n, d=d, k=k, chunk_size=chunk or None,
-                                      input_mb=(x.nbytes + y.nbytes) / 2**20,
-                                      peak_over_input_mb=(_rss_kb("VmHWM") - base) / 1024)),
-          flush=True)
+    run()
+    row = dict(n=n, d=d, k=k, chunk_size=chunk or None, input_mb=(x.nbytes + y.nbytes) / 2**20,
+               rss_with_data_mb=base / 1024,
+               peak_over_input_mb=(_rss_kb("VmHWM") - base) / 1024,
+               process_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               data_peak_device_mb=data_peak, peak_device_mb=_device_peak_mb())
+    print("RESULT " + json.dumps(row), flush=True)
 
 
 def _spawn(flag, value):
     out = subprocess.run([sys.executable, "-m", "experiments.bench_recover", f"--{flag}={value}",
                           f"--repeats={_REPEATS.value}", f"--chunk_size={_CHUNK.value}",
                           f"--max_direct_s={_MAX_DIRECT.value}",
-                          f"--numpy_max_n={_NUMPY_MAX.value}",
+                          f"--numpy_max_n={_NUMPY_MAX.value}", f"--numpy={_NUMPY.value}",
                           f"--tensorly_max_nd3={_TENSORLY_MAX.value}"],
                          capture_output=True, text=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
@@ -209,6 +256,41 @@ def _spawn(flag, value):
 
 def _fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
+
+
+def _table(meta, rows, mem_rows):
+    lines = [f"{meta['device']}, jax {meta['jax']}; float32, linear g, sigma = 0.1; chunk_size "
+             f"= {meta['chunk_size']}; median of {meta['repeats']}; times in seconds, "
+             "x = multiple of the one-pass floor", "",
+             "| n | d | k | floor | expert stage | EM iteration, 4 inits | per init | "
+             "EM iters to 1e-6 | recover | compile | NumPy f64 | NumPy / recover | "
+             "tensorly expert stage | peak over input MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        direct = r.get("recover_s")
+        total = direct if direct is not None else r["recover_derived_s"]
+        compile_s = r["expert_compile_s"] + r["em_iter_compile_s"]
+        speedup = r["numpy_s"] / total if r.get("numpy_s") else None
+        peak = r.get("peak_over_input_mb")
+        if r.get("peak_device_mb") is not None:
+            peak = r["peak_device_mb"] - r["input_mb"]
+        lines.append(
+            f"| {r['n']:.0e} | {r['d']} | {r['k']} | {r['floor_s']:.4f} | "
+            f"{r['expert_s']:.3f} ({r['expert_s'] / r['floor_s']:.0f}x) | "
+            f"{r['em_iter_s']:.4f} ({r['em_iter_s'] / r['floor_s']:.1f}x) | "
+            f"{r['em_iter_s'] / 4 / r['floor_s']:.1f}x | {r.get('em_iters_to_converge', '-')} | "
+            f"{total:.2f}{'' if direct is not None else ' (derived)'} | {compile_s:.1f} | "
+            f"{_fmt(r.get('numpy_s'), '.2f')} | {_fmt(speedup, '.1f')} | "
+            f"{_fmt(r.get('tensorly_expert_s'), '.2f')} | {_fmt(peak, '.0f')} |")
+    if mem_rows:
+        lines += ["", "| n | d | chunk_size | input MB | resident with data MB | recover's peak "
+                  "over that MB | process peak RSS MB | device peak MB |", "|---|---|---|---|---|---|---|---|"]
+        for m in mem_rows:
+            lines.append(f"| {m['n']:.0e} | {m['d']} | {m['chunk_size'] or 'one block'} | "
+                         f"{m['input_mb']:.0f} | {m['rss_with_data_mb']:.0f} | "
+                         f"{m['peak_over_input_mb']:.0f} | {m['process_peak_rss_mb']:.0f} | "
+                         f"{_fmt(m.get('peak_device_mb'), '.0f')} |")
+    return "\n".join(lines)
 
 
 def main(argv):
@@ -222,55 +304,49 @@ def main(argv):
     elif _GRID.value == "goal":
         grid, memory = GOAL, [m for m in MEMORY if m[0] == 10**7]
     else:
-        grid = [tuple(int(float(v)) for v in c.split(",")) for c in _GRID.value.split(";")]
+        grid = [tuple(int(float(v)) for v in c.split(",")) for c in _GRID.value.split(";") if c]
         memory = []
+    if _MEMORY_GRID.value is not None:
+        memory = [tuple(int(float(v)) for v in c.split(",")) for c in _MEMORY_GRID.value.split(";")
+                  if c]
     import jax
+    tag = _TAG.value or ("" if _GRID.value == "default" else
+                         "goal" if _GRID.value == "goal" else "custom")
+    os.makedirs(_OUT.value, exist_ok=True)
+    path = os.path.join(_OUT.value, f"bench_recover{'_' + tag if tag else ''}.json")
+    dev = jax.devices()[0]
+    meta = dict(device=f"{dev.platform}: {dev.device_kind}, {os.cpu_count()} cores",
+                jax=jax.__version__, repeats=_REPEATS.value,
+                chunk_size={0: "2^20 / d", -1: "one block"}.get(_CHUNK.value, _CHUNK.value),
+                num_em_iters=NUM_EM_ITERS)
     rows, mem_rows, start = [], [], time.perf_counter()
+
+    def save():  # after every configuration, so a stopped run keeps what it measured
+        with open(path, "w") as f:
+            json.dump(dict(meta, rows=rows, memory=mem_rows), f, indent=1)
+
     for i, (n, d, k) in enumerate(grid):
-        rows.append(_spawn("child", f"{n},{d},{k}"))
+        try:
+            rows.append(_spawn("child", f"{n},{d},{k}"))
+        except RuntimeError as e:
+            print(f"[{i + 1}/{len(grid)}] n={n:.0e} d={d} k={k} FAILED: {e}", flush=True)
+            continue
         r = rows[-1]
+        save()
         print(f"[{i + 1}/{len(grid)}] n={n:.0e} d={d} k={k}: floor {r['floor_s']:.4f} s, "
               f"experts {r['expert_s']:.3f} s, EM iteration {r['em_iter_s']:.4f} s "
               f"({time.perf_counter() - start:.0f} s total)", flush=True)
     for n, d, k, c in memory:
-        mem_rows.append(_spawn("memory_child", f"{n},{d},{k},{c}"))
+        try:
+            mem_rows.append(_spawn("memory_child", f"{n},{d},{k},{c}"))
+        except RuntimeError as e:
+            print(f"memory n={n:.0e} chunk={c or None} FAILED: {e}", flush=True)
+            continue
+        save()
         print(f"memory n={n:.0e} chunk={c or None}: peak over input "
               f"{mem_rows[-1]['peak_over_input_mb']:.0f} MB", flush=True)
-
-    device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}, {os.cpu_count()} cores"
-    os.makedirs(_OUT.value, exist_ok=True)
-    path = os.path.join(_OUT.value, "bench_recover.json")
-    if _GRID.value != "default":
-        path = os.path.join(_OUT.value, f"bench_recover_{_GRID.value if _GRID.value == 'goal' else 'custom'}.json")
-    with open(path, "w") as f:
-        json.dump(dict(device=device, jax=jax.__version__, repeats=_REPEATS.value,
-                       num_em_iters=NUM_EM_ITERS, rows=rows, memory=mem_rows), f, indent=1)
-
-    print(f"\n{device}, jax {jax.__version__}; float32, linear g, sigma = 0.1; chunk_size = "
-          f"{_CHUNK.value}; times in seconds, x = multiple of the one-pass floor\n")
-    print("| n | d | k | floor | expert stage | EM iteration, 4 inits | per init | EM iters to 1e-6 | "
-          "recover | compile | NumPy f64 | NumPy / recover | tensorly expert stage | "
-          "peak over input MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        direct = r.get("recover_s")
-        total = direct if direct is not None else r["recover_derived_s"]
-        compile_s = (r["expert_compile_s"] + r["gating_compile_s"])
-        speedup = r["numpy_s"] / total if r.get("numpy_s") else None
-        print(f"| {r['n']:.0e} | {r['d']} | {r['k']} | {r['floor_s']:.4f} | "
-              f"{r['expert_s']:.3f} ({r['expert_s'] / r['floor_s']:.0f}x) | "
-              f"{r['em_iter_s']:.4f} ({r['em_iter_s'] / r['floor_s']:.1f}x) | "
-              f"{r['em_iter_s'] / 4 / r['floor_s']:.1f}x | "
-              f"{r.get('em_iters_to_converge', '-')} | "
-              f"{total:.2f}{'' if direct is not None else ' (derived)'} | {compile_s:.1f} | "
-              f"{_fmt(r.get('numpy_s'), '.2f')} | {_fmt(speedup, '.1f')} | "
-              f"{_fmt(r.get('tensorly_expert_s'), '.2f')} | "
-              f"{_fmt(r.get('peak_over_input_mb'), '.0f')} |")
-    if mem_rows:
-        print("\n| n | d | chunk_size | input MB | recover's peak over input MB |\n|---|---|---|---|---|")
-        for m in mem_rows:
-            print(f"| {m['n']:.0e} | {m['d']} | {m['chunk_size'] or 'one block'} | "
-                  f"{m['input_mb']:.0f} | {m['peak_over_input_mb']:.0f} |")
+    save()
+    print("\n" + _table(meta, rows, mem_rows))
     print(f"wrote {path}")
 
 
