@@ -26,8 +26,8 @@ _GRID = flags.DEFINE_string(
     "grid", "default", "'default', 'goal', or configurations 'n,d,k;n,d,k;...'.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median).")
 _CHUNK = flags.DEFINE_integer(
-    "chunk_size", 0, "recover's chunk_size for the main rows: 0 picks blocks of about 4 MB "
-    "(2^20 / d rows, a power of 2: 8192 at d = 100), -1 sums in one block.")
+    "chunk_size", 0, "recover's chunk_size for the main rows: 0 picks blocks of about 1 MB "
+    "(2^18 / d rows, rounded down to a power of 2: 2048 at d = 100), -1 sums in one block.")
 _MEMORY_GRID = flags.DEFINE_string(
     "memory_grid", None, "Memory runs 'n,d,k,chunk;...' (chunk 0: one block); default: the grid's.")
 _MAX_DIRECT = flags.DEFINE_float("max_direct_s", 12.0, "Measure the whole recover directly "
@@ -39,13 +39,14 @@ _NUMPY = flags.DEFINE_bool("numpy", True, "Run the NumPy reference at all.")
 _TAG = flags.DEFINE_string("tag", None, "Results file name: bench_recover_<tag>.json "
                            "(default: the grid's name).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
+_SHOW = flags.DEFINE_string("show", None, "Print the tables of a results JSON and exit.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: run one configuration 'n,d,k'.")
 _MEMORY = flags.DEFINE_string("memory_child", None, "Internal: memory run 'n,d,k,chunk'.")
 
 GOAL = [(1_000_000, 100, 5)]
 DEFAULT = [(n, d, k) for d in (10, 100, 1000) for n in (10**4, 10**5, 10**6, 10**7)
            for k in (3, 10) if k < d and n * d <= 10**9] + GOAL
-MEMORY = [(n, 100, 5, c) for n in (10**6, 10**7) for c in (0, 8192)]
+MEMORY = [(n, 100, 5, c) for n in (10**6, 10**7) for c in (0, 2048)]
 NUM_EM_ITERS = 50  # recover's default
 
 
@@ -122,7 +123,7 @@ def _tensorly_experts(x, y, k, consts):
 def _chunk(d):
     """The chunk_size for dimension d from --chunk_size (None: one block)."""
     if _CHUNK.value == 0:
-        return 2 ** int(np.log2(2**20 / d))
+        return 2 ** int(np.log2(2**18 / d))
     return None if _CHUNK.value < 0 else _CHUNK.value
 
 
@@ -262,10 +263,10 @@ def _table(meta, rows, mem_rows):
     lines = [f"{meta['device']}, jax {meta['jax']}; float32, linear g, sigma = 0.1; chunk_size "
              f"= {meta['chunk_size']}; median of {meta['repeats']}; times in seconds, "
              "x = multiple of the one-pass floor", "",
-             "| n | d | k | floor | expert stage | EM iteration, 4 inits | per init | "
+             "| n | d | k | floor | expert stage | expert error | EM iteration, 4 inits | per init | "
              "EM iters to 1e-6 | recover | compile | NumPy f64 | NumPy / recover | "
              "tensorly expert stage | peak over input MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         direct = r.get("recover_s")
         total = direct if direct is not None else r["recover_derived_s"]
@@ -276,7 +277,7 @@ def _table(meta, rows, mem_rows):
             peak = r["peak_device_mb"] - r["input_mb"]
         lines.append(
             f"| {r['n']:.0e} | {r['d']} | {r['k']} | {r['floor_s']:.4f} | "
-            f"{r['expert_s']:.3f} ({r['expert_s'] / r['floor_s']:.0f}x) | "
+            f"{r['expert_s']:.3f} ({r['expert_s'] / r['floor_s']:.0f}x) | {r['expert_error']:.3f} | "
             f"{r['em_iter_s']:.4f} ({r['em_iter_s'] / r['floor_s']:.1f}x) | "
             f"{r['em_iter_s'] / 4 / r['floor_s']:.1f}x | {r.get('em_iters_to_converge', '-')} | "
             f"{total:.2f}{'' if direct is not None else ' (derived)'} | {compile_s:.1f} | "
@@ -295,6 +296,10 @@ def _table(meta, rows, mem_rows):
 
 def main(argv):
     del argv
+    if _SHOW.value:
+        with open(_SHOW.value) as f:
+            saved = json.load(f)
+        return print(_table(saved, saved["rows"], saved["memory"]))
     if _CHILD.value:
         return child(*(int(float(v)) for v in _CHILD.value.split(",")))
     if _MEMORY.value:
@@ -317,7 +322,7 @@ def main(argv):
     dev = jax.devices()[0]
     meta = dict(device=f"{dev.platform}: {dev.device_kind}, {os.cpu_count()} cores",
                 jax=jax.__version__, repeats=_REPEATS.value,
-                chunk_size={0: "2^20 / d", -1: "one block"}.get(_CHUNK.value, _CHUNK.value),
+                chunk_size={0: "2^18 / d", -1: "one block"}.get(_CHUNK.value, _CHUNK.value),
                 num_em_iters=NUM_EM_ITERS)
     rows, mem_rows, start = [], [], time.perf_counter()
 
