@@ -137,6 +137,7 @@ def test_high_dimension_never_forms_a_cube():
     (dict(y=np.zeros(99)), "y must have one entry per row"),
     (dict(x=np.where(np.eye(100, 10) > 0, np.nan, 1.0)), "x contains 10 NaN"),
     (dict(y=np.r_[np.inf, np.zeros(99)]), "y contains 1 NaN or infinite"),
+    (dict(x=np.where(np.eye(100, 10) > 0, -np.inf, 1.0)), "x contains 10 NaN or infinite"),
     (dict(x=np.zeros((100, 10), np.complex64)), "x must hold real numbers"),
     (dict(num_experts=1), "num_experts must be an integer in \\[2, d=10\\]"),
     (dict(num_experts=11), "num_experts must be an integer in \\[2, d=10\\]"),
@@ -153,6 +154,14 @@ def test_bad_inputs(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         mj.recover(jax.random.key(0), args.pop("x"), args.pop("y"), **args)
+
+
+def test_finiteness_check_accepts_large_finite_values():
+    # The check sums x * 0; values near the float32 maximum must not read as infinite.
+    from moejax import _validate
+    x = np.full((50, 4), 3e38, np.float32)
+    x[::2] *= -1
+    assert _validate.features(x).shape == (50, 4)
 
 
 def test_initial_noise_std_matches_moment_identity():
