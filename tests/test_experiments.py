@@ -98,3 +98,29 @@ def test_airfoil(tmp_path):
     assert (tmp_path / "airfoil.png").stat().st_size > 0
     summary = json.loads((tmp_path / "airfoil.json").read_text())["summary"]
     assert len(summary) == 5
+
+
+def test_bench_recover_tables_from_saved_rows():
+    # The table code runs on rows of every kind the benchmark writes: timed directly or
+    # derived, CPU (resident memory) or accelerator (device memory), with or without baselines.
+    from experiments import bench_recover
+    base = dict(n=1000, d=10, k=3, floor_s=0.001, expert_s=0.01, expert_error=0.1,
+                em_iter_s=0.004, em_setup_s=0.001, expert_compile_s=1.0, em_iter_compile_s=1.0,
+                recover_derived_s=0.3, input_mb=0.04, peak_over_input_mb=5.0)
+    rows = [dict(base, recover_s=0.25, em_iters_to_converge=20, numpy_s=2.5,
+                 tensorly_expert_s=0.5),
+            dict(base, peak_device_mb=10.0)]
+    memory = [dict(n=1000, d=10, k=3, chunk_size=None, input_mb=0.04, rss_with_data_mb=300.0,
+                   peak_over_input_mb=1.0, process_peak_rss_mb=301.0, peak_device_mb=None)]
+    meta = dict(device="cpu", jax="0", repeats=5, chunk_size=8192)
+    lines = bench_recover._table(meta, rows, memory).splitlines()
+    assert "| 1e+03 | 10 | 3 | 0.0010 | 0.010 (10x) | 0.100 |" in lines[4]
+    assert "| 0.25 |" in lines[4] and "| 10.0 |" in lines[4]  # recover, NumPy / recover
+    assert "0.30 (derived)" in lines[5] and lines[5].endswith("| 10 |")  # device peak - input
+    assert lines[-1].startswith("| 1e+03 | 10 | one block | 0 | 300 | 1 | 301 | - |")
+
+
+def test_bench_recover_convergence_count():
+    from experiments import bench_recover
+    assert bench_recover._converged_at([0.0, 1.0, 1.5, 1.5 + 1e-7, 1.5 + 2e-7]) == 3
+    assert bench_recover._converged_at([2.0, 2.0, 2.0]) == 1
