@@ -1,16 +1,22 @@
 r"""Benchmark of `moejax.recover` against the one-pass floor, a NumPy float64 implementation
 and a full-tensor approach (tensorly's CP), with compile time, steady-state time and memory.
 
-    python -m experiments.bench_recover                  # the default grid, writes bench_recover.json
-    python -m experiments.bench_recover --grid=goal      # n = 1e6, d = 100, k = 5 only
+    python -m experiments.bench_recover                  # the default grid -> bench_recover.json
+    python -m experiments.bench_recover --grid=goal      # n = 1e6, d = 100, k = 5 + memory runs
+    python -m experiments.bench_recover --grid="1e7,100,3;1e6,1000,10" --chunk_size=-1 \
+        --numpy=false --tag=gpu                          # e.g. on a GPU, in one block
+    python -m experiments.bench_recover --show=experiments/results/bench_recover.json
 
 Every configuration runs in a fresh subprocess, so its compile times are cold and its peak
-memory is its own. Times are medians over --repeats runs after `block_until_ready`, compile
-excluded (compile = first call minus the median). The whole recover is measured directly where
-it takes under --max_direct_s, and otherwise reported as expert stage + iterations x
-per-iteration cost (column "derived"). Memory: the peak resident set during the measured
-calls above the resident set with the data loaded (Linux VmHWM, reset through
-/proc/self/clear_refs).
+memory is its own; results are written after each one. Times are medians over --repeats runs
+after `block_until_ready`, compile excluded (compile = first call minus the median). The EM
+iteration is one pass of the gating EM's fused sums for all 4 initialisations; the whole
+recover is timed directly where the estimate (expert stage + setup + 51 EM iterations) is under
+--max_direct_s or at the goal point, and otherwise reported as that estimate ("derived").
+Memory: on the CPU, the peak resident set (Linux VmHWM, reset through /proc/self/clear_refs)
+of a compiled recover above the resident set with the data loaded, after gc and malloc_trim;
+on an accelerator, the device's peak bytes in use (which cannot be reset, so it includes the
+data generation's own peak).
 """
 
 import json
