@@ -71,7 +71,7 @@ def _reset_peak() -> bool:
 
 
 def _time(fn, repeats):
-    """(median seconds, compile seconds) of fn() with block_until_ready."""
+    """(median seconds, compile seconds, last output) of fn() with block_until_ready."""
     import jax
     start = time.perf_counter()
     jax.block_until_ready(fn())
@@ -79,10 +79,10 @@ def _time(fn, repeats):
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn())
+        out = jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     median = float(np.median(times))
-    return median, max(first - median, 0.0)
+    return median, max(first - median, 0.0), out
 
 
 def _data(n, d, k):
@@ -155,18 +155,16 @@ def child(n, d, k):
     can_reset = _reset_peak()
 
     floor_fn = jax.jit(lambda x, y: jax.numpy.sum(x * y[:, None]))
-    row["floor_s"], _ = _time(lambda: floor_fn(x, y), _REPEATS.value)
+    row["floor_s"], _, _ = _time(lambda: floor_fn(x, y), _REPEATS.value)
 
     matrix_free = d >= 1000
     sub = 4 if matrix_free else None
     row["mode"] = "matrix-free" if matrix_free else "dense"
     common = dict(num_experts=k, nonlinearity="linear", noise_std=0.1)
     key = jax.random.key(1)
-    row["expert_s"], row["expert_compile_s"] = _time(
+    row["expert_s"], row["expert_compile_s"], experts = _time(
         lambda: mj.recover_experts(key, x, y, chunk_size=chunk, subspace_iters=sub,
                                    **common).experts, _REPEATS.value)
-    experts = mj.recover_experts(key, x, y, chunk_size=chunk, subspace_iters=sub,
-                                 **common).experts
     row["expert_error"] = float(mj.expert_error(experts, truth.experts))
 
     # One EM iteration is one pass of the fused sums for all 4 inits (the Bohning update after
@@ -176,21 +174,21 @@ def child(n, d, k):
     inits = 0.1 * jax.random.normal(key, (4, k, d), x.dtype)
     sigmas = jax.numpy.full((4,), 0.1, x.dtype)
     sums = jax.jit(lambda *a: gating._em_sums(*a, "linear", layout))
-    row["em_iter_s"], row["em_iter_compile_s"] = _time(
+    row["em_iter_s"], row["em_iter_compile_s"], _ = _time(
         lambda: sums(inits, sigmas, x, y, experts), _REPEATS.value)
     setup = jax.jit(lambda x, e: gating._gram_solver(x, layout, matrix_free)(e.T))
-    row["em_setup_s"], _ = _time(lambda: setup(x, experts), min(_REPEATS.value, 3))
+    row["em_setup_s"], _, _ = _time(lambda: setup(x, experts), min(_REPEATS.value, 3))
     derived = row["expert_s"] + row["em_setup_s"] + (NUM_EM_ITERS + 1) * row["em_iter_s"]
     row["recover_derived_s"] = derived
     if derived < _MAX_DIRECT.value or (n, d, k) in GOAL:
-        row["recover_s"], row["recover_compile_s"] = _time(
+        row["recover_s"], row["recover_compile_s"], _ = _time(
             lambda: mj.recover(key, x, y, chunk_size=chunk, subspace_iters=sub,
                                **common).gating, _REPEATS.value)
         _, info = mj.fit_gating(key, x, y, experts, noise_std=0.1, num_iters=NUM_EM_ITERS,
                                 chunk_size=chunk, matrix_free=matrix_free)
         row["em_iters_to_converge"] = _converged_at(info.trace)
         if (n, d, k) in GOAL:  # the same in one block, for comparison
-            row["recover_one_block_s"], _ = _time(
+            row["recover_one_block_s"], _, _ = _time(
                 lambda: mj.recover(key, x, y, **common).gating, _REPEATS.value)
     row["peak_over_input_mb"] = ((_rss_kb("VmHWM") - base_rss) / 1024) if can_reset else None
     row["peak_device_mb"] = _device_peak_mb()
