@@ -90,4 +90,87 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std):
             " (and far more for accuracy: the expert error falls like 1/sqrt(n)).")
     get_nonlinearity(nonlinearity)
     positive(noise_std, "noise_std")
+    if _concrete(y) and bool(_constant(y)):
+        raise ValueError(f"y is constant (every entry is {float(y[0]):.6g}): there is nothing to "
+                         "fit.")
     return x, y, jnp.asarray(noise_std, x.dtype)
+
+
+@jax.jit
+def _constant(y: jax.Array) -> jax.Array:
+    return jnp.max(y) == jnp.min(y)
+
+
+def count(value, name: str, minimum: int = 1) -> int:
+    """value as a Python int >= minimum (NumPy integers accepted); ValueError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def matrix(a, name: str, *, cols: int, rows: int | None = None) -> jax.Array:
+    """a as a finite float (rows, cols) array; ValueError naming `name` otherwise."""
+    a = _as_float(a, name)
+    if a.ndim != 2 or a.shape[1] != cols or (rows is not None and a.shape[0] != rows):
+        shape = f"({'k' if rows is None else rows}, {cols})"
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}.")
+    _finite(a, name)
+    return a
+
+
+@jax.jit
+def _max_abs(a: jax.Array) -> jax.Array:
+    return jnp.max(jnp.abs(a))
+
+
+def scales(x, y, *, power: int) -> None:
+    """Raises ValueError if x or y is too large for the float type: the estimators form sums
+    of `power`-th powers of the data (2 for the likelihood, 3 for the third moment), which
+    must stay below the type's largest value."""
+    if not (_concrete(x) and _concrete(y)):
+        return
+    info = jnp.finfo(x.dtype)
+    limit = float(info.max) ** (1.0 / power) / max(x.shape[0], 1) ** (1.0 / power)
+    for a, name in ((x, "x"), (y, "y")):
+        top = float(_max_abs(a)) * (np.sqrt(a.shape[1]) if a.ndim == 2 else 1.0)
+        if top > limit:
+            what = ("the likelihood's squared residuals" if power == 2
+                    else "the moments' cubes (T3(y) ~ y^3, (a . x)^3)")
+            raise ValueError(
+                f"{name} has values up to {float(_max_abs(a)):.3g}: {what} over n = "
+                f"{x.shape[0]} rows overflow {x.dtype} (largest {float(info.max):.3g}). "
+                f"Rescale {name} (e.g. standardise it) or use float64.")
+
+
+def noise_scale(noise_std, dtype, *, estimated: bool = False) -> None:
+    """Raises ValueError if sigma^2 under- or overflows `dtype` (a concrete sigma only).
+    `estimated`: sigma came from the data, not from the caller, and the message says so."""
+    if not _concrete(noise_std):
+        return
+    sigma = float(np.asarray(noise_std))
+    info = jnp.finfo(dtype)
+    if not float(info.tiny) <= sigma * sigma <= float(info.max):
+        if estimated:
+            raise ValueError(
+                f"y's scale is too small or too large for {np.dtype(dtype).name}: the noise level "
+                f"estimated from it, {sigma:.3g}, has a square outside "
+                f"[{float(info.tiny):.3g}, {float(info.max):.3g}]. Rescale y or use float64.")
+        raise ValueError(
+            f"noise_std = {sigma:.3g} is outside what {np.dtype(dtype).name} can hold in the "
+            f"likelihood: sigma^2 must lie in [{float(info.tiny):.3g}, {float(info.max):.3g}]. "
+            "Rescale y (and sigma with it) or use float64.")
+
+
+def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit") -> None:
+    """After a run on concrete inputs: raises ValueError naming the likely cause if the run
+    produced non-finite numbers (`finite` False). Under jit the flag is all the caller gets."""
+    if not _concrete(finite) or bool(np.all(np.asarray(finite))):
+        return
+    parts = [f"max |x| = {float(_max_abs(x)):.3g}", f"max |y| = {float(_max_abs(y)):.3g}"]
+    if noise_std is not None:
+        parts.append(f"noise_std = {float(np.asarray(noise_std)):.3g}")
+    raise ValueError(
+        f"{what} produced non-finite numbers in {x.dtype} ({', '.join(parts)}): the data or "
+        "sigma are at a scale the float type cannot hold in the likelihood. Standardise x and "
+        "y, or use float64.")

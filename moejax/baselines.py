@@ -9,16 +9,31 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from moejax import _validate
-from moejax.gating import e_step, m_step, noise_std_update
+from moejax import _validate, solver
+from moejax.gating import e_step, gram_solver, m_step, noise_std_update
 from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 from moejax.recover import initial_noise_std
 
 
 class FitInfo(NamedTuple):
-    """trace: (num_iters,) mean log-likelihood before each iteration (EM) or step (GD)."""
+    """What a likelihood method did (scalars, or one per problem under vmap).
 
+    Attributes:
+      log_likelihood: mean log-likelihood at the returned parameters.
+      num_iters: iterations used (EM or SQUAREM iterations, or Adam steps).
+      num_passes: passes over the data: EM map evaluations, or gradient evaluations for GD.
+      converged: whether the stopping rule (L rose by at most tol * (1 + |L|) in an
+        iteration) was met within the cap.
+      finite: whether the run produced finite numbers throughout.
+      trace: (max_iters,) L before each iteration; rows past `num_iters` hold the final value.
+    """
+
+    log_likelihood: jax.Array
+    num_iters: jax.Array
+    num_passes: jax.Array
+    converged: jax.Array
+    finite: jax.Array
     trace: jax.Array
 
 
@@ -34,54 +49,63 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
 
 def _weighted_least_squares(resp: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
     """argmin_a sum_n q_ni (y_n - a . x_n)^2 for every expert i: (k, d). resp: (k, n)."""
+    return _expert_step(jnp.zeros((resp.shape[0], x.shape[1]), x.dtype), resp, x, y,
+                        lambda z: z)
+
+
+def _expert_step(experts, resp, x, y, g):
+    """The experts' M-step: one Gauss-Newton step on sum_n q_ni (y_n - g(a_i . x_n))^2 for
+    every expert i, (k, d). For linear g it is the exact weighted least-squares solution; for
+    non-linear g it is a generalised M-step (weights q g'^2, docs/solvers.md). resp: (k, n)."""
     n, d = x.shape
-    gram = jnp.einsum("kn,nd,ne->kde", resp, x, x) / n
-    rhs = (resp * y) @ x / n
+    pre = experts @ x.T
+    out, slope = jax.jvp(g, (pre,), (jnp.ones_like(pre),))
+    gram = jnp.einsum("kn,nd,ne->kde", resp * jnp.square(slope), x, x) / n
+    rhs = (resp * slope * (y - out)) @ x / n
     # A tiny ridge keeps an expert with (almost) no responsibility solvable.
     ridge = 1e-6 * jnp.eye(d, dtype=x.dtype)
-    return jnp.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
+    return experts + jnp.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
 
 
-@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_iters", "num_inner_steps",
-                                             "learn_noise_std"))
-def _joint_em(init: MoEParams, x, y, nonlinearity, num_iters, num_inner_steps, learning_rate,
-              learn_noise_std=False):
-    n = x.shape[0]
+def _joint_em_map(x, y, nonlinearity, learn_noise_std):
+    """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem."""
     g = get_nonlinearity(nonlinearity)
-    gram_chol = jnp.linalg.cholesky(x.T @ x / n)
-    optimizer = optax.adam(learning_rate)
+    solve = gram_solver(x.T @ x / x.shape[0])
 
-    def expert_loss(experts, resp):
-        return jnp.sum(jnp.mean(resp * jnp.square(y - g(experts @ x.T)), axis=1))
-
-    def inner(carry, resp):
-        experts, opt_state = carry
-        updates, opt_state = optimizer.update(jax.grad(expert_loss)(experts, resp), opt_state)
-        return (optax.apply_updates(experts, updates), opt_state)
-
-    def body(carry, _):
-        params, opt_state = carry
-        log_dens = expert_log_densities(x, y, params.experts, params.noise_std, nonlinearity)
-        gate, resp, log_lik = e_step(params.gating, x, log_dens)
-        gating = m_step(params.gating, gate, resp, x, gram_chol)
+    def em_map(theta):
+        experts, gating, log_sigma = theta
+        log_dens = expert_log_densities(x, y, experts, jnp.exp(log_sigma), nonlinearity)
+        gate, resp, log_lik = e_step(gating, x, log_dens)
+        new_gating = m_step(gating, gate, resp, x, solve)
         resp = jnp.stack(resp)
-        if nonlinearity == "linear":  # closed-form M-step
-            experts = _weighted_least_squares(resp, x, y)
-        else:  # a few optimiser steps on the weighted squared error (a generalised M-step)
-            experts, opt_state = jax.lax.fori_loop(
-                0, num_inner_steps, lambda _, c: inner(c, resp), (params.experts, opt_state))
-        noise_std = params.noise_std
+        new_experts = _expert_step(experts, resp, x, y, g)
         if learn_noise_std:  # exact maximiser given the new experts (ECM order)
-            noise_std = noise_std_update(resp, jnp.square(y - g(experts @ x.T)))
-        return (MoEParams(experts, gating, noise_std), opt_state), jnp.mean(log_lik)
+            sq_resid = jnp.square(y - g(new_experts @ x.T))
+            log_sigma = jnp.log(noise_std_update(resp, sq_resid))
+        return (new_experts, new_gating, log_sigma), jnp.mean(log_lik)
 
-    (params, _), trace = jax.lax.scan(body, (init, optimizer.init(init.experts)), None,
-                                      length=num_iters)
-    return params, FitInfo(trace)
+    return em_map
+
+
+def _fit_info(info: solver.SolverInfo, index=0) -> FitInfo:
+    return FitInfo(info.log_likelihood[index], info.num_iters[index], info.num_passes,
+                   info.converged[index], info.finite[index], info.trace[:, index])
+
+
+@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_iters", "learn_noise_std",
+                                             "accelerate"))
+def _joint_em(init: MoEParams, x, y, nonlinearity, num_iters, tol, learn_noise_std=False,
+              accelerate=True):
+    em_map = jax.vmap(_joint_em_map(x, y, nonlinearity, learn_noise_std))
+    theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
+    (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
+                                                        max_iters=num_iters,
+                                                        accelerate=accelerate)
+    return MoEParams(experts[0], gating[0], jnp.exp(log_sigma[0])), _fit_info(info)
 
 
 @functools.partial(jax.jit, static_argnames=("nonlinearity", "num_steps", "learn_noise_std"))
-def _joint_gd(init: MoEParams, x, y, nonlinearity, num_steps, learning_rate,
+def _joint_gd(init: MoEParams, x, y, nonlinearity, num_steps, learning_rate, tol,
               learn_noise_std=False):
     optimizer = optax.adam(learning_rate)
     # sigma is optimised as log sigma, so it stays positive.
@@ -97,70 +121,110 @@ def _joint_gd(init: MoEParams, x, y, nonlinearity, num_steps, learning_rate,
         # expert-major E-step (k = 8, 10 seeds vmapped, n = 2e4).
         return -_mean_log_likelihood(unpack(free), x, y, nonlinearity)
 
-    def body(carry, _):
-        free, opt_state = carry
-        value, grad = jax.value_and_grad(loss)(free)
-        updates, opt_state = optimizer.update(grad, opt_state)
-        return (optax.apply_updates(free, updates), opt_state), -value
+    value_and_grad = jax.value_and_grad(loss)
 
-    (free, _), trace = jax.lax.scan(body, (free, optimizer.init(free)), None, length=num_steps)
-    return unpack(free), FitInfo(trace)
+    def cond(c):
+        return (c[4] < num_steps) & ~c[5] & jnp.isfinite(c[2])
+
+    def body(c):
+        free, opt_state, value, grad, it, _, trace = c
+        updates, opt_state = optimizer.update(grad, opt_state)
+        new_free = optax.apply_updates(free, updates)
+        new_value, new_grad = value_and_grad(new_free)
+        converged = jnp.abs(new_value - value) <= tol * (1.0 + jnp.abs(value))
+        trace = trace.at[it].set(-value)
+        return new_free, opt_state, new_value, new_grad, it + 1, converged, trace
+
+    value, grad = value_and_grad(free)
+    start = (free, optimizer.init(free), value, grad, jnp.asarray(0, jnp.int32),
+             jnp.asarray(False), jnp.zeros((num_steps,), x.dtype))
+    free, _, value, _, it, converged, trace = jax.lax.while_loop(cond, body, start)
+    trace = jnp.where(jnp.arange(num_steps) < it, trace, -value)
+    params = unpack(free)
+    finite = jnp.isfinite(value) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(v)) for v in params]))
+    return params, FitInfo(-value, it, it + 1, converged, finite, trace)
 
 
 def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
-           nonlinearity: Nonlinearity = "linear", num_iters: int = 100,
-           num_inner_steps: int = 5, learning_rate: float = 0.01,
-           learn_noise_std: bool = False) -> tuple[MoEParams, FitInfo]:
-    """Joint EM over (experts, gating) from the start `params` (e.g. the output of `recover`).
+           nonlinearity: Nonlinearity = "linear", num_iters: int = 200, tol: float = 1e-7,
+           learn_noise_std: bool = False, accelerate: bool = True) -> tuple[MoEParams, FitInfo]:
+    """Joint EM over (experts, gating) from the start `params` (e.g. the output of `recover`),
+    run until the likelihood settles (docs/algorithm.md section 5, docs/solvers.md).
 
-    Each iteration: E-step (log space); gating M-step as in the gating EM (one Bohning step);
-    experts M-step by weighted least squares for g = "linear", else `num_inner_steps` Adam
-    steps (rate `learning_rate`) on sum_i mean_n q_ni (y_n - g(a_i . x_n))^2. The experts are
-    not renormalised. With `learn_noise_std`, sigma starts at `params.noise_std` and each
-    iteration ends with its exact M-step, sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2
-    (the maximum-likelihood estimate; accurate once the experts are). x: (n, d), y: (n,).
-    Returns the final parameters and the likelihood trace.
+    Each EM step: E-step (log space); gating M-step as in the gating EM (one Bohning step);
+    experts M-step by weighted least squares for g = "linear", else one Gauss-Newton step on
+    sum_n q_ni (y_n - g(a_i . x_n))^2 (a generalised M-step). The experts are not
+    renormalised. With `learn_noise_std`, sigma starts at `params.noise_std` and each step
+    ends with its exact M-step, sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2.
+    With `accelerate`, SQUAREM steps (two EM steps and an extrapolation kept only if it raises
+    L); the run stops when L rose by at most tol * (1 + |L|) in an iteration, or after
+    `num_iters` iterations. x: (n, d), y: (n,).
+
+    Returns:
+      (the final parameters, FitInfo). Concrete inputs whose run produced non-finite numbers
+      raise ValueError naming the cause; under jit, `info.finite` says so.
     """
     x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], nonlinearity, params.noise_std)
+    _validate.scales(x, y, power=2)
     params = MoEParams(*(jnp.asarray(v, x.dtype) for v in params))
     if params.experts.shape != params.gating.shape or params.experts.shape[1] != x.shape[1]:
         raise ValueError(f"params.experts and params.gating must both have shape (k, d={x.shape[1]}),"
                          f" got {params.experts.shape} and {params.gating.shape}.")
-    return _joint_em(params, x, y, nonlinearity, num_iters, num_inner_steps, learning_rate,
-                     learn_noise_std)
+    _validate.noise_scale(params.noise_std, x.dtype)
+    num_iters = _validate.count(num_iters, "num_iters")
+    _validate.positive(tol, "tol")
+    out = _joint_em(params, x, y, nonlinearity, num_iters, tol, learn_noise_std, accelerate)
+    _validate.finite_result(out[1].finite, x, y, noise_std=params.noise_std, what="refine")
+    return out
 
 
 def _start_noise_std(x, y, num_experts, nonlinearity, noise_std):
     """Checked inputs and sigma's start: the given value, or the moment estimate if None."""
     x, y, sigma = _validate.fit_inputs(x, y, num_experts, nonlinearity,
                                        1.0 if noise_std is None else noise_std)
+    _validate.scales(x, y, power=2)
     if noise_std is None:
         sigma = initial_noise_std(y, nonlinearity).astype(x.dtype)
+    _validate.noise_scale(sigma, x.dtype, estimated=noise_std is None)
     return x, y, sigma
 
 
 def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
              nonlinearity: Nonlinearity = "linear", noise_std=None, num_iters: int = 200,
-             num_inner_steps: int = 5, learning_rate: float = 0.01) -> tuple[MoEParams, FitInfo]:
-    """Joint EM from the random start `random_init(key, ...)`; see `refine` for the steps.
+             tol: float = 1e-7, accelerate: bool = True) -> tuple[MoEParams, FitInfo]:
+    """Joint EM from the random start `random_init(key, ...)`; see `refine` for the steps and
+    the stopping rule.
 
     noise_std: the known sigma, or None to learn it (starting from `initial_noise_std`).
     """
     learn = noise_std is None
     x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std)
+    num_iters = _validate.count(num_iters, "num_iters")
+    _validate.positive(tol, "tol")
     init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype)
-    return _joint_em(init, x, y, nonlinearity, num_iters, num_inner_steps, learning_rate, learn)
+    out = _joint_em(init, x, y, nonlinearity, num_iters, tol, learn, accelerate)
+    _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
+                            what="joint_em")
+    return out
 
 
 def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
              nonlinearity: Nonlinearity = "linear", noise_std=None, num_steps: int = 1000,
-             learning_rate: float = 0.01) -> tuple[MoEParams, FitInfo]:
+             learning_rate: float = 0.01, tol: float = 1e-7) -> tuple[MoEParams, FitInfo]:
     """Adam on the negative log-likelihood over (experts, gating) from `random_init(key, ...)`.
 
     The gating's last row stays 0. noise_std: the known sigma (kept fixed), or None to learn
-    log sigma with the rest (starting from `initial_noise_std`). x: (n, d), y: (n,).
+    log sigma with the rest (starting from `initial_noise_std`). Stops when L changed by at
+    most tol * (1 + |L|) in a step, or after `num_steps` steps. x: (n, d), y: (n,).
     """
     learn = noise_std is None
     x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std)
+    num_steps = _validate.count(num_steps, "num_steps")
+    _validate.positive(tol, "tol")
+    _validate.positive(learning_rate, "learning_rate")
     init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype)
-    return _joint_gd(init, x, y, nonlinearity, num_steps, learning_rate, learn)
+    out = _joint_gd(init, x, y, nonlinearity, num_steps, learning_rate, tol, learn)
+    _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
+                            what="joint_gd")
+    return out

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy as jsp
 
-from moejax import _validate
+from moejax import _validate, solver
 from moejax.sums import Layout, layout_of, row_sum
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 
@@ -24,14 +24,27 @@ class GatingInfo(NamedTuple):
     """Diagnostics of `fit_gating`.
 
     Attributes:
-      log_likelihood: (num_inits,) final mean log-likelihood L(W) of every initialisation.
-      best: index of the kept initialisation.
-      trace: (num_iters,) L(W) of the kept initialisation before each iteration.
-      noise_std: sigma of the kept initialisation (the input unless it was learned).
+      log_likelihood: final mean log-likelihood L(W) of the kept start, a scalar.
+      start_log_likelihood: (num_inits,) L of every start after the screening iterations.
+      best: index of the kept start.
+      num_iters: iterations used, screening included.
+      num_passes: passes over the data (EM map evaluations, all starts together).
+      converged: whether the stopping rule was met within `max_iters`.
+      finite: whether the run produced finite numbers throughout (False means the data or
+        sigma are outside what the float type holds; see `fit_gating`).
+      trace: (max_iters,) L of the kept start before each iteration: first the screening
+        iterations (min(SCREEN_ITERS, max_iters) rows, when num_inits > 1), then its own run;
+        the rows of a run that stopped early hold its final value.
+      noise_std: sigma of the kept start (the input unless it was learned).
     """
 
     log_likelihood: jax.Array
+    start_log_likelihood: jax.Array
     best: jax.Array
+    num_iters: jax.Array
+    num_passes: jax.Array
+    converged: jax.Array
+    finite: jax.Array
     trace: jax.Array
     noise_std: jax.Array
 
@@ -84,15 +97,28 @@ def bohning_step(gating: jax.Array, grad: jax.Array, solve) -> jax.Array:
     return gating.at[:-1].add(solve(grad.T).T)
 
 
+def gram_solver(gram: jax.Array):
+    """v -> C^+ v for a symmetric positive semi-definite C (d, d): the pseudo-inverse.
+
+    Eigenvalues below d eps lambda_max count as zero. With duplicated, constant or collinear
+    columns in x, C = X^T X / n is singular, a Cholesky factor does not exist, and the gradient
+    (a combination of rows of x) lies in C's range, where C^+ inverts C: the Bohning step
+    stays exact and monotone and the gating is the minimum-norm one.
+    """
+    eigvals, eigvecs = jnp.linalg.eigh(gram)
+    cutoff = gram.shape[0] * jnp.finfo(gram.dtype).eps * jnp.max(jnp.abs(eigvals))
+    inv = jnp.where(eigvals > cutoff, 1.0 / jnp.where(eigvals > cutoff, eigvals, 1.0), 0.0)
+    return lambda v: eigvecs @ (inv[:, None] * (eigvecs.T @ v))
+
+
 def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int = 30):
-    """v -> C^(-1) v with C = X^T X / n, by one Cholesky factor of C (n d^2 work), or, matrix
-    free, v -> v / L with L = 1.1 lambda_max(C), lambda_max by power iteration (num_iters
+    """v -> C^+ v with C = X^T X / n (`gram_solver`, n d^2 work), or, matrix free,
+    v -> v / L with L = 1.1 lambda_max(C), lambda_max by power iteration (num_iters
     passes of n d work). L I >= C keeps the Bohning step monotone; the 10% margin covers the
     power iteration's shortfall below lambda_max, which is largest when C's top eigenvalues
     are close (as for whitened data) and then the shortfall is small."""
     if not matrix_free:
-        chol = jnp.linalg.cholesky(gram_matrix(x, layout))
-        return lambda v: jsp.linalg.cho_solve((chol, True), v)
+        return gram_solver(gram_matrix(x, layout))
     n, d = x.shape
 
     def product(v):
@@ -107,25 +133,25 @@ def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int
     return lambda v: v / bound
 
 
-def m_step(gating: jax.Array, gate, resp, x: jax.Array, gram_chol: jax.Array) -> jax.Array:
+def m_step(gating: jax.Array, gate, resp, x: jax.Array, solve) -> jax.Array:
     """One Bohning ascent step on sum_n sum_i q_ni log softmax(W x_n)_i: the new gating (k, d).
 
-    gate, resp: k arrays (n,) each, p_ni and q_ni from the E-step; gram_chol: (d, d) lower
-    Cholesky factor of C = X^T X / n.
+    gate, resp: k arrays (n,) each, p_ni and q_ni from the E-step; solve: v -> C^+ v for
+    C = X^T X / n (`gram_solver`).
     """
     grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / x.shape[0]
-    return bohning_step(gating, grad, lambda v: jsp.linalg.cho_solve((gram_chol, True), v))
+    return bohning_step(gating, grad, solve)
 
 
 def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
-            gram_chol: jax.Array) -> tuple[jax.Array, jax.Array]:
+            solve) -> tuple[jax.Array, jax.Array]:
     """One EM iteration for the gating; returns (new gating (k, d), L(W) before the step).
 
     gating: (k, d) with last row 0; x: (n, d); log_dens: (k, n) from `expert_log_densities`;
-    gram_chol: (d, d) lower Cholesky factor of C = X^T X / n.
+    solve: v -> C^+ v for C = X^T X / n (`gram_solver`).
     """
     gate, resp, log_lik = e_step(gating, x, log_dens)
-    return m_step(gating, gate, resp, x, gram_chol), jnp.mean(log_lik)
+    return m_step(gating, gate, resp, x, solve), jnp.mean(log_lik)
 
 
 def noise_std_update(resp, sq_resid) -> jax.Array:
@@ -174,32 +200,57 @@ def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout):
     return row_sum(block, (x, y), layout)
 
 
+# Screening: every start runs this many iterations in the fused pass, then only the best goes
+# on (docs/solvers.md has the measurement behind the choice).
+SCREEN_ITERS = 3
+
+
 @functools.partial(jax.jit, static_argnames=("nonlinearity", "num_inits", "num_iters",
-                                             "learn_noise_std", "layout", "matrix_free"))
+                                             "learn_noise_std", "layout", "matrix_free",
+                                             "accelerate", "screen_iters"))
 def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iters, init_scale,
-                learn_noise_std=False, layout=Layout(), matrix_free=False):
+                learn_noise_std=False, layout=Layout(), matrix_free=False, tol=1e-6,
+                accelerate=True, screen_iters=SCREEN_ITERS):
     n, d = x.shape
     k = experts.shape[0]
     solve = _gram_solver(x, layout, matrix_free)
-
-    init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
-    init = init.at[:, -1].set(0.0)
     sums = functools.partial(_em_sums, x=x, y=y, experts=experts, nonlinearity=nonlinearity,
                              layout=layout)
 
-    def step(carry, _):
-        gatings, sigmas = carry
-        grad, log_lik, sq = sums(gatings, sigmas)
+    def em_map(theta):
+        # sigma enters as log sigma: the extrapolated iterates must stay valid parameters.
+        gatings, log_sigmas = theta
+        grad, log_lik, sq = sums(gatings, jnp.exp(log_sigmas))
         if learn_noise_std:  # sigma's exact M-step, from this E-step's responsibilities
-            sigmas = jnp.sqrt(sq / n)
+            log_sigmas = 0.5 * jnp.log(sq / n)
         gatings = jax.vmap(bohning_step, in_axes=(0, 0, None))(gatings, grad / n, solve)
-        return (gatings, sigmas), log_lik / n
+        return (gatings, log_sigmas), log_lik / n
 
-    start = (init, jnp.full((num_inits,), noise_std, x.dtype))
-    (gatings, sigmas), traces = jax.lax.scan(step, start, None, length=num_iters)
-    final = sums(gatings, sigmas)[1] / n
-    best = _first_best(final)
-    return gatings[best], GatingInfo(final, best, traces[:, best], sigmas[best])
+    init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
+    theta = (init.at[:, -1].set(0.0), jnp.full((num_inits,), jnp.log(noise_std), x.dtype))
+    screen = min(screen_iters, num_iters) if num_inits > 1 else 0
+    if screen:
+        theta, first = solver.iterate(em_map, theta, tol=tol, max_iters=screen,
+                                      accelerate=accelerate)
+        best = _first_best(first.log_likelihood)
+        theta = jax.tree_util.tree_map(lambda v: v[best][None], theta)
+    theta, rest = solver.iterate(em_map, theta, tol=tol, max_iters=num_iters - screen,
+                                 accelerate=accelerate)
+    if not screen:
+        first, best = rest, jnp.asarray(0)
+        first = first._replace(num_iters=0 * rest.num_iters, num_passes=0,
+                               trace=rest.trace[:0], converged=rest.converged & False)
+    gatings, log_sigmas = theta
+    return gatings[0], GatingInfo(
+        log_likelihood=rest.log_likelihood[0],
+        start_log_likelihood=first.log_likelihood,
+        best=best,
+        num_iters=first.num_iters[best] + rest.num_iters[0],
+        num_passes=first.num_passes + rest.num_passes,
+        converged=first.converged[best] | rest.converged[0],
+        finite=first.finite[best] & rest.finite[0],
+        trace=jnp.concatenate([first.trace[:, best], rest.trace.reshape(-1)]),
+        noise_std=jnp.exp(log_sigmas[0]))
 
 
 def _first_best(log_liks: jax.Array) -> jax.Array:
@@ -217,41 +268,54 @@ def _first_best(log_liks: jax.Array) -> jax.Array:
 
 def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *,
                noise_std, nonlinearity: Nonlinearity = "linear", num_inits: int = 4,
-               num_iters: int = 50, init_scale: float = 1.0, learn_noise_std: bool = False,
-               chunk_size: int | None = None,
-               matrix_free: bool = False) -> tuple[jax.Array, GatingInfo]:
-    """Maximum-likelihood gating W for fixed experts by EM from random initialisations.
+               num_iters: int = 50, tol: float = 1e-6, init_scale: float = 1.0,
+               learn_noise_std: bool = False, chunk_size: int | None = None,
+               matrix_free: bool = False, accelerate: bool = True) -> tuple[jax.Array, GatingInfo]:
+    """Maximum-likelihood gating W for fixed experts by accelerated EM from random starts.
 
-    Runs `num_inits` EM runs of `num_iters` iterations in one vmap, each from W with
-    N(0, init_scale^2 / d) entries (last row 0), and keeps the one with the largest L(W)
-    (ALGORITHM.md section 4). With `learn_noise_std`, sigma is a parameter too: it starts at
-    `noise_std` and every M-step sets sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2,
-    its exact maximiser, so the likelihood still never decreases.
+    Each start W has N(0, init_scale^2 / d) entries (last row 0). All `num_inits` starts run
+    `SCREEN_ITERS` iterations together (one pass over the data serves them all), then the
+    start with the largest L(W) runs on alone until L rises by at most tol * (1 + |L|) in an
+    iteration, or `num_iters` iterations in all (docs/solvers.md). An iteration is one EM
+    step (docs/algorithm.md section 4), or with `accelerate` a SQUAREM step: two EM steps and
+    an extrapolation kept only if it raises L, so L never decreases either way. With
+    `learn_noise_std`, sigma is a parameter too: it starts at `noise_std` and every M-step
+    sets sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2, its exact maximiser.
 
-    Each iteration is one pass over the data for all initialisations together; with
-    `chunk_size` the pass runs over blocks of that many rows, and x sharded along its rows
-    over a device mesh runs data-parallel (see `moejax.recover`). The M-step needs C = X^T X / n
-    (d x d, n d^2 work, once); `matrix_free` replaces it by the scalar bound
-    1.1 lambda_max(C) I (power iteration), still monotone and as fast per iteration when
-    x is whitened, for large d.
+    With `chunk_size` each pass runs over blocks of that many rows, and x sharded along its
+    rows over a device mesh runs data-parallel (see `moejax.recover`). The M-step needs
+    C = X^T X / n (d x d, n d^2 work, once; a pseudo-inverse, so duplicated or constant
+    columns are harmless); `matrix_free` replaces it by the scalar bound 1.1 lambda_max(C) I
+    (power iteration), still monotone and as fast per iteration when x is whitened.
+
+    Under `jax.vmap` (over keys or data sets) the loop runs until every member has stopped;
+    each member's result is its own, frozen when it stopped.
 
     Args:
-      key: PRNG key for the initialisations.
+      key: PRNG key for the starts.
       x: (n, d) inputs; y: (n,) responses.
       experts: (k, d) fixed expert directions.
       noise_std: sigma > 0 (may be traced); the start value if `learn_noise_std`.
       nonlinearity: the experts' g.
+      num_inits: random starts screened.
+      num_iters: cap on iterations (screening included).
+      tol: relative tolerance on the rise of L per iteration.
+      accelerate: SQUAREM (True) or plain EM (False).
 
     Returns:
-      (gating (k, d) with last row 0, GatingInfo).
+      (gating (k, d) with last row 0, GatingInfo). When the inputs are concrete, a run that
+      produced non-finite numbers raises ValueError naming the cause; under jit it is
+      reported by `info.finite`.
     """
     x, y = _validate.data(x, y)
-    if experts.ndim != 2 or experts.shape[1] != x.shape[1]:
-        raise ValueError(f"experts must have shape (k, d={x.shape[1]}), got {experts.shape}.")
-    if num_inits < 1 or num_iters < 1:
-        raise ValueError(f"num_inits and num_iters must be >= 1, got {num_inits}, {num_iters}.")
+    experts = _validate.matrix(experts, "experts", cols=x.shape[1])
+    num_inits = _validate.count(num_inits, "num_inits")
+    num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(noise_std, "noise_std")
+    _validate.positive(tol, "tol")
     layout = layout_of(x, chunk_size)
-    return _fit_gating(key, x, y, experts.astype(x.dtype), jnp.asarray(noise_std, x.dtype),
-                       nonlinearity, num_inits, num_iters, init_scale, learn_noise_std, layout,
-                       matrix_free)
+    w, info = _fit_gating(key, x, y, experts.astype(x.dtype), jnp.asarray(noise_std, x.dtype),
+                          nonlinearity, num_inits, num_iters, init_scale, learn_noise_std,
+                          layout, matrix_free, tol, accelerate)
+    _validate.finite_result(info.finite, x, y, noise_std=None if learn_noise_std else noise_std)
+    return w, info

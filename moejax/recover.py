@@ -73,6 +73,8 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     formed: the choice for large d. chunk_size and sharded inputs: see `recover`.
     """
     x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+    _validate.scales(x, y, power=3)
+    _validate.noise_scale(noise_std, x.dtype)
     _check_subspace_iters(subspace_iters)
     layout = layout_of(x, chunk_size)
     return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts,
@@ -96,15 +98,15 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
 def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             nonlinearity: Nonlinearity = "linear", noise_std=None, num_restarts: int = 10,
             num_power_iters: int = 100, num_gating_inits: int = 4,
-            num_em_iters: int = 50, subspace_iters: int | None = None,
+            num_em_iters: int = 50, em_tol: float = 1e-6, subspace_iters: int | None = None,
             chunk_size: int | None = None) -> MoEParams:
     """Consistent estimate of all MoE parameters from samples (ALGORITHM.md sections 2-4).
 
     1. Experts from the cross-moments of Stein score functions and transformed labels,
        whitening by the top-k eigenspace of M2 and the tensor power method with deflation
        (`recover_experts`).
-    2. Gating by EM with the experts fixed, from `num_gating_inits` random starts run in one
-       vmap, keeping the best log-likelihood (`moejax.gating.fit_gating`).
+    2. Gating by accelerated EM with the experts fixed, from `num_gating_inits` random starts
+       screened together, the best run until the likelihood settles (`moejax.fit_gating`).
 
     Works eagerly, under `jax.jit` (all integer arguments and `nonlinearity` static;
     `noise_std` may be traced) and under `jax.vmap` over keys and/or datasets. Input values are
@@ -120,7 +122,8 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
         uses `initial_noise_std(y, nonlinearity)`, and the gating EM then updates sigma with
         its maximum-likelihood M-step (`fit_gating(..., learn_noise_std=True)`).
       num_restarts, num_power_iters: tensor power method settings.
-      num_gating_inits, num_em_iters: gating EM settings.
+      num_gating_inits, num_em_iters, em_tol: gating EM settings: starts, cap on iterations,
+        and the tolerance on the likelihood's relative rise per iteration (`fit_gating`).
       subspace_iters: None forms M2 and X^T X (d x d, n d^2 work each). An integer q switches
         to the matrix-free mode for large d: M2's top-k eigenspace from q + 1 implicit
         products (`recover_experts`), and the gating M-step with a scalar bound
@@ -138,7 +141,8 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
 
     Raises:
       ValueError: for malformed or non-finite inputs, k outside [2, d], n <= d, noise_std <= 0,
-        an unknown nonlinearity, or one the moments cannot see.
+        an unknown nonlinearity, or one the moments cannot see; constant y; data or sigma at
+        a scale whose powers the float type cannot hold.
     """
     learn = noise_std is None
     if learn:
@@ -146,13 +150,16 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
         noise_std = initial_noise_std(y, nonlinearity)
     else:
         x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+    _validate.scales(x, y, power=3)
+    _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(subspace_iters)
     layout = layout_of(x, chunk_size)
     key_tensor, key_gating = jax.random.split(key)
     experts = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
                                num_restarts, num_power_iters, subspace_iters, layout).experts
+    _validate.finite_result(jnp.all(jnp.isfinite(experts)), x, y, what="the moment stage")
     w, info = gating.fit_gating(key_gating, x, y, experts, noise_std=noise_std,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
-                                num_iters=num_em_iters, learn_noise_std=learn,
+                                num_iters=num_em_iters, tol=em_tol, learn_noise_std=learn,
                                 chunk_size=chunk_size, matrix_free=subspace_iters is not None)
     return MoEParams(experts, w, info.noise_std)

@@ -1,0 +1,161 @@
+"""Fixed-point iteration of EM maps, plain or accelerated by SQUAREM, stopped on a tolerance.
+
+An EM map takes parameters theta to F(theta) and returns, from the same pass over the data, the
+mean log-likelihood L(theta). `iterate` runs m independent problems at once (every leaf of
+theta has a leading axis of size m, and L is (m,)), so that one pass over the data serves all
+of them (the gating EM's random starts share their matrix products).
+
+Acceleration (docs/solvers.md): SQUAREM (Varadhan and Roland 2008, steplength S3) extrapolates
+two EM steps, r = F(theta) - theta and v = F(F(theta)) - 2 F(theta) + theta, to
+theta' = theta + 2 s r + s^2 v with s = ||r|| / ||v|| (s = 1 gives F(F(theta))). Here theta' is
+kept only if L(theta') >= L(F(theta)), which the pass F(theta') computes, so the accepted
+iterates never lower the likelihood; otherwise the iteration falls back to F(theta). Because
+F(theta') comes with L(theta'), an iteration costs two passes. The largest step s starts at 1
+and grows 4x each time it is used successfully (and shrinks 4x when it fails), as in the
+reference implementation.
+
+Stopping: a problem stops when its accepted likelihood rose by at most tol * (1 + |L|) in one
+iteration (a relative change, absolute near L = 0), when its likelihood stops being finite, or
+after `max_iters` iterations.
+"""
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class SolverInfo(NamedTuple):
+    """What `iterate` did, per problem (leading axis m).
+
+    Attributes:
+      num_iters: (m,) iterations run (each one EM map evaluation, or two when accelerated).
+      num_passes: scalar, EM map evaluations (passes over the data) for all m together.
+      converged: (m,) whether the stopping rule was met before `max_iters`.
+      log_likelihood: (m,) L at the returned parameters.
+      finite: (m,) whether every likelihood the plain EM steps produced was finite, and the
+        returned parameters and L are. A problem whose EM step gives a non-finite likelihood
+        stops there and returns its last finite iterate with finite = False.
+      trace: (max_iters, m) L at the iterate before each iteration; entries past `num_iters`
+        hold the final value.
+    """
+
+    num_iters: jax.Array
+    num_passes: jax.Array
+    converged: jax.Array
+    log_likelihood: jax.Array
+    finite: jax.Array
+    trace: jax.Array
+
+
+class _State(NamedTuple):
+    x0: object  # accepted iterate
+    x1: object  # F(x0)
+    l0: jax.Array  # L(x0), (m,)
+    num_iters: jax.Array
+    done: jax.Array
+    converged: jax.Array
+    broken: jax.Array
+    step_max: jax.Array
+    count: jax.Array
+    passes: jax.Array
+    trace: jax.Array
+
+
+def _per_problem(mask, a, b):
+    """where(mask, a, b) leaf by leaf, mask (m,) broadcast over each leaf's trailing axes."""
+    return jax.tree_util.tree_map(
+        lambda u, v: jnp.where(_scale(mask, u), u, v), a, b)
+
+
+def _sq_norms(tree) -> jax.Array:
+    """Squared norm of each problem's part of a pytree: (m,)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return sum(jnp.sum(jnp.square(v).reshape(v.shape[0], -1), axis=1) for v in leaves)
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether each problem's part of a pytree is finite: (m,) bool."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return functools.reduce(jnp.logical_and, [
+        jnp.all(jnp.isfinite(v).reshape(v.shape[0], -1), axis=1) for v in leaves])
+
+
+def _scale(c, leaf):
+    """c (m,) shaped to multiply a leaf with leading axis m."""
+    return c.reshape(c.shape + (1,) * (leaf.ndim - 1))
+
+
+def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
+            accelerate: bool = True) -> tuple[object, SolverInfo]:
+    """Iterates `em_map` from `params` until the likelihood stops rising; see the module doc.
+
+    Args:
+      em_map: theta -> (F(theta), L(theta)), with L (m,); F must be a function of theta
+        alone (no hidden state), defined on the unconstrained parameterisation (for example
+        log sigma rather than sigma), since extrapolation may go anywhere.
+      params: pytree, every leaf with leading axis m.
+      tol: stop when L rose by at most tol * (1 + |L|) in an iteration (tol may be traced).
+      max_iters: cap on iterations (static).
+      accelerate: SQUAREM (True) or the plain EM iteration (False).
+
+    Returns:
+      (the last accepted iterate, SolverInfo). Under vmap the loop runs until every problem
+      in the batch has stopped; a stopped problem's values do not change after it stops.
+    """
+    first_leaf = jax.tree_util.tree_leaves(params)[0]
+    m = first_leaf.shape[0]
+    x1, l0 = em_map(params)
+    dtype = l0.dtype
+    state = _State(params, x1, l0, jnp.zeros((m,), jnp.int32), ~jnp.isfinite(l0),
+                   jnp.zeros((m,), bool), ~jnp.isfinite(l0), jnp.ones((m,), dtype), jnp.asarray(0, jnp.int32),
+                   jnp.asarray(1, jnp.int32),
+                   # One spare row: the body is traced even when max_iters is 0.
+                   jnp.zeros((max_iters + 1, m), dtype))
+
+    def cond(s):
+        return (s.count < max_iters) & ~jnp.all(s.done)
+
+    def body(s):
+        x2, l1 = em_map(s.x1)
+        passes = s.passes + 1
+        if accelerate:
+            r = jax.tree_util.tree_map(lambda a, b: b - a, s.x0, s.x1)
+            v = jax.tree_util.tree_map(lambda a, b, c: c - 2 * b + a, s.x0, s.x1, x2)
+            rr, vv = _sq_norms(r), _sq_norms(v)
+            ratio = jnp.sqrt(rr / jnp.where(vv > 0, vv, 1.0))
+            step = jnp.where(vv > 0, jnp.clip(ratio, 1.0, s.step_max), 1.0)
+            xp = jax.tree_util.tree_map(
+                lambda a, dr, dv: a + _scale(2 * step, a) * dr + _scale(step**2, a) * dv,
+                s.x0, r, v)
+            fp, lp = em_map(xp)
+            passes = passes + 1
+            accept = jnp.isfinite(lp) & (lp >= l1)
+            x0_new = _per_problem(accept, xp, s.x1)
+            x1_new = _per_problem(accept, fp, x2)
+            l0_new = jnp.where(accept, lp, l1)
+            at_max = step >= s.step_max
+            step_max = jnp.where(at_max & accept, 4.0 * s.step_max,
+                                 jnp.where(at_max & ~accept, jnp.maximum(1.0, s.step_max / 4.0),
+                                           s.step_max))
+        else:
+            x0_new, x1_new, l0_new, step_max = s.x1, x2, l1, s.step_max
+        broken = ~jnp.isfinite(l0_new)
+        converged = ~broken & (l0_new - s.l0 <= tol * (1.0 + jnp.abs(s.l0)))
+        live = ~s.done
+        # A problem whose likelihood stops being finite keeps its last finite iterate.
+        advance = live & ~broken
+        trace = s.trace.at[s.count].set(jnp.where(live, s.l0, jnp.nan))
+        return _State(
+            _per_problem(advance, x0_new, s.x0), _per_problem(advance, x1_new, s.x1),
+            jnp.where(advance, l0_new, s.l0), s.num_iters + live.astype(jnp.int32),
+            s.done | converged | broken, s.converged | (live & converged),
+            s.broken | (live & broken),
+            jnp.where(live, step_max, s.step_max), s.count + 1, passes, trace)
+
+    s = jax.lax.while_loop(cond, body, state)
+    rows = jnp.arange(max_iters)[:, None]
+    trace = jnp.where(rows < s.num_iters[None, :], s.trace[:max_iters], s.l0[None, :])
+    finite = ~s.broken & jnp.isfinite(s.l0) & _all_finite(s.x0)
+    return s.x0, SolverInfo(s.num_iters, s.passes, s.converged, s.l0, finite, trace)
