@@ -31,29 +31,36 @@ class Setting:
     noise_std: float = 0.1
     gating_norm: float = 2.0
     orthogonal_gating: bool = True
-    em_iters: int = 200
-    learning_rate: float = 0.01  # joint EM's inner Adam steps for non-linear g
-    # 500 steps at rate 0.02 reached the same errors as 1000 at 0.01 (10 seeds, d = 10, k = 3
-    # and k = 8, n = 2e4) in half the time.
-    gd_steps: int = 500
+    # Every likelihood method runs until L rises by at most tol * (1 + |L|) per iteration
+    # (per step for GD); the iteration counts are caps, reported when hit.
+    tol: float = 1e-7
+    em_iters: int = 500
+    gd_steps: int = 3000
     gd_learning_rate: float = 0.02
 
 
 def method_fn(method: str, s: Setting) -> Callable:
-    """(key, x, y) -> MoEParams for one method; pure, so it vmaps over seeds."""
+    """(key, x, y) -> (MoEParams, passes over the data, converged) for one method; pure, so it
+    vmaps over seeds. For "moments" the passes and convergence are those of the gating EM
+    inside `recover`, which it does not report: -1 and True."""
     common = dict(num_experts=s.num_experts, nonlinearity=s.nonlinearity, noise_std=s.noise_std)
+
+    def report(out):
+        params, info = out
+        return params, info.num_passes, info.converged
+
     if method == "moments":
-        return lambda key, x, y: mj.recover(key, x, y, **common)
+        return lambda key, x, y: (mj.recover(key, x, y, em_tol=s.tol, **common), -1, True)
     if method == "refine":
-        return lambda key, x, y: mj.refine(mj.recover(key, x, y, **common), x, y,
-                                           nonlinearity=s.nonlinearity, num_iters=s.em_iters,
-                                           learning_rate=s.learning_rate)[0]
+        return lambda key, x, y: report(mj.refine(
+            mj.recover(key, x, y, em_tol=s.tol, **common), x, y, nonlinearity=s.nonlinearity,
+            num_iters=s.em_iters, tol=s.tol))
     if method == "em":
-        return lambda key, x, y: mj.joint_em(key, x, y, num_iters=s.em_iters,
-                                             learning_rate=s.learning_rate, **common)[0]
+        return lambda key, x, y: report(mj.joint_em(key, x, y, num_iters=s.em_iters, tol=s.tol,
+                                                    **common))
     if method == "gd":
-        return lambda key, x, y: mj.joint_gd(key, x, y, num_steps=s.gd_steps,
-                                             learning_rate=s.gd_learning_rate, **common)[0]
+        return lambda key, x, y: report(mj.joint_gd(key, x, y, num_steps=s.gd_steps, tol=s.tol,
+                                                    learning_rate=s.gd_learning_rate, **common))
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
 
@@ -71,15 +78,18 @@ def _run(keys, method: str, setting: Setting, n: int):
 
 
 def run_seeds(method: str, setting: Setting, n: int, num_seeds: int, seed: int = 0):
-    """Expert and gating errors, each (num_seeds,), of `method` on fresh data per seed.
+    """Expert and gating errors, passes over the data and convergence flags, each
+    (num_seeds,), of `method` on fresh data per seed.
 
     All seeds run as one vmapped, jitted call. Seed i's truth and data depend only on
     (seed, i), not on the method, so methods are compared on the same problems.
     """
     keys = jax.random.split(jax.random.key(seed), num_seeds)
-    truth, est = _run(keys, method, setting, n)
+    truth, (est, passes, converged) = _run(keys, method, setting, n)
+    passes = np.broadcast_to(np.asarray(passes), (num_seeds,))
+    converged = np.broadcast_to(np.asarray(converged), (num_seeds,))
     return (np.asarray(mj.expert_error(est.experts, truth.experts)),
-            np.asarray(mj.gating_error(est, truth)))
+            np.asarray(mj.gating_error(est, truth)), passes, converged)
 
 
 def write_rows(base: str, rows: list[dict], meta: dict) -> None:

@@ -52,18 +52,22 @@ def main(argv):
         n = max(int(n * _N_SCALE.value), setting.dim + 1)
         for method in _METHODS.value:
             tic = time.perf_counter()
-            expert, gate = common.run_seeds(method, setting, n, _SEEDS.value)
+            expert, gate, passes, conv = common.run_seeds(method, setting, n, _SEEDS.value)
             rows += [dict(setting=name, method=method, n=n, seed=s, expert_error=float(e),
-                          gating_error=float(g)) for s, (e, g) in enumerate(zip(expert, gate))]
+                          gating_error=float(g), passes=int(p), converged=bool(c))
+                     for s, (e, g, p, c) in enumerate(zip(expert, gate, passes, conv))]
             print(f"[{len(rows) // _SEEDS.value}/{total}] {name:14s} {method:8s} failure "
                   f"{np.mean(expert > _THRESHOLD.value):.2f} median {np.median(expert):.3f} "
+                  f"passes {np.median(passes):.0f} converged {np.mean(conv):.2f} "
                   f"({time.perf_counter() - tic:.1f} s, {time.perf_counter() - start:.0f} s total)",
                   flush=True)
 
     def rate(name, method):
-        errs = np.array([r["expert_error"] for r in rows
-                         if r["setting"] == name and r["method"] == method])
-        return float(np.mean(errs > _THRESHOLD.value)), float(np.median(errs))
+        mine = [r for r in rows if r["setting"] == name and r["method"] == method]
+        errs = np.array([r["expert_error"] for r in mine])
+        return (float(np.mean(errs > _THRESHOLD.value)), float(np.median(errs)),
+                float(np.median([r["passes"] for r in mine])),
+                float(np.mean([r["converged"] for r in mine])))
 
     table = {name: {m: rate(name, m) for m in _METHODS.value} for name in _SETTINGS.value}
     base = os.path.join(_OUT.value, "failure_rates")
@@ -73,13 +77,14 @@ def main(argv):
                                    "settings": settings, "failure_rate_and_median": table})
 
     print(f"\nFailure rate (expert error > {_THRESHOLD.value}) over {_SEEDS.value} seeds, "
-          "with the median expert error in brackets:\n")
+          "with the median expert error, the median passes over the data and the fraction of "
+          "converged runs in brackets (recover does not report its passes: -1):\n")
     print("| setting | " + " | ".join(common.METHOD_LABELS[m] for m in _METHODS.value) + " |")
     print("|---|" + "---|" * len(_METHODS.value))
     for name in _SETTINGS.value:
         setting, _ = SETTINGS[name]
         n = rows[[r["setting"] for r in rows].index(name)]["n"]
-        cells = [f"{table[name][m][0]:.2f} ({table[name][m][1]:.3f})" for m in _METHODS.value]
+        cells = ["{:.2f} ({:.3f}; {:.0f}; {:.2f})".format(*table[name][m]) for m in _METHODS.value]
         print(f"| {name}: {describe(setting, n)} | " + " | ".join(cells) + " |")
 
     series = {common.METHOD_LABELS[m]: ([table[name][m][0] for name in _SETTINGS.value], None)

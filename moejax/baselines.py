@@ -150,7 +150,7 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
            nonlinearity: Nonlinearity = "linear", num_iters: int = 200, tol: float = 1e-7,
            learn_noise_std: bool = False, accelerate: bool = True) -> tuple[MoEParams, FitInfo]:
     """Joint EM over (experts, gating) from the start `params` (e.g. the output of `recover`),
-    run until the likelihood settles (docs/algorithm.md section 5, docs/solvers.md).
+    run until the likelihood settles (docs/solvers.md).
 
     Each EM step: E-step (log space); gating M-step as in the gating EM (one Bohning step);
     experts M-step by weighted least squares for g = "linear", else one Gauss-Newton step on

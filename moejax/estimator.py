@@ -2,16 +2,37 @@
 per-expert intercepts; a fitted model that predicts in original units."""
 
 import dataclasses
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from moejax import _validate, gating, model, preprocessing
-from moejax.baselines import refine
+from moejax import _validate, gating, model, preprocessing, solver
+from moejax.baselines import _joint_em_map, random_init
 from moejax.model import MoEParams
 from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import Standardizer
 from moejax.recover import initial_noise_std, recover_experts
+
+
+class FitReport(NamedTuple):
+    """How `fit` got its parameters: every start refined by joint EM, the best kept.
+
+    Attributes:
+      best: index of the kept start (0 is the moment start, 1.. the random ones).
+      log_likelihood: (num_starts,) final training mean log-likelihood of every start, on
+        the standardised scale.
+      num_iters: (num_starts,) refinement iterations each start used.
+      converged: (num_starts,) whether each met the stopping rule within the cap.
+      num_passes: passes over the data of the refinement, all starts together.
+    """
+
+    best: jax.Array
+    log_likelihood: jax.Array
+    num_iters: jax.Array
+    converged: jax.Array
+    num_passes: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +48,7 @@ class FittedMoE:
       nonlinearity: the experts' g, a name in `moejax.NONLINEARITIES`.
       feature_names: optional names of the d input columns (checked on prediction by the CLI).
       target_name: optional name of the target column.
+      report: how `fit` chose the parameters (None for a loaded model).
     """
 
     params: MoEParams
@@ -34,6 +56,7 @@ class FittedMoE:
     nonlinearity: str = "linear"
     feature_names: tuple[str, ...] | None = None
     target_name: str | None = None
+    report: FitReport | None = None
 
     @property
     def num_experts(self) -> int:
@@ -72,7 +95,7 @@ class FittedMoE:
 
 
 jax.tree_util.register_dataclass(
-    FittedMoE, data_fields=["params", "standardizer"],
+    FittedMoE, data_fields=["params", "standardizer", "report"],
     meta_fields=["nonlinearity", "feature_names", "target_name"])
 
 
@@ -82,19 +105,39 @@ def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
     return jnp.concatenate([xs, jnp.ones_like(xs[:, :1])], axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_iters", "learn"))
+def _refine_starts(starts: MoEParams, z, y, nonlinearity, num_iters, tol, learn):
+    """Joint EM from m starts (leading axis) in one vmap; the best by final likelihood."""
+    em_map = jax.vmap(_joint_em_map(z, y, nonlinearity, learn))
+    theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
+    (experts, gatings, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
+                                                         max_iters=num_iters)
+    best = gating._first_best(jnp.where(info.finite, info.log_likelihood, -jnp.inf))
+    params = MoEParams(experts[best], gatings[best], jnp.exp(log_sigma[best]))
+    report = FitReport(best, info.log_likelihood, info.num_iters, info.converged,
+                       info.num_passes)
+    return params, report, info.finite[best]
+
+
 def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
-        noise_std=None, whiten: bool = True, refine_iters: int = 100,
-        num_restarts: int = 10, num_gating_inits: int = 4, num_em_iters: int = 50,
-        feature_names=None, target_name=None, progress=None) -> FittedMoE:
+        noise_std=None, whiten: bool = True, refine_iters: int = 1000, tol: float = 1e-8,
+        num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
+        num_em_iters: int = 50, feature_names=None, target_name=None,
+        progress=None) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
     2. Unit-norm experts from the moment method on the standardised data (`recover_experts`).
        (Their un-whitened norms are not used: where the model is wrong, as on real data, a
        small tensor eigenvalue makes them blow up.)
-    3. Gating by EM with the experts fixed (`fit_gating`).
-    4. Joint-EM refinement (`refine`, `refine_iters` iterations; 0 skips it) on [x_std, 1],
-       which also estimates an intercept per expert and per gate, starting from 0.
+    3. Gating by EM with the experts fixed (`fit_gating`): the moment start.
+    4. Joint-EM refinement on [x_std, 1], which also estimates an intercept per expert and
+       per gate, from the moment start and from `num_random_starts` random starts
+       (`random_init`), all in one vmap, each run until its likelihood rises by at most
+       tol * (1 + |L|) per iteration or for `refine_iters` iterations (0 skips step 4).
+       The start with the highest training likelihood is kept; `FittedMoE.report` says which
+       start won and whether the runs converged. A warm fit of a few thousand rows takes
+       milliseconds, so the extra starts are cheap insurance against a poor local optimum.
 
     noise_std: sigma in the target's units, or None to estimate it: started at the moment
     estimate `initial_noise_std` and updated by the maximum-likelihood M-step in the gating EM
@@ -109,8 +152,10 @@ def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
                          f"model can be saved), got {nonlinearity!r}.")
     learn = noise_std is None
     x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0 if learn else noise_std)
-    if isinstance(refine_iters, bool) or not isinstance(refine_iters, int) or refine_iters < 0:
-        raise ValueError(f"refine_iters must be an integer >= 0, got {refine_iters!r}.")
+    _validate.scales(x, y, power=2)
+    refine_iters = _validate.count(refine_iters, "refine_iters", minimum=0)
+    num_random_starts = _validate.count(num_random_starts, "num_random_starts", minimum=0)
+    _validate.positive(tol, "tol")
     if feature_names is not None:
         feature_names = tuple(str(v) for v in feature_names)
         if len(feature_names) != x.shape[1]:
@@ -120,23 +165,34 @@ def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
     std = preprocessing.fit_standardizer(x, y, whiten=whiten)
     xs = preprocessing.transform_features(std, x)
     ys = preprocessing.transform_target(std, y)
+    _validate.scales(xs, ys, power=3)
     sigma = initial_noise_std(ys, nonlinearity) if learn else noise_std / std.y_scale
+    _validate.noise_scale(sigma, xs.dtype, estimated=learn)
 
-    key_tensor, key_gating = jax.random.split(key)
+    key_tensor, key_gating, key_starts = jax.random.split(key, 3)
     progress(f"moment stage: {num_experts} experts")
     est = recover_experts(key_tensor, xs, ys, num_experts=num_experts, nonlinearity=nonlinearity,
                           noise_std=sigma, num_restarts=num_restarts)
     experts = est.experts
-    progress(f"gating EM: {num_gating_inits} starts x {num_em_iters} iterations")
+    progress(f"gating EM: {num_gating_inits} starts, at most {num_em_iters} iterations")
     w, info = gating.fit_gating(key_gating, xs, ys, experts, noise_std=sigma,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
                                 num_iters=num_em_iters, learn_noise_std=learn)
     pad = jnp.zeros((num_experts, 1), xs.dtype)
     params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1),
                        info.noise_std)
+    report = None
     if refine_iters:
-        progress(f"joint-EM refinement: {refine_iters} iterations")
-        params, _ = refine(params, design_matrix(std, x), ys, nonlinearity=nonlinearity,
-                           num_iters=refine_iters, learn_noise_std=learn)
+        progress(f"joint-EM refinement: the moment start and {num_random_starts} random "
+                 f"starts, at most {refine_iters} iterations each")
+        z = design_matrix(std, x)
+        randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, info.noise_std,
+                                                 z.dtype))(
+            jax.random.split(key_starts, num_random_starts))
+        starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), params,
+                                        randoms)
+        params, report, finite = _refine_starts(starts, z, ys, nonlinearity, refine_iters,
+                                                jnp.asarray(tol, z.dtype), learn)
+        _validate.finite_result(finite, z, ys, what="fit's refinement")
     return FittedMoE(params, std, nonlinearity, feature_names,
-                     None if target_name is None else str(target_name))
+                     None if target_name is None else str(target_name), report)

@@ -41,10 +41,15 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
     x, y = _validate.data(x, y)
     if x.shape[0] < 2:
         raise ValueError(f"x needs at least 2 rows to standardise, got {x.shape[0]}.")
-    x_mean = jnp.mean(x, axis=0)
+    # Statistics of each column divided by its largest magnitude, scaled back: data in very
+    # small or very large units neither underflow nor overflow the variance.
+    x_top = jnp.max(jnp.abs(x), axis=0)
+    x_unit = jnp.where(x_top > 0, x_top, 1.0)
+    x_mean = jnp.mean(x / x_unit, axis=0) * x_unit
     xc = x - x_mean
-    sd = jnp.std(xc, axis=0)
-    constant = np.flatnonzero(np.asarray(sd) <= rcond * max(1.0, float(jnp.max(jnp.abs(x)))))
+    sd = jnp.std(xc / x_unit, axis=0) * x_unit
+    same = np.asarray(jnp.all(x == x[:1], axis=0))
+    constant = np.flatnonzero(same | (np.asarray(sd) <= rcond * np.asarray(x_unit)))
     if constant.size:
         raise ValueError(f"x has constant column(s) {constant.tolist()}: they carry no "
                          "information and cannot be standardised; drop them.")
@@ -60,10 +65,16 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
         x_map = (eigvecs / jnp.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
     else:
         x_map = jnp.diag(1.0 / sd)
-    y_scale = jnp.std(y)
-    if float(y_scale) <= 0:
-        raise ValueError("y is constant: there is nothing to fit.")
-    return Standardizer(x_mean, x_map, jnp.mean(y), y_scale)
+    if bool(jnp.all(y == y[0])):
+        raise ValueError(f"y is constant (every entry is {float(y[0]):.6g}): there is nothing "
+                         "to fit.")
+    y_unit = jnp.max(jnp.abs(y))
+    y_mean = jnp.mean(y / y_unit) * y_unit
+    y_scale = jnp.std((y - y_mean) / y_unit) * y_unit
+    if not float(y_scale) > 0 or not np.isfinite(float(y_scale)):
+        raise ValueError(f"y's spread (max |y| = {float(y_unit):.3g}) is below what {y.dtype} "
+                         "resolves: rescale y or use float64.")
+    return Standardizer(x_mean, x_map, y_mean, y_scale)
 
 
 def transform_features(s: Standardizer, x: jax.Array) -> jax.Array:

@@ -97,7 +97,7 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
 
 def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             nonlinearity: Nonlinearity = "linear", noise_std=None, num_restarts: int = 10,
-            num_power_iters: int = 100, num_gating_inits: int = 4,
+            num_power_iters: int = 100, num_gating_inits: int = 1,
             num_em_iters: int = 50, em_tol: float = 1e-6, subspace_iters: int | None = None,
             chunk_size: int | None = None) -> MoEParams:
     """Consistent estimate of all MoE parameters from samples (ALGORITHM.md sections 2-4).

@@ -78,3 +78,37 @@ def test_joint_gd_and_em_learn_unknown_noise_std(small_problem):
                    (mj.joint_em, dict(num_iters=100))):
         est, _ = fn(jax.random.key(0), x, y, num_experts=NUM_EXPERTS, **kw)
         assert abs(float(est.noise_std) / NOISE_STD - 1) < 0.1, fn.__name__
+
+
+@pytest.mark.parametrize("case", ["duplicate column", "y in units of 1e15", "constant y",
+                                  "noise_std 1e-30", "x entry 3e38"])
+@pytest.mark.parametrize("method", ["joint_em", "joint_gd"])
+def test_degenerate_data_give_finite_results_or_a_named_cause(case, method):
+    from test_recover import DEGENERATE, _degenerate
+    x, y, kw = _degenerate(case)
+    fn = getattr(mj, method)
+    run = lambda: fn(jax.random.key(0), x, y, num_experts=2, **kw)
+    # The likelihood methods square, never cube, the data: y in units of 1e15 is fine.
+    expected = None if case == "y in units of 1e15" else DEGENERATE[case]
+    if case == "x entry 3e38":
+        expected = "x has values up to 3e\\+38.*squared residuals"
+    if expected is None:
+        params, info = run()
+        assert bool(info.finite)
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in params)
+    else:
+        with pytest.raises(ValueError, match=expected):
+            run()
+
+
+def test_em_and_gd_report_iterations_and_convergence(small_problem):
+    truth, x, y = small_problem
+    _, em = mj.joint_em(jax.random.key(0), x, y, num_experts=NUM_EXPERTS, noise_std=NOISE_STD)
+    assert bool(em.converged) and 0 < int(em.num_iters) < 200
+    assert int(em.num_passes) == 1 + 2 * int(em.num_iters)
+    _, capped = mj.joint_em(jax.random.key(0), x, y, num_experts=NUM_EXPERTS,
+                            noise_std=NOISE_STD, num_iters=2)
+    assert not bool(capped.converged) and int(capped.num_iters) == 2
+    _, gd = mj.joint_gd(jax.random.key(0), x, y, num_experts=NUM_EXPERTS, noise_std=NOISE_STD,
+                        num_steps=20)
+    assert not bool(gd.converged) and int(gd.num_iters) == 20

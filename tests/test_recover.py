@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import moejax as mj
+from moejax import gating
 from conftest import DIM, NOISE_STD, NUM_EXPERTS, truth_and_data
 
 SEEDS = range(5)
@@ -195,3 +196,65 @@ def test_refine_estimates_small_unknown_noise_std(nonlinearity):
         start = mj.recover(jax.random.key(seed), x, y, num_experts=3, nonlinearity=nonlinearity)
         est, _ = mj.refine(start, x, y, nonlinearity=nonlinearity, learn_noise_std=True)
         assert abs(float(est.noise_std) / NOISE_STD - 1) < 0.1
+
+
+def _degenerate(case):
+    """(x, y, kwargs) of a finite but degenerate data set (issue: silent NaN)."""
+    truth = mj.random_params(jax.random.key(0), 6, 2, noise_std=0.1)
+    x, y = (np.asarray(v) for v in mj.sample(jax.random.key(1), truth, 4000))
+    if case == "duplicate column":
+        return np.concatenate([x, x[:, :1]], 1), y, {}
+    if case == "zero column":
+        return np.concatenate([x, np.zeros_like(x[:, :1])], 1), y, {}
+    if case == "y in units of 1e15":
+        return x, y * 1e15, {}
+    if case == "x entry 3e38":
+        x = x.copy()
+        x[3, 2] = 3e38
+        return x, y, {}
+    if case == "noise_std 1e-30":
+        return x, y, dict(noise_std=1e-30)
+    if case == "noise_std 1e30":
+        return x, y, dict(noise_std=1e30)
+    if case == "constant y":
+        return x, np.zeros_like(y), {}
+    if case == "y in units of 1e-20":
+        return x, y * 1e-20, {}
+    raise AssertionError(case)
+
+
+# Each case: finite output, or a ValueError whose message names the cause.
+DEGENERATE = {
+    "duplicate column": None,
+    "zero column": None,
+    "y in units of 1e15": "y has values up to .* overflow float32",
+    "x entry 3e38": "x has values up to 3e\\+38",
+    "noise_std 1e-30": "noise_std = 1e-30 is outside what float32 can hold",
+    "noise_std 1e30": "noise_std = 1e\\+30 is outside",
+    "constant y": "y is constant",
+    "y in units of 1e-20": "y's scale is too small",
+}
+
+
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_degenerate_data_give_finite_results_or_a_named_cause(case):
+    x, y, kw = _degenerate(case)
+    expected = DEGENERATE[case]
+    run = lambda: mj.recover(jax.random.key(0), x, y, num_experts=2, **kw)
+    if expected is None:
+        est = run()
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in est)
+        assert float(est.noise_std) > 0
+    else:
+        with pytest.raises(ValueError, match=expected):
+            run()
+
+
+def test_under_jit_a_non_finite_run_is_flagged_not_raised():
+    # A traced sigma cannot be checked: fit_gating's info.finite carries the verdict.
+    truth = mj.random_params(jax.random.key(0), 6, 2, noise_std=0.1)
+    x, y = mj.sample(jax.random.key(1), truth, 2000)
+    run = jax.jit(lambda s: gating._fit_gating(jax.random.key(0), x, y, truth.experts, s,
+                                               "linear", 1, 20, 1.0))
+    assert bool(run(jnp.float32(0.1))[1].finite)
+    assert not bool(run(jnp.float32(1e-30))[1].finite)

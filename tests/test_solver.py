@@ -1,0 +1,95 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moejax import solver
+
+
+def _contraction(rates, dim=6):
+    """m problems: F(theta) = theta* + A (theta - theta*), A diagonal with entries in
+    [0, rate], L(theta) = -||theta - theta*||^2 / 2. Plain iteration converges linearly at
+    `rate` (slowly for rate near 1) and never lowers L; the fixed point is theta*."""
+    rates = jnp.asarray(rates, jnp.float32)
+    diag = rates[:, None] * jnp.linspace(0.2, 1.0, dim)[None, :]
+    target = jnp.arange(dim, dtype=jnp.float32)[None, :] * jnp.ones((len(rates), 1))
+
+    def em_map(theta):
+        (t,) = theta
+        return (target + diag * (t - target),), -0.5 * jnp.sum(jnp.square(t - target), axis=1)
+
+    return em_map, (jnp.zeros((len(rates), dim), jnp.float32),), target
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_reaches_the_fixed_point_and_reports_it(accelerate):
+    em_map, start, target = _contraction([0.9])
+    (theta,), info = solver.iterate(em_map, start, tol=1e-12, max_iters=1000,
+                                    accelerate=accelerate)
+    assert bool(info.converged[0]) and bool(info.finite[0])
+    np.testing.assert_allclose(theta, target, atol=1e-4)
+    assert float(info.log_likelihood[0]) == pytest.approx(
+        -0.5 * float(jnp.sum(jnp.square(theta - target))), rel=1e-5)
+    trace = np.asarray(info.trace[:, 0])
+    assert np.all(np.diff(trace) >= 0)
+    used = int(info.num_iters[0])
+    assert np.all(trace[used:] == trace[-1])
+    per_iter = 2 if accelerate else 1
+    assert int(info.num_passes) == 1 + per_iter * used
+
+
+def test_squarem_needs_far_fewer_passes_on_a_slow_map():
+    em_map, start, _ = _contraction([0.99])
+    _, plain = solver.iterate(em_map, start, tol=1e-10, max_iters=5000, accelerate=False)
+    _, fast = solver.iterate(em_map, start, tol=1e-10, max_iters=5000, accelerate=True)
+    assert bool(plain.converged[0]) and bool(fast.converged[0])
+    assert float(fast.log_likelihood[0]) >= float(plain.log_likelihood[0]) - 1e-6
+    assert 5 * int(fast.num_passes) < int(plain.num_passes), (fast.num_passes, plain.num_passes)
+
+
+def test_cap_reached_means_not_converged():
+    em_map, start, _ = _contraction([0.99])
+    _, info = solver.iterate(em_map, start, tol=1e-12, max_iters=3, accelerate=False)
+    assert not bool(info.converged[0]) and int(info.num_iters[0]) == 3
+    _, none = solver.iterate(em_map, start, tol=1e-12, max_iters=0)
+    assert int(none.num_iters[0]) == 0 and int(none.num_passes) == 1
+    assert not bool(none.converged[0]) and none.trace.shape == (0, 1)
+
+
+def test_problems_in_one_batch_stop_independently():
+    # A fast and a slow problem together: each gets the iterations it gets alone.
+    em_map, start, _ = _contraction([0.3, 0.95])
+    (both,), info = solver.iterate(em_map, start, tol=1e-10, max_iters=2000, accelerate=False)
+    assert int(info.num_iters[0]) < int(info.num_iters[1])
+    for j, rate in enumerate([0.3, 0.95]):
+        em_one, start_one, _ = _contraction([rate])
+        (alone,), one = solver.iterate(em_one, start_one, tol=1e-10, max_iters=2000,
+                                       accelerate=False)
+        assert int(one.num_iters[0]) == int(info.num_iters[j])
+        np.testing.assert_array_equal(alone[0], both[j])
+
+
+def test_a_map_that_breaks_stops_with_its_last_finite_iterate():
+    # F returns NaN once theta passes 3 in its first coordinate: the run must stop there,
+    # say finite = False, and return the last finite iterate instead of NaN.
+    def em_map(theta):
+        (t,) = theta
+        new = t + 1.0
+        new = jnp.where(new[:, :1] > 3.0, jnp.nan, new)
+        return (new,), jnp.sum(t, axis=1)
+
+    (theta,), info = solver.iterate(em_map, (jnp.zeros((1, 2)),), tol=1e-12, max_iters=50,
+                                    accelerate=False)
+    assert not bool(info.finite[0]) and not bool(info.converged[0])
+    assert np.all(np.isfinite(theta)) and float(theta[0, 0]) == 3.0
+
+
+def test_jit_and_vmap_agree_with_eager():
+    em_map, start, _ = _contraction([0.8])
+    run = lambda t: solver.iterate(em_map, (t,), tol=1e-10, max_iters=200)
+    eager = run(start[0])
+    jitted = jax.jit(run)(start[0])
+    np.testing.assert_allclose(jitted[0][0], eager[0][0], rtol=1e-6)
+    batched = jax.vmap(run)(jnp.stack([start[0], start[0] + 1.0]))
+    np.testing.assert_allclose(batched[0][0][0], eager[0][0], rtol=1e-6)
+    assert int(batched[1].num_iters[0, 0]) == int(eager[1].num_iters[0])
