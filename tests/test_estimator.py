@@ -57,7 +57,8 @@ def test_fitted_model_is_a_pytree_through_jit():
     model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names="abcdefghij")
     jitted = jax.jit(lambda m, x: m.predict(x))(model, x[:10])
     np.testing.assert_allclose(jitted, model.predict(x[:10]), rtol=1e-5)
-    assert jax.tree_util.tree_structure(model).num_leaves == 7
+    # params (3), standardizer (4) and the refinement's report (5).
+    assert jax.tree_util.tree_structure(model).num_leaves == 12
 
 
 def test_fit_rejects_bad_arguments():
@@ -70,3 +71,29 @@ def test_fit_rejects_bad_arguments():
         mj.fit(jax.random.key(0), x, y, num_experts=3, feature_names=["a"])
     with pytest.raises(ValueError, match="num_experts"):
         mj.fit(jax.random.key(0), x, y, num_experts=11)
+
+
+def test_fit_keeps_the_best_start_and_reports_convergence():
+    truth, x, y = _affine(4, 20_000)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_random_starts=3)
+    report = model.report
+    assert report.log_likelihood.shape == (4,) and report.converged.shape == (4,)
+    best = int(report.best)
+    assert float(report.log_likelihood[best]) >= float(np.max(report.log_likelihood)) - 1e-6
+    assert bool(report.converged[best])
+    # The reported likelihood is that of the returned parameters (standardised scale).
+    z = mj.estimator.design_matrix(model.standardizer, x)
+    ys = mj.transform_target(model.standardizer, y)
+    assert float(mj.log_likelihood(model.params, z, ys)) == pytest.approx(
+        float(report.log_likelihood[best]), abs=1e-5)
+
+
+def test_fit_works_in_tiny_and_huge_units():
+    # Standardisation is computed on rescaled columns: units of 1e-20 or 1e15 in y give the
+    # same predictions, in those units, as the plain data.
+    _, x, y = _affine(5, 4000)
+    kw = dict(num_experts=3, refine_iters=50, num_random_starts=0)
+    plain = mj.fit(jax.random.key(0), x, y, **kw).predict(x[:100])
+    for unit in (1e-20, 1e15):
+        scaled = mj.fit(jax.random.key(0), x, y * unit, **kw).predict(x[:100])
+        np.testing.assert_allclose(np.asarray(scaled) / unit, plain, rtol=2e-3, atol=2e-3)

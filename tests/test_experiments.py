@@ -54,9 +54,10 @@ def test_failure_rates(tmp_path):
               "--methods=moments,em", f"--output_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "failure_rates.json").read_text())
-    rate, median = summary["failure_rate_and_median"]["base"]["em"]
-    assert 0 <= rate <= 1 and median >= 0
-    assert len(read_csv(tmp_path / "failure_rates.csv")) == 4
+    rate, median, passes, converged = summary["failure_rate_and_median"]["base"]["em"]
+    assert 0 <= rate <= 1 and median >= 0 and passes >= 1 and 0 <= converged <= 1
+    rows = read_csv(tmp_path / "failure_rates.csv")
+    assert len(rows) == 4 and all(int(r["passes"]) >= 1 for r in rows if r["method"] == "em")
     assert "| base:" in out.stdout
 
 
@@ -86,12 +87,16 @@ def test_error_table(tmp_path):
 
 def test_airfoil(tmp_path):
     out = run("experiments.airfoil", "--num_splits=1", "--ks=2", "--num_starts=2", "--em_iters=3",
-              "--gd_steps=3", f"--output_dir={tmp_path}")
+              "--gd_steps=3", "--reference_starts=2", "--reference_iters=5",
+              f"--output_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     rows = read_csv(tmp_path / "airfoil.csv")
     assert {r["method"] for r in rows} == {"moments", "refine", "em", "gd", "ols"}
     for r in rows:
         assert float(r["test_mse"]) > 0 and abs(float(r["test_nll"])) < 100
+        assert abs(float(r["train_nll"])) < 100
+        if r["method"] != "ols":
+            assert abs(float(r["reference_train_nll"])) < 100
     # Least squares on this data: test MSE about 23 dB^2 (a sanity check on the split and units).
     ols = next(float(r["test_mse"]) for r in rows if r["method"] == "ols")
     assert 15 < ols < 35
@@ -105,22 +110,19 @@ def test_bench_recover_tables_from_saved_rows():
     # derived, CPU (resident memory) or accelerator (device memory), with or without baselines.
     from experiments import bench_recover
     base = dict(n=1000, d=10, k=3, floor_s=0.001, expert_s=0.01, expert_error=0.1,
-                em_iter_s=0.004, em_setup_s=0.001, expert_compile_s=1.0, em_iter_compile_s=1.0,
-                recover_derived_s=0.3, input_mb=0.04, peak_over_input_mb=5.0)
-    rows = [dict(base, recover_s=0.25, em_iters_to_converge=20, numpy_s=2.5,
-                 tensorly_expert_s=0.5),
-            dict(base, peak_device_mb=10.0)]
+                em_pass_s=0.004, em_setup_s=0.001, expert_compile_s=1.0, em_pass_compile_s=1.0,
+                em_iters=6, em_passes=13, em_converged=True, gating_error=0.05,
+                ref_gating_error=0.0501, recover_derived_s=0.3, input_mb=0.04,
+                peak_over_input_mb=5.0)
+    rows = [dict(base, recover_s=0.25, numpy_s=2.5, tensorly_expert_s=0.5),
+            dict(base, peak_device_mb=10.0, em_converged=False)]
     memory = [dict(n=1000, d=10, k=3, chunk_size=None, input_mb=0.04, rss_with_data_mb=300.0,
                    peak_over_input_mb=1.0, process_peak_rss_mb=301.0, peak_device_mb=None)]
     meta = dict(device="cpu", jax="0", repeats=5, chunk_size=8192)
     lines = bench_recover._table(meta, rows, memory).splitlines()
-    assert "| 1e+03 | 10 | 3 | 0.0010 | 0.010 (10x) | 0.100 |" in lines[4]
-    assert "| 0.25 |" in lines[4] and "| 10.0 |" in lines[4]  # recover, NumPy / recover
-    assert "0.30 (derived)" in lines[5] and lines[5].endswith("| 10 |")  # device peak - input
+    assert "| 1e+03 | 10 | 3 | 0.0010 | 0.010 (10x) | 0.100 | 0.0040 (4.0x) | 6 / 13 |" in lines[4]
+    assert "| 0.0500 (0.0501) |" in lines[4]
+    assert "| 0.25 (250x) |" in lines[4] and "| 10.0 |" in lines[4]  # recover, NumPy / recover
+    assert "6 / 13, not converged" in lines[5]
+    assert "0.30 (300x) derived" in lines[5] and lines[5].endswith("| 10 |")  # device - input
     assert lines[-1].startswith("| 1e+03 | 10 | one block | 0 | 300 | 1 | 301 | - |")
-
-
-def test_bench_recover_convergence_count():
-    from experiments import bench_recover
-    assert bench_recover._converged_at([0.0, 1.0, 1.5, 1.5 + 1e-7, 1.5 + 2e-7]) == 3
-    assert bench_recover._converged_at([2.0, 2.0, 2.0]) == 1

@@ -148,9 +148,10 @@ def test_high_dimension_never_forms_a_cube():
     (dict(noise_std=float("nan")), "noise_std must be a positive"),
     (dict(nonlinearity="softplus"), "nonlinearity must be one of"),
     (dict(nonlinearity=jnp.square), "even g"),
+    (dict(y=np.full(100, 2.5)), "y is constant \\(every entry is 2.5\\)"),
 ])
 def test_bad_inputs(change, message):
-    args = dict(x=np.ones((100, 10)), y=np.ones(100), num_experts=3, noise_std=0.1,
+    args = dict(x=np.ones((100, 10)), y=np.linspace(-1, 1, 100), num_experts=3, noise_std=0.1,
                 nonlinearity="linear")
     args.update(change)
     with pytest.raises(ValueError, match=message):
