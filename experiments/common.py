@@ -35,7 +35,7 @@ class Setting:
     # (per step for GD); the iteration counts are caps, reported when hit.
     tol: float = 1e-7
     em_iters: int = 500
-    gd_steps: int = 3000
+    gd_steps: int = 2000
     gd_learning_rate: float = 0.02
 
 

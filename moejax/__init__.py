@@ -2,7 +2,7 @@
 
 from moejax import datasets, io, sums
 from moejax.baselines import FitInfo, joint_em, joint_gd, random_init, refine
-from moejax.estimator import FittedMoE, fit
+from moejax.estimator import FitReport, FittedMoE, fit
 from moejax.gating import GatingInfo, fit_gating
 from moejax.metrics import expert_error, gating_error, match_experts
 from moejax.model import (MoEParams, log_likelihood, posteriors, predict, random_params,
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ExpertEstimate",
     "FitInfo",
+    "FitReport",
     "FittedMoE",
     "GatingInfo",
     "MoEParams",

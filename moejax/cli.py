@@ -141,6 +141,13 @@ def fit_command() -> None:
     if not (math.isfinite(mse) and math.isfinite(nll)):
         raise InputError("the fit diverged (non-finite training error); nothing was written.")
     weights = ", ".join(f"{v:.3f}" for v in np.asarray(model.mixing_weights(x)))
+    if model.report is not None:
+        r = model.report
+        best = int(r.best)
+        start = "the moment start" if best == 0 else f"random start {best}"
+        print(f"kept {start} of {len(r.converged)}: {int(r.num_iters[best])} iterations, "
+              f"{'converged' if bool(r.converged[best]) else 'NOT converged (raise --refine_iters)'}; "
+              f"{int(np.sum(r.converged))} of {len(r.converged)} starts converged")
     print(f"mixing weights: {weights}")
     print(f"noise sd: {float(model.noise_std):.4g}")
     print(f"training NLL: {nll:.4f} per row")
