@@ -98,21 +98,24 @@ def bohning_step(gating: jax.Array, grad: jax.Array, solve) -> jax.Array:
 
 
 def gram_solver(gram: jax.Array):
-    """v -> C^+ v for a symmetric positive semi-definite C (d, d): the pseudo-inverse.
+    """v -> (C + delta I)^(-1) v for a symmetric positive semi-definite C (d, d), with the
+    tiny ridge delta = eps tr(C), by one Cholesky factor.
 
-    Eigenvalues below d eps lambda_max count as zero. With duplicated, constant or collinear
-    columns in x, C = X^T X / n is singular, a Cholesky factor does not exist, and the gradient
-    (a combination of rows of x) lies in C's range, where C^+ inverts C: the Bohning step
-    stays exact and monotone and the gating is the minimum-norm one.
+    With duplicated, constant or collinear columns in x, C = X^T X / n is singular and has no
+    Cholesky factor; the ridge, at the size of Cholesky's own rounding error, gives it one.
+    The gradient (a combination of rows of x) has no component in C's null space, so the step
+    there stays 0, and on C's range it is C^(-1) to relative precision delta / lambda: the
+    Bohning step stays monotone (a larger metric only shortens it) and finite. (A batched
+    eigendecomposition here, which would give the exact pseudo-inverse, made XLA:CPU hang
+    when vmapped over 64 data sets inside `recover` with jaxlib 0.10.2.)
     """
-    eigvals, eigvecs = jnp.linalg.eigh(gram)
-    cutoff = gram.shape[0] * jnp.finfo(gram.dtype).eps * jnp.max(jnp.abs(eigvals))
-    inv = jnp.where(eigvals > cutoff, 1.0 / jnp.where(eigvals > cutoff, eigvals, 1.0), 0.0)
-    return lambda v: eigvecs @ (inv[:, None] * (eigvecs.T @ v))
+    delta = jnp.finfo(gram.dtype).eps * jnp.trace(gram)
+    chol = jnp.linalg.cholesky(gram + delta * jnp.eye(gram.shape[0], dtype=gram.dtype))
+    return lambda v: jsp.linalg.cho_solve((chol, True), v)
 
 
 def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int = 30):
-    """v -> C^+ v with C = X^T X / n (`gram_solver`, n d^2 work), or, matrix free,
+    """v -> C^(-1) v with C = X^T X / n (`gram_solver`, n d^2 work), or, matrix free,
     v -> v / L with L = 1.1 lambda_max(C), lambda_max by power iteration (num_iters
     passes of n d work). L I >= C keeps the Bohning step monotone; the 10% margin covers the
     power iteration's shortfall below lambda_max, which is largest when C's top eigenvalues
@@ -136,7 +139,7 @@ def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int
 def m_step(gating: jax.Array, gate, resp, x: jax.Array, solve) -> jax.Array:
     """One Bohning ascent step on sum_n sum_i q_ni log softmax(W x_n)_i: the new gating (k, d).
 
-    gate, resp: k arrays (n,) each, p_ni and q_ni from the E-step; solve: v -> C^+ v for
+    gate, resp: k arrays (n,) each, p_ni and q_ni from the E-step; solve: v -> C^(-1) v for
     C = X^T X / n (`gram_solver`).
     """
     grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / x.shape[0]
@@ -148,7 +151,7 @@ def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
     """One EM iteration for the gating; returns (new gating (k, d), L(W) before the step).
 
     gating: (k, d) with last row 0; x: (n, d); log_dens: (k, n) from `expert_log_densities`;
-    solve: v -> C^+ v for C = X^T X / n (`gram_solver`).
+    solve: v -> C^(-1) v for C = X^T X / n (`gram_solver`).
     """
     gate, resp, log_lik = e_step(gating, x, log_dens)
     return m_step(gating, gate, resp, x, solve), jnp.mean(log_lik)
@@ -286,7 +289,7 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
 
     With `chunk_size` each pass runs over blocks of that many rows, and x sharded along its
     rows over a device mesh runs data-parallel (see `moejax.recover`). The M-step needs
-    C = X^T X / n (d x d, n d^2 work, once; a pseudo-inverse, so duplicated or constant
+    C = X^T X / n (d x d, n d^2 work, once; with a tiny ridge, so duplicated or constant
     columns are harmless); `matrix_free` replaces it by the scalar bound 1.1 lambda_max(C) I
     (power iteration), still monotone and as fast per iteration when x is whitened.
 
