@@ -147,7 +147,7 @@ def fit_command() -> None:
         start = "the moment start" if best == 0 else f"random start {best}"
         print(f"kept {start} of {len(r.converged)}: {int(r.num_iters[best])} iterations, "
               f"{'converged' if bool(r.converged[best]) else 'NOT converged (raise --refine_iters)'}; "
-              f"{int(np.sum(r.converged))} of {len(r.converged)} starts converged")
+              f"{int(np.sum(r.continued))} of {len(r.converged)} starts kept after screening")
     print(f"mixing weights: {weights}")
     print(f"noise sd: {float(model.noise_std):.4g}")
     print(f"training NLL: {nll:.4f} per row")

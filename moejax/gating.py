@@ -25,7 +25,8 @@ class GatingInfo(NamedTuple):
 
     Attributes:
       log_likelihood: final mean log-likelihood L(W) of the kept start, a scalar.
-      start_log_likelihood: (num_inits,) L of every start after the screening iterations.
+      start_log_likelihood: (num_inits,) final L of every start: the kept start's at the end,
+        the others' after the screening iterations.
       best: index of the kept start.
       num_iters: iterations used, screening included.
       num_passes: passes over the data (EM map evaluations, all starts together).
@@ -231,42 +232,20 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
 
     init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
     theta = (init.at[:, -1].set(0.0), jnp.full((num_inits,), jnp.log(noise_std), x.dtype))
-    screen = min(screen_iters, num_iters) if num_inits > 1 else 0
-    if screen:
-        theta, first = solver.iterate(em_map, theta, tol=tol, max_iters=screen,
-                                      accelerate=accelerate)
-        best = _first_best(first.log_likelihood)
-        theta = jax.tree_util.tree_map(lambda v: v[best][None], theta)
-    theta, rest = solver.iterate(em_map, theta, tol=tol, max_iters=num_iters - screen,
-                                 accelerate=accelerate)
-    if not screen:
-        first, best = rest, jnp.asarray(0)
-        first = first._replace(num_iters=0 * rest.num_iters, num_passes=0,
-                               trace=rest.trace[:0], converged=rest.converged & False)
-    gatings, log_sigmas = theta
+    (gatings, log_sigmas), kept, info = solver.iterate_screened(
+        em_map, theta, tol=tol, max_iters=num_iters, screen_iters=screen_iters, keep=1,
+        accelerate=accelerate)
+    best = kept[0]
     return gatings[0], GatingInfo(
-        log_likelihood=rest.log_likelihood[0],
-        start_log_likelihood=first.log_likelihood,
+        log_likelihood=info.log_likelihood[best],
+        start_log_likelihood=info.log_likelihood,
         best=best,
-        num_iters=first.num_iters[best] + rest.num_iters[0],
-        num_passes=first.num_passes + rest.num_passes,
-        converged=first.converged[best] | rest.converged[0],
-        finite=first.finite[best] & rest.finite[0],
-        trace=jnp.concatenate([first.trace[:, best], rest.trace.reshape(-1)]),
+        num_iters=info.num_iters[best],
+        num_passes=info.num_passes,
+        converged=info.converged[best],
+        finite=info.finite[best],
+        trace=info.trace[:, best],
         noise_std=jnp.exp(log_sigmas[0]))
-
-
-def _first_best(log_liks: jax.Array) -> jax.Array:
-    """Index of the first likelihood within float rounding of the largest (NaN never wins).
-
-    Runs that reach the same optimum tie up to summation order; taking the first of the tied
-    ones, not the argmax of the rounding noise, makes the choice the same in every layout
-    (chunked, sharded) of the sums.
-    """
-    clean = jnp.where(jnp.isnan(log_liks), -jnp.inf, log_liks)
-    top = jnp.max(clean)
-    tol = 8 * jnp.finfo(log_liks.dtype).eps * jnp.maximum(1.0, jnp.abs(top))
-    return jnp.argmax(clean >= top - tol)
 
 
 def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *,

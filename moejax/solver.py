@@ -159,3 +159,59 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
     trace = jnp.where(rows < s.num_iters[None, :], s.trace[:max_iters], s.l0[None, :])
     finite = ~s.broken & jnp.isfinite(s.l0) & _all_finite(s.x0)
     return s.x0, SolverInfo(s.num_iters, s.passes, s.converged, s.l0, finite, trace)
+
+
+def _top(log_liks: jax.Array, keep: int) -> jax.Array:
+    """Indices of the `keep` largest likelihoods (NaN never wins), best first; for keep = 1 the
+    first of those tied with the largest up to float rounding (`first_best`)."""
+    if keep == 1:
+        return first_best(log_liks)[None]
+    return jax.lax.top_k(jnp.where(jnp.isnan(log_liks), -jnp.inf, log_liks), keep)[1]
+
+
+def first_best(log_liks: jax.Array) -> jax.Array:
+    """Index of the first likelihood within float rounding of the largest (NaN never wins).
+
+    Runs that reach the same optimum tie up to summation order; taking the first of the tied
+    ones, not the argmax of the rounding noise, makes the choice the same in every layout
+    (chunked, sharded) of the sums.
+    """
+    clean = jnp.where(jnp.isnan(log_liks), -jnp.inf, log_liks)
+    top = jnp.max(clean)
+    tol = 8 * jnp.finfo(log_liks.dtype).eps * jnp.maximum(1.0, jnp.abs(top))
+    return jnp.argmax(clean >= top - tol)
+
+
+def iterate_screened(em_map: Callable, params, *, tol: float, max_iters: int,
+                     screen_iters: int, keep: int, accelerate: bool = True):
+    """`iterate` from m starts, screened: all run `screen_iters` iterations together, then only
+    the `keep` with the largest likelihood go on, for at most `max_iters` iterations in all.
+
+    Screening pays when the starts end at different optima and a few iterations already rank
+    them: the later, slow iterations then run for `keep` problems instead of m. With keep >= m
+    or screen_iters = 0 it is `iterate`.
+
+    Returns:
+      (the kept problems' last iterates, leading axis keep, best first after screening;
+      kept (keep,) their indices among the m starts; SolverInfo over all m starts, where a
+      start dropped at screening reports its state then and `trace` holds its last value).
+    """
+    m = jax.tree_util.tree_leaves(params)[0].shape[0]
+    screen = min(screen_iters, max_iters)
+    if keep >= m or screen == 0:
+        params, info = iterate(em_map, params, tol=tol, max_iters=max_iters,
+                               accelerate=accelerate)
+        return params, jnp.arange(m), info
+    params, first = iterate(em_map, params, tol=tol, max_iters=screen, accelerate=accelerate)
+    kept = _top(first.log_likelihood, keep)
+    params, rest = iterate(em_map, jax.tree_util.tree_map(lambda v: v[kept], params), tol=tol,
+                           max_iters=max_iters - screen, accelerate=accelerate)
+    # A start that converged while screening takes one more iteration, which confirms it.
+    tail = jnp.broadcast_to(first.log_likelihood, (max_iters - screen, m))
+    return params, kept, SolverInfo(
+        num_iters=first.num_iters.at[kept].add(rest.num_iters),
+        num_passes=first.num_passes + rest.num_passes,
+        converged=first.converged.at[kept].set(first.converged[kept] | rest.converged),
+        log_likelihood=first.log_likelihood.at[kept].set(rest.log_likelihood),
+        finite=first.finite.at[kept].set(first.finite[kept] & rest.finite),
+        trace=jnp.concatenate([first.trace, tail.at[:, kept].set(rest.trace)]))

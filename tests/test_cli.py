@@ -47,7 +47,7 @@ def workdir(tmp_path_factory):
 def test_fit_prints_summary_and_writes_model(workdir):
     d, _, stdout, oracle_mse = workdir
     for text in ("mixing weights:", "training NLL:", "training MSE:", "gating EM", "wrote model.npz",
-                 "starts converged"):
+                 "starts kept after screening"):
         assert text in stdout
     mse = float(stdout.split("training MSE:")[1].split()[0])
     assert mse < 1.1 * oracle_mse

@@ -57,8 +57,8 @@ def test_fitted_model_is_a_pytree_through_jit():
     model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names="abcdefghij")
     jitted = jax.jit(lambda m, x: m.predict(x))(model, x[:10])
     np.testing.assert_allclose(jitted, model.predict(x[:10]), rtol=1e-5)
-    # params (3), standardizer (4) and the refinement's report (5).
-    assert jax.tree_util.tree_structure(model).num_leaves == 12
+    # params (3), standardizer (4) and the refinement's report (6).
+    assert jax.tree_util.tree_structure(model).num_leaves == 13
 
 
 def test_fit_rejects_bad_arguments():
@@ -75,12 +75,17 @@ def test_fit_rejects_bad_arguments():
 
 def test_fit_keeps_the_best_start_and_reports_convergence():
     truth, x, y = _affine(4, 20_000)
-    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_random_starts=3)
+    # 8 starts: all are screened, REFINE_KEEP = 4 go on to convergence.
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_random_starts=7)
     report = model.report
-    assert report.log_likelihood.shape == (4,) and report.converged.shape == (4,)
+    assert report.log_likelihood.shape == (8,) and report.converged.shape == (8,)
+    assert int(np.sum(report.continued)) == mj.estimator.REFINE_KEEP
     best = int(report.best)
+    assert bool(report.continued[best]) and bool(report.converged[best])
     assert float(report.log_likelihood[best]) >= float(np.max(report.log_likelihood)) - 1e-6
-    assert bool(report.converged[best])
+    dropped = ~np.asarray(report.continued)
+    assert np.all(np.asarray(report.num_iters)[dropped] <= mj.estimator.REFINE_SCREEN_ITERS)
+    assert int(np.min(np.asarray(report.num_iters)[~dropped])) > 0
     # The reported likelihood is that of the returned parameters (standardised scale).
     z = mj.estimator.design_matrix(model.standardizer, x)
     ys = mj.transform_target(model.standardizer, y)

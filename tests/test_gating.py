@@ -5,7 +5,7 @@ import pytest
 from scipy.special import log_softmax, logsumexp, softmax
 
 import moejax as mj
-from moejax import gating, model
+from moejax import gating, model, solver
 from conftest import NOISE_STD
 
 
@@ -112,8 +112,8 @@ def test_matrix_free_m_step_is_monotone_and_agrees(small_problem):
 
 def test_first_best_prefers_the_first_of_tied_runs():
     ll = jnp.array([0.5, 0.7, 0.7 + 1e-8, jnp.nan, 0.2], jnp.float32)
-    assert int(gating._first_best(ll)) == 1
-    assert int(gating._first_best(jnp.array([jnp.nan, -1.0]))) == 1
+    assert int(solver.first_best(ll)) == 1
+    assert int(solver.first_best(jnp.array([jnp.nan, -1.0]))) == 1
 
 
 def _problem(seed, n=20_000, dim=10, k=3, noise_std=NOISE_STD, gating_norm=2.0):

@@ -93,3 +93,40 @@ def test_jit_and_vmap_agree_with_eager():
     batched = jax.vmap(run)(jnp.stack([start[0], start[0] + 1.0]))
     np.testing.assert_allclose(batched[0][0][0], eager[0][0], rtol=1e-6)
     assert int(batched[1].num_iters[0, 0]) == int(eager[1].num_iters[0])
+
+
+def test_screening_keeps_the_best_starts_and_runs_only_them_on():
+    # One problem with five local optima T_j of heights c_j, each start in its own basin:
+    # F(theta) = T + (theta - T) / 2 and L = c - ||theta - T||^2 / 2 for the nearest T.
+    heights = jnp.array([0.0, 3.0, 1.0, 2.0, -1.0])
+    optima = 10.0 * jnp.arange(5.0)[:, None] * jnp.ones((1, 6))
+
+    def shifted(theta):
+        (t,) = theta
+        j = jnp.argmin(jnp.sum(jnp.square(t[:, None] - optima[None]), axis=-1), axis=1)
+        near = optima[j]
+        return (near + 0.5 * (t - near),), heights[j] - 0.5 * jnp.sum(jnp.square(t - near), 1)
+
+    start = (optima + 1.0,)
+    target = optima[jnp.array([1, 3])]
+    (theta,), kept, info = solver.iterate_screened(shifted, start, tol=1e-10, max_iters=200,
+                                                   screen_iters=5, keep=2, accelerate=False)
+    assert np.asarray(kept).tolist() == [1, 3]
+    np.testing.assert_allclose(theta, target[:2], atol=1e-3)
+    used = np.asarray(info.num_iters)
+    assert np.all(used[[0, 2, 4]] == 5) and np.all(used[[1, 3]] > 5)
+    assert np.all(np.asarray(info.converged)[[1, 3]])
+    np.testing.assert_allclose(np.asarray(info.log_likelihood)[[1, 3]], [3.0, 2.0], atol=1e-5)
+    # The dropped starts' traces stop where screening left them.
+    trace = np.asarray(info.trace)
+    assert np.all(trace[5:, 0] == trace[-1, 0])
+    assert np.all(np.diff(trace[:, 1]) >= 0)
+
+
+def test_screening_with_keep_at_least_m_is_plain_iterate():
+    em_map, start, _ = _contraction([0.5, 0.9])
+    a, _, info_a = solver.iterate_screened(em_map, start, tol=1e-9, max_iters=100,
+                                           screen_iters=5, keep=2)
+    b, info_b = solver.iterate(em_map, start, tol=1e-9, max_iters=100)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(info_a.num_iters, info_b.num_iters)
