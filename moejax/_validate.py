@@ -13,14 +13,25 @@ def _concrete(a) -> bool:
 
 
 def _as_float(a, name: str) -> jax.Array:
-    dtype = jnp.asarray(a).dtype if hasattr(a, "dtype") else np.asarray(a).dtype
-    if jnp.issubdtype(dtype, jnp.complexfloating) or not (
+    """a as a float JAX array. Integers and booleans are cast to the default float type, and
+    float16 / bfloat16 to float32 (their 3 significant digits cannot hold the moments)."""
+    if isinstance(a, (str, bytes)):
+        raise ValueError(f"{name} must be an array of real numbers, got a string {a!r:.40}.")
+    if not isinstance(a, jax.Array):
+        try:
+            a = np.asarray(a)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"{name} must be a rectangular array of real numbers: {e}") from None
+    dtype = a.dtype
+    if dtype == object or jnp.issubdtype(dtype, jnp.complexfloating) or not (
             jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
             or dtype == jnp.bool_):
         raise ValueError(f"{name} must hold real numbers (float or integer), got dtype {dtype}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         # Integer data (counts, codes) are valid inputs; compute in the default float type.
         return jnp.asarray(a, jnp.result_type(float))
+    if jnp.finfo(dtype).bits < 32:
+        return jnp.asarray(a, jnp.float32)
     return jnp.asarray(a)
 
 
@@ -51,6 +62,15 @@ def features(x, *, dim: int | None = None) -> jax.Array:
     return x
 
 
+def vector(a, name: str) -> jax.Array:
+    """a as a finite float (n,) array; ValueError naming `name` otherwise."""
+    a = _as_float(a, name)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D with shape (n,), got shape {a.shape}.")
+    _finite(a, name)
+    return a
+
+
 def data(x, y, *, dim: int | None = None) -> tuple[jax.Array, jax.Array]:
     """(x, y) as float arrays of shapes (n, d) and (n,), checked as in `features`."""
     x = features(x, dim=dim)
@@ -64,13 +84,67 @@ def data(x, y, *, dim: int | None = None) -> tuple[jax.Array, jax.Array]:
     return x.astype(dtype), y.astype(dtype)
 
 
+def _number(value, name: str):
+    """A concrete scalar as a NumPy float; ValueError for strings, booleans, arrays."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    try:
+        v = np.asarray(value)
+    except (TypeError, ValueError):
+        v = np.asarray(None)
+    if v.ndim != 0 or v.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a real number (a scalar), got {value!r}.")
+    return v.astype(np.float64)
+
+
 def positive(value, name: str):
     """Raises ValueError unless a concrete `value` is a positive finite number."""
     if _concrete(value):
-        v = np.asarray(value)
-        if v.ndim != 0 or not np.isfinite(v) or v <= 0:
+        v = _number(value, name)
+        if not np.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
     return value
+
+
+def nonnegative(value, name: str):
+    """Raises ValueError unless a concrete `value` is a finite number >= 0."""
+    if _concrete(value):
+        v = _number(value, name)
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return value
+
+
+def flag(value, name: str) -> bool:
+    """value as a Python bool (NumPy booleans accepted); ValueError otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def params(p, *, dim: int | None = None, name: str = "params"):
+    """p as MoEParams (a 3-tuple is accepted) with experts and gating of one shape (k, d),
+    k >= 2, and a positive scalar noise_std; values checked finite where concrete."""
+    from moejax.model import MoEParams
+    if not isinstance(p, tuple) or len(p) != 3:
+        raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std), got "
+                         f"{type(p).__name__}.")
+    experts = _as_float(p[0], f"{name}.experts")
+    gating = _as_float(p[1], f"{name}.gating")
+    sigma = _as_float(p[2], f"{name}.noise_std")
+    if experts.ndim != 2 or gating.shape != experts.shape or experts.shape[0] < 2:
+        raise ValueError(f"{name}.experts and {name}.gating must both have shape (k, d) with "
+                         f"k >= 2, got {experts.shape} and {gating.shape}.")
+    if dim is not None and experts.shape[1] != dim:
+        raise ValueError(f"{name} must have d = {dim} columns to match x, got "
+                         f"{experts.shape[1]}.")
+    if sigma.ndim != 0:
+        raise ValueError(f"{name}.noise_std must be a scalar, got shape {sigma.shape}.")
+    _finite(experts, f"{name}.experts")
+    _finite(gating, f"{name}.gating")
+    positive(sigma, f"{name}.noise_std")
+    dtype = jnp.promote_types(experts.dtype, gating.dtype)
+    return MoEParams(experts.astype(dtype), gating.astype(dtype), sigma.astype(dtype))
 
 
 def min_samples(dim: int) -> int:
@@ -82,8 +156,13 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std):
     """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays."""
     x, y = data(x, y)
     n, d = x.shape
-    if not isinstance(num_experts, int) or not 2 <= num_experts <= d:
-        raise ValueError(f"num_experts must be an integer in [2, d={d}], got {num_experts!r}.")
+    if isinstance(num_experts, (bool, np.bool_)) or not isinstance(
+            num_experts, (int, np.integer)) or not 2 <= num_experts <= d:
+        hint = (" (configuration must be static: under jax.jit, pass it through "
+                "functools.partial or static_argnames)" if isinstance(num_experts, jax.core.Tracer)
+                else "")
+        raise ValueError(f"num_experts must be an integer in [2, d={d}], got "
+                         f"{num_experts!r}{hint}.")
     if n < min_samples(d):
         raise ValueError(
             f"x has n = {n} samples; the moment method needs at least n = d + 1 = {min_samples(d)}"

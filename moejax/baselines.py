@@ -165,12 +165,11 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
       (the final parameters, FitInfo). Concrete inputs whose run produced non-finite numbers
       raise ValueError naming the cause; under jit, `info.finite` says so.
     """
+    params = _validate.params(params)
     x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], nonlinearity, params.noise_std)
+    _validate.params(params, dim=x.shape[1])
     _validate.scales(x, y, power=2)
-    params = MoEParams(*(jnp.asarray(v, x.dtype) for v in params))
-    if params.experts.shape != params.gating.shape or params.experts.shape[1] != x.shape[1]:
-        raise ValueError(f"params.experts and params.gating must both have shape (k, d={x.shape[1]}),"
-                         f" got {params.experts.shape} and {params.gating.shape}.")
+    params = MoEParams(*(v.astype(x.dtype) for v in params))
     _validate.noise_scale(params.noise_std, x.dtype)
     num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(tol, "tol")

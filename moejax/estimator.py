@@ -168,7 +168,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
     refine_iters = _validate.count(refine_iters, "refine_iters", minimum=0)
     num_random_starts = _validate.count(num_random_starts, "num_random_starts", minimum=0)
     _validate.positive(tol, "tol")
+    whiten = _validate.flag(whiten, "whiten")
     if feature_names is not None:
+        if isinstance(feature_names, (str, bytes)):
+            raise ValueError(f"feature_names must be a sequence of d = {x.shape[1]} names, got "
+                             f"the single string {feature_names!r}.")
         feature_names = tuple(str(v) for v in feature_names)
         if len(feature_names) != x.shape[1]:
             raise ValueError(f"feature_names must name the d = {x.shape[1]} columns of x, got "

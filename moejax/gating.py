@@ -293,6 +293,11 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
     """
     x, y = _validate.data(x, y)
     experts = _validate.matrix(experts, "experts", cols=x.shape[1])
+    if experts.shape[0] < 2:
+        raise ValueError(f"experts must have k >= 2 rows, got shape {experts.shape}.")
+    _validate.nonnegative(init_scale, "init_scale")
+    learn_noise_std = _validate.flag(learn_noise_std, "learn_noise_std")
+    accelerate = _validate.flag(accelerate, "accelerate")
     num_inits = _validate.count(num_inits, "num_inits")
     num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(noise_std, "noise_std")

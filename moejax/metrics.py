@@ -4,12 +4,23 @@ inputs may carry leading batch axes, broadcast against each other (one result pe
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from moejax import _validate
 from moejax.model import MoEParams
 
 
-def _batched(fn, *arrays, core_ndim=2):
-    arrays = [np.asarray(a, np.float64) for a in arrays]
-    batch = np.broadcast_shapes(*(a.shape[:-core_ndim] for a in arrays))
+def _batched(fn, *arrays, names, core_ndim=2):
+    arrays = [np.asarray(_validate._as_float(a, name), np.float64)
+              for a, name in zip(arrays, names)]
+    core = arrays[0].shape[-core_ndim:]
+    for a, name in zip(arrays, names):
+        if a.ndim < core_ndim or a.shape[-core_ndim:] != core:
+            raise ValueError(f"{name} must have shape (..., k, d) = (..., {core[0]}, {core[1]}) "
+                             f"like {names[0]}, got {a.shape}.")
+    try:
+        batch = np.broadcast_shapes(*(a.shape[:-core_ndim] for a in arrays))
+    except ValueError:
+        raise ValueError(f"the leading (batch) axes of {', '.join(names)} do not broadcast: "
+                         f"{[a.shape for a in arrays]}.") from None
     arrays = [np.broadcast_to(a, batch + a.shape[-core_ndim:]) for a in arrays]
     out = [fn(*(a[idx] for a in arrays)) for idx in np.ndindex(*batch)]
     return np.asarray(out).reshape(batch + np.shape(out[0]))
@@ -28,7 +39,7 @@ def match_experts(est_experts, true_experts) -> np.ndarray:
     """The permutation perm with est_experts[perm] closest to true_experts: (..., k) ints.
 
     Minimises sum_i ||est_{perm_i} - true_i||^2 (Hungarian algorithm)."""
-    return _batched(_match, est_experts, true_experts)
+    return _batched(_match, est_experts, true_experts, names=("est_experts", "true_experts"))
 
 
 def expert_error(est_experts, true_experts) -> np.ndarray:
@@ -36,7 +47,7 @@ def expert_error(est_experts, true_experts) -> np.ndarray:
     def one(est, truth):
         return np.linalg.norm(est[_match(est, truth)] - truth)
 
-    return _batched(one, est_experts, true_experts)
+    return _batched(one, est_experts, true_experts, names=("est_experts", "true_experts"))
 
 
 def gating_error(est: MoEParams, truth: MoEParams) -> np.ndarray:
@@ -48,4 +59,8 @@ def gating_error(est: MoEParams, truth: MoEParams) -> np.ndarray:
         w_hat = w_hat[_match(a_hat, a)]
         return np.linalg.norm((w_hat - w_hat[-1]) - (w - w[-1]))
 
-    return _batched(one, est.experts, est.gating, truth.experts, truth.gating)
+    for p, name in ((est, "est"), (truth, "truth")):
+        if not isinstance(p, tuple) or len(p) != 3:
+            raise ValueError(f"{name} must be MoEParams, got {type(p).__name__}.")
+    return _batched(one, est[0], est[1], truth[0], truth[1],
+                    names=("est.experts", "est.gating", "truth.experts", "truth.gating"))

@@ -31,8 +31,13 @@ def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std: floa
     With `orthogonal_gating` the gating rows lie in the orthogonal complement of the experts'
     span (the assumption of the consistency result); this needs dim > num_experts.
     """
-    if num_experts < 2 or num_experts > dim:
+    dim = _validate.count(dim, "dim", minimum=2)
+    num_experts = _validate.count(num_experts, "num_experts", minimum=2)
+    if num_experts > dim:
         raise ValueError(f"num_experts must be in [2, dim={dim}], got {num_experts}.")
+    _validate.positive(noise_std, "noise_std")
+    _validate.positive(gating_norm, "gating_norm")
+    orthogonal_gating = _validate.flag(orthogonal_gating, "orthogonal_gating")
     if orthogonal_gating and dim <= num_experts:
         raise ValueError(
             f"orthogonal_gating needs dim > num_experts, got dim={dim}, num_experts={num_experts}.")
@@ -55,6 +60,8 @@ def expert_outputs(experts: jax.Array, x: jax.Array, nonlinearity: Nonlinearity)
 def sample(key: jax.Array, params: MoEParams, n: int,
            nonlinearity: Nonlinearity = "linear") -> tuple[jax.Array, jax.Array]:
     """Draws n samples: x ~ N(0, I_d) of shape (n, d) and y of shape (n,)."""
+    params = _validate.params(params)
+    n = _validate.count(n, "n")
     k, d = params.experts.shape
     key_x, key_z, key_eps = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, d), params.experts.dtype)
@@ -85,6 +92,7 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,
 
     x: (n, d), y: (n,). Returns a scalar (ALGORITHM.md section 4's L).
     """
+    params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
     return _mean_log_likelihood(params, x, y, nonlinearity)
 
@@ -97,12 +105,14 @@ def _mean_log_likelihood(params: MoEParams, x, y, nonlinearity) -> jax.Array:
 def posteriors(params: MoEParams, x: jax.Array, y: jax.Array,
                nonlinearity: Nonlinearity = "linear") -> jax.Array:
     """P(z = i | x, y): (n, k), the E-step responsibilities."""
+    params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
     return jax.nn.softmax(_joint_log_probs(params, x, y, nonlinearity), axis=-1)
 
 
 def predict(params: MoEParams, x: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
     """E[y | x] = sum_i softmax(W x)_i g(a_i . x): (n,) for x: (n, d)."""
+    params = _validate.params(params)
     x = _validate.features(x, dim=params.experts.shape[1])
     gate = jax.nn.softmax(x @ params.gating.T, axis=-1)
     return jnp.sum(gate * expert_outputs(params.experts, x, nonlinearity), axis=-1)

@@ -79,11 +79,13 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
 
 def transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
     """(x - x_mean) @ x_map: (n, d)."""
+    x = _validate.features(x, dim=s.x_mean.shape[0])
     return (x - s.x_mean) @ s.x_map
 
 
 def transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
     """(y - y_mean) / y_scale: (n,)."""
+    y = _validate.vector(y, "y")
     return (y - s.y_mean) / s.y_scale
 
 

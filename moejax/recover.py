@@ -76,6 +76,8 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     _validate.scales(x, y, power=3)
     _validate.noise_scale(noise_std, x.dtype)
     _check_subspace_iters(subspace_iters)
+    num_restarts = _validate.count(num_restarts, "num_restarts")
+    num_power_iters = _validate.count(num_power_iters, "num_power_iters")
     layout = layout_of(x, chunk_size)
     return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts,
                             num_power_iters, subspace_iters, layout)
@@ -90,6 +92,7 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
     the gating EM, which re-estimates sigma by maximum likelihood. Floored at 0.1 sd(y) for
     data that break the assumptions (negative estimate). y: (n,). Returns a scalar.
     """
+    y = _validate.vector(y, "y")
     second = jnp.mean(jnp.square(y))
     floor = 0.01 * jnp.var(y)
     return jnp.sqrt(jnp.maximum(second - output_second_moment(nonlinearity), floor))
@@ -153,6 +156,12 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     _validate.scales(x, y, power=3)
     _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(subspace_iters)
+    num_restarts = _validate.count(num_restarts, "num_restarts")
+    num_power_iters = _validate.count(num_power_iters, "num_power_iters")
+    # Checked here too so that a message names recover's own arguments.
+    num_gating_inits = _validate.count(num_gating_inits, "num_gating_inits")
+    num_em_iters = _validate.count(num_em_iters, "num_em_iters")
+    _validate.positive(em_tol, "em_tol")
     layout = layout_of(x, chunk_size)
     key_tensor, key_gating = jax.random.split(key)
     experts = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -73,3 +74,133 @@ def test_newer_format_is_refused(tmp_path, fitted):
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match="Upgrade moejax"):
         mj.io.load(path)
+
+
+_SLOW_SAVE = """
+import sys, time
+import numpy as np
+import moejax as mj
+model = mj.io.load(sys.argv[1])
+def slow(f, **arrays):
+    f.write(b"partial")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+np.savez = slow
+mj.io.save(sys.argv[1], model)
+"""
+
+
+def _start_slow_save(path):
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(path)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    return child
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_terminated_save_leaves_no_temporary(tmp_path, fitted, sig):
+    import signal
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    mj.io.save(path, model)
+    before = path.read_bytes()
+    child = _start_slow_save(path)
+    assert len(list(tmp_path.iterdir())) == 2  # the model and the temporary
+    child.send_signal(getattr(signal, sig))
+    assert child.wait(timeout=30) != 0
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+    assert path.read_bytes() == before
+
+
+def test_the_next_save_removes_a_killed_saves_temporary(tmp_path, fitted):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    mj.io.save(path, model)
+    child = _start_slow_save(path)
+    child.kill()  # SIGKILL: nothing in the child can clean up
+    child.wait(timeout=30)
+    assert len(list(tmp_path.iterdir())) == 2
+    (tmp_path / "other.npz").write_bytes(b"")  # not ours: left alone
+    mj.io.save(path, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "other.npz"]
+
+
+def test_file_mode_follows_the_umask_and_an_overwrite_keeps_it(tmp_path, fitted):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    old = os.umask(0o027)
+    try:
+        mj.io.save(path, model)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+    path.chmod(0o644)
+    mj.io.save(path, model)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path, fitted):
+    model, _ = fitted
+    bad = {
+        "non-finite": model.params._replace(noise_std=np.float32(np.nan)),
+        "positive": model.params._replace(noise_std=np.float32(-1.0)),
+        "shapes": model.params._replace(gating=model.params.gating[:, :-1]),
+    }
+    for match, params in bad.items():
+        with pytest.raises(ValueError, match=match):
+            mj.io.save(tmp_path / "m.npz", dataclasses.replace(model, params=params))
+    with pytest.raises(ValueError, match="non-linearity"):
+        mj.io.save(tmp_path / "m.npz", dataclasses.replace(model, nonlinearity="softsign"))
+    with pytest.raises(ValueError, match="feature_names"):
+        mj.io.save(tmp_path / "m.npz", dataclasses.replace(model, feature_names=("a", "b")))
+    with pytest.raises(ValueError, match="FittedMoE"):
+        mj.io.save(tmp_path / "m.npz", model.params)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_without_names_is_saved_with_default_names(tmp_path, fitted):
+    model, _ = fitted
+    mj.io.save(tmp_path / "m.npz", dataclasses.replace(model, feature_names=None))
+    assert mj.io.load(tmp_path / "m.npz").feature_names == tuple(
+        f"x{i + 1}" for i in range(model.dim))
+
+
+def _rewrite(path, **changes):
+    with np.load(path) as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays["meta"]))
+    for key, value in changes.items():
+        if key in arrays and key != "meta":
+            arrays[key] = value
+        else:
+            meta[key] = value
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change", [
+    dict(feature_names=["a", "b"]), dict(feature_names="abc"), dict(nonlinearity=3),
+    dict(format_version="1"), dict(target_name=[1]), dict(noise_std=np.float32(-0.5)),
+    dict(y_scale=np.float32(0.0)), dict(experts=np.zeros((3,), np.float32)),
+])
+def test_load_refuses_inconsistent_contents_with_a_value_error(tmp_path, fitted, change):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    mj.io.save(path, model)
+    _rewrite(path, **change)
+    with pytest.raises(ValueError):
+        mj.io.load(path)
+
+
+def test_load_of_other_files_raises_value_error_without_pickle_advice(tmp_path):
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    np.savez(tmp_path / "objects.npz", meta=np.array([{"a": 1}], dtype=object))
+    (tmp_path / "dir.npz").mkdir()
+    for name in ("plain.npy", "table.csv", "objects.npz", "dir.npz"):
+        with pytest.raises(ValueError) as info:
+            mj.io.load(tmp_path / name)
+        assert "pickle" not in str(info.value)
