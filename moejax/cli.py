@@ -3,9 +3,10 @@ r"""Command line: fit an MoE to a CSV/TSV table, and predict with a saved model.
     python -m moejax fit --data=train.csv --target=y --experts=3 --out=model.npz
     python -m moejax predict --model=model.npz --data=test.csv --out=predictions.csv
 
-Files ending in .tsv or .tab are tab-separated, all others comma-separated; the first line
-names the columns. Bad input ends with a one-line message and exit status 1; nothing is
-written unless the command succeeds.
+Files ending in .tsv or .tab are tab-separated, all others comma-separated (or pass
+--delimiter); the first line names the columns. Bad input ends with a one-line message and exit
+status 1; nothing is written unless the command succeeds, and --out may not name the input
+table or model.
 """
 
 import csv
@@ -17,12 +18,14 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from moejax.nonlinearities import NONLINEARITIES
+
 COMMANDS = ("fit", "predict")
 
 _DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated).")
 _TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
 _EXPERTS = flags.DEFINE_integer("experts", None, "fit: number of experts k (2 <= k <= d).")
-_NONLIN = flags.DEFINE_enum("nonlinearity", "linear", ["linear", "relu", "tanh", "sigmoid"],
+_NONLIN = flags.DEFINE_enum("nonlinearity", "linear", list(NONLINEARITIES),
                             "fit: the experts' non-linearity g.")
 _NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
                             "(default: estimated).")
@@ -31,6 +34,8 @@ _WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
 _MODEL = flags.DEFINE_string("model", None, "predict: a model written by `fit`.")
 _OUT = flags.DEFINE_string("out", None, "fit: model file to write (.npz); predict: CSV to write.")
+_DELIM = flags.DEFINE_string("delimiter", None, "Column separator of --data (default: tab for "
+                             ".tsv/.tab files, else comma).")
 _DROP = flags.DEFINE_bool("drop_missing", False, "Drop rows with empty or NaN cells instead of "
                           "failing on them.")
 
@@ -44,24 +49,39 @@ def _lines(numbers, limit=10) -> str:
     return shown + (f", ... ({len(numbers)} in all)" if len(numbers) > limit else "")
 
 
-def read_table(path: str, *, drop_missing: bool = False, log=print):
+def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None = None,
+               log=print):
     """Reads a numeric table with a header line.
 
     Returns (values (n, m) float64, column names, file line numbers (n,) of the kept rows).
     Raises InputError for a missing or empty file, a ragged row, non-numeric cells, or rows
     with empty/NaN/infinite cells (unless `drop_missing`, which drops and reports them).
     """
+    if os.path.isdir(path):
+        raise InputError(f"data file {path!r} is a directory.")
     if not os.path.isfile(path):
         raise InputError(f"data file {path!r} does not exist.")
-    delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
+    if delimiter is None:
+        delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    elif len(delimiter) != 1:
+        raise InputError(f"--delimiter must be one character, got {delimiter!r}.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f, delimiter=delimiter))
+    except UnicodeDecodeError:
+        raise InputError(f"{path!r} is not a text table (not UTF-8).") from None
     # Blank lines (e.g. a trailing newline) are not data.
     numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
     if not numbered:
         raise InputError(f"{path!r} is empty: expected a header line and data rows.")
     (_, header), body = numbered[0], numbered[1:]
     names = [c.strip() for c in header]
+    others = [c for c in ",;\t|" if c != delimiter and c in "".join(header)]
+    if len(names) == 1 and others:
+        raise InputError(f"{path!r}: the header reads as one column {names[0][:60]!r} with "
+                         f"delimiter {delimiter!r}, but contains {others[0]!r}: pass "
+                         f"--delimiter={others[0]!r}" + (" (a tab)" if others[0] == "\t" else "")
+                         + ".")
     if len(set(names)) != len(names) or not all(names):
         raise InputError(f"{path!r}: the header must name every column once, got {names}.")
     values, missing, bad = [], [], []
@@ -103,12 +123,52 @@ def _require(**values):
         raise InputError(f"missing required flag(s): {', '.join(missing)}.")
 
 
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_out(out: str, **inputs: str) -> None:
+    """Raises InputError, before any work, if `out` could not be written or names an input."""
+    for flag, path in inputs.items():
+        if path is not None and _same_file(out, path):
+            raise InputError(f"--out {out!r} is the same file as --{flag}; writing it would "
+                             f"destroy the {flag}. Choose another --out.")
+    directory = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise InputError(f"--out {out!r} is a directory; give a file name.")
+    if not os.path.isdir(directory):
+        raise InputError(f"--out: directory {directory!r} does not exist.")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"--out: cannot write in directory {directory!r} (permission denied).")
+    if os.path.exists(out) and not os.access(out, os.W_OK):
+        raise InputError(f"--out {out!r} exists and is read-only.")
+
+
+def check_columns(x, names, y, target) -> None:
+    """Raises InputError naming constant or duplicated feature columns, or a constant target."""
+    constant = [n for n, col in zip(names, x.T) if np.ptp(col) == 0]
+    if constant:
+        raise InputError(f"feature column(s) {constant} are constant: they carry no "
+                         "information; drop them.")
+    dupes = [(names[j], names[i]) for i in range(x.shape[1]) for j in range(i)
+             if np.array_equal(x[:, i], x[:, j])]
+    if dupes:
+        raise InputError("duplicated feature columns " + ", ".join(
+            f"{a!r} = {b!r}" for a, b in dupes[:5]) + "; drop one of each pair.")
+    if np.ptp(y) == 0:
+        raise InputError(f"the target column {target!r} is constant: there is nothing to fit.")
+
+
 def fit_command() -> None:
     from moejax import estimator, io
     _require(data=_DATA.value, target=_TARGET.value, experts=_EXPERTS.value, out=_OUT.value)
-    if not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
-        raise InputError(f"--out: directory of {_OUT.value!r} does not exist.")
-    table, names, _ = read_table(_DATA.value, drop_missing=_DROP.value)
+    check_out(_OUT.value, data=_DATA.value)
+    table, names, _ = read_table(_DATA.value, drop_missing=_DROP.value, delimiter=_DELIM.value)
     if _TARGET.value not in names:
         raise InputError(f"--target: column {_TARGET.value!r} is not in {_DATA.value!r}; its "
                          f"columns are {names}.")
@@ -125,6 +185,7 @@ def fit_command() -> None:
     if n < d + 2:
         raise InputError(f"{_DATA.value!r} has {n} usable rows; fitting {d} features needs at "
                          f"least d + 2 = {d + 2} (and far more for a useful fit).")
+    check_columns(x, feature_names, y, _TARGET.value)
     if _NOISE.value is not None and not _NOISE.value > 0:
         raise InputError(f"--noise_std must be positive, got {_NOISE.value}.")
     if _REFINE.value < 0:
@@ -159,13 +220,13 @@ def fit_command() -> None:
 def predict_command() -> None:
     from moejax import io
     _require(model=_MODEL.value, data=_DATA.value, out=_OUT.value)
-    if not os.path.isdir(os.path.dirname(os.path.abspath(_OUT.value))):
-        raise InputError(f"--out: directory of {_OUT.value!r} does not exist.")
+    check_out(_OUT.value, data=_DATA.value, model=_MODEL.value)
     try:
         model = io.load(_MODEL.value)
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model: {e}") from None
-    table, names, lines = read_table(_DATA.value, drop_missing=_DROP.value)
+    table, names, lines = read_table(_DATA.value, drop_missing=_DROP.value,
+                                     delimiter=_DELIM.value)
     wanted = model.feature_names or ()
     absent = [c for c in wanted if c not in names]
     if absent or len(wanted) != model.dim:

@@ -192,7 +192,7 @@ def load(path: str | os.PathLike) -> FittedMoE:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path!r} does not exist.")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path!r} is not a moejax model file (not an .npz archive).")
+        raise ValueError(f"{path!r} is not a readable moejax model file (not an .npz archive).")
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"][()]))

@@ -78,6 +78,14 @@ def test_predict_writes_predictions_in_column_order_of_model(workdir):
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 30, ["--target=y", "--experts=4"], "--experts must be"),
     ("t.csv", "", ["--target=y", "--experts=2"], "is empty"),
     ("t.csv", "a,b,y\n1,2\n", ["--target=y", "--experts=2"], "line 2 has 2 fields"),
+    ("t.csv", "a;b;c;y\n" + "1;2;3;4\n" * 10, ["--target=y", "--experts=2"],
+     "pass --delimiter=';'"),
+    ("t.csv", "a,b,c,y\n" + "".join(f"{i},5,{i * i},{i % 3}\n" for i in range(20)),
+     ["--target=y", "--experts=2"], "feature column(s) ['b'] are constant"),
+    ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{i},{i % 3}\n" for i in range(20)),
+     ["--target=y", "--experts=2"], "duplicated feature columns 'a' = 'c'"),
+    ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{i % 5},7\n" for i in range(20)),
+     ["--target=y", "--experts=2"], "target column 'y' is constant"),
 ])
 def test_fit_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, name, content, flags, message):
     if content is not None:
@@ -122,3 +130,50 @@ def test_predict_bad_inputs(workdir, tmp_path):
 def test_unknown_command_is_a_usage_error(tmp_path):
     out = moejax("train", cwd=tmp_path)
     assert out.returncode == 2 and "usage: python -m moejax {fit,predict}" in out.stderr
+
+
+def _table_csv(path, workdir, rows=60):
+    _, table, _, _ = workdir
+    write_csv(path, HEADER, table[:rows].tolist())
+    return path.read_bytes()
+
+
+def test_out_may_never_name_the_input_table_or_model(workdir, tmp_path):
+    d, _, _, _ = workdir
+    data = _table_csv(tmp_path / "t.csv", workdir)
+    os.symlink(tmp_path / "t.csv", tmp_path / "link.csv")
+    for out_flag in ("--out=t.csv", "--out=link.csv", f"--out={tmp_path / '.' / 't.csv'}"):
+        out = moejax("fit", "--data=t.csv", "--target=target", "--experts=3", out_flag,
+                     cwd=tmp_path)
+        assert out.returncode == 1 and "same file as --data" in out.stderr, out.stderr
+        assert "fitting" not in out.stdout
+    model = (d / "model.npz").read_bytes()
+    for out_flag, what in ((f"--out={d / 'model.npz'}", "--model"), ("--out=t.csv", "--data")):
+        out = moejax("predict", f"--model={d / 'model.npz'}", "--data=t.csv", out_flag,
+                     cwd=tmp_path)
+        assert out.returncode == 1 and f"same file as {what}" in out.stderr, out.stderr
+    assert (tmp_path / "t.csv").read_bytes() == data and (d / "model.npz").read_bytes() == model
+
+
+def test_unusable_out_or_data_paths_fail_before_any_work(workdir, tmp_path):
+    _table_csv(tmp_path / "t.csv", workdir)
+    (tmp_path / "sub").mkdir()
+    cases = [("--data=t.csv", "--out=sub", "is a directory; give a file name"),
+             ("--data=t.csv", "--out=nowhere/m.npz", "does not exist"),
+             ("--data=sub", "--out=m.npz", "data file 'sub' is a directory")]
+    for data_flag, out_flag, message in cases:
+        out = moejax("fit", data_flag, out_flag, "--target=target", "--experts=3", cwd=tmp_path)
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+        assert "fitting" not in out.stdout
+
+
+def test_a_model_saved_from_python_without_names_works_in_the_cli(workdir, tmp_path):
+    _, table, _, _ = workdir
+    x, y = table[:600, :-1], table[:600, -1]
+    model = mj.fit(__import__("jax").random.key(0), x, y, num_experts=3, refine_iters=2)
+    assert model.feature_names is None
+    mj.io.save(tmp_path / "m.npz", model)
+    write_csv(tmp_path / "new.csv", [f"x{i + 1}" for i in range(10)], x[:20].tolist())
+    out = moejax("predict", "--model=m.npz", "--data=new.csv", "--out=p.csv", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 21
