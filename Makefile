@@ -15,8 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python -m experiments.demo
 
+# Two worker processes: most of the suite's time is single-threaded XLA compilation.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -n 2 -m "not slow"
 
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

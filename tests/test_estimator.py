@@ -54,7 +54,7 @@ def test_log_likelihood_is_in_original_units():
 
 def test_fitted_model_is_a_pytree_through_jit():
     _, x, y = _affine(3, 5000)
-    model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names="abcdefghij")
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names=list("abcdefghij"))
     jitted = jax.jit(lambda m, x: m.predict(x))(model, x[:10])
     np.testing.assert_allclose(jitted, model.predict(x[:10]), rtol=1e-5)
     # params (3), standardizer (4) and the refinement's report (6).

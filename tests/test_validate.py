@@ -1,0 +1,116 @@
+"""The input contract (docs/errors.md): every bad argument of a public function is a ValueError
+that names it; NumPy scalars are accepted where Python ones are."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import moejax as mj
+
+KEY = jax.random.key(0)
+TRUTH = mj.random_params(KEY, 5, 2, noise_std=0.3)
+X, Y = mj.sample(jax.random.key(1), TRUTH, 400)
+NAN_PARAMS = TRUTH._replace(experts=TRUTH.experts.at[0, 0].set(jnp.nan))
+
+
+@pytest.mark.parametrize("x, message", [
+    (np.asarray(X).astype(str), "x must hold real numbers .* dtype <U"),
+    (np.asarray(X).astype(object), "x must hold real numbers .* dtype object"),
+    ([[1.0, 2.0], [3.0]], "x must be a rectangular array"),
+    ("1,2,3", "x must be an array of real numbers, got a string"),
+])
+def test_non_numeric_data_are_named(x, message):
+    with pytest.raises(ValueError, match=message):
+        mj.recover(KEY, x, Y, num_experts=2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_data_are_computed_in_float32(dtype):
+    est = mj.recover(KEY, np.asarray(X).astype(dtype), np.asarray(Y).astype(dtype),
+                     num_experts=2)
+    assert est.experts.dtype == jnp.float32
+    assert float(mj.expert_error(est.experts, TRUTH.experts)) < 0.5
+
+
+def test_numpy_scalars_are_accepted():
+    a = mj.recover(KEY, X, Y, num_experts=np.int64(2), noise_std=np.float32(0.3),
+                   num_em_iters=np.int32(20))
+    b = mj.recover(KEY, X, Y, num_experts=2, noise_std=0.3, num_em_iters=20)
+    np.testing.assert_array_equal(a.experts, b.experts)
+
+
+def test_traced_num_experts_says_configuration_is_static():
+    with pytest.raises(ValueError, match="static_argnames"):
+        jax.jit(mj.recover)(KEY, X, Y, num_experts=2)
+    fine = jax.jit(functools.partial(mj.recover, num_experts=2, noise_std=0.3))(KEY, X, Y)
+    assert fine.experts.shape == (2, 5)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_restarts=-2), "num_restarts must be an integer >= 1, got -2"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_restarts=0), "num_restarts"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_power_iters=-1), "num_power_iters"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_em_iters=0), "num_em_iters must be"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_gating_inits=2.5), "num_gating_inits"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, em_tol=float("nan")), "em_tol must be"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, noise_std="0.1"), "noise_std must be a number, got '0.1'"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, noise_std=True), "noise_std must be a number"),
+    (lambda: mj.fit_gating(KEY, X, Y, TRUTH.experts, noise_std=0.3, num_inits=2.5), "num_inits"),
+    (lambda: mj.fit_gating(KEY, X, Y, TRUTH.experts, noise_std=0.3, init_scale=float("nan")), "init_scale"),
+    (lambda: mj.fit_gating(KEY, X, Y, TRUTH.experts[:1], noise_std=0.3), "k >= 2"),
+    (lambda: mj.fit_gating(KEY, X, Y, TRUTH.experts, noise_std=0.3, accelerate="yes"), "accelerate must be True or False"),
+    (lambda: mj.sample(KEY, TRUTH, -1), "n must be an integer >= 1, got -1"),
+    (lambda: mj.sample(KEY, TRUTH, 2.5), "n must be an integer"),
+    (lambda: mj.random_params(KEY, 5, 2, noise_std=-1), "noise_std must be a positive"),
+    (lambda: mj.random_params(KEY, 2.5, 2), "dim must be an integer"),
+    (lambda: mj.random_params(KEY, 5, 2, gating_norm=float("nan")), "gating_norm"),
+    (lambda: mj.random_params(KEY, 5, 2, orthogonal_gating=1), "orthogonal_gating must be True"),
+    (lambda: mj.joint_em(KEY, X, Y, num_experts=2, num_iters=-1), "num_iters must be an integer >= 1"),
+    (lambda: mj.joint_gd(KEY, X, Y, num_experts=2, num_steps=-3), "num_steps"),
+    (lambda: mj.joint_gd(KEY, X, Y, num_experts=2, learning_rate=float("nan")), "learning_rate"),
+    (lambda: mj.fit(KEY, X, Y, num_experts=2, feature_names="abcde"), "single string"),
+    (lambda: mj.fit(KEY, X, Y, num_experts=2, whiten="no"), "whiten must be True or False"),
+    (lambda: mj.initial_noise_std(Y.at[0].set(jnp.nan)), "y contains 1 NaN"),
+    (lambda: mj.transform_features(mj.fit_standardizer(X, Y), X[:, :3]), "d = 5 columns"),
+])
+def test_bad_settings_are_value_errors_naming_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("params, message", [
+    (NAN_PARAMS, "params.experts contains 1 NaN"),
+    (TRUTH._replace(noise_std=-1.0), "params.noise_std must be a positive"),
+    (TRUTH._replace(gating=TRUTH.gating[:, :3]), "must both have shape \\(k, d\\)"),
+    (TRUTH[:2], "params must be MoEParams"),
+    ("params", "params must be MoEParams"),
+])
+@pytest.mark.parametrize("use", ["predict", "log_likelihood", "posteriors", "sample", "refine"])
+def test_bad_params_are_named_everywhere(params, message, use):
+    call = {
+        "predict": lambda: mj.predict(params, X),
+        "log_likelihood": lambda: mj.log_likelihood(params, X, Y),
+        "posteriors": lambda: mj.posteriors(params, X, Y),
+        "sample": lambda: mj.sample(KEY, params, 10),
+        "refine": lambda: mj.refine(params, X, Y, num_iters=2),
+    }[use]
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_a_plain_tuple_of_params_is_accepted():
+    np.testing.assert_array_equal(mj.predict(tuple(TRUTH), X), mj.predict(TRUTH, X))
+
+
+def test_metrics_refuse_mismatched_shapes():
+    three = jnp.concatenate([TRUTH.experts, TRUTH.experts[:1]])
+    with pytest.raises(ValueError, match="true_experts must have shape .* got \\(2, 5\\)"):
+        mj.expert_error(three, TRUTH.experts)
+    with pytest.raises(ValueError, match="got \\(2, 5\\)"):
+        mj.expert_error(TRUTH.experts[:, :3], TRUTH.experts)
+    with pytest.raises(ValueError, match="est must be MoEParams"):
+        mj.gating_error(TRUTH.experts, TRUTH)
+    assert float(mj.gating_error(tuple(TRUTH), TRUTH)) == 0.0
