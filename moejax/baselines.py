@@ -1,4 +1,4 @@
-"""Likelihood methods over experts and gating jointly (ALGORITHM.md section 5): joint EM
+"""Likelihood methods over experts and gating jointly (docs/algorithm.md section 5): joint EM
 (Jordan and Jacobs 1994) and joint gradient descent, from random starts or from a given start
 (`refine`, the spectral start of `moejax.recover`). sigma is fixed when given, else learned."""
 

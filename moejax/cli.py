@@ -29,7 +29,7 @@ _NONLIN = flags.DEFINE_enum("nonlinearity", "linear", list(NONLINEARITIES),
                             "fit: the experts' non-linearity g.")
 _NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
                             "(default: estimated).")
-_REFINE = flags.DEFINE_integer("refine_iters", 1000, "fit: cap on joint-EM refinement iterations (0 skips it).")
+_REFINE = flags.DEFINE_integer("refine_iters", 3000, "fit: cap on joint-EM refinement iterations (0 skips it).")
 _WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
 _MODEL = flags.DEFINE_string("model", None, "predict: a model written by `fit`.")

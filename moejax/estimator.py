@@ -131,7 +131,7 @@ def _refine_starts(starts: MoEParams, z, y, nonlinearity, num_iters, tol, learn)
 
 
 def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
-        noise_std=None, whiten: bool = True, refine_iters: int = 1000, tol: float = 1e-8,
+        noise_std=None, whiten: bool = True, refine_iters: int = 3000, tol: float = 1e-8,
         num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
         num_em_iters: int = 50, feature_names=None, target_name=None,
         progress=None) -> FittedMoE:

@@ -1,4 +1,4 @@
-"""EM for the gating with the experts fixed (ALGORITHM.md section 4).
+"""EM for the gating with the experts fixed (docs/algorithm.md section 4).
 
 The M-step maximises sum_n sum_i q_ni log softmax(W x_n)_i, a weighted multinomial logistic
 regression. Each EM iteration takes one step of Bohning's bound method on it: the negative

@@ -1,4 +1,4 @@
-"""Errors up to the permutation of the experts (ALGORITHM.md section 6). Host-side NumPy/SciPy;
+"""Errors up to the permutation of the experts (docs/algorithm.md section 6). Host-side NumPy/SciPy;
 inputs may carry leading batch axes, broadcast against each other (one result per item)."""
 
 import numpy as np

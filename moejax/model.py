@@ -1,4 +1,4 @@
-"""The mixture-of-experts regression model (ALGORITHM.md section 1)."""
+"""The mixture-of-experts regression model (docs/algorithm.md section 1)."""
 
 from typing import NamedTuple
 
@@ -90,7 +90,7 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,
                    nonlinearity: Nonlinearity = "linear") -> jax.Array:
     """Mean log-likelihood (1/n) sum_n log sum_i softmax(W x_n)_i N(y_n | g(a_i . x_n), sigma^2).
 
-    x: (n, d), y: (n,). Returns a scalar (ALGORITHM.md section 4's L).
+    x: (n, d), y: (n,). Returns a scalar (docs/algorithm.md section 4's L).
     """
     params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])

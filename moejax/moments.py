@@ -1,4 +1,4 @@
-"""Moment estimation (ALGORITHM.md sections 2-3): label transforms, M2 (dense, or applied
+"""Moment estimation (docs/algorithm.md sections 2-3): label transforms, M2 (dense, or applied
 implicitly), whitening and the whitened third moment.
 
 The sums over samples go through `moejax.sums.row_sum`, so each moment is computed in one block,
@@ -31,7 +31,7 @@ class Whitening(NamedTuple):
 
 
 def label_transforms(y: jax.Array, consts: TransformConstants) -> tuple[jax.Array, jax.Array]:
-    """T2(y) = y^2 + b y and T3(y) = y^3 + a2 y^2 + a1 y (ALGORITHM.md section 2); y: (n,)."""
+    """T2(y) = y^2 + b y and T3(y) = y^3 + a2 y^2 + a1 y (docs/algorithm.md section 2); y: (n,)."""
     return t2_transform(consts)(y), t3_transform(consts)(y)
 
 
@@ -129,7 +129,7 @@ def whitened_third_moment(x: jax.Array, y: jax.Array, wh: jax.Array,
 
         T = (1/n) sum_n t_n xw_n (x) xw_n (x) xw_n - sym(m (x) B),
         m = (1/n) sum_n t_n xw_n,   B = Wh^T Wh,
-        sym(m (x) B)_ijl = m_i B_jl + m_j B_il + m_l B_ij     (ALGORITHM.md section 3.3).
+        sym(m (x) B)_ijl = m_i B_jl + m_j B_il + m_l B_ij     (docs/algorithm.md section 3, step 3).
     """
     n = x.shape[0]
 

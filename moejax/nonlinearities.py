@@ -1,4 +1,4 @@
-"""Expert non-linearities g and the label-transform constants of ALGORITHM.md section 2."""
+"""Expert non-linearities g and the label-transform constants of docs/algorithm.md section 2."""
 
 import functools
 from typing import Callable, NamedTuple, Union
@@ -20,9 +20,9 @@ _NAMED = {
 NONLINEARITIES = tuple(_NAMED)
 
 # Quadrature for E[f(Z)], Z ~ N(0, 1): composite Gauss-Legendre on [-12, 12] (the mass outside
-# is below 1e-32) with 2000 panels of 8 nodes, weighted by the normal density. ALGORITHM.md
-# suggests 60-100 Gauss-Hermite nodes, which is spectrally accurate for smooth g but converges
-# slowly at a kink: for relu it gives c2 = 0.3661 (100 nodes) or 0.3668 (80 nodes) instead of
+# is below 1e-32) with 2000 panels of 8 nodes, weighted by the normal density. The usual
+# 60-100 Gauss-Hermite nodes are spectrally accurate for smooth g but converge
+# slowly at a kink: for relu they give c2 = 0.3661 (100 nodes) or 0.3668 (80 nodes) instead of
 # the exact 1 - 2/pi = 0.36338, and a1 off by 0.017. Panels make a kink cost O(h^2), and a kink
 # at 0 (relu, leaky relu) falls on a panel edge, where the rule is exact.
 def _normal_rule(num_panels: int = 2000, order: int = 8, half_width: float = 12.0):
@@ -92,7 +92,7 @@ def output_second_moment(nonlinearity: Nonlinearity) -> float:
 
 
 def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConstants:
-    """Constants b, a1, a2, c2, c3 of ALGORITHM.md section 2 for g = `nonlinearity`.
+    """Constants b, a1, a2, c2, c3 of docs/algorithm.md section 2 for g = `nonlinearity`.
 
     The Hermite moments E[g(Z)^p He_m(Z)] come from quadrature (any g works, kinks included;
     see `_normal_rule`), computed once per g; the dependence on sigma is closed-form, so `noise_std` may be a traced value (jit, vmap, grad):

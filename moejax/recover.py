@@ -1,5 +1,5 @@
 """The consistent estimator: moments -> whitening -> tensor decomposition -> un-whitening
--> gating EM (ALGORITHM.md sections 2-4)."""
+-> gating EM (docs/algorithm.md sections 2-4)."""
 
 import functools
 from typing import NamedTuple
@@ -103,7 +103,7 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             num_power_iters: int = 100, num_gating_inits: int = 1,
             num_em_iters: int = 50, em_tol: float = 1e-6, subspace_iters: int | None = None,
             chunk_size: int | None = None) -> MoEParams:
-    """Consistent estimate of all MoE parameters from samples (ALGORITHM.md sections 2-4).
+    """Consistent estimate of all MoE parameters from samples (docs/algorithm.md sections 2-4).
 
     1. Experts from the cross-moments of Stein score functions and transformed labels,
        whitening by the top-k eigenspace of M2 and the tensor power method with deflation

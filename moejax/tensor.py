@@ -1,5 +1,6 @@
 """Robust tensor power method with deflation for symmetric orthogonally decomposable
-(k, k, k) tensors (Anandkumar, Ge, Hsu, Kakade, Telgarsky 2014; ALGORITHM.md section 3.4).
+(k, k, k) tensors (Anandkumar, Ge, Hsu, Kakade, Telgarsky 2014; docs/algorithm.md section 3,
+step 4).
 
 Knows nothing of mixtures of experts."""
 

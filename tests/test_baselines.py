@@ -30,8 +30,9 @@ def test_joint_em_likelihood_never_decreases(nonlinearity):
 
 
 def test_refine_reaches_likelihood_accuracy():
-    # ALGORITHM.md section 5: the spectral start + joint EM reaches about 0.003 at n = 1e5,
-    # against about 0.07 for the moment method alone; 3 seeds, bound 0.01 and 5x improvement.
+    # The spectral start + joint EM (docs/algorithm.md section 5) was measured at about 0.003
+    # at n = 1e5, against about 0.07 for the moment method alone; 3 seeds, bound 0.01 and 5x
+    # improvement.
     for seed in range(3):
         truth, x, y = truth_and_data(seed, 100_000)
         start = mj.recover(jax.random.key(seed), x, y, num_experts=NUM_EXPERTS,

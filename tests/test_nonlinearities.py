@@ -34,7 +34,7 @@ def test_relu_closed_form(sigma):
 
 
 @pytest.mark.parametrize("name, expected", [
-    # ALGORITHM.md section 2, sigma = 0.1: (b, a1, a2, c2, c3).
+    # docs/algorithm.md section 2, sigma = 0.1: (b, a1, a2, c2, c3).
     ("tanh", (0.0, -0.7299, 0.0, 0.3636, 0.2335)),
     ("sigmoid", (-1.0, 0.6210, -1.5, 0.0624, 0.02277)),
 ])
@@ -43,8 +43,8 @@ def test_reference_values(name, expected):
 
 
 def test_relu_reference_values_are_low_order_quadrature():
-    # ALGORITHM.md lists relu c2 ~ 0.3668; the exact value is 1 - 2/pi = 0.36338. 80-node
-    # Gauss-Hermite reproduces the listed number, so ours is checked against the closed form.
+    # A commonly quoted relu c2 is 0.3668; the exact value is 1 - 2/pi = 0.36338. 80-node
+    # Gauss-Hermite reproduces the quoted number, so ours is checked against the closed form.
     nodes, weights = np.polynomial.hermite_e.hermegauss(80)
     g = np.maximum(nodes, 0) * weights / np.sqrt(2 * np.pi)
     listed = np.sum(g * np.maximum(nodes, 0) * (nodes**2 - 1)) - 4 * PHI0 * np.sum(g * (nodes**2 - 1))
