@@ -10,6 +10,7 @@ table or model.
 """
 
 import csv
+import logging
 import math
 import os
 import sys
@@ -251,9 +252,11 @@ def predict_command() -> None:
 
 
 def main(argv) -> None:
+    # JAX logs at INFO that it found no TPU; that is noise on every run.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     if len(argv) != 2 or argv[1] not in COMMANDS:
         sys.stderr.write(f"usage: python -m moejax {{{','.join(COMMANDS)}}} --flag=value ...\n"
-                         f"  (got {argv[1:]}; see --helpfull for the flags)\n")
+                         f"  (got {argv[1:]}; see --help for the flags)\n")
         sys.exit(2)
     try:
         (fit_command if argv[1] == "fit" else predict_command)()

@@ -107,6 +107,7 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
                  "--refine_iters=2", "--drop_missing", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout
+    assert "libtpu" not in out.stderr  # no INFO noise from JAX's backend search
     assert "398 rows" in out.stdout
 
 
@@ -177,3 +178,11 @@ def test_a_model_saved_from_python_without_names_works_in_the_cli(workdir, tmp_p
     out = moejax("predict", "--model=m.npz", "--data=new.csv", "--out=p.csv", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 21
+
+
+def test_help_lists_the_flags(tmp_path):
+    out = moejax("fit", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for flag in ("--data", "--target", "--experts", "--out", "--delimiter", "--nonlinearity"):
+        assert flag in out.stdout, out.stdout
+    assert "leaky_relu" in out.stdout
