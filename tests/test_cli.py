@@ -181,8 +181,7 @@ def test_a_model_saved_from_python_without_names_works_in_the_cli(workdir, tmp_p
 
 
 def test_help_lists_the_flags(tmp_path):
-    out = moejax("fit", "--help", cwd=tmp_path)
-    assert out.returncode == 0
+    out = moejax("fit", "--help", cwd=tmp_path)  # absl's --help exits with status 1
     for flag in ("--data", "--target", "--experts", "--out", "--delimiter", "--nonlinearity"):
         assert flag in out.stdout, out.stdout
     assert "leaky_relu" in out.stdout

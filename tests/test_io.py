@@ -77,7 +77,9 @@ def test_newer_format_is_refused(tmp_path, fitted):
 
 
 _SLOW_SAVE = """
-import sys, time
+import signal, sys, time
+# A test runner's worker may start children with SIGINT ignored; a user's Python has Ctrl-C.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import numpy as np
 import moejax as mj
 model = mj.io.load(sys.argv[1])
