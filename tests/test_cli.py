@@ -14,8 +14,9 @@ from conftest import truth_and_data
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def moejax(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+def moejax(*args, cwd, cache=""):
+    # No compilation cache unless a test asks for one: runs stay independent of each other.
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", MOEJAX_CACHE_DIR=cache)
     return subprocess.run([sys.executable, "-m", "moejax", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -103,9 +104,11 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
     rows[5][2] = ""
     rows[7][0] = "nan"
     write_csv(tmp_path / "t.csv", HEADER, rows)
+    cache = tmp_path / "cache"
     out = moejax("fit", "--data=t.csv", "--target=target", "--experts=3", "--out=m.npz",
-                 "--refine_iters=2", "--drop_missing", cwd=tmp_path)
+                 "--refine_iters=2", "--drop_missing", cwd=tmp_path, cache=str(cache))
     assert out.returncode == 0, out.stderr
+    assert len(list(cache.iterdir())) > 10  # the compiled programs, for the next run
     assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout
     assert "libtpu" not in out.stderr  # no INFO noise from JAX's backend search
     assert "398 rows" in out.stdout
