@@ -12,6 +12,7 @@ from moejax.nonlinearities import (NONLINEARITIES, TransformConstants, get_nonli
 from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target,
                                   transform_features, transform_target)
 from moejax._validate import min_samples
+from moejax.selection import KSelection, select_num_experts
 from moejax.recover import ExpertEstimate, initial_noise_std, recover, recover_experts
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "FitReport",
     "FittedMoE",
     "GatingInfo",
+    "KSelection",
     "MoEParams",
     "NONLINEARITIES",
     "Standardizer",
@@ -50,6 +52,7 @@ __all__ = [
     "recover_experts",
     "refine",
     "sample",
+    "select_num_experts",
     "sums",
     "transform_constants",
     "transform_features",

@@ -124,7 +124,7 @@ def flag(value, name: str) -> bool:
 
 def params(p, *, dim: int | None = None, name: str = "params"):
     """p as MoEParams (a 3-tuple is accepted) with experts and gating of one shape (k, d),
-    k >= 2, and a positive scalar noise_std; values checked finite where concrete."""
+    k >= 1 (one expert: least squares), and a positive scalar noise_std; values checked finite where concrete."""
     from moejax.model import MoEParams
     if not isinstance(p, tuple) or len(p) != 3:
         raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std), got "
@@ -132,9 +132,9 @@ def params(p, *, dim: int | None = None, name: str = "params"):
     experts = _as_float(p[0], f"{name}.experts")
     gating = _as_float(p[1], f"{name}.gating")
     sigma = _as_float(p[2], f"{name}.noise_std")
-    if experts.ndim != 2 or gating.shape != experts.shape or experts.shape[0] < 2:
+    if experts.ndim != 2 or gating.shape != experts.shape or experts.shape[0] < 1:
         raise ValueError(f"{name}.experts and {name}.gating must both have shape (k, d) with "
-                         f"k >= 2, got {experts.shape} and {gating.shape}.")
+                         f"k >= 1, got {experts.shape} and {gating.shape}.")
     if dim is not None and experts.shape[1] != dim:
         raise ValueError(f"{name} must have d = {dim} columns to match x, got "
                          f"{experts.shape[1]}.")

@@ -52,6 +52,8 @@ class FittedMoE:
       feature_names: optional names of the d input columns (checked on prediction by the CLI).
       target_name: optional name of the target column.
       report: how `fit` chose the parameters (None for a loaded model).
+      selection: with `fit(num_experts="auto")`, the scores of every k
+        (`moejax.selection.KSelection`); else None.
     """
 
     params: MoEParams
@@ -60,6 +62,7 @@ class FittedMoE:
     feature_names: tuple[str, ...] | None = None
     target_name: str | None = None
     report: FitReport | None = None
+    selection: object = None
 
     @property
     def num_experts(self) -> int:
@@ -98,7 +101,7 @@ class FittedMoE:
 
 
 jax.tree_util.register_dataclass(
-    FittedMoE, data_fields=["params", "standardizer", "report"],
+    FittedMoE, data_fields=["params", "standardizer", "report", "selection"],
     meta_fields=["nonlinearity", "feature_names", "target_name"])
 
 
@@ -130,10 +133,10 @@ def _refine_starts(starts: MoEParams, z, y, nonlinearity, num_iters, tol, learn)
     return params, report, info.finite[kept[top]]
 
 
-def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
+def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "linear",
         noise_std=None, whiten: bool = True, refine_iters: int = 3000, tol: float = 1e-8,
         num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
-        num_em_iters: int = 50, feature_names=None, target_name=None,
+        num_em_iters: int = 50, feature_names=None, target_name=None, max_experts: int = 4,
         progress=None) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
@@ -155,6 +158,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
     estimate `initial_noise_std` and updated by the maximum-likelihood M-step in the gating EM
     and in every refinement iteration.
 
+    num_experts="auto" chooses k in 1, ..., max_experts (at most d) by 5-fold cross-validated
+    log-likelihood (`moejax.selection.select_num_experts`, k = 1 being least squares) and
+    returns the model with that k fitted on all rows; `FittedMoE.selection` holds every k's
+    scores (BIC too) and the M2 spectrum. It costs (5 + 1) fits per k.
+
     x: (n, d); y: (n,). `progress`, if given, is called with a short message as each stage
     starts (the command line prints them). Returns a FittedMoE that predicts in original units.
     """
@@ -162,6 +170,20 @@ def fit(key: jax.Array, x, y, *, num_experts: int, nonlinearity: str = "linear",
     if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES} (a name, so that the "
                          f"model can be saved), got {nonlinearity!r}.")
+    if isinstance(num_experts, str):
+        if num_experts != "auto":
+            raise ValueError(f"num_experts must be an integer or 'auto', got {num_experts!r}.")
+        from moejax import selection
+        x, y = _validate.data(x, y)
+        max_experts = min(_validate.count(max_experts, "max_experts"), x.shape[1])
+        progress(f"choosing k in 1..{max_experts} by 5-fold cross-validation")
+        settings = dict(noise_std=noise_std, whiten=whiten, refine_iters=refine_iters, tol=tol,
+                        num_random_starts=num_random_starts, num_restarts=num_restarts,
+                        num_gating_inits=num_gating_inits, num_em_iters=num_em_iters)
+        scores, models = selection._select(
+            key, x, y, max_experts, nonlinearity, 5, settings,
+            names=dict(feature_names=feature_names, target_name=target_name))
+        return dataclasses.replace(models[scores.best_cv], selection=scores)
     learn = noise_std is None
     x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0 if learn else noise_std)
     _validate.scales(x, y, power=2)

@@ -76,9 +76,9 @@ def _problem(meta: dict, arrays: dict) -> str | None:
     shapes = dict(experts=(k, d1), gating=(k, d1), noise_std=(), x_mean=(d1 - 1,),
                   x_map=(d1 - 1, d1 - 1), y_mean=(), y_scale=())
     wrong = [n for n, s in shapes.items() if arrays[n].shape != s]
-    if k < 2 or d1 < 2 or wrong:
+    if k < 1 or d1 < 2 or wrong:
         return (f"inconsistent array shapes {wrong or ['experts']} (experts {experts.shape}; "
-                "expected (k, d + 1) with k >= 2)")
+                "expected (k, d + 1) with k >= 1)")
     bad = [n for n in shapes if not np.all(np.isfinite(arrays[n]))]
     if bad:
         return f"non-finite values in {bad}"

@@ -1,0 +1,47 @@
+import jax
+import numpy as np
+import pytest
+
+import moejax as mj
+
+FAST = dict(refine_iters=300, num_random_starts=4)
+
+
+def _data(k, n, seed):
+    """k linear experts (k = 1: plain linear regression) on d = 4 shifted, scaled features."""
+    key_p, key_x = jax.random.split(jax.random.key(seed))
+    if k == 1:
+        x = np.asarray(jax.random.normal(key_x, (n, 4)))
+        y = x @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 * np.asarray(
+            jax.random.normal(key_p, (n,)))
+    else:
+        truth = mj.random_params(key_p, 4, k, noise_std=0.1, gating_norm=3.0)
+        x, y = (np.asarray(v) for v in mj.sample(key_x, truth, n))
+    return 3 * x + 1, 10 * y + 5
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_cross_validation_finds_the_number_of_experts(k):
+    x, y = _data(k, 2000, seed=k)
+    sel = mj.select_num_experts(jax.random.key(0), x, y, max_experts=3, **FAST)
+    assert sel.num_experts.tolist() == [1, 2, 3]
+    assert sel.best_cv == k and sel.best_bic == k, sel.table()
+    assert np.all(np.diff(sel.m2_spectrum) <= 0)
+    # BIC's penalty: parameters grow by 2 (d + 1) per expert.
+    assert np.all(np.diff(sel.num_params) == 2 * 5)
+    assert "| k |" in sel.table()
+
+
+def test_fit_auto_returns_the_chosen_model_with_its_scores(tmp_path):
+    x, y = _data(1, 1500, seed=5)
+    model = mj.fit(jax.random.key(1), x, y, num_experts="auto", max_experts=2,
+                   feature_names=list("abcd"), **FAST)
+    assert model.num_experts == 1 and model.selection.best_cv == 1
+    # The one-expert model is least squares, in original units.
+    z = np.c_[x, np.ones(len(x))]
+    beta = np.linalg.lstsq(z, y, rcond=None)[0]
+    np.testing.assert_allclose(model.predict(x), z @ beta, rtol=1e-4, atol=1e-3)
+    mj.io.save(tmp_path / "m.npz", model)
+    np.testing.assert_allclose(mj.io.load(tmp_path / "m.npz").predict(x), model.predict(x))
+    with pytest.raises(ValueError, match="integer or 'auto'"):
+        mj.fit(jax.random.key(1), x, y, num_experts="many")
