@@ -25,7 +25,8 @@ COMMANDS = ("fit", "predict")
 
 _DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated).")
 _TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
-_EXPERTS = flags.DEFINE_integer("experts", None, "fit: number of experts k (2 <= k <= d).")
+_EXPERTS = flags.DEFINE_string("experts", None, "fit: number of experts k (2 <= k <= d), or "
+                               "'auto' to choose k in 1..min(4, d) by BIC (k = 1: least squares).")
 _NONLIN = flags.DEFINE_enum("nonlinearity", "linear", list(NONLINEARITIES),
                             "fit: the experts' non-linearity g.")
 _NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
@@ -181,12 +182,14 @@ def fit_command() -> None:
     x, y = np.delete(table, t, axis=1), table[:, t]
     feature_names = tuple(n for n in names if n != _TARGET.value)
     n, d = x.shape
-    k = _EXPERTS.value
     if d < 2:
         raise InputError(f"{_DATA.value!r} has {d} feature column(s); an MoE needs at least 2.")
-    if not 2 <= k <= d:
-        raise InputError(f"--experts must be between 2 and the number of features d = {d}, "
-                         f"got {k}.")
+    k = _EXPERTS.value.strip()
+    if k != "auto":
+        if not k.isdigit() or not 2 <= int(k) <= d:
+            raise InputError(f"--experts must be 'auto' or an integer between 2 and the number "
+                             f"of features d = {d}, got {k!r}.")
+        k = int(k)
     if n < d + 2:
         raise InputError(f"{_DATA.value!r} has {n} usable rows; fitting {d} features needs at "
                          f"least d + 2 = {d + 2} (and far more for a useful fit).")
@@ -214,6 +217,9 @@ def fit_command() -> None:
         print(f"kept {start} of {len(r.converged)}: {int(r.num_iters[best])} iterations, "
               f"{'converged' if bool(r.converged[best]) else 'NOT converged (raise --refine_iters)'}; "
               f"{int(np.sum(r.continued))} of {len(r.converged)} starts kept after screening")
+    if model.selection is not None:
+        print(f"chose k = {model.num_experts} by BIC:")
+        print(model.selection.table())
     print(f"mixing weights: {weights}")
     print(f"noise sd: {float(model.noise_std):.4g}")
     print(f"training NLL: {nll:.4f} per row")

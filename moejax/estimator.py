@@ -137,7 +137,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         noise_std=None, whiten: bool = True, refine_iters: int = 3000, tol: float = 1e-8,
         num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
         num_em_iters: int = 50, feature_names=None, target_name=None, max_experts: int = 4,
-        progress=None) -> FittedMoE:
+        select_by: str = "bic", progress=None) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
@@ -158,10 +158,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     estimate `initial_noise_std` and updated by the maximum-likelihood M-step in the gating EM
     and in every refinement iteration.
 
-    num_experts="auto" chooses k in 1, ..., max_experts (at most d) by 5-fold cross-validated
-    log-likelihood (`moejax.selection.select_num_experts`, k = 1 being least squares) and
-    returns the model with that k fitted on all rows; `FittedMoE.selection` holds every k's
-    scores (BIC too) and the M2 spectrum. It costs (5 + 1) fits per k.
+    num_experts="auto" fits k = 1, ..., max_experts (at most d; k = 1 is least squares) and
+    returns the one with the smallest BIC (`select_by="bic"`, one fit per k), or the one chosen
+    by 5-fold cross-validated log-likelihood with the one-standard-error rule
+    (`select_by="cv"`, six fits per k); `FittedMoE.selection` holds every k's scores and the
+    M2 spectrum (`moejax.selection.select_num_experts` computes both criteria).
 
     x: (n, d); y: (n,). `progress`, if given, is called with a short message as each stage
     starts (the command line prints them). Returns a FittedMoE that predicts in original units.
@@ -176,14 +177,19 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         from moejax import selection
         x, y = _validate.data(x, y)
         max_experts = min(_validate.count(max_experts, "max_experts"), x.shape[1])
-        progress(f"choosing k in 1..{max_experts} by 5-fold cross-validation")
+        if select_by not in ("bic", "cv"):
+            raise ValueError(f"select_by must be 'bic' or 'cv', got {select_by!r}.")
+        folds = 5 if select_by == "cv" else 0
+        progress(f"choosing k in 1..{max_experts} by "
+                 + ("5-fold cross-validation" if folds else "BIC"))
         settings = dict(noise_std=noise_std, whiten=whiten, refine_iters=refine_iters, tol=tol,
                         num_random_starts=num_random_starts, num_restarts=num_restarts,
                         num_gating_inits=num_gating_inits, num_em_iters=num_em_iters)
         scores, models = selection._select(
-            key, x, y, max_experts, nonlinearity, 5, settings,
+            key, x, y, max_experts, nonlinearity, folds, settings,
             names=dict(feature_names=feature_names, target_name=target_name))
-        return dataclasses.replace(models[scores.best_cv], selection=scores)
+        best = scores.best_cv if folds else scores.best_bic
+        return dataclasses.replace(models[best], selection=scores)
     learn = noise_std is None
     x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0 if learn else noise_std)
     _validate.scales(x, y, power=2)

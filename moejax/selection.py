@@ -25,11 +25,13 @@ class KSelection(NamedTuple):
         target's original units.
       bic: (m,) -2 n log_likelihood + num_params log n (smaller is better).
       cv_log_likelihood: (m,) held-out mean log-likelihood per row, averaged over the folds
-        (larger is better).
+        (larger is better); NaN where no cross-validation was run.
       cv_std: (m,) its standard deviation over the folds.
       m2_spectrum: (d,) eigenvalues of sign(c2) M2 on the standardised data, largest first.
       best_bic: the k with the smallest BIC.
-      best_cv: the k with the largest cross-validated log-likelihood.
+      best_cv: the smallest k whose cross-validated log-likelihood is within one standard
+        error (over the folds, of its paired difference) of the largest; 0 without
+        cross-validation.
     """
 
     num_experts: np.ndarray
@@ -49,9 +51,10 @@ class KSelection(NamedTuple):
         for i, k in enumerate(self.num_experts):
             marks = "".join(m for m, best in ((" (BIC)", self.best_bic), (" (CV)", self.best_cv))
                             if best == k)
+            cv = ("- | -" if np.isnan(self.cv_log_likelihood[i]) else
+                  f"{self.cv_log_likelihood[i]:.4f} | {self.cv_std[i]:.4f}")
             rows.append(f"| {k}{marks} | {self.num_params[i]} | {self.log_likelihood[i]:.4f} | "
-                        f"{self.bic[i]:.1f} | {self.cv_log_likelihood[i]:.4f} | "
-                        f"{self.cv_std[i]:.4f} |")
+                        f"{self.bic[i]:.1f} | {cv} |")
         return "\n".join(rows)
 
 
@@ -65,6 +68,16 @@ def m2_spectrum(x, y, nonlinearity: str = "linear") -> np.ndarray:
     consts = transform_constants(nonlinearity, initial_noise_std(ys, nonlinearity))
     m2 = jnp.sign(consts.c2) * moments.second_moment(xs, ys, moments.t2_transform(consts))
     return np.sort(np.linalg.eigvalsh(np.asarray(m2, np.float64)))[::-1]
+
+
+def _one_standard_error(ks, cv) -> int:
+    """The smallest k whose held-out likelihood is within one standard error of the best k's,
+    the error taken over the folds of the paired differences (the same folds score every k):
+    a bigger model must beat a smaller one by more than the folds' noise."""
+    best = int(np.argmax(cv.mean(axis=1)))
+    deficit = cv[best][None, :] - cv
+    se = deficit.std(axis=1, ddof=1) / np.sqrt(cv.shape[1])
+    return int(ks[np.argmax(deficit.mean(axis=1) <= se)])
 
 
 def least_squares_model(x, y, **names):
@@ -97,20 +110,21 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
 
 
 def _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs, names=None):
-    """`select_num_experts`, also returning the models fitted on all rows, by k."""
+    """`select_num_experts`, also returning the models fitted on all rows, by k; num_folds = 0
+    skips the cross-validation."""
     from moejax.estimator import fit  # estimator imports this module
     x, y = _validate.data(x, y)
     n, d = x.shape
     max_experts = _validate.count(max_experts, "max_experts")
     if max_experts > d:
         raise ValueError(f"max_experts must be at most d = {d}, got {max_experts}.")
-    num_folds = _validate.count(num_folds, "num_folds", minimum=2)
-    if n // num_folds < 1 or n - n // num_folds < 2 * (d + 2):
+    num_folds = _validate.count(num_folds, "num_folds", minimum=0)
+    if num_folds == 1 or num_folds and (n // num_folds < 1 or n - n // num_folds < 2 * (d + 2)):
         raise ValueError(f"{n} rows are too few for {num_folds}-fold cross-validation with "
                          f"d = {d} features.")
     key_perm, key_fit = jax.random.split(key)
     perm = np.asarray(jax.random.permutation(key_perm, n))
-    size = n // num_folds
+    size = n // max(num_folds, 1)
     folds = [perm[i * size:(i + 1) * size] for i in range(num_folds)]
     names = names or {}
 
@@ -129,10 +143,11 @@ def _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs, names=N
                    for i, test in enumerate(folds)])
         models[int(k)] = one(k, jax.random.fold_in(key_fit, k), everything)
         train_ll.append(float(models[int(k)].log_likelihood(x, y)))
-    cv, train_ll = np.array(cv), np.array(train_ll)
+    cv = np.array(cv) if num_folds else np.full((len(ks), 1), np.nan)
+    train_ll = np.array(train_ll)
     params = ks * (d + 1) + (ks - 1) * (d + 1) + 1
     bic = -2 * n * train_ll + params * np.log(n)
     selection = KSelection(ks, params, train_ll, bic, cv.mean(axis=1), cv.std(axis=1),
                            m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),
-                           int(ks[np.argmax(cv.mean(axis=1))]))
+                           _one_standard_error(ks, cv) if num_folds else 0)
     return selection, models

@@ -188,3 +188,15 @@ def test_help_lists_the_flags(tmp_path):
     for flag in ("--data", "--target", "--experts", "--out", "--delimiter", "--nonlinearity"):
         assert flag in out.stdout, out.stdout
     assert "leaky_relu" in out.stdout
+
+
+def test_experts_auto_prints_the_scores_and_writes_the_chosen_model(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, 2))
+    y = x @ [2.0, -1.0] + 3 + 0.5 * rng.normal(size=800)  # one linear regression: k = 1
+    write_csv(tmp_path / "t.csv", ["a", "b", "y"], np.c_[x, y].tolist())
+    out = moejax("fit", "--data=t.csv", "--target=y", "--experts=auto", "--out=m.npz",
+                 "--refine_iters=100", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "chose k = 1" in out.stdout and "| k | parameters |" in out.stdout
+    assert mj.io.load(tmp_path / "m.npz").num_experts == 1

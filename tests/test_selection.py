@@ -33,10 +33,11 @@ def test_cross_validation_finds_the_number_of_experts(k):
 
 
 def test_fit_auto_returns_the_chosen_model_with_its_scores(tmp_path):
-    x, y = _data(1, 1500, seed=5)
+    x, y = _data(1, 2000, seed=5)
     model = mj.fit(jax.random.key(1), x, y, num_experts="auto", max_experts=2,
                    feature_names=list("abcd"), **FAST)
-    assert model.num_experts == 1 and model.selection.best_cv == 1
+    assert model.num_experts == 1 and model.selection.best_bic == 1
+    assert model.selection.best_cv == 0 and np.all(np.isnan(model.selection.cv_log_likelihood))
     # The one-expert model is least squares, in original units.
     z = np.c_[x, np.ones(len(x))]
     beta = np.linalg.lstsq(z, y, rcond=None)[0]
@@ -45,3 +46,5 @@ def test_fit_auto_returns_the_chosen_model_with_its_scores(tmp_path):
     np.testing.assert_allclose(mj.io.load(tmp_path / "m.npz").predict(x), model.predict(x))
     with pytest.raises(ValueError, match="integer or 'auto'"):
         mj.fit(jax.random.key(1), x, y, num_experts="many")
+    with pytest.raises(ValueError, match="select_by"):
+        mj.fit(jax.random.key(1), x, y, num_experts="auto", select_by="aic")
