@@ -106,6 +106,7 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     `fit_kwargs`). Every fold holds out n // num_folds rows and trains on the rest, so that all
     folds share one shape (one compilation per k). x: (n, d); y: (n,).
     """
+    num_folds = _validate.count(num_folds, "num_folds", minimum=2)
     return _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs)[0]
 
 
@@ -118,8 +119,7 @@ def _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs, names=N
     max_experts = _validate.count(max_experts, "max_experts")
     if max_experts > d:
         raise ValueError(f"max_experts must be at most d = {d}, got {max_experts}.")
-    num_folds = _validate.count(num_folds, "num_folds", minimum=0)
-    if num_folds == 1 or num_folds and (n // num_folds < 1 or n - n // num_folds < 2 * (d + 2)):
+    if num_folds and (n // num_folds < 1 or n - n // num_folds < 2 * (d + 2)):
         raise ValueError(f"{n} rows are too few for {num_folds}-fold cross-validation with "
                          f"d = {d} features.")
     key_perm, key_fit = jax.random.split(key)
