@@ -46,8 +46,16 @@ def test_recover_chunked_equals_in_memory(nonlinearity):
     ref = mj.recover(jax.random.key(0), x, y, **kw)
     for chunk in (4096, 7001):
         got = mj.recover(jax.random.key(0), x, y, chunk_size=chunk, **kw)
-        for a, b in ((got.experts, ref.experts), (got.gating, ref.gating)):
-            assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
+        rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+        # The moment stage is a fixed sequence of sums: equal to float rounding.
+        assert rel(got.experts, ref.experts) < 1e-5
+        # The gating EM stops on a tolerance, and a different summation order can stop it one
+        # iteration apart (seen with jax 0.11.2: 2.4e-4): gating within 1e-3, far below its
+        # statistical error (~0.05 here), and likelihoods within a few stopping tolerances
+        # (em_tol (1 + |L|) = 1.2e-6 per iteration; measured gap 4e-6).
+        assert rel(got.gating, ref.gating) < 1e-3
+        assert float(mj.log_likelihood(got, x, y, nonlinearity)) == pytest.approx(
+            float(mj.log_likelihood(ref, x, y, nonlinearity)), abs=2e-5)
 
 
 def test_implicit_whitening_matches_dense():
