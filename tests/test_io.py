@@ -206,3 +206,16 @@ def test_load_of_other_files_raises_value_error_without_pickle_advice(tmp_path):
         with pytest.raises(ValueError) as info:
             mj.io.load(tmp_path / name)
         assert "pickle" not in str(info.value)
+
+
+def test_temporaries_of_other_hosts_are_left_alone(tmp_path, fitted):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    import subprocess
+    import sys
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()  # its pid is free here, but may be a live save on another machine
+    other = tmp_path / f".model.npz.otherhost-{done.pid}.abc.moejax.tmp"
+    other.write_bytes(b"")
+    mj.io.save(path, model)
+    assert other.exists()
