@@ -76,6 +76,8 @@ def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None =
             rows = list(csv.reader(f, delimiter=delimiter))
     except UnicodeDecodeError:
         raise InputError(f"{path!r} is not a text table (not UTF-8).") from None
+    except csv.Error as e:
+        raise InputError(f"{path!r} is not a readable table: {e}.") from None
     # Blank lines (e.g. a trailing newline) are not data.
     numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
     if not numbered:

@@ -162,7 +162,11 @@ def test_out_may_never_name_the_input_table_or_model(workdir, tmp_path):
 def test_unusable_out_or_data_paths_fail_before_any_work(workdir, tmp_path):
     _table_csv(tmp_path / "t.csv", workdir)
     (tmp_path / "sub").mkdir()
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x81 not text")
+    (tmp_path / "nul.csv").write_bytes(b"a,b,target\n1,\x00,2\n")
     cases = [("--data=t.csv", "--out=sub", "is a directory; give a file name"),
+             ("--data=binary.csv", "--out=m.npz", "is not a text table"),
+             ("--data=nul.csv", "--out=m.npz", "non-numeric cell"),
              ("--data=t.csv", "--out=nowhere/m.npz", "does not exist"),
              ("--data=sub", "--out=m.npz", "data file 'sub' is a directory")]
     for data_flag, out_flag, message in cases:
