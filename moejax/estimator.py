@@ -91,7 +91,7 @@ class FittedMoE:
     def log_likelihood(self, x, y) -> jax.Array:
         """Mean log-density of y given x, in the target's original units: a scalar."""
         y = _validate.data(x, y)[1]
-        y_std = preprocessing.transform_target(self.standardizer, y)
+        y_std = preprocessing._transform_target(self.standardizer, y)
         return (model.log_likelihood(self.params, self.design(x), y_std, self.nonlinearity)
                 - jnp.log(self.standardizer.y_scale))
 
@@ -107,7 +107,7 @@ jax.tree_util.register_dataclass(
 
 def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
     """[standardize(x), 1]: (n, d + 1)."""
-    xs = preprocessing.transform_features(standardizer, x)
+    xs = preprocessing._transform_features(standardizer, x)
     return jnp.concatenate([xs, jnp.ones_like(xs[:, :1])], axis=1)
 
 
@@ -207,8 +207,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
                              f"{len(feature_names)} names.")
     progress(f"standardising {x.shape[0]} rows x {x.shape[1]} features")
     std = preprocessing.fit_standardizer(x, y, whiten=whiten)
-    xs = preprocessing.transform_features(std, x)
-    ys = preprocessing.transform_target(std, y)
+    xs = preprocessing._transform_features(std, x)
+    ys = preprocessing._transform_target(std, y)
     _validate.scales(xs, ys, power=3)
     sigma = initial_noise_std(ys, nonlinearity) if learn else noise_std / std.y_scale
     _validate.noise_scale(sigma, xs.dtype, estimated=learn)

@@ -127,10 +127,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _owner() -> str:
-    """This process as it appears in temporary names: host and pid, without dots."""
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
-    return f"{host or 'host'}-{os.getpid()}"
+def _host() -> str:
+    """This host's name as it appears in temporary names: no dots."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
 
 
 def _remove_stale_temporaries(path: str) -> None:
@@ -138,12 +137,11 @@ def _remove_stale_temporaries(path: str) -> None:
     longer runs (a save killed with SIGKILL cannot clean up after itself). Temporaries of
     other hosts (a shared file system) are left alone: their processes cannot be checked."""
     directory, base = os.path.split(path)
-    host = _owner().rsplit("-", 1)[0]
     pattern = os.path.join(glob.escape(directory), f".{glob.escape(base)}.*{_TMP_SUFFIX}")
     for tmp in glob.glob(pattern):
         owner = os.path.basename(tmp)[len(base) + 2:].split(".", 1)[0]
         tmp_host, _, pid = owner.rpartition("-")
-        if tmp_host == host and pid.isdigit() and not _alive(int(pid)):
+        if tmp_host == _host() and pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
@@ -172,8 +170,8 @@ def atomic_write(path: str | os.PathLike, write, *, binary: bool = False) -> Non
         raise ValueError(f"{path!r} is a directory, not a file to write.")
     _remove_stale_temporaries(path)
     with _terminate_raises():
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_owner()}.", suffix=_TMP_SUFFIX,
-                                   dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_host()}-{os.getpid()}.",
+                                   suffix=_TMP_SUFFIX, dir=directory)
         try:
             with os.fdopen(fd, "wb" if binary else "w",
                            **({} if binary else {"newline": ""})) as f:

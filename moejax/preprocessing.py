@@ -79,13 +79,21 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
 
 def transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
     """(x - x_mean) @ x_map: (n, d)."""
-    x = _validate.features(x, dim=s.x_mean.shape[0])
+    return _transform_features(s, _validate.features(x, dim=s.x_mean.shape[0]))
+
+
+def _transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
+    """`transform_features` on x already checked by the caller."""
     return (x - s.x_mean) @ s.x_map
 
 
 def transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
     """(y - y_mean) / y_scale: (n,)."""
-    y = _validate.vector(y, "y")
+    return _transform_target(s, _validate.vector(y, "y"))
+
+
+def _transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
+    """`transform_target` on y already checked by the caller."""
     return (y - s.y_mean) / s.y_scale
 
 

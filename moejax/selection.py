@@ -63,8 +63,8 @@ def m2_spectrum(x, y, nonlinearity: str = "linear") -> np.ndarray:
     largest first: (d,). When the model holds, k of them stand out (M2 has rank k)."""
     x, y = _validate.data(x, y)
     std = preprocessing.fit_standardizer(x, y)
-    xs = preprocessing.transform_features(std, x)
-    ys = preprocessing.transform_target(std, y)
+    xs = preprocessing._transform_features(std, x)
+    ys = preprocessing._transform_target(std, y)
     consts = transform_constants(nonlinearity, initial_noise_std(ys, nonlinearity))
     m2 = jnp.sign(consts.c2) * moments.second_moment(xs, ys, moments.t2_transform(consts))
     return np.sort(np.linalg.eigvalsh(np.asarray(m2, np.float64)))[::-1]
@@ -87,7 +87,7 @@ def least_squares_model(x, y, **names):
     from moejax.model import MoEParams
     std = preprocessing.fit_standardizer(x, y)
     z = np.asarray(design_matrix(std, x), np.float64)
-    ys = np.asarray(preprocessing.transform_target(std, y), np.float64)
+    ys = np.asarray(preprocessing._transform_target(std, y), np.float64)
     beta = np.linalg.lstsq(z, ys, rcond=None)[0]
     sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
     dtype = x.dtype
