@@ -124,7 +124,8 @@ def flag(value, name: str) -> bool:
 
 def params(p, *, dim: int | None = None, name: str = "params"):
     """p as MoEParams (a 3-tuple is accepted) with experts and gating of one shape (k, d),
-    k >= 1 (one expert: least squares), and a positive scalar noise_std; values checked finite where concrete."""
+    k >= 1 (one expert: least squares), and noise_std positive, a scalar or one per expert (k,);
+    values checked finite where concrete."""
     from moejax.model import MoEParams
     if not isinstance(p, tuple) or len(p) != 3:
         raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std), got "
@@ -138,13 +139,35 @@ def params(p, *, dim: int | None = None, name: str = "params"):
     if dim is not None and experts.shape[1] != dim:
         raise ValueError(f"{name} must have d = {dim} columns to match x, got "
                          f"{experts.shape[1]}.")
-    if sigma.ndim != 0:
-        raise ValueError(f"{name}.noise_std must be a scalar, got shape {sigma.shape}.")
+    if sigma.shape not in ((), (experts.shape[0],)):
+        raise ValueError(f"{name}.noise_std must be a scalar or have shape (k,) = "
+                         f"({experts.shape[0]},), got shape {sigma.shape}.")
     _finite(experts, f"{name}.experts")
     _finite(gating, f"{name}.gating")
-    positive(sigma, f"{name}.noise_std")
+    _positive_array(sigma, f"{name}.noise_std")
     dtype = jnp.promote_types(experts.dtype, gating.dtype)
     return MoEParams(experts.astype(dtype), gating.astype(dtype), sigma.astype(dtype))
+
+
+def _positive_array(a: jax.Array, name: str) -> None:
+    if _concrete(a):
+        v = np.asarray(a)
+        if not (np.all(np.isfinite(v)) and np.all(v > 0)):
+            raise ValueError(f"{name} must be a positive finite number (or one per expert), "
+                             f"got {v}.")
+
+
+def noise_levels(noise_std, num_experts: int, name: str = "noise_std") -> jax.Array:
+    """noise_std as a positive float array of shape () or (num_experts,); ValueError otherwise."""
+    if isinstance(noise_std, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"{name} must be a positive number or one per expert, got "
+                         f"{noise_std!r}.")
+    sigma = _as_float(noise_std, name)
+    if sigma.shape not in ((), (num_experts,)):
+        raise ValueError(f"{name} must be a scalar or have shape (num_experts,) = "
+                         f"({num_experts},), got shape {sigma.shape}.")
+    _positive_array(sigma, name)
+    return sigma
 
 
 def min_samples(dim: int) -> int:
@@ -227,9 +250,11 @@ def noise_scale(noise_std, dtype, *, estimated: bool = False) -> None:
     `estimated`: sigma came from the data, not from the caller, and the message says so."""
     if not _concrete(noise_std):
         return
-    sigma = float(np.asarray(noise_std))
+    levels = np.asarray(noise_std, np.float64).ravel()
     info = jnp.finfo(dtype)
-    if not float(info.tiny) <= sigma * sigma <= float(info.max):
+    outside = levels[~((float(info.tiny) <= levels ** 2) & (levels ** 2 <= float(info.max)))]
+    if outside.size:
+        sigma = float(outside[0])
         if estimated:
             raise ValueError(
                 f"y's scale is too small or too large for {np.dtype(dtype).name}: the noise level "
@@ -248,7 +273,7 @@ def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit") -> Non
         return
     parts = [f"max |x| = {float(_max_abs(x)):.3g}", f"max |y| = {float(_max_abs(y)):.3g}"]
     if noise_std is not None:
-        parts.append(f"noise_std = {float(np.asarray(noise_std)):.3g}")
+        parts.append(f"noise_std = {np.array2string(np.asarray(noise_std), precision=3)}")
     raise ValueError(
         f"{what} produced non-finite numbers in {x.dtype} ({', '.join(parts)}): the data or "
         "sigma are at a scale the float type cannot hold in the likelihood. Standardise x and "

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from moejax import _validate, solver
-from moejax.gating import e_step, gram_solver, m_step, noise_std_update
+from moejax.gating import NOISE_FLOOR, e_step, gram_solver, m_step, noise_std_update
 from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 from moejax.recover import initial_noise_std
@@ -71,17 +71,20 @@ def _joint_em_map(x, y, nonlinearity, learn_noise_std):
     """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem."""
     g = get_nonlinearity(nonlinearity)
     solve = gram_solver(x.T @ x / x.shape[0])
+    floor = NOISE_FLOOR * jnp.std(y)
 
     def em_map(theta):
         experts, gating, log_sigma = theta
-        log_dens = expert_log_densities(x, y, experts, jnp.exp(log_sigma), nonlinearity)
+        sigma = jnp.exp(log_sigma)
+        log_dens = expert_log_densities(x, y, experts, sigma, nonlinearity)
         gate, resp, log_lik = e_step(gating, x, log_dens)
         new_gating = m_step(gating, gate, resp, x, solve)
         resp = jnp.stack(resp)
         new_experts = _expert_step(experts, resp, x, y, g)
         if learn_noise_std:  # exact maximiser given the new experts (ECM order)
             sq_resid = jnp.square(y - g(new_experts @ x.T))
-            log_sigma = jnp.log(noise_std_update(resp, sq_resid))
+            log_sigma = jnp.log(noise_std_update(jnp.sum(resp * sq_resid, axis=1),
+                                                 jnp.sum(resp, axis=1), sigma, floor))
         return (new_experts, new_gating, log_sigma), jnp.mean(log_lik)
 
     return em_map
@@ -156,7 +159,9 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
     experts M-step by weighted least squares for g = "linear", else one Gauss-Newton step on
     sum_n q_ni (y_n - g(a_i . x_n))^2 (a generalised M-step). The experts are not
     renormalised. With `learn_noise_std`, sigma starts at `params.noise_std` and each step
-    ends with its exact M-step, sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2.
+    ends with its exact M-step, sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2, or,
+    when `params.noise_std` has one sigma per expert (k,), sigma_i^2 = sum_n q_ni
+    (y_n - g(a_i . x_n))^2 / sum_n q_ni (kept above `gating.NOISE_FLOOR` sd(y)).
     With `accelerate`, SQUAREM steps (two EM steps and an extrapolation kept only if it raises
     L); the run stops when L rose by at most tol * (1 + |L|) in an iteration, or after
     `num_iters` iterations. x: (n, d), y: (n,).
@@ -166,7 +171,7 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
       raise ValueError naming the cause; under jit, `info.finite` says so.
     """
     params = _validate.params(params)
-    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], nonlinearity, params.noise_std)
+    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], nonlinearity, 1.0)
     _validate.params(params, dim=x.shape[1])
     _validate.scales(x, y, power=2)
     params = MoEParams(*(v.astype(x.dtype) for v in params))

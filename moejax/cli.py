@@ -31,6 +31,8 @@ _NONLIN = flags.DEFINE_enum("nonlinearity", "linear", list(NONLINEARITIES),
                             "fit: the experts' non-linearity g.")
 _NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
                             "(default: estimated).")
+_PER_EXPERT = flags.DEFINE_bool("per_expert_noise", True, "fit: learn one noise sd per expert "
+                                 "(else one shared by all).")
 _REFINE = flags.DEFINE_integer("refine_iters", 3000, "fit: cap on joint-EM refinement iterations (0 skips it).")
 _WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
@@ -205,6 +207,7 @@ def fit_command() -> None:
     model = estimator.fit(jax.random.key(_SEED.value), x, y, num_experts=k,
                           nonlinearity=_NONLIN.value, noise_std=_NOISE.value,
                           whiten=_WHITEN.value, refine_iters=_REFINE.value,
+                          per_expert_noise=_PER_EXPERT.value,
                           feature_names=feature_names, target_name=_TARGET.value,
                           progress=lambda m: print("  " + m, flush=True))
     mse = float(np.mean(np.square(np.asarray(model.predict(x)) - y)))
@@ -223,7 +226,7 @@ def fit_command() -> None:
         print(f"chose k = {model.num_experts} by BIC:")
         print(model.selection.table())
     print(f"mixing weights: {weights}")
-    print(f"noise sd: {float(model.noise_std):.4g}")
+    print("noise sd: " + ", ".join(f"{v:.4g}" for v in np.atleast_1d(np.asarray(model.noise_std))))
     print(f"training NLL: {nll:.4f} per row")
     print(f"training MSE: {mse:.4g}")
     io.save(_OUT.value, model)

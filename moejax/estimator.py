@@ -43,7 +43,8 @@ class FittedMoE:
     """A fitted MoE with its preprocessing; a pytree (data: params, standardizer).
 
     The model acts on z = [standardize(x), 1]: params.experts and params.gating are (k, d + 1),
-    their last column the intercepts, and params.noise_std is in standardised target units.
+    their last column the intercepts, and params.noise_std (a scalar, or (k,) with one sigma per
+    expert) is in standardised target units.
 
     Attributes:
       params: MoEParams on the standardised scale.
@@ -75,7 +76,7 @@ class FittedMoE:
 
     @property
     def noise_std(self) -> jax.Array:
-        """sigma in the target's original units."""
+        """sigma in the target's original units: a scalar, or (k,) with one per expert."""
         return self.params.noise_std * self.standardizer.y_scale
 
     def design(self, x) -> jax.Array:
@@ -136,8 +137,9 @@ def _refine_starts(starts: MoEParams, z, y, nonlinearity, num_iters, tol, learn)
 def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "linear",
         noise_std=None, whiten: bool = True, refine_iters: int = 3000, tol: float = 1e-8,
         num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
-        num_em_iters: int = 50, feature_names=None, target_name=None, max_experts: int = 4,
-        select_by: str = "bic", progress=None) -> FittedMoE:
+        num_em_iters: int = 50, per_expert_noise: bool = True, feature_names=None,
+        target_name=None, max_experts: int = 4, select_by: str = "bic",
+        progress=None) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
@@ -154,9 +156,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
        says which start won and whether the runs converged. On a table of a thousand rows the
        extra starts cost a fraction of a second and guard against a poor local optimum.
 
-    noise_std: sigma in the target's units, or None to estimate it: started at the moment
-    estimate `initial_noise_std` and updated by the maximum-likelihood M-step in the gating EM
-    and in every refinement iteration.
+    noise_std: sigma in the target's units (fixed; a scalar, or one per expert), or None to
+    estimate it: started at the moment estimate `initial_noise_std` and updated by the
+    maximum-likelihood M-step in the gating EM and in every refinement iteration. With
+    `per_expert_noise` (the default) the refinement learns one sigma per expert, as mixtures of
+    regressions on real data need (docs/results.md measures it); else one shared sigma.
 
     num_experts="auto" fits k = 1, ..., max_experts (at most d; k = 1 is least squares) and
     returns the one with the smallest BIC (`select_by="bic"`, one fit per k), or the one chosen
@@ -184,14 +188,18 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
                  + ("5-fold cross-validation" if folds else "BIC"))
         settings = dict(noise_std=noise_std, whiten=whiten, refine_iters=refine_iters, tol=tol,
                         num_random_starts=num_random_starts, num_restarts=num_restarts,
-                        num_gating_inits=num_gating_inits, num_em_iters=num_em_iters)
+                        num_gating_inits=num_gating_inits, num_em_iters=num_em_iters,
+                        per_expert_noise=per_expert_noise)
         scores, models = selection._select(
             key, x, y, max_experts, nonlinearity, folds, settings,
             names=dict(feature_names=feature_names, target_name=target_name))
         best = scores.best_cv if folds else scores.best_bic
         return dataclasses.replace(models[best], selection=scores)
     learn = noise_std is None
-    x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0 if learn else noise_std)
+    x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0)
+    if not learn:
+        noise_std = _validate.noise_levels(noise_std, num_experts).astype(x.dtype)
+    per_expert_noise = _validate.flag(per_expert_noise, "per_expert_noise")
     _validate.scales(x, y, power=2)
     refine_iters = _validate.count(refine_iters, "refine_iters", minimum=0)
     num_random_starts = _validate.count(num_random_starts, "num_random_starts", minimum=0)
@@ -215,23 +223,26 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
 
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
     progress(f"moment stage: {num_experts} experts")
+    # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
     est = recover_experts(key_tensor, xs, ys, num_experts=num_experts, nonlinearity=nonlinearity,
-                          noise_std=sigma, num_restarts=num_restarts)
+                          noise_std=jnp.sqrt(jnp.mean(jnp.square(sigma))),
+                          num_restarts=num_restarts)
     experts = est.experts
     progress(f"gating EM: {num_gating_inits} starts, at most {num_em_iters} iterations")
     w, info = gating.fit_gating(key_gating, xs, ys, experts, noise_std=sigma,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
                                 num_iters=num_em_iters, learn_noise_std=learn)
     pad = jnp.zeros((num_experts, 1), xs.dtype)
-    params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1),
-                       info.noise_std)
+    sigma = info.noise_std
+    if learn and per_expert_noise:
+        sigma = jnp.broadcast_to(sigma, (num_experts,))
+    params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1), sigma)
     report = None
     if refine_iters:
         progress(f"joint-EM refinement: the moment start and {num_random_starts} random "
                  f"starts, at most {refine_iters} iterations each")
         z = design_matrix(std, x)
-        randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, info.noise_std,
-                                                 z.dtype))(
+        randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, sigma, z.dtype))(
             jax.random.split(key_starts, num_random_starts))
         starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), params,
                                         randoms)

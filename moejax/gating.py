@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import jax.scipy as jsp
 
 from moejax import _validate, solver
+from moejax.model import expert_noise
 from moejax.sums import Layout, layout_of, row_sum
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 
@@ -36,7 +37,8 @@ class GatingInfo(NamedTuple):
       trace: (max_iters,) L of the kept start before each iteration: first the screening
         iterations (min(SCREEN_ITERS, max_iters) rows, when num_inits > 1), then its own run;
         the rows of a run that stopped early hold its final value.
-      noise_std: sigma of the kept start (the input unless it was learned).
+      noise_std: sigma of the kept start (the input unless it was learned): () or (k,) like
+        the input.
     """
 
     log_likelihood: jax.Array
@@ -158,16 +160,31 @@ def em_step(gating: jax.Array, x: jax.Array, log_dens: jax.Array,
     return m_step(gating, gate, resp, x, solve), jnp.mean(log_lik)
 
 
-def noise_std_update(resp, sq_resid) -> jax.Array:
-    """The M-step for sigma: sqrt((1/n) sum_n sum_i q_ni r_ni^2), a scalar.
+# Per-expert sigmas are kept at or above this fraction of sd(y): an expert that fits a few
+# rows exactly would otherwise drive its sigma, and the likelihood, to infinity.
+NOISE_FLOOR = 1e-3
 
-    resp: k arrays (n,) of responsibilities; sq_resid: (k, n) squared residuals (y - g(a_i . x))^2.
+
+def noise_std_update(weighted_sq: jax.Array, weights: jax.Array, noise_std: jax.Array,
+                     floor) -> jax.Array:
+    """The M-step for sigma from S_i = sum_n q_ni r_ni^2 and N_i = sum_n q_ni: (k,) each,
+    r_ni = y_n - g(a_i . x_n) (docs/algorithm.md section 4).
+
+    Shared (noise_std a scalar): sigma^2 = sum_i S_i / sum_i N_i, its exact maximiser.
+    Per expert (noise_std (k,)): sigma_i^2 = S_i / N_i, clipped below at `floor` (the exact
+    maximiser over sigma_i >= floor); an expert with no responsibility keeps its sigma.
     """
-    return jnp.sqrt(jnp.mean(sum(q * r for q, r in zip(resp, sq_resid))))
+    if jnp.ndim(noise_std) == 0:
+        return jnp.sqrt(jnp.sum(weighted_sq) / jnp.sum(weights))
+    tiny = jnp.finfo(weighted_sq.dtype).tiny
+    var = jnp.where(weights > tiny, weighted_sq / jnp.maximum(weights, tiny),
+                    jnp.square(noise_std))
+    return jnp.maximum(jnp.sqrt(var), floor)
 
 
 def _log_densities(sq_resid, noise_std):
-    return -0.5 * sq_resid / jnp.square(noise_std) - jnp.log(noise_std) - 0.5 * jnp.log(2 * jnp.pi)
+    sigma = expert_noise(noise_std)
+    return -0.5 * sq_resid / jnp.square(sigma) - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
 
 
 def gram_matrix(x: jax.Array, layout: Layout = Layout()) -> jax.Array:
@@ -176,8 +193,9 @@ def gram_matrix(x: jax.Array, layout: Layout = Layout()) -> jax.Array:
 
 
 def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout):
-    """For each of m gatings (m, k, d) and sigmas (m,): sums over rows of (q - p) x for the
-    k - 1 free rows (m, k - 1, d), of log p(y | x) (m,), and of sum_i q_i r_i^2 (m,).
+    """For each of m gatings (m, k, d) and sigmas (m,) or (m, k): sums over rows of (q - p) x
+    for the k - 1 free rows (m, k - 1, d), of log p(y | x) (m,), and of q_i r_i^2 and of q_i
+    for each expert (m, k) each.
 
     One pass over the data serves every initialisation, with two matrix products per block:
     the logits of all inits and the experts' pre-activations in one, the gradients in another
@@ -191,15 +209,20 @@ def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout):
         proj = weights @ xb.T  # (m (k - 1) + k, rows); the last gating row is 0
         sq_resid = jnp.square(yb - g(proj[m * (k - 1):]))
         zero = jnp.zeros_like(yb)
-        diffs, log_liks, sqs = [], [], []
+        diffs, log_liks, sqs, counts = [], [], [], []
         for j in range(m):  # m is static and small
             logits = list(proj[j * (k - 1):(j + 1) * (k - 1)]) + [zero]
             gate, resp, log_lik = _e_step_rows(logits, _log_densities(sq_resid, sigmas[j]))
             diffs += [(q - p) * w for q, p in zip(resp[:-1], gate[:-1])]
             log_liks.append(jnp.sum(w * log_lik))
-            sqs.append(jnp.sum(w * sum(q * r for q, r in zip(resp, sq_resid))))
+            if sigmas.ndim == 1:  # shared sigma: sum over experts first, one reduction
+                sqs.append(jnp.sum(w * sum(q * r for q, r in zip(resp, sq_resid)))[None])
+                counts.append(jnp.sum(w)[None])
+            else:
+                sqs.append(jnp.stack([jnp.sum(w * q * r) for q, r in zip(resp, sq_resid)]))
+                counts.append(jnp.stack([jnp.sum(w * q) for q in resp]))
         grad = (jnp.stack(diffs) @ xb).reshape(m, k - 1, d)
-        return grad, jnp.stack(log_liks), jnp.stack(sqs)
+        return grad, jnp.stack(log_liks), jnp.stack(sqs), jnp.stack(counts)
 
     return row_sum(block, (x, y), layout)
 
@@ -220,18 +243,22 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
     solve = _gram_solver(x, layout, matrix_free)
     sums = functools.partial(_em_sums, x=x, y=y, experts=experts, nonlinearity=nonlinearity,
                              layout=layout)
+    floor = NOISE_FLOOR * jnp.std(y)
+    update = jax.vmap(noise_std_update, in_axes=(0, 0, 0, None))
 
     def em_map(theta):
         # sigma enters as log sigma: the extrapolated iterates must stay valid parameters.
         gatings, log_sigmas = theta
-        grad, log_lik, sq = sums(gatings, jnp.exp(log_sigmas))
+        sigmas = jnp.exp(log_sigmas)
+        grad, log_lik, sq, count = sums(gatings, sigmas)
         if learn_noise_std:  # sigma's exact M-step, from this E-step's responsibilities
-            log_sigmas = 0.5 * jnp.log(sq / n)
+            log_sigmas = jnp.log(update(sq, count, sigmas, floor))
         gatings = jax.vmap(bohning_step, in_axes=(0, 0, None))(gatings, grad / n, solve)
         return (gatings, log_sigmas), log_lik / n
 
     init = init_scale / jnp.sqrt(d) * jax.random.normal(key, (num_inits, k, d), x.dtype)
-    theta = (init.at[:, -1].set(0.0), jnp.full((num_inits,), jnp.log(noise_std), x.dtype))
+    theta = (init.at[:, -1].set(0.0),
+             jnp.broadcast_to(jnp.log(noise_std), (num_inits,) + noise_std.shape))
     (gatings, log_sigmas), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=screen_iters, keep=1,
         accelerate=accelerate)
@@ -264,7 +291,9 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
     decreases either way. One start is the default: in 50 seeds over five settings, 8 starts
     never ended at different optima (`experiments/gating_starts.py`). With
     `learn_noise_std`, sigma is a parameter too: it starts at `noise_std` and every M-step
-    sets sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2, its exact maximiser.
+    sets sigma^2 = (1/n) sum_n sum_i q_ni (y_n - g(a_i . x_n))^2, its exact maximiser, or with
+    one sigma per expert, sigma_i^2 = sum_n q_ni (y_n - g(a_i . x_n))^2 / sum_n q_ni, kept
+    above NOISE_FLOOR sd(y) (`noise_std_update`).
 
     With `chunk_size` each pass runs over blocks of that many rows, and x sharded along its
     rows over a device mesh runs data-parallel (see `moejax.recover`). The M-step needs
@@ -279,7 +308,8 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
       key: PRNG key for the starts.
       x: (n, d) inputs; y: (n,) responses.
       experts: (k, d) fixed expert directions.
-      noise_std: sigma > 0 (may be traced); the start value if `learn_noise_std`.
+      noise_std: sigma > 0, a scalar or one per expert (k,) (may be traced); the start value
+        if `learn_noise_std`.
       nonlinearity: the experts' g.
       num_inits: random starts screened.
       num_iters: cap on iterations (screening included).
@@ -300,10 +330,10 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
     accelerate = _validate.flag(accelerate, "accelerate")
     num_inits = _validate.count(num_inits, "num_inits")
     num_iters = _validate.count(num_iters, "num_iters")
-    _validate.positive(noise_std, "noise_std")
+    noise_std = _validate.noise_levels(noise_std, experts.shape[0])
     _validate.positive(tol, "tol")
     layout = layout_of(x, chunk_size)
-    w, info = _fit_gating(key, x, y, experts.astype(x.dtype), jnp.asarray(noise_std, x.dtype),
+    w, info = _fit_gating(key, x, y, experts.astype(x.dtype), noise_std.astype(x.dtype),
                           nonlinearity, num_inits, num_iters, init_scale, learn_noise_std,
                           layout, matrix_free, tol, accelerate)
     _validate.finite_result(info.finite, x, y, noise_std=None if learn_noise_std else noise_std)

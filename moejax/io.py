@@ -74,7 +74,9 @@ def _problem(meta: dict, arrays: dict) -> str | None:
         return "its arrays must hold real numbers"
     experts = arrays["experts"]
     k, d1 = experts.shape if experts.ndim == 2 else (0, 0)
-    shapes = dict(experts=(k, d1), gating=(k, d1), noise_std=(), x_mean=(d1 - 1,),
+    # sigma: one shared, or one per expert.
+    sigma_shape = () if arrays["noise_std"].shape == () else (k,)
+    shapes = dict(experts=(k, d1), gating=(k, d1), noise_std=sigma_shape, x_mean=(d1 - 1,),
                   x_map=(d1 - 1, d1 - 1), y_mean=(), y_scale=())
     wrong = [n for n, s in shapes.items() if arrays[n].shape != s]
     if k < 1 or d1 < 2 or wrong:
@@ -83,8 +85,8 @@ def _problem(meta: dict, arrays: dict) -> str | None:
     bad = [n for n in shapes if not np.all(np.isfinite(arrays[n]))]
     if bad:
         return f"non-finite values in {bad}"
-    if not (arrays["noise_std"] > 0 and arrays["y_scale"] > 0):
-        return (f"noise_std ({float(arrays['noise_std']):.3g}) and y_scale "
+    if not (np.all(arrays["noise_std"] > 0) and arrays["y_scale"] > 0):
+        return (f"noise_std ({np.array2string(arrays['noise_std'], precision=3)}) and y_scale "
                 f"({float(arrays['y_scale']):.3g}) must be positive")
     if meta.get("nonlinearity") not in NONLINEARITIES:
         return f"unknown non-linearity {meta.get('nonlinearity')!r}"

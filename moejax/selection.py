@@ -20,7 +20,7 @@ class KSelection(NamedTuple):
     Attributes:
       num_experts: (m,) the candidates 1, ..., max_experts (1 is least squares).
       num_params: (m,) free parameters: k (d + 1) expert weights and intercepts, (k - 1)(d + 1)
-        gating weights and intercepts, and sigma.
+        gating weights and intercepts, and sigma (one, or one per expert).
       log_likelihood: (m,) training mean log-likelihood per row, fitted on all rows, in the
         target's original units.
       bic: (m,) -2 n log_likelihood + num_params log n (smaller is better).
@@ -145,7 +145,8 @@ def _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs, names=N
         train_ll.append(float(models[int(k)].log_likelihood(x, y)))
     cv = np.array(cv) if num_folds else np.full((len(ks), 1), np.nan)
     train_ll = np.array(train_ll)
-    params = ks * (d + 1) + (ks - 1) * (d + 1) + 1
+    params = ks * (d + 1) + (ks - 1) * (d + 1) + np.array(
+        [np.size(models[int(k)].params.noise_std) for k in ks])
     bic = -2 * n * train_ll + params * np.log(n)
     selection = KSelection(ks, params, train_ll, bic, cv.mean(axis=1), cv.std(axis=1),
                            m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),

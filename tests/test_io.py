@@ -31,6 +31,19 @@ def test_save_load_round_trip(tmp_path, fitted):
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary left behind
 
 
+def test_one_sigma_per_expert_or_one_shared_both_round_trip(tmp_path, fitted):
+    model, x = fitted
+    assert model.noise_std.shape == (3,)  # fit's default
+    shared = dataclasses.replace(model, params=model.params._replace(
+        noise_std=model.params.noise_std[0]))
+    for m in (model, shared):
+        mj.io.save(tmp_path / "m.npz", m)
+        loaded = mj.io.load(tmp_path / "m.npz")
+        np.testing.assert_array_equal(loaded.noise_std, m.noise_std)
+        np.testing.assert_array_equal(loaded.log_likelihood(x, x[:, 0]),
+                                      m.log_likelihood(x, x[:, 0]))
+
+
 def test_interrupted_save_keeps_the_old_file(tmp_path, fitted, monkeypatch):
     model, _ = fitted
     path = tmp_path / "model.npz"
@@ -187,6 +200,7 @@ def _rewrite(path, **changes):
     dict(feature_names=["a", "b"]), dict(feature_names="abc"), dict(nonlinearity=3),
     dict(format_version="1"), dict(target_name=[1]), dict(noise_std=np.float32(-0.5)),
     dict(y_scale=np.float32(0.0)), dict(experts=np.zeros((3,), np.float32)),
+    dict(noise_std=np.ones(2, np.float32)), dict(noise_std=np.float32([0.1, 0.2, -0.1])),
 ])
 def test_load_refuses_inconsistent_contents_with_a_value_error(tmp_path, fitted, change):
     model, _ = fitted

@@ -47,9 +47,10 @@ def reference_log_lik(params, x, y, g):
     return np.mean(logsumexp(log_gate + dens, axis=1)), softmax(log_gate + dens, axis=1)
 
 
+@pytest.mark.parametrize("noise_std", [0.3, (0.2, 0.5)])
 @pytest.mark.parametrize("name, g", [("linear", lambda z: z), ("tanh", np.tanh)])
-def test_log_likelihood_and_posteriors_match_numpy(name, g):
-    params = mj.random_params(jax.random.key(3), 5, 2, noise_std=0.3)
+def test_log_likelihood_and_posteriors_match_numpy(name, g, noise_std):
+    params = mj.random_params(jax.random.key(3), 5, 2, noise_std=noise_std)
     x, y = mj.sample(jax.random.key(4), params, 200, name)
     ll, post = reference_log_lik(params, x, y, g)
     assert float(mj.log_likelihood(params, x, y, name)) == pytest.approx(ll, rel=1e-5)
@@ -86,3 +87,21 @@ def test_bad_inputs():
         mj.log_likelihood(params, x, np.zeros(9))
     with pytest.raises(ValueError, match="NaN"):
         mj.log_likelihood(params, x, np.full(10, np.nan))
+
+
+def test_samples_carry_each_experts_own_noise():
+    # A near-hard gate on x_3's sign: rows with x_3 > 0.5 come from expert 0, x_3 < -0.5 from
+    # expert 1, so the residuals there have sd 0.05 and 0.5 (std errors ~0.5%).
+    eye = jnp.eye(4)
+    params = mj.MoEParams(eye[:2], jnp.stack([20 * eye[2], jnp.zeros(4)]), jnp.array([0.05, 0.5]))
+    x, y = mj.sample(jax.random.key(10), params, 50_000)
+    x, y = np.asarray(x), np.asarray(y)
+    top, bottom = x[:, 2] > 0.5, x[:, 2] < -0.5
+    assert np.std(y[top] - x[top, 0]) == pytest.approx(0.05, rel=0.03)
+    assert np.std(y[bottom] - x[bottom, 1]) == pytest.approx(0.5, rel=0.03)
+    with pytest.raises(ValueError, match=r"noise_std must be a scalar or have shape \(k,\)"):
+        mj.predict(params._replace(noise_std=jnp.ones(3)), x)
+    with pytest.raises(ValueError, match="noise_std must be a positive"):
+        mj.log_likelihood(params._replace(noise_std=jnp.array([0.1, 0.0])), x, y)
+    with pytest.raises(ValueError, match=r"shape \(num_experts,\)"):
+        mj.random_params(jax.random.key(0), 5, 2, noise_std=(0.1, 0.2, 0.3))

@@ -23,8 +23,9 @@ def _data(k, n, seed):
 def _check_table(sel, max_experts):
     assert sel.num_experts.tolist() == list(range(1, max_experts + 1))
     assert np.all(np.diff(sel.m2_spectrum) <= 0)
-    # BIC's penalty: parameters grow by 2 (d + 1) per expert.
-    assert np.all(np.diff(sel.num_params) == 2 * 5)
+    # BIC's penalty: parameters grow by 2 (d + 1) + 1 per expert (fit's default learns one
+    # sigma per expert).
+    assert np.all(np.diff(sel.num_params) == 2 * 5 + 1)
     assert "| k |" in sel.table()
 
 
