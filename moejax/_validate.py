@@ -170,6 +170,19 @@ def noise_levels(noise_std, num_experts: int, name: str = "noise_std") -> jax.Ar
     return sigma
 
 
+def row_weights(weights, n: int):
+    """None, or weights as a finite float (n,) array of values >= 0 with a positive sum."""
+    if weights is None:
+        return None
+    weights = vector(weights, "weights")
+    if weights.shape[0] != n:
+        raise ValueError(f"weights must have one entry per row of x (n = {n}), got "
+                         f"{weights.shape[0]}.")
+    if _concrete(weights) and not (bool(jnp.all(weights >= 0)) and float(jnp.sum(weights)) > 0):
+        raise ValueError("weights must be >= 0 with a positive sum.")
+    return weights
+
+
 def min_samples(dim: int) -> int:
     """Fewest samples the estimators accept: more than d, so that M2 and X^T X are estimable."""
     return dim + 1
@@ -226,6 +239,11 @@ def _max_abs(a: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(a))
 
 
+def scale_limit(n: int, dtype, *, power: int) -> float:
+    """The largest |value| whose `power`-th powers, summed over n rows, stay finite in dtype."""
+    return float(jnp.finfo(dtype).max) ** (1.0 / power) / max(n, 1) ** (1.0 / power)
+
+
 def scales(x, y, *, power: int) -> None:
     """Raises ValueError if x or y is too large for the float type: the estimators form sums
     of `power`-th powers of the data (2 for the likelihood, 3 for the third moment), which
@@ -233,7 +251,7 @@ def scales(x, y, *, power: int) -> None:
     if not (_concrete(x) and _concrete(y)):
         return
     info = jnp.finfo(x.dtype)
-    limit = float(info.max) ** (1.0 / power) / max(x.shape[0], 1) ** (1.0 / power)
+    limit = scale_limit(x.shape[0], x.dtype, power=power)
     for a, name in ((x, "x"), (y, "y")):
         top = float(_max_abs(a)) * (np.sqrt(a.shape[1]) if a.ndim == 2 else 1.0)
         if top > limit:

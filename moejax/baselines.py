@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from moejax import _validate, solver
-from moejax.gating import NOISE_FLOOR, e_step, gram_solver, m_step, noise_std_update
+from moejax.gating import (NOISE_FLOOR, _std, e_step, gram_matrix, gram_solver, m_step,
+                           noise_std_update)
 from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 from moejax.recover import initial_noise_std
@@ -53,11 +54,13 @@ def _weighted_least_squares(resp: jax.Array, x: jax.Array, y: jax.Array) -> jax.
                         lambda z: z)
 
 
-def _expert_step(experts, resp, x, y, g):
+def _expert_step(experts, resp, x, y, g, count=None):
     """The experts' M-step: one Gauss-Newton step on sum_n q_ni (y_n - g(a_i . x_n))^2 for
     every expert i, (k, d). For linear g it is the exact weighted least-squares solution; for
-    non-linear g it is a generalised M-step (weights q g'^2, docs/solvers.md). resp: (k, n)."""
+    non-linear g it is a generalised M-step (weights q g'^2, docs/solvers.md). resp: (k, n);
+    count: the number of rows counted (default n), the scale of the ridge."""
     n, d = x.shape
+    n = n if count is None else count
     pre = experts @ x.T
     out, slope = jax.jvp(g, (pre,), (jnp.ones_like(pre),))
     gram = jnp.einsum("kn,nd,ne->kde", resp * jnp.square(slope), x, x) / n
@@ -67,25 +70,27 @@ def _expert_step(experts, resp, x, y, g):
     return experts + jnp.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
 
 
-def _joint_em_map(x, y, nonlinearity, learn_noise_std):
-    """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem."""
+def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None):
+    """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem; weights:
+    None or (n,) row weights (0 on padding rows)."""
     g = get_nonlinearity(nonlinearity)
-    solve = gram_solver(x.T @ x / x.shape[0])
-    floor = NOISE_FLOOR * jnp.std(y)
+    solve = gram_solver(gram_matrix(x, weights=weights))
+    floor = NOISE_FLOOR * _std(y, weights)
+    w = jnp.ones_like(y) if weights is None else weights
 
     def em_map(theta):
         experts, gating, log_sigma = theta
         sigma = jnp.exp(log_sigma)
         log_dens = expert_log_densities(x, y, experts, sigma, nonlinearity)
         gate, resp, log_lik = e_step(gating, x, log_dens)
-        new_gating = m_step(gating, gate, resp, x, solve)
-        resp = jnp.stack(resp)
-        new_experts = _expert_step(experts, resp, x, y, g)
+        new_gating = m_step(gating, gate, resp, x, solve, weights)
+        resp = jnp.stack(resp) * w
+        new_experts = _expert_step(experts, resp, x, y, g, jnp.sum(w))
         if learn_noise_std:  # exact maximiser given the new experts (ECM order)
             sq_resid = jnp.square(y - g(new_experts @ x.T))
             log_sigma = jnp.log(noise_std_update(jnp.sum(resp * sq_resid, axis=1),
                                                  jnp.sum(resp, axis=1), sigma, floor))
-        return (new_experts, new_gating, log_sigma), jnp.mean(log_lik)
+        return (new_experts, new_gating, log_sigma), jnp.sum(w * log_lik) / jnp.sum(w)
 
     return em_map
 

@@ -8,12 +8,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moejax import _validate, gating, model, preprocessing, solver
+from moejax import _validate, gating, model, preprocessing, solver, sums
 from moejax.baselines import _joint_em_map, random_init
 from moejax.model import MoEParams
 from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import Standardizer
-from moejax.recover import initial_noise_std, recover_experts
+from moejax.recover import _initial_noise_std, recover_experts
 
 
 class FitReport(NamedTuple):
@@ -86,15 +86,13 @@ class FittedMoE:
 
     def predict(self, x) -> jax.Array:
         """E[y | x] in original units: (n,) for x: (n, d)."""
-        pred = model.predict(self.params, self.design(x), self.nonlinearity)
-        return preprocessing.inverse_target(self.standardizer, pred)
+        x = _validate.features(x, dim=self.dim)
+        return _predict(self.params, self.standardizer, x, self.nonlinearity)
 
     def log_likelihood(self, x, y) -> jax.Array:
         """Mean log-density of y given x, in the target's original units: a scalar."""
-        y = _validate.data(x, y)[1]
-        y_std = preprocessing._transform_target(self.standardizer, y)
-        return (model.log_likelihood(self.params, self.design(x), y_std, self.nonlinearity)
-                - jnp.log(self.standardizer.y_scale))
+        x, y = _validate.data(x, y, dim=self.dim)
+        return _log_likelihood(self.params, self.standardizer, x, y, self.nonlinearity)
 
     def mixing_weights(self, x) -> jax.Array:
         """Mean gate probabilities over the rows of x: (k,)."""
@@ -112,6 +110,33 @@ def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
     return jnp.concatenate([xs, jnp.ones_like(xs[:, :1])], axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("rows", "nonlinearity"))
+def _prepare(std, x, y, rows, nonlinearity):
+    """fit's inputs in one program per table shape: standardised x and y, the design matrix
+    [x_std, 1], all padded to `rows` rows, the row weights, sigma's moment estimate, and
+    max(|x_std| sqrt(d), |y_std|) for the overflow check."""
+    xs = preprocessing._transform_features(std, x)
+    ys = preprocessing._transform_target(std, y)
+    sigma0 = _initial_noise_std(ys, nonlinearity)
+    top = jnp.maximum(jnp.max(jnp.abs(xs)) * jnp.sqrt(xs.shape[1]), jnp.max(jnp.abs(ys)))
+    xs, ys, z, weights = sums.pad_rows(rows, xs, ys, design_matrix(std, x))
+    return xs, ys, z, weights, sigma0, top
+
+
+# One compiled program per table shape for each method (rather than one per operation).
+@functools.partial(jax.jit, static_argnames="nonlinearity")
+def _predict(params, standardizer, x, nonlinearity):
+    pred = model._predict(params, design_matrix(standardizer, x), nonlinearity)
+    return preprocessing.inverse_target(standardizer, pred)
+
+
+@functools.partial(jax.jit, static_argnames="nonlinearity")
+def _log_likelihood(params, standardizer, x, y, nonlinearity):
+    y_std = preprocessing._transform_target(standardizer, y)
+    return (model._mean_log_likelihood(params, design_matrix(standardizer, x), y_std,
+                                       nonlinearity) - jnp.log(standardizer.y_scale))
+
+
 # Screening of the refinement's starts: all run this many iterations together, then the best
 # few go on to convergence (docs/solvers.md has the measurement behind both numbers).
 REFINE_SCREEN_ITERS = 100
@@ -119,9 +144,9 @@ REFINE_KEEP = 4
 
 
 @functools.partial(jax.jit, static_argnames=("nonlinearity", "num_iters", "learn"))
-def _refine_starts(starts: MoEParams, z, y, nonlinearity, num_iters, tol, learn):
+def _refine_starts(starts: MoEParams, z, y, nonlinearity, num_iters, tol, learn, weights=None):
     """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood."""
-    em_map = jax.vmap(_joint_em_map(z, y, nonlinearity, learn))
+    em_map = jax.vmap(_joint_em_map(z, y, nonlinearity, learn, weights))
     theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
     (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
@@ -167,6 +192,10 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     by 5-fold cross-validated log-likelihood with the one-standard-error rule
     (`select_by="cv"`, six fits per k); `FittedMoE.selection` holds every k's scores and the
     M2 spectrum (`moejax.selection.select_num_experts` computes both criteria).
+
+    Compiled once per bucket of row counts: the data are padded with weight-0 rows to
+    `sums.bucket_size(n)` rows (at most 25% more), so that tables of the same width whose row
+    counts share a bucket reuse one compiled program; the weights make the padding exact.
 
     x: (n, d); y: (n,). `progress`, if given, is called with a short message as each stage
     starts (the command line prints them). Returns a FittedMoE that predicts in original units.
@@ -215,10 +244,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
                              f"{len(feature_names)} names.")
     progress(f"standardising {x.shape[0]} rows x {x.shape[1]} features")
     std = preprocessing.fit_standardizer(x, y, whiten=whiten)
-    xs = preprocessing._transform_features(std, x)
-    ys = preprocessing._transform_target(std, y)
-    _validate.scales(xs, ys, power=3)
-    sigma = initial_noise_std(ys, nonlinearity) if learn else noise_std / std.y_scale
+    rows = sums.bucket_size(x.shape[0])
+    xs, ys, z, weights, sigma0, top = _prepare(std, x, y, rows, nonlinearity)
+    if float(top) > _validate.scale_limit(x.shape[0], xs.dtype, power=3):
+        _validate.scales(xs[:x.shape[0]], ys[:x.shape[0]], power=3)  # raises, naming x or y
+    sigma = sigma0 if learn else noise_std / std.y_scale
     _validate.noise_scale(sigma, xs.dtype, estimated=learn)
 
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
@@ -226,12 +256,12 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
     est = recover_experts(key_tensor, xs, ys, num_experts=num_experts, nonlinearity=nonlinearity,
                           noise_std=jnp.sqrt(jnp.mean(jnp.square(sigma))),
-                          num_restarts=num_restarts)
+                          num_restarts=num_restarts, weights=weights)
     experts = est.experts
     progress(f"gating EM: {num_gating_inits} starts, at most {num_em_iters} iterations")
     w, info = gating.fit_gating(key_gating, xs, ys, experts, noise_std=sigma,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
-                                num_iters=num_em_iters, learn_noise_std=learn)
+                                num_iters=num_em_iters, learn_noise_std=learn, weights=weights)
     pad = jnp.zeros((num_experts, 1), xs.dtype)
     sigma = info.noise_std
     if learn and per_expert_noise:
@@ -241,13 +271,12 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     if refine_iters:
         progress(f"joint-EM refinement: the moment start and {num_random_starts} random "
                  f"starts, at most {refine_iters} iterations each")
-        z = design_matrix(std, x)
         randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, sigma, z.dtype))(
             jax.random.split(key_starts, num_random_starts))
         starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), params,
                                         randoms)
         params, report, finite = _refine_starts(starts, z, ys, nonlinearity, refine_iters,
-                                                jnp.asarray(tol, z.dtype), learn)
+                                                jnp.asarray(tol, z.dtype), learn, weights)
         _validate.finite_result(finite, z, ys, what="fit's refinement")
     return FittedMoE(params, std, nonlinearity, feature_names,
                      None if target_name is None else str(target_name), report)

@@ -17,7 +17,7 @@ import jax.scipy as jsp
 
 from moejax import _validate, solver
 from moejax.model import expert_noise
-from moejax.sums import Layout, layout_of, row_sum
+from moejax.sums import Layout, layout_of, row_count, row_sum
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 
 
@@ -117,18 +117,20 @@ def gram_solver(gram: jax.Array):
     return lambda v: jsp.linalg.cho_solve((chol, True), v)
 
 
-def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int = 30):
+def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int = 30,
+                 weights=None):
     """v -> C^(-1) v with C = X^T X / n (`gram_solver`, n d^2 work), or, matrix free,
     v -> v / L with L = 1.1 lambda_max(C), lambda_max by power iteration (num_iters
     passes of n d work). L I >= C keeps the Bohning step monotone; the 10% margin covers the
     power iteration's shortfall below lambda_max, which is largest when C's top eigenvalues
     are close (as for whitened data) and then the shortfall is small."""
     if not matrix_free:
-        return gram_solver(gram_matrix(x, layout))
-    n, d = x.shape
+        return gram_solver(gram_matrix(x, layout, weights))
+    n, d = x.shape[0], x.shape[1]
+    n = row_count(n, weights)
 
     def product(v):
-        return row_sum(lambda xb, w: xb.T @ (w * (xb @ v)), (x,), layout) / n
+        return row_sum(lambda xb, w: xb.T @ (w * (xb @ v)), (x,), layout, weights) / n
 
     def power_step(_, v):
         u = product(v)
@@ -139,13 +141,16 @@ def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int
     return lambda v: v / bound
 
 
-def m_step(gating: jax.Array, gate, resp, x: jax.Array, solve) -> jax.Array:
+def m_step(gating: jax.Array, gate, resp, x: jax.Array, solve, weights=None) -> jax.Array:
     """One Bohning ascent step on sum_n sum_i q_ni log softmax(W x_n)_i: the new gating (k, d).
 
     gate, resp: k arrays (n,) each, p_ni and q_ni from the E-step; solve: v -> C^(-1) v for
-    C = X^T X / n (`gram_solver`).
+    C = X^T X / n (`gram_solver`); weights: None or (n,) row weights (C weighted alike).
     """
-    grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / x.shape[0]
+    diff = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])])
+    if weights is not None:
+        diff = diff * weights
+    grad = diff @ x / row_count(x.shape[0], weights)
     return bohning_step(gating, grad, solve)
 
 
@@ -187,12 +192,13 @@ def _log_densities(sq_resid, noise_std):
     return -0.5 * sq_resid / jnp.square(sigma) - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
 
 
-def gram_matrix(x: jax.Array, layout: Layout = Layout()) -> jax.Array:
-    """C = X^T X / n: (d, d)."""
-    return row_sum(lambda xb, w: xb.T @ (w[:, None] * xb), (x,), layout) / x.shape[0]
+def gram_matrix(x: jax.Array, layout: Layout = Layout(), weights=None) -> jax.Array:
+    """C = X^T X / n: (d, d) (with row weights: sum_n w_n x_n x_n^T / sum_n w_n)."""
+    return (row_sum(lambda xb, w: xb.T @ (w[:, None] * xb), (x,), layout, weights)
+            / row_count(x.shape[0], weights))
 
 
-def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout):
+def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout, weights=None):
     """For each of m gatings (m, k, d) and sigmas (m,) or (m, k): sums over rows of (q - p) x
     for the k - 1 free rows (m, k - 1, d), of log p(y | x) (m,), and of q_i r_i^2 and of q_i
     for each expert (m, k) each.
@@ -203,10 +209,10 @@ def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout):
     """
     g = get_nonlinearity(nonlinearity)
     m, k, d = gatings.shape
-    weights = jnp.concatenate([gatings[:, :-1].reshape(m * (k - 1), d), experts])
+    stacked = jnp.concatenate([gatings[:, :-1].reshape(m * (k - 1), d), experts])
 
     def block(xb, yb, w):
-        proj = weights @ xb.T  # (m (k - 1) + k, rows); the last gating row is 0
+        proj = stacked @ xb.T  # (m (k - 1) + k, rows); the last gating row is 0
         sq_resid = jnp.square(yb - g(proj[m * (k - 1):]))
         zero = jnp.zeros_like(yb)
         diffs, log_liks, sqs, counts = [], [], [], []
@@ -224,7 +230,15 @@ def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout):
         grad = (jnp.stack(diffs) @ xb).reshape(m, k - 1, d)
         return grad, jnp.stack(log_liks), jnp.stack(sqs), jnp.stack(counts)
 
-    return row_sum(block, (x, y), layout)
+    return row_sum(block, (x, y), layout, weights)
+
+
+def _std(y, weights=None):
+    """The standard deviation of y, or its weighted one."""
+    if weights is None:
+        return jnp.std(y)
+    mean = jnp.sum(weights * y) / jnp.sum(weights)
+    return jnp.sqrt(jnp.sum(weights * jnp.square(y - mean)) / jnp.sum(weights))
 
 
 # Screening: every start runs this many iterations in the fused pass, then only the best goes
@@ -237,13 +251,14 @@ SCREEN_ITERS = 3
                                              "accelerate", "screen_iters"))
 def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iters, init_scale,
                 learn_noise_std=False, layout=Layout(), matrix_free=False, tol=1e-6,
-                accelerate=True, screen_iters=SCREEN_ITERS):
-    n, d = x.shape
+                accelerate=True, screen_iters=SCREEN_ITERS, weights=None):
+    d = x.shape[1]
+    n = row_count(x.shape[0], weights)
     k = experts.shape[0]
-    solve = _gram_solver(x, layout, matrix_free)
+    solve = _gram_solver(x, layout, matrix_free, weights=weights)
     sums = functools.partial(_em_sums, x=x, y=y, experts=experts, nonlinearity=nonlinearity,
-                             layout=layout)
-    floor = NOISE_FLOOR * jnp.std(y)
+                             layout=layout, weights=weights)
+    floor = NOISE_FLOOR * _std(y, weights)
     update = jax.vmap(noise_std_update, in_axes=(0, 0, 0, None))
 
     def em_map(theta):
@@ -279,7 +294,8 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
                noise_std, nonlinearity: Nonlinearity = "linear", num_inits: int = 1,
                num_iters: int = 50, tol: float = 1e-6, init_scale: float = 1.0,
                learn_noise_std: bool = False, chunk_size: int | None = None,
-               matrix_free: bool = False, accelerate: bool = True) -> tuple[jax.Array, GatingInfo]:
+               matrix_free: bool = False, accelerate: bool = True,
+               weights=None) -> tuple[jax.Array, GatingInfo]:
     """Maximum-likelihood gating W for fixed experts by accelerated EM from random starts.
 
     Each start W has N(0, init_scale^2 / d) entries (last row 0). With num_inits > 1, all
@@ -315,6 +331,8 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
       num_iters: cap on iterations (screening included).
       tol: relative tolerance on the rise of L per iteration.
       accelerate: SQUAREM (True) or plain EM (False).
+      weights: None, or (n,) row weights >= 0: the weighted likelihood
+        sum_n w_n log p(y_n | x_n) / sum_n w_n is maximised (weight-0 rows are ignored).
 
     Returns:
       (gating (k, d) with last row 0, GatingInfo). When the inputs are concrete, a run that
@@ -332,9 +350,11 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
     num_iters = _validate.count(num_iters, "num_iters")
     noise_std = _validate.noise_levels(noise_std, experts.shape[0])
     _validate.positive(tol, "tol")
+    weights = _validate.row_weights(weights, x.shape[0])
     layout = layout_of(x, chunk_size)
     w, info = _fit_gating(key, x, y, experts.astype(x.dtype), noise_std.astype(x.dtype),
                           nonlinearity, num_inits, num_iters, init_scale, learn_noise_std,
-                          layout, matrix_free, tol, accelerate)
+                          layout, matrix_free, tol, accelerate, SCREEN_ITERS,
+                          None if weights is None else weights.astype(x.dtype))
     _validate.finite_result(info.finite, x, y, noise_std=None if learn_noise_std else noise_std)
     return w, info

@@ -123,5 +123,10 @@ def predict(params: MoEParams, x: jax.Array, nonlinearity: Nonlinearity = "linea
     """E[y | x] = sum_i softmax(W x)_i g(a_i . x): (n,) for x: (n, d)."""
     params = _validate.params(params)
     x = _validate.features(x, dim=params.experts.shape[1])
+    return _predict(params, x, nonlinearity)
+
+
+def _predict(params: MoEParams, x, nonlinearity) -> jax.Array:
+    """`predict` without input checks, for use inside jitted code."""
     gate = jax.nn.softmax(x @ params.gating.T, axis=-1)
     return jnp.sum(gate * expert_outputs(params.experts, x, nonlinearity), axis=-1)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.nonlinearities import TransformConstants
-from moejax.sums import Layout, row_sum
+from moejax.sums import Layout, row_count, row_sum
 
 
 class Whitening(NamedTuple):
@@ -50,35 +50,38 @@ def _identity(t):
 
 
 def second_moment(x: jax.Array, y: jax.Array, transform: Callable = _identity,
-                  layout: Layout = Layout()) -> jax.Array:
+                  layout: Layout = Layout(), weights: jax.Array | None = None) -> jax.Array:
     """M2 = (1/n) sum_n t_n (x_n x_n^T - I) with t = transform(y): (d, d).
 
     x: (n, d); y: (n,). With the default identity transform, y holds the weights t itself.
+    weights: None, or (n,) row weights (n becomes their sum; see `sums.row_sum`).
     Costs n d^2 multiply-adds (about 13 passes over x at d = 100 on a 2-core CPU).
     """
-    n, d = x.shape
+    d = x.shape[1]
+    n = row_count(x.shape[0], weights)
 
     def block(xb, yb, w):
         t = transform(yb) * w
         return xb.T @ (t[:, None] * xb), jnp.sum(t)
 
-    outer, total = row_sum(block, (x, y), layout)
+    outer, total = row_sum(block, (x, y), layout, weights)
     return outer / n - (total / n) * jnp.eye(d, dtype=x.dtype)
 
 
 def second_moment_product(x: jax.Array, y: jax.Array, v: jax.Array,
-                          transform: Callable = _identity, layout: Layout = Layout()) -> jax.Array:
+                          transform: Callable = _identity, layout: Layout = Layout(),
+                          weights: jax.Array | None = None) -> jax.Array:
     """M2 @ v without forming M2: (1/n) sum_n t_n x_n (x_n . v) - mean(t) v, v: (d, m).
 
     Costs 2 n d m multiply-adds; in the chunked layout each block of x is read once.
     """
-    n = x.shape[0]
+    n = row_count(x.shape[0], weights)
 
     def block(xb, yb, w):
         t = transform(yb) * w
         return xb.T @ (t[:, None] * (xb @ v)), jnp.sum(t)
 
-    product, total = row_sum(block, (x, y), layout)
+    product, total = row_sum(block, (x, y), layout, weights)
     return product / n - (total / n) * v
 
 
@@ -121,7 +124,8 @@ def implicit_whitening(key: jax.Array, product: Callable[[jax.Array], jax.Array]
 
 def whitened_third_moment(x: jax.Array, y: jax.Array, wh: jax.Array,
                           transform: Callable = _identity,
-                          layout: Layout = Layout()) -> jax.Array:
+                          layout: Layout = Layout(),
+                          weights: jax.Array | None = None) -> jax.Array:
     """M3(Wh, Wh, Wh) = E[t S3(x)] contracted with Wh on every mode, t = transform(y): (k, k, k).
 
     Computed from the projections xw = x @ Wh, (rows, k) per block, never from a (d, d, d)
@@ -131,14 +135,14 @@ def whitened_third_moment(x: jax.Array, y: jax.Array, wh: jax.Array,
         m = (1/n) sum_n t_n xw_n,   B = Wh^T Wh,
         sym(m (x) B)_ijl = m_i B_jl + m_j B_il + m_l B_ij     (docs/algorithm.md section 3, step 3).
     """
-    n = x.shape[0]
+    n = row_count(x.shape[0], weights)
 
     def block(xb, yb, w):
         xw = xb @ wh
         weighted = (transform(yb) * w)[:, None] * xw
         return jnp.einsum("ni,nj,nl->ijl", weighted, xw, xw), jnp.sum(weighted, axis=0)
 
-    cube, m = row_sum(block, (x, y), layout)
+    cube, m = row_sum(block, (x, y), layout, weights)
     cube, m = cube / n, m / n
     b = wh.T @ wh
     sym = (jnp.einsum("i,jl->ijl", m, b) + jnp.einsum("j,il->ijl", m, b)

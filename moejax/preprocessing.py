@@ -41,39 +41,47 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
     x, y = _validate.data(x, y)
     if x.shape[0] < 2:
         raise ValueError(f"x needs at least 2 rows to standardise, got {x.shape[0]}.")
+    dtype = x.dtype
+    # On the host in float64: a few passes over a table, with no compilation per table shape
+    # (eager JAX would compile each operation anew for every row count).
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     # Statistics of each column divided by its largest magnitude, scaled back: data in very
     # small or very large units neither underflow nor overflow the variance.
-    x_top = jnp.max(jnp.abs(x), axis=0)
-    x_unit = jnp.where(x_top > 0, x_top, 1.0)
-    x_mean = jnp.mean(x / x_unit, axis=0) * x_unit
+    x_top = np.max(np.abs(x), axis=0)
+    x_unit = np.where(x_top > 0, x_top, 1.0)
+    x_mean = np.mean(x / x_unit, axis=0) * x_unit
     xc = x - x_mean
-    sd = jnp.std(xc / x_unit, axis=0) * x_unit
-    same = np.asarray(jnp.all(x == x[:1], axis=0))
-    constant = np.flatnonzero(same | (np.asarray(sd) <= rcond * np.asarray(x_unit)))
+    sd = np.std(xc / x_unit, axis=0) * x_unit
+    same = np.all(x == x[:1], axis=0)
+    # The float type the model computes in must resolve each column's spread too.
+    resolution = np.finfo(dtype).eps if np.finfo(dtype).bits < 64 else 0.0
+    constant = np.flatnonzero(same | (sd <= max(rcond, resolution) * x_unit))
     if constant.size:
         raise ValueError(f"x has constant column(s) {constant.tolist()}: they carry no "
                          "information and cannot be standardised; drop them.")
     if whiten:
         # Scale first so that the eigenvalue test is about correlation, not units.
         corr = (xc / sd).T @ (xc / sd) / x.shape[0]
-        eigvals, eigvecs = jnp.linalg.eigh(corr)
-        if float(eigvals[0]) <= rcond * float(eigvals[-1]):
+        eigvals, eigvecs = np.linalg.eigh(corr)
+        if eigvals[0] <= rcond * eigvals[-1]:
             raise ValueError(
                 "x's columns are collinear (the feature covariance is singular: smallest "
-                f"eigenvalue {float(eigvals[0]):.3g} of the correlation matrix); drop redundant "
+                f"eigenvalue {eigvals[0]:.3g} of the correlation matrix); drop redundant "
                 "columns or use whiten=False.")
-        x_map = (eigvecs / jnp.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
+        x_map = (eigvecs / np.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
     else:
-        x_map = jnp.diag(1.0 / sd)
-    if bool(jnp.all(y == y[0])):
-        raise ValueError(f"y is constant (every entry is {float(y[0]):.6g}): there is nothing "
+        x_map = np.diag(1.0 / sd)
+    if np.all(y == y[0]):
+        raise ValueError(f"y is constant (every entry is {y[0]:.6g}): there is nothing "
                          "to fit.")
-    y_unit = jnp.max(jnp.abs(y))
-    y_mean = jnp.mean(y / y_unit) * y_unit
-    y_scale = jnp.std((y - y_mean) / y_unit) * y_unit
-    if not float(y_scale) > 0 or not np.isfinite(float(y_scale)):
-        raise ValueError(f"y's spread (max |y| = {float(y_unit):.3g}) is below what {y.dtype} "
+    y_unit = np.max(np.abs(y))
+    y_mean = np.mean(y / y_unit) * y_unit
+    y_scale = np.std((y - y_mean) / y_unit) * y_unit
+    if not y_scale > max(resolution * y_unit, 0.0) or not np.isfinite(y_scale):
+        raise ValueError(f"y's spread (max |y| = {y_unit:.3g}) is below what {dtype} "
                          "resolves: rescale y or use float64.")
+    x_mean, x_map, y_mean, y_scale = (jnp.asarray(v, dtype) for v in (x_mean, x_map, y_mean,
+                                                                         y_scale))
     return Standardizer(x_mean, x_map, y_mean, y_scale)
 
 

@@ -31,19 +31,20 @@ class ExpertEstimate(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("num_experts", "nonlinearity", "num_restarts",
                                              "num_iters", "subspace_iters", "layout"))
 def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts, num_iters,
-                     subspace_iters=None, layout=Layout()):
+                     subspace_iters=None, layout=Layout(), weights=None):
     n, d = x.shape
     consts = transform_constants(nonlinearity, noise_std)
     t2, t3 = moments.t2_transform(consts), moments.t3_transform(consts)
     sign2 = jnp.sign(consts.c2)
     if subspace_iters is None:
-        m2 = sign2 * moments.second_moment(x, y, t2, layout)
+        m2 = sign2 * moments.second_moment(x, y, t2, layout, weights)
         white = moments.whitening(m2, num_experts)
     else:
-        product = lambda v: sign2 * moments.second_moment_product(x, y, v, t2, layout)
+        product = lambda v: sign2 * moments.second_moment_product(x, y, v, t2, layout, weights)
         white = moments.implicit_whitening(jax.random.fold_in(key, 1), product, d, num_experts,
                                            num_iters=subspace_iters, dtype=x.dtype)
-    t = jnp.sign(consts.c3) * moments.whitened_third_moment(x, y, white.matrix, t3, layout)
+    t = jnp.sign(consts.c3) * moments.whitened_third_moment(x, y, white.matrix, t3, layout,
+                                                            weights)
     lam, v = tensor.decompose(key, t, num_experts, num_restarts=num_restarts,
                               num_iters=num_iters)
     c2, c3 = jnp.abs(consts.c2), jnp.abs(consts.c3)
@@ -63,14 +64,16 @@ def _check_subspace_iters(subspace_iters):
 def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
                     nonlinearity: Nonlinearity = "linear", noise_std, num_restarts: int = 10,
                     num_power_iters: int = 100, subspace_iters: int | None = None,
-                    chunk_size: int | None = None) -> ExpertEstimate:
+                    chunk_size: int | None = None, weights=None) -> ExpertEstimate:
     """The moment stage alone: experts and mixing weights from E[T2(y) S2(x)], E[T3(y) S3(x)].
 
     x: (n, d) with x ~ N(0, I_d); y: (n,). Never forms a (d, d, d) tensor: the third moment is
     taken on the whitened projection x @ Wh. With subspace_iters=None, M2 is formed (n d^2
     work) and fully eigendecomposed; with an integer q, its top-k eigenspace comes from q + 1
     implicit products M2 @ V (randomised subspace iteration, n d (k + 5) work each), M2 never
-    formed: the choice for large d. chunk_size and sharded inputs: see `recover`.
+    formed: the choice for large d. chunk_size and sharded inputs: see `recover`. weights:
+    None, or (n,) row weights >= 0: every mean over rows becomes a weighted one (`fit` pads
+    tables to a bucketed row count with weight-0 rows, so that one program serves them all).
     """
     x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
     _validate.scales(x, y, power=3)
@@ -78,9 +81,11 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     _check_subspace_iters(subspace_iters)
     num_restarts = _validate.count(num_restarts, "num_restarts")
     num_power_iters = _validate.count(num_power_iters, "num_power_iters")
+    weights = _validate.row_weights(weights, x.shape[0])
     layout = layout_of(x, chunk_size)
     return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts,
-                            num_power_iters, subspace_iters, layout)
+                            num_power_iters, subspace_iters, layout,
+                            None if weights is None else weights.astype(x.dtype))
 
 
 def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
@@ -92,7 +97,11 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
     the gating EM, which re-estimates sigma by maximum likelihood. Floored at 0.1 sd(y) for
     data that break the assumptions (negative estimate). y: (n,). Returns a scalar.
     """
-    y = _validate.vector(y, "y")
+    return _initial_noise_std(_validate.vector(y, "y"), nonlinearity)
+
+
+def _initial_noise_std(y, nonlinearity):
+    """`initial_noise_std` without input checks."""
     second = jnp.mean(jnp.square(y))
     floor = 0.01 * jnp.var(y)
     return jnp.sqrt(jnp.maximum(second - output_second_moment(nonlinearity), floor))

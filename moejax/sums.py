@@ -41,16 +41,18 @@ class Layout(NamedTuple):
     axis: str | None = None
 
 
-def _chunked(fn, arrays, chunk_size):
+def _chunked(fn, arrays, chunk_size, weights=None):
     n = arrays[0].shape[0]
     if chunk_size is None or chunk_size >= n:
-        return fn(*arrays, jnp.ones((n,), arrays[0].dtype))
+        return fn(*arrays, jnp.ones((n,), arrays[0].dtype) if weights is None else weights)
     num_blocks = -(-n // chunk_size)
 
     def block(i):
         start = jnp.minimum(i * chunk_size, n - chunk_size)
         rows = [jax.lax.dynamic_slice_in_dim(a, start, chunk_size) for a in arrays]
         weight = (start + jnp.arange(chunk_size) >= i * chunk_size).astype(arrays[0].dtype)
+        if weights is not None:
+            weight = weight * jax.lax.dynamic_slice_in_dim(weights, start, chunk_size)
         return fn(*rows, weight)
 
     def body(total, i):
@@ -61,24 +63,54 @@ def _chunked(fn, arrays, chunk_size):
     return total
 
 
-def row_sum(fn: Callable[..., Any], arrays: tuple, layout: Layout = Layout()) -> Any:
+def row_sum(fn: Callable[..., Any], arrays: tuple, layout: Layout = Layout(),
+            weights: jax.Array | None = None) -> Any:
     """sum over rows r of fn(arrays[r], weight[r]), as fn sees it on blocks of rows.
 
     fn(*blocks, weight) -> pytree: `blocks` are the arrays' rows of one block (same leading
-    size c), `weight` (c,) is 1 for rows to count and 0 for rows to ignore; fn must return sums
-    over the block's rows with every row's term multiplied by its weight. arrays: tuple of
-    arrays with the same leading dimension n. fn may close over small replicated arrays.
+    size c), `weight` (c,) is the row's weight (`weights`, or 1) for rows to count and 0 for
+    rows to ignore; fn must return sums over the block's rows with every row's term multiplied
+    by its weight. arrays: tuple of arrays with the same leading dimension n; weights: None or
+    (n,), e.g. 0 on rows that only pad the data to a fixed shape (`pad_rows`). fn may close
+    over small replicated arrays.
     """
     if layout.mesh is None:
-        return _chunked(fn, arrays, layout.chunk_size)
+        return _chunked(fn, arrays, layout.chunk_size, weights)
     rows = PartitionSpec(layout.axis)
+    if weights is not None:
+        arrays = (*arrays, weights)
 
     def local(*blocks):
-        partial = _chunked(fn, blocks, layout.chunk_size)
+        if weights is not None:
+            blocks, w = blocks[:-1], blocks[-1]
+        partial = _chunked(fn, blocks, layout.chunk_size, None if weights is None else w)
         return jax.tree_util.tree_map(lambda v: jax.lax.psum(v, layout.axis), partial)
 
     return _shard_map(local, mesh=layout.mesh, in_specs=tuple(rows for _ in arrays),
                       out_specs=PartitionSpec())(*arrays)
+
+
+def row_count(n: int, weights: jax.Array | None) -> jax.Array | int:
+    """The number of rows the sums count: n, or the sum of the weights."""
+    return n if weights is None else jnp.sum(weights)
+
+
+def bucket_size(n: int) -> int:
+    """The padded row count for n rows: the smallest multiple of 8 that is at least n and of
+    the form m 2^e with m in 5..8 (at most 25% padding, or 7 rows). Tables whose row counts fall
+    in one bucket share one compiled program."""
+    e = max(int(n - 1).bit_length() - 3, 0)
+    m = -(-n // (1 << e))
+    return max(-(-(m << e) // 8) * 8, 8)
+
+
+def pad_rows(n_to: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """The arrays with zero rows appended up to n_to rows, and the (n_to,) weights: 1 on the
+    original rows, 0 on the padding."""
+    n = arrays[0].shape[0]
+    padded = tuple(jnp.pad(a, [(0, n_to - n)] + [(0, 0)] * (a.ndim - 1)) for a in arrays)
+    weights = (jnp.arange(n_to) < n).astype(arrays[0].dtype)
+    return (*padded, weights)
 
 
 def layout_of(x, chunk_size: int | None = None) -> Layout:

@@ -103,3 +103,20 @@ def test_fit_works_in_tiny_and_huge_units():
     for unit in (1e-20, 1e15):
         scaled = mj.fit(jax.random.key(0), x, y * unit, **kw).predict(x[:100])
         np.testing.assert_allclose(np.asarray(scaled) / unit, plain, rtol=2e-3, atol=2e-3)
+
+
+def test_a_new_row_count_in_the_same_bucket_does_not_recompile():
+    # 700 and 650 rows share the bucket of 768 rows: the second fit reuses the compiled moment
+    # stage, gating EM and refinement.
+    import importlib
+    estimator, gating, recover = (importlib.import_module(f"moejax.{m}")
+                                  for m in ("estimator", "gating", "recover"))
+    _, x, y = _affine(4, 700)
+    programs = (recover._recover_experts, gating._fit_gating, estimator._refine_starts)
+    kw = dict(num_experts=2, refine_iters=20, num_random_starts=2)
+    first = mj.fit(jax.random.key(0), x, y, **kw)
+    sizes = [f._cache_size() for f in programs]
+    second = mj.fit(jax.random.key(0), x[:650], y[:650], **kw)
+    assert [f._cache_size() for f in programs] == sizes
+    assert np.isfinite(float(second.log_likelihood(x[:650], y[:650])))
+    assert first.params.experts.shape == second.params.experts.shape
