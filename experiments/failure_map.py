@@ -1,0 +1,294 @@
+r"""The gridlock, mapped: where random-start joint EM gets stuck, and whether the moment start
+(the consistent method) frees it.
+
+    python -m experiments.failure_map            # the default cells, about 30 min on 2 cores
+    python -m experiments.failure_map --full     # more cells and seeds (hours on a CPU)
+
+A run is **stuck** when its converged mean log-likelihood is below the oracle's, joint EM
+started at the true parameters, by more than --stuck_tol per row (the table reports 1e-4,
+1e-3 and 1e-2 too); the oracle's expert error is the statistical floor. Every method runs to
+the same tolerance (--tol on the likelihood's rise per iteration, cap --max_iters) and learns
+sigma. Methods, per seed:
+  random_1 / random_5 / random_R: joint EM from 1, 5, R random starts (`joint_em`), the best
+      by likelihood (the first 1 and 5 of the same R starts);
+  gd_1:     joint gradient ascent (Adam, `joint_gd`) from one random start;
+  moments:  the moment stage + gating EM (`recover_experts`, `fit_gating`);
+  refine:   `refine` from the moment start;
+  refine+4: the best of `refine` and the first 4 random starts.
+Compute is counted in passes over the data (EM map or gradient evaluations, all restarts
+included; the moment stage counts 2).
+
+Cells vary one axis at a time around a base cell (experts with pairwise cosine c through a
+shared direction, gating rows of norm `gating_norm`, orthogonal to the experts or not). The
+run is resumable: cells already in --output_dir's failure_map.csv are skipped (--resume).
+Writes failure_map.{csv,json} and failure_map.png (stuck rates per cell and method).
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import moejax as mj
+
+_FULL = flags.DEFINE_bool("full", False, "The full grid and seed count (hours on a CPU).")
+_SEEDS = flags.DEFINE_integer("num_seeds", None, "Seeds per cell (default 20; 30 with --full).")
+_STARTS = flags.DEFINE_integer("num_starts", 20, "Random starts R per seed.")
+_TOL = flags.DEFINE_float("tol", 1e-7, "Stopping tolerance of every method.")
+_ITERS = flags.DEFINE_integer("max_iters", 2000, "Cap on iterations (GD: 5x as many steps).")
+_STUCK = flags.DEFINE_float("stuck_tol", 1e-3, "Per-row likelihood shortfall that counts as stuck.")
+_CELLS = flags.DEFINE_list("cells", None, "Only these cell names (see --helpfull output).")
+_RESUME = flags.DEFINE_bool("resume", True, "Skip cells already in the CSV.")
+_OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
+
+METHODS = ("oracle", "random_1", "random_5", "random_R", "gd_1", "moments", "refine",
+           "refine+4")
+TOLS = (1e-4, 1e-3, 1e-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    k: int = 6
+    c: float = 0.5
+    sigma: float = 0.3
+    gating_norm: float = 2.0
+    nonlinearity: str = "linear"
+    n: int = 10_000
+    orthogonal: bool = True
+    extra_dims: int = 4
+
+    @property
+    def d(self) -> int:
+        return self.k + self.extra_dims
+
+    @property
+    def name(self) -> str:
+        return (f"k{self.k}_d{self.d}_c{self.c}_s{self.sigma}_w{self.gating_norm}_"
+                f"{self.nonlinearity}_n{self.n}" + ("" if self.orthogonal else "_nonorth"))
+
+
+def cells(full: bool) -> list[Cell]:
+    """The base cell and one-axis variations around it."""
+    base = Cell()
+    axes = dict(k=[3, 10], c=[0.0, 0.8], sigma=[0.1, 1.0], gating_norm=[1.0, 4.0],
+                nonlinearity=["tanh"], n=[30_000], orthogonal=[False])
+    if full:
+        axes = dict(k=[3, 10, 16], c=[0.0, 0.8], sigma=[0.1, 0.5, 1.0],
+                    gating_norm=[1.0, 4.0, 6.0], nonlinearity=["relu", "tanh"],
+                    n=[30_000, 100_000, 1_000_000], orthogonal=[False])
+    out = [base]
+    for axis, values in axes.items():
+        out += [dataclasses.replace(base, **{axis: v}) for v in values]
+    return out
+
+
+def make_truth(key, cell: Cell) -> mj.MoEParams:
+    """Unit-norm experts a_i = sqrt(c) u_0 + sqrt(1 - c) u_i (pairwise cosine c) for
+    orthonormal u_0..u_k, and gating rows of norm gating_norm (last row 0), orthogonal to every
+    expert or drawn freely."""
+    key_u, key_w = jax.random.split(key)
+    q, _ = jnp.linalg.qr(jax.random.normal(key_u, (cell.d, cell.d)))
+    u = q.T
+    experts = jnp.sqrt(cell.c) * u[0] + jnp.sqrt(1 - cell.c) * u[1:cell.k + 1]
+    w = jax.random.normal(key_w, (cell.k - 1, cell.d))
+    if cell.orthogonal:
+        w = w - w @ u[:cell.k + 1].T @ u[:cell.k + 1]  # also drop u_0: span(A) is inside
+    w = cell.gating_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
+    gating = jnp.concatenate([w, jnp.zeros((1, cell.d))])
+    return mj.MoEParams(experts, gating, jnp.asarray(cell.sigma))
+
+
+def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters: int):
+    """Per seed and method: (log-likelihood, expert error, passes, converged), as arrays of
+    shape (num_seeds,) (random starts: (num_seeds, num_starts))."""
+    g = cell.nonlinearity
+
+    @jax.jit
+    def one_seed(key):
+        key_truth, key_data, key_starts, key_gd, key_m1, key_m2 = jax.random.split(key, 6)
+        truth = make_truth(key_truth, cell)
+        x, y = mj.sample(key_data, truth, cell.n, g)
+        ll = lambda p: mj.log_likelihood(p, x, y, g)
+        err = lambda p: p.experts  # the error needs a matching on the host (below)
+        out = {"truth": (truth.experts,)}
+        oracle, info = mj.refine(truth, x, y, nonlinearity=g, num_iters=max_iters, tol=tol,
+                                 learn_noise_std=True)
+        out["oracle"] = (ll(oracle), err(oracle), info.num_passes, info.converged)
+        fits, infos = jax.vmap(lambda k: mj.joint_em(k, x, y, num_experts=cell.k,
+                                                     nonlinearity=g, num_iters=max_iters,
+                                                     tol=tol))(
+            jax.random.split(key_starts, num_starts))
+        out["starts"] = (jax.vmap(ll)(fits), jax.vmap(err)(fits), infos.num_passes,
+                         infos.converged)
+        gd, info = mj.joint_gd(key_gd, x, y, num_experts=cell.k, nonlinearity=g,
+                               num_steps=5 * max_iters, tol=tol, learning_rate=0.01)
+        out["gd_1"] = (ll(gd), err(gd), info.num_passes, info.converged)
+        sigma0 = mj.initial_noise_std(y, g)
+        est = mj.recover_experts(key_m1, x, y, num_experts=cell.k, nonlinearity=g,
+                                 noise_std=sigma0)
+        w, ginfo = mj.fit_gating(key_m2, x, y, est.experts, noise_std=sigma0, nonlinearity=g,
+                                 num_iters=max_iters, tol=tol, learn_noise_std=True)
+        moments = mj.MoEParams(est.experts, w, ginfo.noise_std)
+        out["moments"] = (ll(moments), err(moments), 2 + ginfo.num_passes, ginfo.converged)
+        refined, info = mj.refine(moments, x, y, nonlinearity=g, num_iters=max_iters, tol=tol,
+                                  learn_noise_std=True)
+        out["refine"] = (ll(refined), err(refined), 2 + ginfo.num_passes + info.num_passes,
+                         info.converged)
+        return out
+
+    results = []
+    for s in range(num_seeds):
+        r = jax.device_get(one_seed(jax.random.fold_in(jax.random.key(0), s)))
+        truth = r.pop("truth")[0]
+        for m, (ll, experts, passes, conv) in r.items():
+            error = (np.array([float(mj.expert_error(e, truth)) for e in experts])
+                     if m == "starts" else float(mj.expert_error(experts, truth)))
+            r[m] = (ll, error, passes, conv)
+        results.append(r)
+    return {m: tuple(np.stack([r[m][i] for r in results]) for i in range(4))
+            for m in results[0]}
+
+
+def summarise(cell: Cell, res: dict, num_starts: int) -> list[dict]:
+    """One row per seed and method: likelihood shortfall to the oracle, error, passes."""
+    rows = []
+    oracle_ll, oracle_err = res["oracle"][0], res["oracle"][1]
+    s_ll, s_err, s_passes, s_conv = res["starts"]
+    for seed in range(len(oracle_ll)):
+        def best_of(r):
+            i = int(np.argmax(np.where(np.isfinite(s_ll[seed, :r]), s_ll[seed, :r], -np.inf)))
+            return (s_ll[seed, i], s_err[seed, i], int(np.sum(s_passes[seed, :r])),
+                    bool(np.all(s_conv[seed, :r])))
+
+        per = {"oracle": tuple(v[seed] for v in res["oracle"]),
+               "random_1": best_of(1), "random_5": best_of(min(5, num_starts)),
+               "random_R": best_of(num_starts),
+               "gd_1": tuple(v[seed] for v in res["gd_1"]),
+               "moments": tuple(v[seed] for v in res["moments"]),
+               "refine": tuple(v[seed] for v in res["refine"])}
+        ref, rand4 = per["refine"], best_of(min(4, num_starts))
+        better = rand4 if rand4[0] > ref[0] else ref
+        per["refine+4"] = (better[0], better[1], int(ref[2]) + rand4[2], bool(ref[3] and rand4[3]))
+        for method in METHODS:
+            ll, err, passes, conv = per[method]
+            rows.append(dict(cell=cell.name, k=cell.k, d=cell.d, c=cell.c, sigma=cell.sigma,
+                             gating_norm=cell.gating_norm, nonlinearity=cell.nonlinearity,
+                             n=cell.n, orthogonal=cell.orthogonal, seed=seed, method=method,
+                             shortfall=float(oracle_ll[seed] - ll), expert_error=float(err),
+                             oracle_error=float(oracle_err[seed]), passes=int(passes),
+                             converged=bool(conv)))
+    return rows
+
+
+def table(rows: list[dict], stuck_tol: float) -> tuple[str, list[dict]]:
+    """Per cell and method: stuck rate at stuck_tol (and at TOLS), median error, passes."""
+    summary, lines = [], []
+    header = ("| cell | method | stuck (" + ", ".join(f"{t:g}" for t in TOLS)
+              + ") | median error (oracle) | median passes | converged |")
+    lines += [header, "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["cell"] for r in rows):
+        for method in METHODS[1:]:
+            mine = [r for r in rows if r["cell"] == name and r["method"] == method]
+            short = np.array([r["shortfall"] for r in mine])
+            rates = {t: float(np.mean(short > t)) for t in TOLS + (stuck_tol,)}
+            cell = dict(cell=name, method=method, seeds=len(mine),
+                        stuck=rates[stuck_tol], stuck_by_tol={str(t): rates[t] for t in TOLS},
+                        median_error=float(np.median([r["expert_error"] for r in mine])),
+                        oracle_error=float(np.median([r["oracle_error"] for r in mine])),
+                        median_passes=float(np.median([r["passes"] for r in mine])),
+                        converged=float(np.mean([r["converged"] for r in mine])))
+            summary.append(cell)
+            lines.append(f"| {name} | {method} | " + " / ".join(f"{rates[t]:.2f}" for t in TOLS)
+                         + f" | {cell['median_error']:.3f} ({cell['oracle_error']:.3f}) | "
+                         f"{cell['median_passes']:.0f} | {cell['converged']:.2f} |")
+    return "\n".join(lines), summary
+
+
+def plot(path: str, summary: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(dict.fromkeys(s["cell"] for s in summary))
+    methods = list(METHODS[1:])
+    grid = np.array([[next(s["stuck"] for s in summary if s["cell"] == n and s["method"] == m)
+                      for m in methods] for n in names])
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="Reds", aspect="auto")
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(methods)):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, label="fraction of seeds stuck")
+    ax.set_title("stuck: converged log-likelihood below the oracle's by more than the tolerance",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    num_seeds = _SEEDS.value or (30 if _FULL.value else 20)
+    todo = cells(_FULL.value)
+    if _CELLS.value:
+        known = {c.name: c for c in todo}
+        unknown = set(_CELLS.value) - set(known)
+        if unknown:
+            raise app.UsageError(f"unknown cells {sorted(unknown)}; known: {sorted(known)}")
+        todo = [known[n] for n in _CELLS.value]
+    os.makedirs(_OUT.value, exist_ok=True)
+    base = os.path.join(_OUT.value, "failure_map")
+    rows = []
+    if _RESUME.value and os.path.exists(base + ".csv"):
+        with open(base + ".csv") as f:
+            rows = [dict(r, **{key: type_(r[key]) for key, type_ in _TYPES.items()})
+                    for r in csv.DictReader(f)]
+    done = {r["cell"] for r in rows}
+    start = time.perf_counter()
+    for i, cell in enumerate(todo):
+        if cell.name in done:
+            print(f"[{i + 1}/{len(todo)}] {cell.name}: done before, skipped", flush=True)
+            continue
+        tic = time.perf_counter()
+        res = run_cell(cell, num_seeds, _STARTS.value, _TOL.value, _ITERS.value)
+        rows += summarise(cell, res, _STARTS.value)
+        _write_csv(base + ".csv", rows)  # after every cell: a killed run resumes here
+        stuck = {m: np.mean([r["shortfall"] > _STUCK.value for r in rows
+                             if r["cell"] == cell.name and r["method"] == m])
+                 for m in ("random_1", "random_5", "refine")}
+        print(f"[{i + 1}/{len(todo)}] {cell.name}: stuck " + ", ".join(
+            f"{m} {v:.2f}" for m, v in stuck.items())
+            + f" ({time.perf_counter() - tic:.0f} s, {time.perf_counter() - start:.0f} s in all)",
+            flush=True)
+    text, summary = table(rows, _STUCK.value)
+    with open(base + ".json", "w") as f:
+        json.dump(dict(num_seeds=num_seeds, num_starts=_STARTS.value, tol=_TOL.value,
+                       max_iters=_ITERS.value, stuck_tol=_STUCK.value, full=_FULL.value,
+                       device=str(jax.devices()[0].device_kind), summary=summary), f, indent=1)
+    plot(base + ".png", summary)
+    print(text)
+    print(f"wrote {base}.csv, .json, .png")
+
+
+_TYPES = dict(k=int, d=int, c=float, sigma=float, gating_norm=float, n=int,
+              orthogonal=lambda v: v == "True", seed=int, shortfall=float, expert_error=float,
+              oracle_error=float, passes=int, converged=lambda v: v == "True")
+
+
+def _write_csv(path, rows):
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    app.run(main)
