@@ -170,3 +170,22 @@ def test_flexmix_parameters_are_scored_as_the_same_model():
     out = subprocess.run([sys.executable, "-c", _SCORES], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0 and "SCORES OK" in out.stdout, out.stderr
+
+
+def test_failure_map_runs_and_resumes(tmp_path):
+    args = ("experiments.failure_map", "--num_seeds=1", "--num_starts=2", "--max_iters=10",
+            "--cells=k4_d12_c0.5_s0.3_w2.0_linear_n10000", f"--output_dir={tmp_path}")
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    rows = read_csv(tmp_path / "failure_map.csv")
+    assert len(rows) == 8  # one seed, every method
+    oracle = next(r for r in rows if r["method"] == "oracle")
+    assert float(oracle["shortfall"]) == 0.0
+    assert all(float(r["expert_error"]) >= 0 and int(r["passes"]) >= 1 for r in rows)
+    summary = json.loads((tmp_path / "failure_map.json").read_text())["summary"]
+    assert {s["method"] for s in summary} == {"random_1", "random_5", "random_R", "gd_1",
+                                              "moments", "refine", "refine+4"}
+    assert (tmp_path / "failure_map.png").stat().st_size > 1000
+    again = run(*args)  # resumable: the cell is in the CSV already
+    assert again.returncode == 0 and "done before, skipped" in again.stdout
+    assert len(read_csv(tmp_path / "failure_map.csv")) == 8
