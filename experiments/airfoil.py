@@ -99,12 +99,7 @@ def evaluate(method, key, x_tr, y_tr, x_te, y_te, k, g):
     """Test MSE, test NLL per row and training NLL per row in the target's units (dB,
     log-density per dB), and the fit's wall time in seconds."""
     if method == "ols":
-        design = np.c_[x_tr, np.ones(len(x_tr))]
-        coef = np.linalg.lstsq(design, y_tr, rcond=None)[0]
-        var = np.mean(np.square(design @ coef - y_tr))  # the Gaussian MLE of sigma^2
-        resid = np.c_[x_te, np.ones(len(x_te))] @ coef - y_te
-        nll = lambda r: float(0.5 * np.log(2 * np.pi * var) + np.mean(r**2) / (2 * var))
-        return float(np.mean(resid**2)), nll(resid), nll(design @ coef - y_tr), 0.0
+        return (*common.least_squares_scores(x_tr, y_tr, x_te, y_te), 0.0)
     tic = time.perf_counter()
     model = jax.block_until_ready(fit_method(method, key, x_tr, y_tr, k, g))
     seconds = time.perf_counter() - tic

@@ -47,12 +47,6 @@ def load(name):
     return 3 * x + 1, 10 * y + 5
 
 
-def ols_mse(x_tr, y_tr, x_te, y_te):
-    design = np.c_[x_tr, np.ones(len(x_tr))]
-    coef = np.linalg.lstsq(design, y_tr, rcond=None)[0]
-    return float(np.mean(np.square(np.c_[x_te, np.ones(len(x_te))] @ coef - y_te)))
-
-
 def main(argv):
     del argv
     unknown = set(_DATA.value) - set(DATASETS)
@@ -68,7 +62,7 @@ def main(argv):
             perm = np.asarray(jax.random.permutation(key_split, n))
             te, tr = perm[:n // 5], perm[n // 5:]
             rows.append(dict(dataset=name, split=split, method="ols", chosen_k=1,
-                             test_mse=ols_mse(x[tr], y[tr], x[te], y[te])))
+                             test_mse=common.least_squares_scores(x[tr], y[tr], x[te], y[te])[0]))
             for k in ks + ["auto"]:
                 model = mj.fit(key_fit, x[tr], y[tr], num_experts=k, max_experts=_MAX.value)
                 pred = np.asarray(model.predict(x[te]), np.float64)

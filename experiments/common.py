@@ -151,3 +151,14 @@ def plot_grouped_bars(path: str, groups: list[str], series: dict, *, ylabel: str
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
+
+def least_squares_scores(x_tr, y_tr, x_te, y_te):
+    """Least squares with an intercept and the Gaussian MLE of sigma, the floor of every
+    real-data comparison: (test MSE, test NLL per row, train NLL per row), in float64."""
+    design = np.c_[x_tr, np.ones(len(x_tr))]
+    coef = np.linalg.lstsq(design, y_tr, rcond=None)[0]
+    var = np.mean(np.square(design @ coef - y_tr))
+    resid = np.c_[x_te, np.ones(len(x_te))] @ coef - y_te
+    nll = lambda r: float(0.5 * np.log(2 * np.pi * var) + np.mean(r**2) / (2 * var))
+    return float(np.mean(resid**2)), nll(resid), nll(design @ coef - y_tr)

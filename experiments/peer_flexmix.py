@@ -123,17 +123,6 @@ def mixture_scores(fitted, x, y):
     return pred, float(np.mean(logsumexp(log_gate + log_dens, axis=1)))
 
 
-def ols_scores(x_tr, y_tr, x_te, y_te):
-    """Least squares with an intercept and the Gaussian MLE of sigma: (test MSE, test NLL,
-    train NLL)."""
-    design = np.c_[x_tr, np.ones(len(x_tr))]
-    coef = np.linalg.lstsq(design, y_tr, rcond=None)[0]
-    var = np.mean(np.square(design @ coef - y_tr))
-    resid = np.c_[x_te, np.ones(len(x_te))] @ coef - y_te
-    nll = lambda r: float(0.5 * np.log(2 * np.pi * var) + np.mean(r**2) / (2 * var))
-    return float(np.mean(resid**2)), nll(resid), nll(design @ coef - y_tr)
-
-
 def moejax_scores(key, x_tr, y_tr, x_te, y_te, k, per_expert):
     """(test MSE, test NLL, train NLL, seconds, converged) of `mj.fit`."""
     tic = time.perf_counter()
@@ -165,7 +154,7 @@ def main(argv):
             key_split, key_fit = jax.random.split(jax.random.key(split))
             perm = np.asarray(jax.random.permutation(key_split, n))
             te, tr = perm[:n_test], perm[n_test:]
-            mse, nll, train_nll = ols_scores(x[tr], y[tr], x[te], y[te])
+            mse, nll, train_nll = common.least_squares_scores(x[tr], y[tr], x[te], y[te])
             rows.append(dict(split=split, k=1, method="ols", test_mse=mse, test_nll=nll,
                              train_nll=train_nll, seconds=0.0, converged=True, components=1,
                              error="", flexmix_reported_train_nll=None))
