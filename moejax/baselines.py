@@ -169,11 +169,29 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
     (y_n - g(a_i . x_n))^2 / sum_n q_ni (kept above `gating.NOISE_FLOOR` sd(y)).
     With `accelerate`, SQUAREM steps (two EM steps and an extrapolation kept only if it raises
     L); the run stops when L rose by at most tol * (1 + |L|) in an iteration, or after
-    `num_iters` iterations. x: (n, d), y: (n,).
+    `num_iters` iterations.
+
+    Args:
+      params: the start (MoEParams; noise_std one sigma or one per expert).
+      x: (n, d) inputs; y: (n,) responses.
+      nonlinearity: the experts' g.
+      num_iters: cap on iterations; tol: relative tolerance on the rise of L per iteration.
+      learn_noise_std: update sigma (shaped like params.noise_std) in every M-step.
+      accelerate: SQUAREM (True) or plain EM (False).
 
     Returns:
-      (the final parameters, FitInfo). Concrete inputs whose run produced non-finite numbers
-      raise ValueError naming the cause; under jit, `info.finite` says so.
+      (the final parameters, FitInfo).
+
+    Raises:
+      ValueError: for malformed or non-finite inputs, or, on concrete inputs, a run that
+        produced non-finite numbers (named cause); under jit, `info.finite` says so.
+
+    >>> from moejax.model import random_params, sample
+    >>> truth = random_params(jax.random.key(0), 4, 2, noise_std=0.2)
+    >>> x, y = sample(jax.random.key(1), truth, 2000)
+    >>> fitted, info = refine(truth, x, y, num_iters=100)
+    >>> bool(info.converged), bool(info.trace[-1] >= info.trace[0])
+    (True, True)
     """
     params = _validate.params(params)
     x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], nonlinearity, 1.0)
@@ -205,7 +223,25 @@ def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     """Joint EM from the random start `random_init(key, ...)`; see `refine` for the steps and
     the stopping rule.
 
-    noise_std: the known sigma, or None to learn it (starting from `initial_noise_std`).
+    Args:
+      key: PRNG key of the start.
+      x: (n, d) inputs; y: (n,) responses.
+      num_experts: k in [2, d].
+      nonlinearity: the experts' g.
+      noise_std: the known sigma, or None to learn it (starting from `initial_noise_std`).
+      num_iters, tol, accelerate: as in `refine`.
+
+    Returns:
+      (MoEParams, FitInfo).
+
+    Raises:
+      ValueError: as `refine`, and for k outside [2, d] or n <= d.
+
+    >>> from moejax.model import random_params, sample
+    >>> x, y = sample(jax.random.key(1), random_params(jax.random.key(0), 4, 2), 2000)
+    >>> params, info = joint_em(jax.random.key(2), x, y, num_experts=2, num_iters=50)
+    >>> params.experts.shape, int(info.num_iters) <= 50
+    ((2, 4), True)
     """
     learn = noise_std is None
     x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std)
@@ -223,9 +259,28 @@ def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
              learning_rate: float = 0.01, tol: float = 1e-7) -> tuple[MoEParams, FitInfo]:
     """Adam on the negative log-likelihood over (experts, gating) from `random_init(key, ...)`.
 
-    The gating's last row stays 0. noise_std: the known sigma (kept fixed), or None to learn
-    log sigma with the rest (starting from `initial_noise_std`). Stops when L changed by at
-    most tol * (1 + |L|) in a step, or after `num_steps` steps. x: (n, d), y: (n,).
+    The gating's last row stays 0. Stops when L changed by at most tol * (1 + |L|) in a
+    step, or after `num_steps` steps.
+
+    Args:
+      key: PRNG key of the start.
+      x: (n, d) inputs; y: (n,) responses.
+      num_experts: k in [2, d]; nonlinearity: the experts' g.
+      noise_std: the known sigma (kept fixed), or None to learn log sigma with the rest
+        (starting from `initial_noise_std`).
+      num_steps: cap on Adam steps; learning_rate: Adam's; tol: as above.
+
+    Returns:
+      (MoEParams, FitInfo) with num_passes the gradient evaluations.
+
+    Raises:
+      ValueError: as `joint_em`, and for a learning rate that is not positive.
+
+    >>> from moejax.model import random_params, sample
+    >>> x, y = sample(jax.random.key(1), random_params(jax.random.key(0), 4, 2), 2000)
+    >>> params, info = joint_gd(jax.random.key(2), x, y, num_experts=2, num_steps=20)
+    >>> int(info.num_iters) <= 20, bool(info.trace[-1] >= info.trace[0])
+    (True, True)
     """
     learn = noise_std is None
     x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std)

@@ -197,8 +197,36 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     `sums.bucket_size(n)` rows (at most 25% more), so that tables of the same width whose row
     counts share a bucket reuse one compiled program; the weights make the padding exact.
 
-    x: (n, d); y: (n,). `progress`, if given, is called with a short message as each stage
-    starts (the command line prints them). Returns a FittedMoE that predicts in original units.
+    Args:
+      key: PRNG key (the moment stage, the gating EM's and the random starts).
+      x: (n, d) features in any units; y: (n,) target.
+      num_experts: k in [2, d], or "auto".
+      nonlinearity: the experts' g, a name in `moejax.NONLINEARITIES` (so that the model
+        can be saved).
+      noise_std, per_expert_noise: as above.
+      whiten: whiten x (True) or only standardise its columns.
+      refine_iters, tol, num_random_starts: the refinement's cap, tolerance and extra starts.
+      num_restarts, num_gating_inits, num_em_iters: the moment stage's and gating EM's.
+      feature_names, target_name: optional names, kept with the model.
+      max_experts, select_by: for num_experts="auto".
+      progress: if given, called with a short message as each stage starts (the command
+        line prints them).
+
+    Returns:
+      A FittedMoE that predicts in original units.
+
+    Raises:
+      ValueError: for malformed, non-finite or constant data, constant or collinear
+        feature columns (with whiten), k outside [2, d], n <= d, an unknown non-linearity
+        or setting, or a refinement that produced non-finite numbers (named cause).
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 3))
+    >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=500)
+    >>> model = fit(jax.random.key(0), x, y, num_experts=2, refine_iters=200)
+    >>> model.predict(x[:5]).shape, model.noise_std.shape
+    ((5,), (2,))
     """
     progress = progress or (lambda message: None)
     if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:

@@ -29,9 +29,25 @@ def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std=0.1,
                   gating_norm: float = 2.0, orthogonal_gating: bool = True) -> MoEParams:
     """Draws a synthetic ground truth: orthonormal experts and gating rows of norm `gating_norm`.
 
-    With `orthogonal_gating` the gating rows lie in the orthogonal complement of the experts'
-    span (the assumption of the consistency result); this needs dim > num_experts.
-    noise_std: one sigma, or a sequence of num_experts (one per expert).
+    Args:
+      key: PRNG key.
+      dim: d >= 2, the input dimension.
+      num_experts: k in [2, d].
+      noise_std: sigma > 0: one, or a sequence of k (one per expert).
+      gating_norm: the norm of each of the k - 1 free gating rows (the last row is 0).
+      orthogonal_gating: put the gating rows in the orthogonal complement of the experts'
+        span (the assumption of the consistency result; needs d > k).
+
+    Returns:
+      MoEParams with experts (k, d), gating (k, d) and noise_std () or (k,).
+
+    Raises:
+      ValueError: for k outside [2, d], orthogonal gating with d <= k, or a sigma or
+        gating_norm that is not positive.
+
+    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3, noise_std=0.1)
+    >>> p.experts.shape, p.gating.shape, float(p.noise_std)
+    ((3, 5), (3, 5), 0.1...)
     """
     dim = _validate.count(dim, "dim", minimum=2)
     num_experts = _validate.count(num_experts, "num_experts", minimum=2)
@@ -66,7 +82,25 @@ def expert_outputs(experts: jax.Array, x: jax.Array, nonlinearity: Nonlinearity)
 
 def sample(key: jax.Array, params: MoEParams, n: int,
            nonlinearity: Nonlinearity = "linear") -> tuple[jax.Array, jax.Array]:
-    """Draws n samples: x ~ N(0, I_d) of shape (n, d) and y of shape (n,)."""
+    """Draws n samples of the model (docs/algorithm.md section 1).
+
+    Args:
+      key: PRNG key.
+      params: the model; noise_std one sigma or one per expert.
+      n: number of samples.
+      nonlinearity: the experts' g, a name in NONLINEARITIES or an elementwise callable.
+
+    Returns:
+      (x, y): x ~ N(0, I_d) of shape (n, d) and y of shape (n,).
+
+    Raises:
+      ValueError: for malformed params or n < 1.
+
+    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3)
+    >>> x, y = sample(jax.random.key(1), p, 1000, "tanh")
+    >>> x.shape, y.shape
+    ((1000, 5), (1000,))
+    """
     params = _validate.params(params)
     n = _validate.count(n, "n")
     k, d = params.experts.shape
@@ -99,7 +133,21 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,
                    nonlinearity: Nonlinearity = "linear") -> jax.Array:
     """Mean log-likelihood (1/n) sum_n log sum_i softmax(W x_n)_i N(y_n | g(a_i . x_n), sigma_i^2).
 
-    x: (n, d), y: (n,). Returns a scalar (docs/algorithm.md section 4's L).
+    Args:
+      params: the model (one sigma, or one per expert).
+      x: (n, d) inputs; y: (n,) responses.
+      nonlinearity: the experts' g; it must be the one the parameters were fitted with.
+
+    Returns:
+      A scalar: docs/algorithm.md section 4's L.
+
+    Raises:
+      ValueError: for malformed or non-finite params or data, or d not matching.
+
+    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3, noise_std=(0.1, 0.2, 0.3))
+    >>> x, y = sample(jax.random.key(1), p, 1000)
+    >>> bool(log_likelihood(p, x, y) > log_likelihood(p._replace(noise_std=1.0), x, y))
+    True
     """
     params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
@@ -113,14 +161,43 @@ def _mean_log_likelihood(params: MoEParams, x, y, nonlinearity) -> jax.Array:
 
 def posteriors(params: MoEParams, x: jax.Array, y: jax.Array,
                nonlinearity: Nonlinearity = "linear") -> jax.Array:
-    """P(z = i | x, y): (n, k), the E-step responsibilities."""
+    """P(z = i | x, y): the E-step responsibilities.
+
+    Args:
+      params: the model; x: (n, d) inputs; y: (n,) responses; nonlinearity: the experts' g.
+
+    Returns:
+      (n, k), rows summing to 1.
+
+    Raises:
+      ValueError: as `log_likelihood`.
+
+    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3)
+    >>> x, y = sample(jax.random.key(1), p, 10)
+    >>> posteriors(p, x, y).shape
+    (10, 3)
+    """
     params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
     return jax.nn.softmax(_joint_log_probs(params, x, y, nonlinearity), axis=-1)
 
 
 def predict(params: MoEParams, x: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
-    """E[y | x] = sum_i softmax(W x)_i g(a_i . x): (n,) for x: (n, d)."""
+    """E[y | x] = sum_i softmax(W x)_i g(a_i . x).
+
+    Args:
+      params: the model; x: (n, d) inputs; nonlinearity: the experts' g.
+
+    Returns:
+      (n,) predictions.
+
+    Raises:
+      ValueError: for malformed params or x, or d not matching.
+
+    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3)
+    >>> predict(p, jax.numpy.zeros((4, 5)), "relu")  # g(0) = 0 for every expert
+    Array([0., 0., 0., 0.], dtype=float32)
+    """
     params = _validate.params(params)
     x = _validate.features(x, dim=params.experts.shape[1])
     return _predict(params, x, nonlinearity)
