@@ -53,7 +53,20 @@ class TransformConstants(NamedTuple):
 
 
 def get_nonlinearity(nonlinearity: Nonlinearity) -> Callable[[jax.Array], jax.Array]:
-    """Returns the elementwise function for a name in `NONLINEARITIES`, or a callable unchanged."""
+    """The elementwise function g for a name in `NONLINEARITIES`, or a callable unchanged.
+
+    Args:
+      nonlinearity: a name ("linear", "relu", "leaky_relu", "sigmoid", "tanh") or a callable.
+
+    Returns:
+      A function of one array, applied elementwise.
+
+    Raises:
+      ValueError: for any other name or value.
+
+    >>> get_nonlinearity("relu")(jnp.array([-1.0, 2.0]))
+    Array([0., 2.], dtype=float32)
+    """
     if callable(nonlinearity):
         return nonlinearity
     if isinstance(nonlinearity, str) and nonlinearity in _NAMED:
@@ -87,7 +100,20 @@ def _hermite_moments(nonlinearity: Nonlinearity) -> np.ndarray:
 
 def output_second_moment(nonlinearity: Nonlinearity) -> float:
     """E[g(Z)^2] for Z ~ N(0, 1): the noiseless E[y^2] of a model with unit-norm experts and
-    gating independent of a_i . x (by quadrature, as in `transform_constants`)."""
+    gating independent of a_i . x (by quadrature, as in `transform_constants`).
+
+    Args:
+      nonlinearity: g, a name or an elementwise callable.
+
+    Returns:
+      A Python float.
+
+    Raises:
+      ValueError: for an unknown name.
+
+    >>> round(output_second_moment("relu"), 6)  # E[max(Z, 0)^2] = 1/2
+    0.5
+    """
     return float(_hermite_moments(nonlinearity)[1, 0])
 
 
@@ -102,10 +128,21 @@ def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConst
         [a2, a1] solves E[h3 He1] = E[h3 He2] = 0 with h3 = g^3 + 3 s^2 g + a2 (g^2 + s^2) + a1 g
         c3       =  E[h3 He3]
 
+    Args:
+      nonlinearity: g, a name or an elementwise callable.
+      noise_std: sigma > 0 (may be traced).
+
+    Returns:
+      TransformConstants(b, a1, a2, c2, c3).
+
     Raises:
       ValueError: if the system is singular or c2 or c3 vanishes, i.e. the second or third
         moment cannot see the experts for this g (for example an even g such as z**2), or if
         a concrete `noise_std` is not a positive finite number.
+
+    >>> c = transform_constants("linear", 0.1)  # linear g: b = 0, c2 = 2, c3 = 6
+    >>> [round(float(v), 4) for v in (c.b, c.c2, c.c3)]
+    [0.0, 2.0, 6.0]
     """
     name = _name(nonlinearity)
     mom = _hermite_moments(nonlinearity)  # mom[p - 1, m] = E[g^p He_m]

@@ -29,14 +29,28 @@ class Standardizer(NamedTuple):
 
 
 def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Standardizer:
-    """The standardisation of (x: (n, d), y: (n,)).
+    """The standardisation of (x, y), computed on the host in float64.
 
-    whiten=True maps x to mean 0 and identity covariance (the moment method assumes
-    x ~ N(0, I)); whiten=False only centres and scales each column.
+    Args:
+      x: (n, d) features; y: (n,) target.
+      whiten: map x to mean 0 and identity covariance (the moment method assumes
+        x ~ N(0, I)), or (False) only centre and scale each column.
+      rcond: the smallest eigenvalue of the correlation matrix, relative to the largest,
+        that counts as not collinear.
+
+    Returns:
+      Standardizer, in x's float type.
 
     Raises:
       ValueError: for malformed inputs, a constant feature or target, or (whiten=True) features
         whose covariance is singular to `rcond` (collinear columns).
+
+    >>> x = np.array([[1.0, 10.0], [2.0, 30.0], [3.0, 20.0], [4.0, 60.0]])
+    >>> s = fit_standardizer(x, np.array([1.0, 2.0, 3.0, 5.0]))
+    >>> xs = transform_features(s, x)
+    >>> np.round(np.asarray(xs.T @ xs / 4), 5)  # whitened: identity covariance
+    array([[1., 0.],
+           [0., 1.]], dtype=float32)
     """
     x, y = _validate.data(x, y)
     if x.shape[0] < 2:
@@ -86,7 +100,11 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
 
 
 def transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
-    """(x - x_mean) @ x_map: (n, d)."""
+    """(x - x_mean) @ x_map: (n, d) for x: (n, d) (see `fit_standardizer`).
+
+    Raises:
+      ValueError: for malformed or non-finite x, or d not matching.
+    """
     return _transform_features(s, _validate.features(x, dim=s.x_mean.shape[0]))
 
 
@@ -96,7 +114,15 @@ def _transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
 
 
 def transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
-    """(y - y_mean) / y_scale: (n,)."""
+    """(y - y_mean) / y_scale: (n,) for y: (n,).
+
+    Raises:
+      ValueError: for malformed or non-finite y.
+
+    >>> s = fit_standardizer(np.eye(3), np.array([1.0, 2.0, 3.0]), whiten=False)
+    >>> inverse_target(s, transform_target(s, np.array([4.0])))
+    Array([4.], dtype=float32)
+    """
     return _transform_target(s, _validate.vector(y, "y"))
 
 
@@ -106,5 +132,6 @@ def _transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
 
 
 def inverse_target(s: Standardizer, y_std: jax.Array) -> jax.Array:
-    """y_mean + y_scale * y_std: back to original units."""
+    """y_mean + y_scale * y_std: back to original units, any shape (`transform_target`'s
+    inverse)."""
     return s.y_mean + s.y_scale * y_std

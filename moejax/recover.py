@@ -71,9 +71,25 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     taken on the whitened projection x @ Wh. With subspace_iters=None, M2 is formed (n d^2
     work) and fully eigendecomposed; with an integer q, its top-k eigenspace comes from q + 1
     implicit products M2 @ V (randomised subspace iteration, n d (k + 5) work each), M2 never
-    formed: the choice for large d. chunk_size and sharded inputs: see `recover`. weights:
-    None, or (n,) row weights >= 0: every mean over rows becomes a weighted one (`fit` pads
-    tables to a bucketed row count with weight-0 rows, so that one program serves them all).
+    formed: the choice for large d.
+
+    Args:
+      key: PRNG key of the tensor power method's restarts (and the subspace iteration).
+      x: (n, d) inputs with x ~ N(0, I_d); y: (n,) responses.
+      num_experts: k in [2, d]; nonlinearity: the experts' g.
+      noise_std: sigma > 0, the one noise level the label transforms assume.
+      num_restarts, num_power_iters: tensor power method settings.
+      subspace_iters: None, or q for the matrix-free whitening (see above).
+      chunk_size: rows per block of every sum (see `recover`); sharded inputs as there.
+      weights: None, or (n,) row weights >= 0: every mean over rows becomes a weighted one
+        (`fit` pads tables to a bucketed row count with weight-0 rows, so that one program
+        serves them all).
+
+    Returns:
+      ExpertEstimate(experts (k, d) unit-norm, mixing_weights (k,), norms (k,)).
+
+    Raises:
+      ValueError: as `recover`, and for weights of the wrong shape, negative, or summing to 0.
     """
     x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
     _validate.scales(x, y, power=3)
@@ -95,7 +111,20 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
     of every a_i . x, so that each a_i . x given the expert is N(0, 1)). Its variance is large
     when sigma is small (sd of mean(y^2) / (2 sigma)), so `recover` uses it only as the start of
     the gating EM, which re-estimates sigma by maximum likelihood. Floored at 0.1 sd(y) for
-    data that break the assumptions (negative estimate). y: (n,). Returns a scalar.
+    data that break the assumptions (negative estimate).
+
+    Args:
+      y: (n,) responses; nonlinearity: the experts' g.
+
+    Returns:
+      A scalar.
+
+    Raises:
+      ValueError: for malformed or non-finite y, or an unknown nonlinearity.
+
+    >>> y = jnp.sqrt(1.0 + 0.5**2) * jax.random.normal(jax.random.key(0), (100_000,))
+    >>> round(float(initial_noise_std(y)), 1)  # linear g: E[y^2] = 1 + sigma^2
+    0.5
     """
     return _initial_noise_std(_validate.vector(y, "y"), nonlinearity)
 
@@ -155,6 +184,14 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
       ValueError: for malformed or non-finite inputs, k outside [2, d], n <= d, noise_std <= 0,
         an unknown nonlinearity, or one the moments cannot see; constant y; data or sigma at
         a scale whose powers the float type cannot hold.
+
+    >>> from moejax.model import random_params, sample
+    >>> from moejax.metrics import expert_error
+    >>> truth = random_params(jax.random.key(0), dim=6, num_experts=2, noise_std=0.1)
+    >>> x, y = sample(jax.random.key(1), truth, 100_000)
+    >>> est = recover(jax.random.key(2), x, y, num_experts=2, noise_std=0.1)
+    >>> bool(expert_error(est.experts, truth.experts) < 0.1)
+    True
     """
     learn = noise_std is None
     if learn:

@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["model", "metrics", "baselines", "estimator"]
+MODULES = ["model", "metrics", "baselines", "estimator", "nonlinearities", "preprocessing",
+           "recover"]
 
 
 @pytest.mark.parametrize("name", MODULES)
