@@ -39,7 +39,20 @@ class FitInfo(NamedTuple):
 
 
 def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=None) -> MoEParams:
-    """A random start: unit-norm Gaussian expert rows, gating entries N(0, 1/d), last row 0."""
+    """A random start: unit-norm Gaussian expert rows, gating entries N(0, 1/d), last row 0.
+
+    Args:
+      key: PRNG key; dim: d; num_experts: k.
+      noise_std: sigma of the start (one, or one per expert).
+      dtype: the float type (default: JAX's default float).
+
+    Returns:
+      MoEParams with experts (k, d), gating (k, d) and noise_std shaped like the input.
+
+    >>> p = random_init(jax.random.key(0), 4, 3, 0.5)
+    >>> [round(float(v), 5) for v in jnp.linalg.norm(p.experts, axis=1)], bool(jnp.all(p.gating[-1] == 0))
+    ([1.0, 1.0, 1.0], True)
+    """
     dtype = dtype or jnp.result_type(float)
     key_a, key_w = jax.random.split(key)
     experts = jax.random.normal(key_a, (num_experts, dim), dtype)

@@ -104,7 +104,23 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     """Scores k = 1, ..., max_experts by BIC (fitted on all rows) and by `num_folds`-fold
     cross-validated log-likelihood; k = 1 is least squares, k >= 2 `moejax.fit` (with
     `fit_kwargs`). Every fold holds out n // num_folds rows and trains on the rest, so that all
-    folds share one shape (one compilation per k). x: (n, d); y: (n,).
+    folds share one shape (one compilation per k). docs/selection.md has the rules.
+
+    Args:
+      key: PRNG key (the folds and every fit).
+      x: (n, d) features; y: (n,) target.
+      max_experts: the largest k, at most d.
+      nonlinearity: the experts' g (a name).
+      num_folds: F >= 2 cross-validation folds.
+      **fit_kwargs: passed to every `fit` (e.g. refine_iters, per_expert_noise).
+
+    Returns:
+      KSelection: every k's parameter count, training log-likelihood, BIC, cross-validated
+      log-likelihood and its sd, the M2 spectrum, and the k each criterion picks.
+
+    Raises:
+      ValueError: for malformed data, max_experts > d, num_folds < 2, or too few rows for
+        the folds; and as `fit`.
     """
     num_folds = _validate.count(num_folds, "num_folds", minimum=2)
     return _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs)[0]
