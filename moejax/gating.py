@@ -335,9 +335,13 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
         sum_n w_n log p(y_n | x_n) / sum_n w_n is maximised (weight-0 rows are ignored).
 
     Returns:
-      (gating (k, d) with last row 0, GatingInfo). When the inputs are concrete, a run that
-      produced non-finite numbers raises ValueError naming the cause; under jit it is
-      reported by `info.finite`.
+      (gating (k, d) with last row 0, GatingInfo).
+
+    Raises:
+      ValueError: for malformed or non-finite data or experts, fewer than 2 experts, a sigma
+        that is not positive (or not of shape () or (k,)), bad settings or weights, or, on
+        concrete inputs, a run that produced non-finite numbers (named cause; under jit it
+        is reported by `info.finite`).
     """
     x, y = _validate.data(x, y)
     experts = _validate.matrix(experts, "experts", cols=x.shape[1])
