@@ -38,6 +38,7 @@ def test_demo_exits_nonzero_when_recovery_fails():
     assert out.returncode == 1 and "recovery FAILED" in out.stdout
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_synthetic_sweep(tmp_path):
     # Two of the four methods and one n keep it to two compilations (each method is tested
     # elsewhere).
@@ -52,6 +53,7 @@ def test_synthetic_sweep(tmp_path):
     assert (tmp_path / "synthetic_sweep.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_failure_rates(tmp_path):
     out = run("experiments.failure_rates", "--settings=base", "--num_seeds=2", "--n_scale=0.02",
               "--methods=moments,em", f"--output_dir={tmp_path}")
@@ -71,6 +73,7 @@ def test_unknown_names_are_rejected(tmp_path):
     assert out.returncode != 0 and "method must be one of" in out.stderr
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_bench_sweep(tmp_path):
     out = run("experiments.bench_sweep", "--num_seeds=2", "--n=500", "--repeats=1",
               f"--output_dir={tmp_path}")
@@ -79,6 +82,7 @@ def test_bench_sweep(tmp_path):
     assert result["speedup_compile_excluded"] > 0
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_error_table(tmp_path):
     out = run("experiments.error_table", "--nonlinearities=tanh", "--ns=500",
               "--num_seeds=2", "--num_em_iters=3", f"--output_dir={tmp_path}")
