@@ -29,6 +29,7 @@ def _check_table(sel, max_experts):
     assert "| k |" in sel.table()
 
 
+@pytest.mark.slow  # make test-all; the CLI test and experiments/auto_k cover choosing k
 def test_linear_data_choose_one_expert_which_is_least_squares(tmp_path):
     x, y = _data(1, 2000, seed=1)
     model = mj.fit(jax.random.key(1), x, y, num_experts="auto", max_experts=2,

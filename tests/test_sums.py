@@ -80,6 +80,7 @@ def test_layout_of_rejects_bad_chunk_sizes():
     assert layout_of(x, 4) == Layout(4)
 
 
+@pytest.mark.slow  # make test-all: the sharded test and the weighted sums cover chunks too
 @pytest.mark.parametrize("nonlinearity", ["relu"])
 def test_recover_chunked_equals_in_memory(nonlinearity):
     truth, x, y = truth_and_data(0, 30_000, nonlinearity)
