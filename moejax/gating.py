@@ -126,8 +126,8 @@ def _gram_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: int
     are close (as for whitened data) and then the shortfall is small."""
     if not matrix_free:
         return gram_solver(gram_matrix(x, layout, weights))
-    n, d = x.shape[0], x.shape[1]
-    n = row_count(n, weights)
+    d = x.shape[1]
+    n = row_count(x.shape[0], weights)
 
     def product(v):
         return row_sum(lambda xb, w: xb.T @ (w * (xb @ v)), (x,), layout, weights) / n
