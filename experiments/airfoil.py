@@ -81,7 +81,7 @@ def fit_method(method, key, x, y, k, g):
     iters = _EM_ITERS.value if method == "em" else _GD_STEPS.value
     params = _best_random_start(jax.random.split(key, _STARTS.value), z, ys, method, k, g,
                                 iters, _GD_LR.value, _TOL.value)
-    return mj.FittedMoE(params, std, g)
+    return mj.FittedMoE(params, std)
 
 
 def reference_train_nll(key, x, y, k, g):
@@ -92,7 +92,7 @@ def reference_train_nll(key, x, y, k, g):
     ys = mj.transform_target(std, jnp.asarray(y, jnp.float32))
     params = _best_random_start(jax.random.split(key, _REF.value), z, ys, "em", k, g,
                                 _REF_ITERS.value, 0.0, 1e-10)
-    return -float(mj.FittedMoE(params, std, g).log_likelihood(x, y))
+    return -float(mj.FittedMoE(params, std).log_likelihood(x, y))
 
 
 def evaluate(method, key, x_tr, y_tr, x_te, y_te, k, g):

@@ -31,9 +31,10 @@ def _timed(fn, *args):
 
 def main(argv):
     del argv
-    truth = mj.random_params(jax.random.key(0), _DIM.value, _EXPERTS.value, noise_std=0.1)
+    truth = mj.random_params(jax.random.key(0), _DIM.value, _EXPERTS.value, noise_std=0.1,
+                             nonlinearity=_NONLIN.value)
     keys = jax.random.split(jax.random.key(1), _SEEDS.value)
-    xs, ys = jax.vmap(lambda k: mj.sample(k, truth, _N.value, _NONLIN.value))(keys)
+    xs, ys = jax.vmap(lambda k: mj.sample(k, truth, _N.value))(keys)
     jax.block_until_ready((xs, ys))
 
     def one(key, x, y):

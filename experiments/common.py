@@ -42,7 +42,7 @@ class Setting:
 def method_fn(method: str, s: Setting) -> Callable:
     """(key, x, y) -> (MoEParams, passes over the data, converged) for one method; pure, so it
     vmaps over seeds. For "moments" the passes and convergence are those of the gating EM
-    inside `recover`, which it does not report: -1 and True."""
+    inside `recover`; for "refine", those of the refinement."""
     common = dict(num_experts=s.num_experts, nonlinearity=s.nonlinearity, noise_std=s.noise_std)
 
     def report(out):
@@ -50,11 +50,11 @@ def method_fn(method: str, s: Setting) -> Callable:
         return params, info.num_passes, info.converged
 
     if method == "moments":
-        return lambda key, x, y: (mj.recover(key, x, y, em_tol=s.tol, **common), -1, True)
+        return lambda key, x, y: report(mj.recover(key, x, y, em_tol=s.tol, **common))
     if method == "refine":
         return lambda key, x, y: report(mj.refine(
-            mj.recover(key, x, y, em_tol=s.tol, **common), x, y, nonlinearity=s.nonlinearity,
-            num_iters=s.em_iters, tol=s.tol))
+            mj.recover(key, x, y, em_tol=s.tol, **common)[0], x, y, num_iters=s.em_iters,
+            tol=s.tol))
     if method == "em":
         return lambda key, x, y: report(mj.joint_em(key, x, y, num_iters=s.em_iters, tol=s.tol,
                                                     **common))
@@ -70,8 +70,9 @@ def _run(keys, method: str, setting: Setting, n: int):
         key_p, key_x, key_fit = jax.random.split(key, 3)
         truth = mj.random_params(key_p, setting.dim, setting.num_experts,
                                  noise_std=setting.noise_std, gating_norm=setting.gating_norm,
-                                 orthogonal_gating=setting.orthogonal_gating)
-        x, y = mj.sample(key_x, truth, n, setting.nonlinearity)
+                                 orthogonal_gating=setting.orthogonal_gating,
+                                 nonlinearity=setting.nonlinearity)
+        x, y = mj.sample(key_x, truth, n)
         return truth, method_fn(method, setting)(key_fit, x, y)
 
     return jax.vmap(one)(keys)

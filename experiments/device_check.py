@@ -34,14 +34,14 @@ def main(argv):
     for n, d, k, chunk in [(100_000, 10, 3, None), (100_000, 10, 3, 4096), (200_000, 50, 5, None)]:
         key_p, key_x, key_r = jax.random.split(jax.random.key(n + d + k), 3)
         truth = mj.random_params(key_p, d, k, noise_std=0.1, orthogonal_gating=True)
-        x, y = mj.sample(key_x, truth, n, "linear")
+        x, y = mj.sample(key_x, truth, n)
         x, y = np.asarray(x), np.asarray(y)
         out = {}
         for dev in (accel, cpu):
             with jax.default_device(dev):
                 xd, yd = jax.device_put(jnp.asarray(x), dev), jax.device_put(jnp.asarray(y), dev)
                 out[dev.platform] = jax.device_get(
-                    mj.recover(key_r, xd, yd, num_experts=k, noise_std=0.1, chunk_size=chunk))
+                    mj.recover(key_r, xd, yd, num_experts=k, noise_std=0.1, chunk_size=chunk)[0])
         a, c = out[accel.platform], out["cpu"]
         diffs = (_rel(a.experts, c.experts), _rel(a.gating, c.gating))
         worst = max(worst, *diffs)

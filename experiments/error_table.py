@@ -35,9 +35,10 @@ def run_setting(g: str, n: int, seeds: int):
 
     def one(key):
         key_p, key_x, key_fit = jax.random.split(key, 3)
-        truth = mj.random_params(key_p, _DIM.value, _EXPERTS.value, noise_std=_SIGMA.value)
-        x, y = mj.sample(key_x, truth, n, g)
-        est = mj.recover(key_fit, x, y, num_experts=_EXPERTS.value, nonlinearity=g,
+        truth = mj.random_params(key_p, _DIM.value, _EXPERTS.value, noise_std=_SIGMA.value,
+                                 nonlinearity=g)
+        x, y = mj.sample(key_x, truth, n)
+        est, _ = mj.recover(key_fit, x, y, num_experts=_EXPERTS.value, nonlinearity=g,
                          noise_std=_SIGMA.value, num_gating_inits=_INITS.value,
                          num_em_iters=_EM_ITERS.value)
         return truth, est

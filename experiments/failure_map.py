@@ -102,7 +102,7 @@ def make_truth(key, cell: Cell) -> mj.MoEParams:
         w = w - w @ u[:cell.k + 1].T @ u[:cell.k + 1]  # also drop u_0: span(A) is inside
     w = cell.gating_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
     gating = jnp.concatenate([w, jnp.zeros((1, cell.d))])
-    return mj.MoEParams(experts, gating, jnp.asarray(cell.sigma))
+    return mj.MoEParams(experts, gating, jnp.asarray(cell.sigma), cell.nonlinearity)
 
 
 def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters: int):
@@ -114,11 +114,11 @@ def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters:
     def one_seed(key):
         key_truth, key_data, key_starts, key_gd, key_m1, key_m2 = jax.random.split(key, 6)
         truth = make_truth(key_truth, cell)
-        x, y = mj.sample(key_data, truth, cell.n, g)
-        ll = lambda p: mj.log_likelihood(p, x, y, g)
+        x, y = mj.sample(key_data, truth, cell.n)
+        ll = lambda p: mj.log_likelihood(p, x, y)
         err = lambda p: p.experts  # the error needs a matching on the host (below)
         out = {"truth": (truth.experts,)}
-        oracle, info = mj.refine(truth, x, y, nonlinearity=g, num_iters=max_iters, tol=tol,
+        oracle, info = mj.refine(truth, x, y, num_iters=max_iters, tol=tol,
                                  learn_noise_std=True)
         out["oracle"] = (ll(oracle), err(oracle), info.num_passes, info.converged)
         fits, infos = jax.vmap(lambda k: mj.joint_em(k, x, y, num_experts=cell.k,
@@ -135,9 +135,9 @@ def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters:
                                  noise_std=sigma0)
         w, ginfo = mj.fit_gating(key_m2, x, y, est.experts, noise_std=sigma0, nonlinearity=g,
                                  num_iters=max_iters, tol=tol, learn_noise_std=True)
-        moments = mj.MoEParams(est.experts, w, ginfo.noise_std)
+        moments = mj.MoEParams(est.experts, w, ginfo.noise_std, g)
         out["moments"] = (ll(moments), err(moments), 2 + ginfo.num_passes, ginfo.converged)
-        refined, info = mj.refine(moments, x, y, nonlinearity=g, num_iters=max_iters, tol=tol,
+        refined, info = mj.refine(moments, x, y, num_iters=max_iters, tol=tol,
                                   learn_noise_std=True)
         out["refine"] = (ll(refined), err(refined), 2 + ginfo.num_passes + info.num_passes,
                          info.converged)

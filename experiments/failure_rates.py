@@ -78,7 +78,7 @@ def main(argv):
 
     print(f"\nFailure rate (expert error > {_THRESHOLD.value}) over {_SEEDS.value} seeds, "
           "with the median expert error, the median passes over the data and the fraction of "
-          "converged runs in brackets (recover does not report its passes: -1):\n")
+          "converged runs in brackets (for moments: the gating EM's):\n")
     print("| setting | " + " | ".join(common.METHOD_LABELS[m] for m in _METHODS.value) + " |")
     print("|---|" + "---|" * len(_METHODS.value))
     for name in _SETTINGS.value:

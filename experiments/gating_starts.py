@@ -40,8 +40,9 @@ def main(argv):
     for name, d, k, norm, sigma, g, n in SETTINGS:
         for seed in range(_SEEDS.value):
             key_p, key_x, key_fit = jax.random.split(jax.random.key(seed), 3)
-            truth = mj.random_params(key_p, d, k, noise_std=sigma, gating_norm=norm)
-            x, y = mj.sample(key_x, truth, n, g)
+            truth = mj.random_params(key_p, d, k, noise_std=sigma, gating_norm=norm,
+                                     nonlinearity=g)
+            x, y = mj.sample(key_x, truth, n)
             experts = mj.recover_experts(key_fit, x, y, num_experts=k, nonlinearity=g,
                                          noise_std=sigma).experts
             lls, errs, passes = [], [], []
@@ -51,7 +52,7 @@ def main(argv):
                                         num_iters=500, tol=1e-8)
                 lls.append(float(info.log_likelihood))
                 passes.append(int(info.num_passes))
-                errs.append(float(mj.gating_error(mj.MoEParams(experts, w, truth.noise_std),
+                errs.append(float(mj.gating_error(truth._replace(experts=experts, gating=w),
                                                   truth)))
             rows.append(dict(setting=name, seed=seed, spread=max(lls) - min(lls),
                              error_spread=max(errs) - min(errs), median_passes=np.median(passes)))

@@ -8,14 +8,16 @@ from moejax.metrics import expert_error, gating_error, match_experts
 from moejax.model import (MoEParams, log_likelihood, posteriors, predict, random_params,
                           sample)
 from moejax.nonlinearities import (NONLINEARITIES, TransformConstants, get_nonlinearity,
-                                   output_second_moment, transform_constants)
+                                   nonlinearity_names, output_second_moment,
+                                   register_nonlinearity, transform_constants)
 from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target,
                                   transform_features, transform_target)
 from moejax._validate import min_samples
 from moejax.selection import KSelection, select_num_experts
-from moejax.recover import ExpertEstimate, initial_noise_std, recover, recover_experts
+from moejax.recover import (ExpertEstimate, RecoverInfo, initial_noise_std, recover,
+                            recover_experts)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "ExpertEstimate",
@@ -26,6 +28,7 @@ __all__ = [
     "KSelection",
     "MoEParams",
     "NONLINEARITIES",
+    "RecoverInfo",
     "Standardizer",
     "TransformConstants",
     "datasets",
@@ -43,6 +46,7 @@ __all__ = [
     "log_likelihood",
     "match_experts",
     "min_samples",
+    "nonlinearity_names",
     "output_second_moment",
     "posteriors",
     "predict",
@@ -51,6 +55,7 @@ __all__ = [
     "recover",
     "recover_experts",
     "refine",
+    "register_nonlinearity",
     "sample",
     "select_num_experts",
     "sums",

@@ -123,13 +123,16 @@ def flag(value, name: str) -> bool:
 
 
 def params(p, *, dim: int | None = None, name: str = "params"):
-    """p as MoEParams (a 3-tuple is accepted) with experts and gating of one shape (k, d),
-    k >= 1 (one expert: least squares), and noise_std positive, a scalar or one per expert (k,);
-    values checked finite where concrete."""
+    """p as MoEParams (a plain 3-tuple is read as a linear model) with experts and gating of
+    one shape (k, d), k >= 1 (one expert: least squares), noise_std positive, a scalar or one
+    per expert (k,), and a known non-linearity; values checked finite where concrete."""
     from moejax.model import MoEParams
-    if not isinstance(p, tuple) or len(p) != 3:
-        raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std), got "
-                         f"{type(p).__name__}.")
+    if not isinstance(p, MoEParams):
+        if not isinstance(p, tuple) or len(p) != 3:
+            raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std, "
+                             f"nonlinearity), got {type(p).__name__}.")
+        p = MoEParams(*p)
+    get_nonlinearity(p.nonlinearity)
     experts = _as_float(p[0], f"{name}.experts")
     gating = _as_float(p[1], f"{name}.gating")
     sigma = _as_float(p[2], f"{name}.noise_std")
@@ -146,7 +149,8 @@ def params(p, *, dim: int | None = None, name: str = "params"):
     _finite(gating, f"{name}.gating")
     _positive_array(sigma, f"{name}.noise_std")
     dtype = jnp.promote_types(experts.dtype, gating.dtype)
-    return MoEParams(experts.astype(dtype), gating.astype(dtype), sigma.astype(dtype))
+    return MoEParams(experts.astype(dtype), gating.astype(dtype), sigma.astype(dtype),
+                     p.nonlinearity)
 
 
 def _positive_array(a: jax.Array, name: str) -> None:

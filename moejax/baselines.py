@@ -38,13 +38,15 @@ class FitInfo(NamedTuple):
     trace: jax.Array
 
 
-def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=None) -> MoEParams:
+def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=None, *,
+                nonlinearity: Nonlinearity = "linear") -> MoEParams:
     """A random start: unit-norm Gaussian expert rows, gating entries N(0, 1/d), last row 0.
 
     Args:
       key: PRNG key; dim: d; num_experts: k.
       noise_std: sigma of the start (one, or one per expert).
       dtype: the float type (default: JAX's default float).
+      nonlinearity: the experts' g, carried by the result.
 
     Returns:
       MoEParams with experts (k, d), gating (k, d) and noise_std shaped like the input.
@@ -58,7 +60,8 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
     experts = jax.random.normal(key_a, (num_experts, dim), dtype)
     experts = experts / jnp.linalg.norm(experts, axis=1, keepdims=True)
     gating = jax.random.normal(key_w, (num_experts, dim), dtype) / jnp.sqrt(dim)
-    return MoEParams(experts, gating.at[-1].set(0.0), jnp.asarray(noise_std, dtype))
+    return MoEParams(experts, gating.at[-1].set(0.0), jnp.asarray(noise_std, dtype),
+                     nonlinearity)
 
 
 def _weighted_least_squares(resp: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -113,21 +116,19 @@ def _fit_info(info: solver.SolverInfo, index=0) -> FitInfo:
                    info.converged[index], info.finite[index], info.trace[:, index])
 
 
-@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_iters", "learn_noise_std",
-                                             "accelerate"))
-def _joint_em(init: MoEParams, x, y, nonlinearity, num_iters, tol, learn_noise_std=False,
-              accelerate=True):
-    em_map = jax.vmap(_joint_em_map(x, y, nonlinearity, learn_noise_std))
+@functools.partial(jax.jit, static_argnames=("num_iters", "learn_noise_std", "accelerate"))
+def _joint_em(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accelerate=True):
+    em_map = jax.vmap(_joint_em_map(x, y, init.nonlinearity, learn_noise_std))
     theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
     (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
                                                         max_iters=num_iters,
                                                         accelerate=accelerate)
-    return MoEParams(experts[0], gating[0], jnp.exp(log_sigma[0])), _fit_info(info)
+    return init._replace(experts=experts[0], gating=gating[0],
+                         noise_std=jnp.exp(log_sigma[0])), _fit_info(info)
 
 
-@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_steps", "learn_noise_std"))
-def _joint_gd(init: MoEParams, x, y, nonlinearity, num_steps, learning_rate, tol,
-              learn_noise_std=False):
+@functools.partial(jax.jit, static_argnames=("num_steps", "learn_noise_std"))
+def _joint_gd(init: MoEParams, x, y, num_steps, learning_rate, tol, learn_noise_std=False):
     optimizer = optax.adam(learning_rate)
     # sigma is optimised as log sigma, so it stays positive.
     free = (init.experts, init.gating[:-1], jnp.log(init.noise_std))
@@ -135,12 +136,13 @@ def _joint_gd(init: MoEParams, x, y, nonlinearity, num_steps, learning_rate, tol
     def unpack(free):
         experts, w, log_sigma = free
         sigma = jnp.exp(log_sigma) if learn_noise_std else init.noise_std
-        return MoEParams(experts, jnp.concatenate([w, jnp.zeros_like(w[:1])]), sigma)
+        return init._replace(experts=experts, gating=jnp.concatenate([w, jnp.zeros_like(w[:1])]),
+                             noise_std=sigma)
 
     def loss(free):
         # The plain (n, k) logsumexp form: its gradient ran 4x faster than that of the
         # expert-major E-step (k = 8, 10 seeds vmapped, n = 2e4).
-        return -_mean_log_likelihood(unpack(free), x, y, nonlinearity)
+        return -_mean_log_likelihood(unpack(free), x, y)
 
     value_and_grad = jax.value_and_grad(loss)
 
@@ -163,12 +165,12 @@ def _joint_gd(init: MoEParams, x, y, nonlinearity, num_steps, learning_rate, tol
     trace = jnp.where(jnp.arange(num_steps) < it, trace, -value)
     params = unpack(free)
     finite = jnp.isfinite(value) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(v)) for v in params]))
+        [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)]))
     return params, FitInfo(-value, it, it + 1, converged, finite, trace)
 
 
-def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
-           nonlinearity: Nonlinearity = "linear", num_iters: int = 200, tol: float = 1e-7,
+def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 200,
+           tol: float = 1e-7,
            learn_noise_std: bool = False, accelerate: bool = True) -> tuple[MoEParams, FitInfo]:
     """Joint EM over (experts, gating) from the start `params` (e.g. the output of `recover`),
     run until the likelihood settles (docs/solvers.md).
@@ -185,9 +187,9 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
     `num_iters` iterations.
 
     Args:
-      params: the start (MoEParams; noise_std one sigma or one per expert).
+      params: the start (MoEParams; noise_std one sigma or one per expert; g is
+        params.nonlinearity, kept by the result).
       x: (n, d) inputs; y: (n,) responses.
-      nonlinearity: the experts' g.
       num_iters: cap on iterations; tol: relative tolerance on the rise of L per iteration.
       learn_noise_std: update sigma (shaped like params.noise_std) in every M-step.
       accelerate: SQUAREM (True) or plain EM (False).
@@ -207,14 +209,14 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *,
     (True, True)
     """
     params = _validate.params(params)
-    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], nonlinearity, 1.0)
+    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], params.nonlinearity, 1.0)
     _validate.params(params, dim=x.shape[1])
     _validate.scales(x, y, power=2)
-    params = MoEParams(*(v.astype(x.dtype) for v in params))
+    params = jax.tree.map(lambda v: v.astype(x.dtype), params)
     _validate.noise_scale(params.noise_std, x.dtype)
     num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(tol, "tol")
-    out = _joint_em(params, x, y, nonlinearity, num_iters, tol, learn_noise_std, accelerate)
+    out = _joint_em(params, x, y, num_iters, tol, learn_noise_std, accelerate)
     _validate.finite_result(out[1].finite, x, y, noise_std=params.noise_std, what="refine")
     return out
 
@@ -260,8 +262,9 @@ def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std)
     num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(tol, "tol")
-    init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype)
-    out = _joint_em(init, x, y, nonlinearity, num_iters, tol, learn, accelerate)
+    init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype,
+                       nonlinearity=nonlinearity)
+    out = _joint_em(init, x, y, num_iters, tol, learn, accelerate)
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
                             what="joint_em")
     return out
@@ -300,8 +303,9 @@ def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     num_steps = _validate.count(num_steps, "num_steps")
     _validate.positive(tol, "tol")
     _validate.positive(learning_rate, "learning_rate")
-    init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype)
-    out = _joint_gd(init, x, y, nonlinearity, num_steps, learning_rate, tol, learn)
+    init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype,
+                       nonlinearity=nonlinearity)
+    out = _joint_gd(init, x, y, num_steps, learning_rate, tol, learn)
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
                             what="joint_gd")
     return out

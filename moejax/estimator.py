@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from moejax import _validate, gating, model, preprocessing, solver, sums
 from moejax.baselines import _joint_em_map, random_init
 from moejax.model import MoEParams
-from moejax.nonlinearities import NONLINEARITIES
+from moejax.nonlinearities import nonlinearity_names
 from moejax.preprocessing import Standardizer
 from moejax.recover import _initial_noise_std, recover_experts
 
@@ -47,9 +47,9 @@ class FittedMoE:
     expert) is in standardised target units.
 
     Attributes:
-      params: MoEParams on the standardised scale.
+      params: MoEParams on the standardised scale; params.nonlinearity is the experts' g
+        (also `FittedMoE.nonlinearity`), a name.
       standardizer: the feature and target transform.
-      nonlinearity: the experts' g, a name in `moejax.NONLINEARITIES`.
       feature_names: optional names of the d input columns (checked on prediction by the CLI).
       target_name: optional name of the target column.
       report: how `fit` chose the parameters (None for a loaded model).
@@ -59,11 +59,15 @@ class FittedMoE:
 
     params: MoEParams
     standardizer: Standardizer
-    nonlinearity: str = "linear"
     feature_names: tuple[str, ...] | None = None
     target_name: str | None = None
     report: FitReport | None = None
     selection: object = None
+
+    @property
+    def nonlinearity(self):
+        """The experts' g (params.nonlinearity)."""
+        return self.params.nonlinearity
 
     @property
     def num_experts(self) -> int:
@@ -87,12 +91,12 @@ class FittedMoE:
     def predict(self, x) -> jax.Array:
         """E[y | x] in original units: (n,) for x: (n, d)."""
         x = _validate.features(x, dim=self.dim)
-        return _predict(self.params, self.standardizer, x, self.nonlinearity)
+        return _predict(self.params, self.standardizer, x)
 
     def log_likelihood(self, x, y) -> jax.Array:
         """Mean log-density of y given x, in the target's original units: a scalar."""
         x, y = _validate.data(x, y, dim=self.dim)
-        return _log_likelihood(self.params, self.standardizer, x, y, self.nonlinearity)
+        return _log_likelihood(self.params, self.standardizer, x, y)
 
     def mixing_weights(self, x) -> jax.Array:
         """Mean gate probabilities over the rows of x: (k,)."""
@@ -101,7 +105,7 @@ class FittedMoE:
 
 jax.tree_util.register_dataclass(
     FittedMoE, data_fields=["params", "standardizer", "report", "selection"],
-    meta_fields=["nonlinearity", "feature_names", "target_name"])
+    meta_fields=["feature_names", "target_name"])
 
 
 def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
@@ -124,17 +128,17 @@ def _prepare(std, x, y, rows, nonlinearity):
 
 
 # One compiled program per table shape for each method (rather than one per operation).
-@functools.partial(jax.jit, static_argnames="nonlinearity")
-def _predict(params, standardizer, x, nonlinearity):
-    pred = model._predict(params, design_matrix(standardizer, x), nonlinearity)
+@jax.jit
+def _predict(params, standardizer, x):
+    pred = model._predict(params, design_matrix(standardizer, x))
     return preprocessing.inverse_target(standardizer, pred)
 
 
-@functools.partial(jax.jit, static_argnames="nonlinearity")
-def _log_likelihood(params, standardizer, x, y, nonlinearity):
+@jax.jit
+def _log_likelihood(params, standardizer, x, y):
     y_std = preprocessing._transform_target(standardizer, y)
-    return (model._mean_log_likelihood(params, design_matrix(standardizer, x), y_std,
-                                       nonlinearity) - jnp.log(standardizer.y_scale))
+    return (model._mean_log_likelihood(params, design_matrix(standardizer, x), y_std)
+            - jnp.log(standardizer.y_scale))
 
 
 # Screening of the refinement's starts: all run this many iterations together, then the best
@@ -143,16 +147,16 @@ REFINE_SCREEN_ITERS = 100
 REFINE_KEEP = 4
 
 
-@functools.partial(jax.jit, static_argnames=("nonlinearity", "num_iters", "learn"))
-def _refine_starts(starts: MoEParams, z, y, nonlinearity, num_iters, tol, learn, weights=None):
+@functools.partial(jax.jit, static_argnames=("num_iters", "learn"))
+def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None):
     """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood."""
-    em_map = jax.vmap(_joint_em_map(z, y, nonlinearity, learn, weights))
+    em_map = jax.vmap(_joint_em_map(z, y, starts.nonlinearity, learn, weights))
     theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
     (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
         keep=REFINE_KEEP)
     top = solver.first_best(jnp.where(info.finite[kept], info.log_likelihood[kept], -jnp.inf))
-    params = MoEParams(experts[top], gatings[top], jnp.exp(log_sigma[top]))
+    params = MoEParams(experts[top], gatings[top], jnp.exp(log_sigma[top]), starts.nonlinearity)
     continued = jnp.zeros(info.num_iters.shape, bool).at[kept].set(True)
     report = FitReport(kept[top], info.log_likelihood, info.num_iters, info.converged,
                        info.num_passes, continued)
@@ -201,8 +205,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
       key: PRNG key (the moment stage, the gating EM's and the random starts).
       x: (n, d) features in any units; y: (n,) target.
       num_experts: k in [2, d], or "auto".
-      nonlinearity: the experts' g, a name in `moejax.NONLINEARITIES` (so that the model
-        can be saved).
+      nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()` (so that the
+        model can be saved).
       noise_std, per_expert_noise: as above.
       whiten: whiten x (True) or only standardise its columns.
       refine_iters, tol, num_random_starts: the refinement's cap, tolerance and extra starts.
@@ -229,9 +233,10 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     ((5,), (2,))
     """
     progress = progress or (lambda message: None)
-    if not isinstance(nonlinearity, str) or nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES} (a name, so that the "
-                         f"model can be saved), got {nonlinearity!r}.")
+    if not isinstance(nonlinearity, str) or nonlinearity not in nonlinearity_names():
+        raise ValueError(f"nonlinearity must be one of {nonlinearity_names()} (a name, so that "
+                         "the model can be saved; moejax.register_nonlinearity adds one), got "
+                         f"{nonlinearity!r}.")
     if isinstance(num_experts, str):
         if num_experts != "auto":
             raise ValueError(f"num_experts must be an integer or 'auto', got {num_experts!r}.")
@@ -294,17 +299,19 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     sigma = info.noise_std
     if learn and per_expert_noise:
         sigma = jnp.broadcast_to(sigma, (num_experts,))
-    params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1), sigma)
+    params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1), sigma,
+                       nonlinearity)
     report = None
     if refine_iters:
         progress(f"joint-EM refinement: the moment start and {num_random_starts} random "
                  f"starts, at most {refine_iters} iterations each")
-        randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, sigma, z.dtype))(
+        randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, sigma, z.dtype,
+                                                 nonlinearity=nonlinearity))(
             jax.random.split(key_starts, num_random_starts))
         starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), params,
                                         randoms)
-        params, report, finite = _refine_starts(starts, z, ys, nonlinearity, refine_iters,
+        params, report, finite = _refine_starts(starts, z, ys, refine_iters,
                                                 jnp.asarray(tol, z.dtype), learn, weights)
         _validate.finite_result(finite, z, ys, what="fit's refinement")
-    return FittedMoE(params, std, nonlinearity, feature_names,
+    return FittedMoE(params, std, feature_names,
                      None if target_name is None else str(target_name), report)

@@ -16,7 +16,7 @@ import numpy as np
 
 from moejax.estimator import FittedMoE
 from moejax.model import MoEParams
-from moejax.nonlinearities import NONLINEARITIES
+from moejax.nonlinearities import nonlinearity_names
 from moejax.preprocessing import Standardizer
 
 FORMAT = "moejax-model"
@@ -88,8 +88,10 @@ def _problem(meta: dict, arrays: dict) -> str | None:
     if not (np.all(arrays["noise_std"] > 0) and arrays["y_scale"] > 0):
         return (f"noise_std ({np.array2string(arrays['noise_std'], precision=3)}) and y_scale "
                 f"({float(arrays['y_scale']):.3g}) must be positive")
-    if meta.get("nonlinearity") not in NONLINEARITIES:
-        return f"unknown non-linearity {meta.get('nonlinearity')!r}"
+    g = meta.get("nonlinearity")
+    if not isinstance(g, str) or g not in nonlinearity_names():
+        return (f"unknown non-linearity {g!r} (a name in {nonlinearity_names()} is needed; "
+                "moejax.register_nonlinearity adds one)")
     names = meta.get("feature_names")
     if names is not None and (not isinstance(names, list) or len(names) != d1 - 1
                               or not all(isinstance(v, str) and v for v in names)
@@ -219,6 +221,10 @@ def load(path: str | os.PathLike) -> FittedMoE:
             f"{path!r} uses model format {version!r}, written by moejax "
             f"{meta.get('moejax_version')}; this moejax reads formats up to {FORMAT_VERSION}. "
             "Upgrade moejax to load it.")
+    g = meta.get("nonlinearity")
+    if isinstance(g, str) and g and g not in nonlinearity_names():
+        raise ValueError(f"{path!r} uses the non-linearity {g!r}, which is not registered in "
+                         f"this process: call moejax.register_nonlinearity({g!r}, fn) first.")
     problem = _problem(meta, arrays)
     if problem:
         raise ValueError(f"{path!r} is corrupted: {problem}.")
@@ -226,6 +232,6 @@ def load(path: str | os.PathLike) -> FittedMoE:
     names = (default_feature_names(arrays["experts"].shape[1] - 1) if names is None
              else tuple(names))
     return FittedMoE(
-        MoEParams(arrays["experts"], arrays["gating"], arrays["noise_std"]),
+        MoEParams(arrays["experts"], arrays["gating"], arrays["noise_std"], meta["nonlinearity"]),
         Standardizer(arrays["x_mean"], arrays["x_map"], arrays["y_mean"], arrays["y_scale"]),
-        meta["nonlinearity"], names, meta.get("target_name"))
+        names, meta.get("target_name"))

@@ -12,21 +12,37 @@ from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 class MoEParams(NamedTuple):
     """Parameters of y = g(a_z . x) + noise_std * eps, P(z = i | x) = softmax(gating @ x)_i.
 
+    A pytree whose leaves are the three arrays; `nonlinearity` is static (part of the tree's
+    structure), so params pass through jit, vmap, grad and lax loops, and a function of params
+    compiles once per non-linearity. Every function that evaluates the model reads g from here.
+
     Attributes:
       experts: (k, d), unit-norm rows a_i.
       gating: (k, d), rows w_i; the last row is zero (the gating is identified only up to
         adding one vector to every row).
       noise_std: sigma > 0: a scalar (one noise level shared by the experts, the model of
         the consistency result) or (k,), one per expert.
+      nonlinearity: the experts' g: a name in `moejax.nonlinearity_names()` or an
+        elementwise callable (a name is needed to save a fitted model).
     """
 
     experts: jax.Array
     gating: jax.Array
     noise_std: jax.Array
+    nonlinearity: Nonlinearity = "linear"
+
+
+jax.tree_util.register_pytree_with_keys(
+    MoEParams,
+    lambda p: ((tuple((jax.tree_util.GetAttrKey(f), getattr(p, f))
+                      for f in ("experts", "gating", "noise_std"))), p.nonlinearity),
+    lambda nonlinearity, leaves: MoEParams(*leaves, nonlinearity),
+    lambda p: (tuple(p[:3]), p.nonlinearity))
 
 
 def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std=0.1,
-                  gating_norm: float = 2.0, orthogonal_gating: bool = True) -> MoEParams:
+                  gating_norm: float = 2.0, orthogonal_gating: bool = True,
+                  nonlinearity: Nonlinearity = "linear") -> MoEParams:
     """Draws a synthetic ground truth: orthonormal experts and gating rows of norm `gating_norm`.
 
     Args:
@@ -37,13 +53,14 @@ def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std=0.1,
       gating_norm: the norm of each of the k - 1 free gating rows (the last row is 0).
       orthogonal_gating: put the gating rows in the orthogonal complement of the experts'
         span (the assumption of the consistency result; needs d > k).
+      nonlinearity: the experts' g.
 
     Returns:
-      MoEParams with experts (k, d), gating (k, d) and noise_std () or (k,).
+      MoEParams with experts (k, d), gating (k, d), noise_std () or (k,) and nonlinearity.
 
     Raises:
-      ValueError: for k outside [2, d], orthogonal gating with d <= k, or a sigma or
-        gating_norm that is not positive.
+      ValueError: for k outside [2, d], orthogonal gating with d <= k, a sigma or
+        gating_norm that is not positive, or an unknown non-linearity.
 
     >>> p = random_params(jax.random.key(0), dim=5, num_experts=3, noise_std=0.1)
     >>> p.experts.shape, p.gating.shape, float(p.noise_std)
@@ -56,6 +73,7 @@ def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std=0.1,
     noise_std = _validate.noise_levels(noise_std, num_experts)
     _validate.positive(gating_norm, "gating_norm")
     orthogonal_gating = _validate.flag(orthogonal_gating, "orthogonal_gating")
+    get_nonlinearity(nonlinearity)
     if orthogonal_gating and dim <= num_experts:
         raise ValueError(
             f"orthogonal_gating needs dim > num_experts, got dim={dim}, num_experts={num_experts}.")
@@ -67,7 +85,7 @@ def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std=0.1,
         w = w - (w @ experts.T) @ experts
     w = gating_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
     gating = jnp.concatenate([w, jnp.zeros((1, dim), w.dtype)])
-    return MoEParams(experts, gating, noise_std.astype(w.dtype))
+    return MoEParams(experts, gating, noise_std.astype(w.dtype), nonlinearity)
 
 
 def expert_noise(noise_std: jax.Array) -> jax.Array:
@@ -80,15 +98,13 @@ def expert_outputs(experts: jax.Array, x: jax.Array, nonlinearity: Nonlinearity)
     return get_nonlinearity(nonlinearity)(x @ experts.T)
 
 
-def sample(key: jax.Array, params: MoEParams, n: int,
-           nonlinearity: Nonlinearity = "linear") -> tuple[jax.Array, jax.Array]:
+def sample(key: jax.Array, params: MoEParams, n: int) -> tuple[jax.Array, jax.Array]:
     """Draws n samples of the model (docs/algorithm.md section 1).
 
     Args:
       key: PRNG key.
-      params: the model; noise_std one sigma or one per expert.
+      params: the model (its g is params.nonlinearity); noise_std one sigma or one per expert.
       n: number of samples.
-      nonlinearity: the experts' g, a name in NONLINEARITIES or an elementwise callable.
 
     Returns:
       (x, y): x ~ N(0, I_d) of shape (n, d) and y of shape (n,).
@@ -96,8 +112,8 @@ def sample(key: jax.Array, params: MoEParams, n: int,
     Raises:
       ValueError: for malformed params or n < 1.
 
-    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3)
-    >>> x, y = sample(jax.random.key(1), p, 1000, "tanh")
+    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3, nonlinearity="tanh")
+    >>> x, y = sample(jax.random.key(1), p, 1000)
     >>> x.shape, y.shape
     ((1000, 5), (1000,))
     """
@@ -107,7 +123,8 @@ def sample(key: jax.Array, params: MoEParams, n: int,
     key_x, key_z, key_eps = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, d), params.experts.dtype)
     z = jax.random.categorical(key_z, x @ params.gating.T)
-    mean = jnp.take_along_axis(expert_outputs(params.experts, x, nonlinearity), z[:, None], 1)[:, 0]
+    mean = jnp.take_along_axis(expert_outputs(params.experts, x, params.nonlinearity), z[:, None],
+                               1)[:, 0]
     sigma = jnp.broadcast_to(params.noise_std, (k,))[z]
     y = mean + sigma * jax.random.normal(key_eps, (n,), mean.dtype)
     return x, y
@@ -121,22 +138,19 @@ def expert_log_densities(x: jax.Array, y: jax.Array, experts: jax.Array, noise_s
     return -0.5 * jnp.square(resid) - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
 
 
-def _joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array,
-                     nonlinearity: Nonlinearity) -> jax.Array:
+def _joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     """log [softmax(W x)_i N(y | g(a_i . x), sigma_i^2)]: (n, k)."""
     log_gate = jax.nn.log_softmax(x @ params.gating.T, axis=-1)
     return log_gate + expert_log_densities(x, y, params.experts, params.noise_std,
-                                           nonlinearity).T
+                                           params.nonlinearity).T
 
 
-def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,
-                   nonlinearity: Nonlinearity = "linear") -> jax.Array:
+def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean log-likelihood (1/n) sum_n log sum_i softmax(W x_n)_i N(y_n | g(a_i . x_n), sigma_i^2).
 
     Args:
-      params: the model (one sigma, or one per expert).
+      params: the model (one sigma, or one per expert; g is params.nonlinearity).
       x: (n, d) inputs; y: (n,) responses.
-      nonlinearity: the experts' g; it must be the one the parameters were fitted with.
 
     Returns:
       A scalar: docs/algorithm.md section 4's L.
@@ -151,20 +165,19 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array,
     """
     params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
-    return _mean_log_likelihood(params, x, y, nonlinearity)
+    return _mean_log_likelihood(params, x, y)
 
 
-def _mean_log_likelihood(params: MoEParams, x, y, nonlinearity) -> jax.Array:
+def _mean_log_likelihood(params: MoEParams, x, y) -> jax.Array:
     """`log_likelihood` without input checks, for use inside jitted code."""
-    return jnp.mean(jax.nn.logsumexp(_joint_log_probs(params, x, y, nonlinearity), axis=-1))
+    return jnp.mean(jax.nn.logsumexp(_joint_log_probs(params, x, y), axis=-1))
 
 
-def posteriors(params: MoEParams, x: jax.Array, y: jax.Array,
-               nonlinearity: Nonlinearity = "linear") -> jax.Array:
+def posteriors(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     """P(z = i | x, y): the E-step responsibilities.
 
     Args:
-      params: the model; x: (n, d) inputs; y: (n,) responses; nonlinearity: the experts' g.
+      params: the model; x: (n, d) inputs; y: (n,) responses.
 
     Returns:
       (n, k), rows summing to 1.
@@ -179,14 +192,14 @@ def posteriors(params: MoEParams, x: jax.Array, y: jax.Array,
     """
     params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
-    return jax.nn.softmax(_joint_log_probs(params, x, y, nonlinearity), axis=-1)
+    return jax.nn.softmax(_joint_log_probs(params, x, y), axis=-1)
 
 
-def predict(params: MoEParams, x: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
-    """E[y | x] = sum_i softmax(W x)_i g(a_i . x).
+def predict(params: MoEParams, x: jax.Array) -> jax.Array:
+    """E[y | x] = sum_i softmax(W x)_i g(a_i . x), g = params.nonlinearity.
 
     Args:
-      params: the model; x: (n, d) inputs; nonlinearity: the experts' g.
+      params: the model; x: (n, d) inputs.
 
     Returns:
       (n,) predictions.
@@ -194,16 +207,16 @@ def predict(params: MoEParams, x: jax.Array, nonlinearity: Nonlinearity = "linea
     Raises:
       ValueError: for malformed params or x, or d not matching.
 
-    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3)
-    >>> predict(p, jax.numpy.zeros((4, 5)), "relu")  # g(0) = 0 for every expert
+    >>> p = random_params(jax.random.key(0), dim=5, num_experts=3, nonlinearity="relu")
+    >>> predict(p, jax.numpy.zeros((4, 5)))  # g(0) = 0 for every expert
     Array([0., 0., 0., 0.], dtype=float32)
     """
     params = _validate.params(params)
     x = _validate.features(x, dim=params.experts.shape[1])
-    return _predict(params, x, nonlinearity)
+    return _predict(params, x)
 
 
-def _predict(params: MoEParams, x, nonlinearity) -> jax.Array:
+def _predict(params: MoEParams, x) -> jax.Array:
     """`predict` without input checks, for use inside jitted code."""
     gate = jax.nn.softmax(x @ params.gating.T, axis=-1)
-    return jnp.sum(gate * expert_outputs(params.experts, x, nonlinearity), axis=-1)
+    return jnp.sum(gate * expert_outputs(params.experts, x, params.nonlinearity), axis=-1)

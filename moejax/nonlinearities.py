@@ -9,15 +9,58 @@ import numpy as np
 
 Nonlinearity = Union[str, Callable[[jax.Array], jax.Array]]
 
+def _identity(z):
+    return z
+
+
+# The built-in g; `register_nonlinearity` adds to this table (the one piece of module state:
+# a name must mean one function for the whole process, so that saved models can name it).
 _NAMED = {
-    "linear": lambda z: z,
+    "linear": _identity,
     "relu": jax.nn.relu,
     "leaky_relu": jax.nn.leaky_relu,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
 }
 
-NONLINEARITIES = tuple(_NAMED)
+NONLINEARITIES = tuple(_NAMED)  # the built-in names
+
+
+def register_nonlinearity(name: str, fn: Callable[[jax.Array], jax.Array]) -> None:
+    """Makes `name` stand for the elementwise function `fn` everywhere a non-linearity is
+    named: `recover`, `fit`, `MoEParams.nonlinearity`, `moejax.io.save`/`load`.
+
+    A name compiles once per shape, where a fresh lambda on every call would compile every
+    time. Registering a name again with the same function is a no-op.
+
+    Args:
+      name: a non-empty string, not one of the built-in `NONLINEARITIES`.
+      fn: an elementwise JAX function of one array (checked on a grid: finite, same shape).
+
+    Raises:
+      ValueError: for a built-in name, a name already taken by another function, a name
+        that is not a non-empty string, or an fn that is not callable or not elementwise.
+
+    >>> register_nonlinearity("softsign", jax.nn.soft_sign)
+    >>> output_second_moment("softsign") == output_second_moment(jax.nn.soft_sign)
+    True
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}.")
+    if not callable(fn):
+        raise ValueError(f"fn must be an elementwise JAX callable, got {fn!r}.")
+    if name in NONLINEARITIES:
+        raise ValueError(f"{name!r} is a built-in non-linearity and cannot be redefined.")
+    if _NAMED.get(name, fn) is not fn:
+        raise ValueError(f"non-linearity {name!r} is already registered with another "
+                         f"function ({_NAMED[name]!r}).")
+    _hermite_moments(fn)  # raises for an fn that is not elementwise or not finite
+    _NAMED[name] = fn
+
+
+def nonlinearity_names() -> tuple[str, ...]:
+    """The names usable wherever a non-linearity is named: built-in, then registered ones."""
+    return tuple(_NAMED)
 
 # Quadrature for E[f(Z)], Z ~ N(0, 1): composite Gauss-Legendre on [-12, 12] (the mass outside
 # is below 1e-32) with 2000 panels of 8 nodes, weighted by the normal density. The usual
@@ -53,10 +96,11 @@ class TransformConstants(NamedTuple):
 
 
 def get_nonlinearity(nonlinearity: Nonlinearity) -> Callable[[jax.Array], jax.Array]:
-    """The elementwise function g for a name in `NONLINEARITIES`, or a callable unchanged.
+    """The elementwise function g for a name (built-in or registered), or a callable unchanged.
 
     Args:
-      nonlinearity: a name ("linear", "relu", "leaky_relu", "sigmoid", "tanh") or a callable.
+      nonlinearity: a name in `nonlinearity_names()` ("linear", "relu", "leaky_relu",
+        "sigmoid", "tanh" and any registered with `register_nonlinearity`) or a callable.
 
     Returns:
       A function of one array, applied elementwise.
@@ -72,9 +116,8 @@ def get_nonlinearity(nonlinearity: Nonlinearity) -> Callable[[jax.Array], jax.Ar
     if isinstance(nonlinearity, str) and nonlinearity in _NAMED:
         return _NAMED[nonlinearity]
     raise ValueError(
-        f"nonlinearity must be one of {NONLINEARITIES} or an elementwise JAX callable, "
-        f"got {nonlinearity!r}."
-    )
+        f"nonlinearity must be one of {nonlinearity_names()} (more with "
+        f"moejax.register_nonlinearity) or an elementwise JAX callable, got {nonlinearity!r}.")
 
 
 def _name(nonlinearity: Nonlinearity) -> str:

@@ -28,6 +28,31 @@ class ExpertEstimate(NamedTuple):
     norms: jax.Array
 
 
+class RecoverInfo(NamedTuple):
+    """What `recover` did: the gating EM's run (the same fields as every solver's info) and the
+    moment stage's diagnostics.
+
+    Attributes:
+      log_likelihood: mean log-likelihood at the returned parameters.
+      num_iters: gating-EM iterations used (screening included).
+      num_passes: the gating EM's passes over the data.
+      converged: whether the gating EM met its stopping rule within `num_em_iters`.
+      finite: whether the gating EM produced finite numbers throughout.
+      trace: (num_em_iters,) L before each gating-EM iteration (see `GatingInfo.trace`).
+      mixing_weights: (k,) pi_i implied by the moments (`ExpertEstimate`).
+      norms: (k,) norms of the un-whitened expert estimates, about 1 when the model holds.
+    """
+
+    log_likelihood: jax.Array
+    num_iters: jax.Array
+    num_passes: jax.Array
+    converged: jax.Array
+    finite: jax.Array
+    trace: jax.Array
+    mixing_weights: jax.Array
+    norms: jax.Array
+
+
 @functools.partial(jax.jit, static_argnames=("num_experts", "nonlinearity", "num_restarts",
                                              "num_iters", "subspace_iters", "layout"))
 def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts, num_iters,
@@ -140,7 +165,7 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             nonlinearity: Nonlinearity = "linear", noise_std=None, num_restarts: int = 10,
             num_power_iters: int = 100, num_gating_inits: int = 1,
             num_em_iters: int = 50, em_tol: float = 1e-6, subspace_iters: int | None = None,
-            chunk_size: int | None = None) -> MoEParams:
+            chunk_size: int | None = None) -> tuple[MoEParams, RecoverInfo]:
     """Consistent estimate of all MoE parameters from samples (docs/algorithm.md sections 2-4).
 
     1. Experts from the cross-moments of Stein score functions and transformed labels,
@@ -178,7 +203,8 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     replicated. n must be a multiple of the number of devices on that axis.
 
     Returns:
-      MoEParams with unit-norm experts (k, d), gating (k, d) with last row 0, and noise_std.
+      (params, info): MoEParams with unit-norm experts (k, d), gating (k, d) with last row 0,
+      noise_std and the nonlinearity; RecoverInfo.
 
     Raises:
       ValueError: for malformed or non-finite inputs, k outside [2, d], n <= d, noise_std <= 0,
@@ -189,9 +215,9 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     >>> from moejax.metrics import expert_error
     >>> truth = random_params(jax.random.key(0), dim=6, num_experts=2, noise_std=0.1)
     >>> x, y = sample(jax.random.key(1), truth, 100_000)
-    >>> est = recover(jax.random.key(2), x, y, num_experts=2, noise_std=0.1)
-    >>> bool(expert_error(est.experts, truth.experts) < 0.1)
-    True
+    >>> est, info = recover(jax.random.key(2), x, y, num_experts=2, noise_std=0.1)
+    >>> bool(expert_error(est.experts, truth.experts) < 0.1), bool(info.converged)
+    (True, True)
     """
     learn = noise_std is None
     if learn:
@@ -210,11 +236,13 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     _validate.positive(em_tol, "em_tol")
     layout = layout_of(x, chunk_size)
     key_tensor, key_gating = jax.random.split(key)
-    experts = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
-                               num_restarts, num_power_iters, subspace_iters, layout).experts
-    _validate.finite_result(jnp.all(jnp.isfinite(experts)), x, y, what="the moment stage")
-    w, info = gating.fit_gating(key_gating, x, y, experts, noise_std=noise_std,
+    est = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
+                           num_restarts, num_power_iters, subspace_iters, layout)
+    _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), x, y, what="the moment stage")
+    w, info = gating.fit_gating(key_gating, x, y, est.experts, noise_std=noise_std,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
                                 num_iters=num_em_iters, tol=em_tol, learn_noise_std=learn,
                                 chunk_size=chunk_size, matrix_free=subspace_iters is not None)
-    return MoEParams(experts, w, info.noise_std)
+    return MoEParams(est.experts, w, info.noise_std, nonlinearity), RecoverInfo(
+        info.log_likelihood, info.num_iters, info.num_passes, info.converged, info.finite,
+        info.trace, est.mixing_weights, est.norms)

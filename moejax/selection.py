@@ -92,10 +92,10 @@ def least_squares_model(x, y, **names):
     sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
     dtype = x.dtype
     params = MoEParams(jnp.asarray(beta[None], dtype), jnp.zeros((1, z.shape[1]), dtype),
-                       jnp.asarray(sigma, dtype))
+                       jnp.asarray(sigma, dtype), "linear")
     if names.get("feature_names") is not None:
         names = dict(names, feature_names=tuple(str(v) for v in names["feature_names"]))
-    return FittedMoE(params, std, "linear", **names)
+    return FittedMoE(params, std, **names)
 
 
 def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,

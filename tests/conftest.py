@@ -12,8 +12,9 @@ DIM, NUM_EXPERTS, NOISE_STD = 10, 3, 0.1
 def truth_and_data(seed: int, n: int, nonlinearity: str = "linear"):
     """(params, x, y) for one seed; the key tree is fixed so every test sees the same data."""
     key_params, key_data = jax.random.split(jax.random.key(seed))
-    params = mj.random_params(key_params, DIM, NUM_EXPERTS, noise_std=NOISE_STD)
-    x, y = mj.sample(key_data, params, n, nonlinearity)
+    params = mj.random_params(key_params, DIM, NUM_EXPERTS, noise_std=NOISE_STD,
+                              nonlinearity=nonlinearity)
+    x, y = mj.sample(key_data, params, n)
     return params, x, y
 
 

@@ -35,8 +35,8 @@ def test_refine_reaches_likelihood_accuracy():
     # improvement.
     for seed in range(3):
         truth, x, y = truth_and_data(seed, 100_000)
-        start = mj.recover(jax.random.key(seed), x, y, num_experts=NUM_EXPERTS,
-                           noise_std=NOISE_STD)
+        start, _ = mj.recover(jax.random.key(seed), x, y, num_experts=NUM_EXPERTS,
+                              noise_std=NOISE_STD)
         refined, info = mj.refine(start, x, y, num_iters=50)
         before = mj.expert_error(start.experts, truth.experts)
         after = mj.expert_error(refined.experts, truth.experts)
@@ -113,7 +113,7 @@ def test_degenerate_data_give_finite_results_or_a_named_cause(case, method):
     if expected is None:
         params, info = run()
         assert bool(info.finite)
-        assert all(np.all(np.isfinite(np.asarray(v))) for v in params)
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(params))
     else:
         with pytest.raises(ValueError, match=expected):
             run()

@@ -47,8 +47,7 @@ def test_log_likelihood_is_in_original_units():
     model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=10, num_random_starts=1)
     # Changing the target's units by 10 moves the density by -log 10 per row.
     shifted = mj.FittedMoE(model.params, model.standardizer._replace(
-        y_mean=model.standardizer.y_mean * 10, y_scale=model.standardizer.y_scale * 10),
-        model.nonlinearity)
+        y_mean=model.standardizer.y_mean * 10, y_scale=model.standardizer.y_scale * 10))
     np.testing.assert_allclose(shifted.log_likelihood(x, 10 * y),
                                model.log_likelihood(x, y) - np.log(10), rtol=1e-5)
 

@@ -56,8 +56,9 @@ def test_fused_em_sums_match_numpy_em_step(small_problem):
 @pytest.mark.parametrize("nonlinearity", ["linear", "sigmoid"])
 def test_likelihood_never_decreases(nonlinearity):
     key_p, key_x, key_w = jax.random.split(jax.random.key(1), 3)
-    params = mj.random_params(key_p, 8, 4, noise_std=0.3, orthogonal_gating=False)
-    x, y = mj.sample(key_x, params, 5000, nonlinearity)
+    params = mj.random_params(key_p, 8, 4, noise_std=0.3, orthogonal_gating=False,
+                              nonlinearity=nonlinearity)
+    x, y = mj.sample(key_x, params, 5000)
     _, info = mj.fit_gating(key_w, x, y, params.experts, noise_std=0.3,
                             nonlinearity=nonlinearity, num_inits=4, num_iters=60)
     # Generalised EM is monotone; float32 rounding of a mean of 5000 terms is ~1e-6.

@@ -167,8 +167,10 @@ def test_save_refuses_what_load_would_refuse(tmp_path, fitted):
     for match, params in bad.items():
         with pytest.raises(ValueError, match=match):
             mj.io.save(tmp_path / "m.npz", dataclasses.replace(model, params=params))
-    with pytest.raises(ValueError, match="non-linearity"):
-        mj.io.save(tmp_path / "m.npz", dataclasses.replace(model, nonlinearity="softsign"))
+    for g in ("no_such_g", jax.numpy.tanh):  # unknown, or a callable: not a saveable name
+        with pytest.raises(ValueError, match="non-linearity"):
+            mj.io.save(tmp_path / "m.npz", dataclasses.replace(
+                model, params=model.params._replace(nonlinearity=g)))
     with pytest.raises(ValueError, match="feature_names"):
         mj.io.save(tmp_path / "m.npz", dataclasses.replace(model, feature_names=("a", "b")))
     with pytest.raises(ValueError, match="FittedMoE"):
@@ -233,3 +235,18 @@ def test_temporaries_of_other_hosts_are_left_alone(tmp_path, fitted):
     other.write_bytes(b"")
     mj.io.save(path, model)
     assert other.exists()
+
+
+def test_a_registered_nonlinearity_saves_and_loads_by_name(tmp_path, fitted, monkeypatch):
+    model, x = fitted
+    mj.register_nonlinearity("tanh_for_io_test", jax.numpy.tanh)
+    custom = dataclasses.replace(model, params=model.params._replace(
+        nonlinearity="tanh_for_io_test"))
+    mj.io.save(tmp_path / "m.npz", custom)
+    loaded = mj.io.load(tmp_path / "m.npz")
+    assert loaded.nonlinearity == "tanh_for_io_test"
+    np.testing.assert_allclose(loaded.predict(x), model.predict(x), rtol=1e-6)
+    # In a process that has not registered the name, load says what to do.
+    monkeypatch.delitem(mj.nonlinearities._NAMED, "tanh_for_io_test")
+    with pytest.raises(ValueError, match="not registered in this process.*register_nonlinearity"):
+        mj.io.load(tmp_path / "m.npz")

@@ -42,7 +42,7 @@ def test_sampled_labels_follow_the_gate():
 
 def reference_log_lik(params, x, y, g):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    a, w, s = (np.asarray(v, np.float64) for v in params)
+    a, w, s = (np.asarray(v, np.float64) for v in params[:3])
     log_gate = np.asarray(x @ w.T) - logsumexp(x @ w.T, axis=1, keepdims=True)
     dens = -0.5 * ((y[:, None] - g(x @ a.T)) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
     return np.mean(logsumexp(log_gate + dens, axis=1)), softmax(log_gate + dens, axis=1)
@@ -51,21 +51,40 @@ def reference_log_lik(params, x, y, g):
 @pytest.mark.parametrize("noise_std", [0.3, (0.2, 0.5)])
 @pytest.mark.parametrize("name, g", [("linear", lambda z: z), ("tanh", np.tanh)])
 def test_log_likelihood_and_posteriors_match_numpy(name, g, noise_std):
-    params = mj.random_params(jax.random.key(3), 5, 2, noise_std=noise_std)
-    x, y = mj.sample(jax.random.key(4), params, 200, name)
+    params = mj.random_params(jax.random.key(3), 5, 2, noise_std=noise_std, nonlinearity=name)
+    x, y = mj.sample(jax.random.key(4), params, 200)
     ll, post = reference_log_lik(params, x, y, g)
-    assert float(mj.log_likelihood(params, x, y, name)) == pytest.approx(ll, rel=1e-5)
-    np.testing.assert_allclose(mj.posteriors(params, x, y, name), post, atol=1e-5)
+    assert float(mj.log_likelihood(params, x, y)) == pytest.approx(ll, rel=1e-5)
+    np.testing.assert_allclose(mj.posteriors(params, x, y), post, atol=1e-5)
 
 
 def test_predict_matches_numpy_and_is_jittable():
-    params = mj.random_params(jax.random.key(5), 5, 3)
+    params = mj.random_params(jax.random.key(5), 5, 3, nonlinearity="relu")
     x = jax.random.normal(jax.random.key(6), (50, 5))
     gate = softmax(np.asarray(x @ params.gating.T, np.float64), axis=1)
     expected = np.sum(gate * np.maximum(np.asarray(x @ params.experts.T), 0), axis=1)
-    np.testing.assert_allclose(mj.predict(params, x, "relu"), expected, atol=1e-5)
-    np.testing.assert_allclose(jax.jit(mj.predict, static_argnums=2)(params, x, "relu"),
-                               expected, atol=1e-5)
+    np.testing.assert_allclose(mj.predict(params, x), expected, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(mj.predict)(params, x), expected, atol=1e-5)
+
+
+def test_params_carry_their_nonlinearity_through_transformations():
+    params = mj.random_params(jax.random.key(5), 5, 3, nonlinearity="tanh")
+    assert jax.tree.leaves(params) == list(params[:3])  # g is structure, not a leaf
+    assert jax.tree.map(lambda v: v + 0, params).nonlinearity == "tanh"
+    assert jax.jit(lambda p: p)(params).nonlinearity == "tanh"
+    batched = jax.vmap(lambda k: mj.random_params(k, 5, 3, nonlinearity="relu"))(
+        jax.random.split(jax.random.key(0), 4))
+    assert batched.experts.shape == (4, 3, 5) and batched.nonlinearity == "relu"
+    # The prediction follows the params' g, and a jitted function compiles once per g.
+    x = jax.random.normal(jax.random.key(6), (50, 5))
+    predict = jax.jit(lambda p, x: mj.predict(p, x))  # a fresh function: its own cache
+    tanh_pred = predict(params, x)
+    predict(params._replace(gating=params.gating + 1.0), x)
+    assert predict._cache_size() == 1
+    linear = params._replace(nonlinearity="linear")
+    assert predict._cache_size() == 1 and not np.allclose(predict(linear, x), tanh_pred)
+    assert predict._cache_size() == 2
+    np.testing.assert_allclose(tanh_pred, mj.predict(params, x), atol=1e-6)
 
 
 def test_params_are_pytrees():
@@ -114,12 +133,13 @@ class PerExpertNoiseVariants(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_matches_numpy(self):
-        params = mj.random_params(jax.random.key(11), 6, 3, noise_std=(0.1, 0.4, 0.9))
-        x, y = mj.sample(jax.random.key(12), params, 300, "tanh")
+        params = mj.random_params(jax.random.key(11), 6, 3, noise_std=(0.1, 0.4, 0.9),
+                                  nonlinearity="tanh")
+        x, y = mj.sample(jax.random.key(12), params, 300)
         ll_ref, post_ref = reference_log_lik(params, x, y, np.tanh)
-        ll = self.variant(lambda p, x, y: mj.log_likelihood(p, x, y, "tanh"))(params, x, y)
-        post = self.variant(lambda p, x, y: mj.posteriors(p, x, y, "tanh"))(params, x, y)
-        pred = self.variant(lambda p, x: mj.predict(p, x, "tanh"))(params, x)
+        ll = self.variant(mj.log_likelihood)(params, x, y)
+        post = self.variant(mj.posteriors)(params, x, y)
+        pred = self.variant(mj.predict)(params, x)
         chex.assert_shape([post, pred], [(300, 3), (300,)])
         chex.assert_trees_all_close(float(ll), ll_ref, rtol=1e-5)
         chex.assert_trees_all_close(post, post_ref.astype(np.float32), atol=1e-5)

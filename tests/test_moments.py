@@ -71,8 +71,8 @@ def test_population_moments_match_algorithm_formula():
     # M2 = sum_i c2 pi_i a_i a_i^T (docs/algorithm.md section 2) at n = 1e6, tanh: the sampling error
     # of each entry is about sqrt(Var(T2 x_j x_l) / n) ~ 3e-3, so 0.02 leaves a wide margin.
     key_p, key_x = jax.random.split(jax.random.key(3))
-    params = mj.random_params(key_p, 6, 2, noise_std=0.1)
-    x, y = mj.sample(key_x, params, 1_000_000, "tanh")
+    params = mj.random_params(key_p, 6, 2, noise_std=0.1, nonlinearity="tanh")
+    x, y = mj.sample(key_x, params, 1_000_000)
     c = mj.transform_constants("tanh", 0.1)
     t2, _ = moments.label_transforms(y, c)
     pi = jnp.mean(jax.nn.softmax(x @ params.gating.T, axis=-1), axis=0)

@@ -93,3 +93,27 @@ def test_bad_arguments():
         mj.transform_constants(jnp.log, 0.1)  # NaN for z < 0
     with pytest.raises(ValueError, match="elementwise"):
         mj.transform_constants(jnp.sum, 0.1)
+
+
+def test_registered_names_stand_for_their_function(monkeypatch):
+    monkeypatch.setattr(mj.nonlinearities, "_NAMED", dict(mj.nonlinearities._NAMED))
+    mj.register_nonlinearity("my_softsign", jax.nn.soft_sign)
+    mj.register_nonlinearity("my_softsign", jax.nn.soft_sign)  # again, same function: no-op
+    assert "my_softsign" in mj.nonlinearity_names()
+    np.testing.assert_allclose(mj.transform_constants("my_softsign", 0.2),
+                               mj.transform_constants(jax.nn.soft_sign, 0.2), rtol=1e-6)
+    p = mj.random_params(jax.random.key(0), 4, 2, nonlinearity="my_softsign")
+    x = jax.random.normal(jax.random.key(1), (8, 4))
+    np.testing.assert_allclose(mj.predict(p, x), mj.predict(p._replace(
+        nonlinearity=jax.nn.soft_sign), x), rtol=1e-6)
+    with pytest.raises(ValueError, match="already registered"):
+        mj.register_nonlinearity("my_softsign", jnp.tanh)
+    with pytest.raises(ValueError, match="built-in"):
+        mj.register_nonlinearity("tanh", jnp.tanh)
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        mj.register_nonlinearity("", jnp.tanh)
+    with pytest.raises(ValueError, match="fn must be"):
+        mj.register_nonlinearity("bad", 3.0)
+    with pytest.raises(ValueError, match="elementwise"):
+        mj.register_nonlinearity("bad", lambda z: z[:1])
+    assert "bad" not in mj.nonlinearity_names()

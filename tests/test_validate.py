@@ -29,24 +29,25 @@ def test_non_numeric_data_are_named(x, message):
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_half_precision_data_are_computed_in_float32(dtype):
-    est = mj.recover(KEY, np.asarray(X).astype(dtype), np.asarray(Y).astype(dtype),
-                     num_experts=2)
+    est, _ = mj.recover(KEY, np.asarray(X).astype(dtype), np.asarray(Y).astype(dtype),
+                        num_experts=2)
     assert est.experts.dtype == jnp.float32
     assert float(mj.expert_error(est.experts, TRUTH.experts)) < 0.5
 
 
 def test_numpy_scalars_are_accepted():
-    a = mj.recover(KEY, X, Y, num_experts=np.int64(2), noise_std=np.float32(0.3),
-                   num_em_iters=np.int32(20))
-    b = mj.recover(KEY, X, Y, num_experts=2, noise_std=0.3, num_em_iters=20)
+    a, _ = mj.recover(KEY, X, Y, num_experts=np.int64(2), noise_std=np.float32(0.3),
+                      num_em_iters=np.int32(20))
+    b, _ = mj.recover(KEY, X, Y, num_experts=2, noise_std=0.3, num_em_iters=20)
     np.testing.assert_array_equal(a.experts, b.experts)
 
 
 def test_traced_num_experts_says_configuration_is_static():
     with pytest.raises(ValueError, match="static_argnames"):
         jax.jit(mj.recover)(KEY, X, Y, num_experts=2)
-    fine = jax.jit(functools.partial(mj.recover, num_experts=2, noise_std=0.3))(KEY, X, Y)
-    assert fine.experts.shape == (2, 5)
+    fine, info = jax.jit(functools.partial(mj.recover, num_experts=2, noise_std=0.3))(KEY, X, Y)
+    assert fine.experts.shape == (2, 5) and fine.nonlinearity == "linear"
+    assert info.mixing_weights.shape == (2,)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -86,6 +87,7 @@ def test_bad_settings_are_value_errors_naming_the_argument(call, message):
     (TRUTH._replace(noise_std=-1.0), "params.noise_std must be a positive"),
     (TRUTH._replace(gating=TRUTH.gating[:, :3]), "must both have shape \\(k, d\\)"),
     (TRUTH[:2], "params must be MoEParams"),
+    (TRUTH._replace(nonlinearity="softplus"), "nonlinearity must be one of"),
     ("params", "params must be MoEParams"),
 ])
 @pytest.mark.parametrize("use", ["predict", "log_likelihood", "posteriors", "sample", "refine"])
@@ -102,7 +104,8 @@ def test_bad_params_are_named_everywhere(params, message, use):
 
 
 def test_a_plain_tuple_of_params_is_accepted():
-    np.testing.assert_array_equal(mj.predict(tuple(TRUTH), X), mj.predict(TRUTH, X))
+    # Read as a linear model, like MoEParams(experts, gating, noise_std).
+    np.testing.assert_array_equal(mj.predict(tuple(TRUTH[:3]), X), mj.predict(TRUTH, X))
 
 
 def test_metrics_refuse_mismatched_shapes():
@@ -113,4 +116,4 @@ def test_metrics_refuse_mismatched_shapes():
         mj.expert_error(TRUTH.experts[:, :3], TRUTH.experts)
     with pytest.raises(ValueError, match="est must be MoEParams"):
         mj.gating_error(TRUTH.experts, TRUTH)
-    assert float(mj.gating_error(tuple(TRUTH), TRUTH)) == 0.0
+    assert float(mj.gating_error(tuple(TRUTH[:3]), TRUTH)) == 0.0
