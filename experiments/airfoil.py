@@ -61,7 +61,7 @@ def _best_random_start(keys, z, y, method, k, g, iters, lr, tol):
         if method == "em":
             return mj.joint_em(key, z, y, num_experts=k, nonlinearity=g, num_iters=iters,
                                tol=tol)
-        return mj.joint_gd(key, z, y, num_experts=k, nonlinearity=g, num_steps=iters,
+        return mj.joint_gd(key, z, y, num_experts=k, nonlinearity=g, num_iters=iters,
                            learning_rate=lr, tol=tol)
 
     fits, info = jax.vmap(one)(keys)

@@ -59,7 +59,7 @@ def method_fn(method: str, s: Setting) -> Callable:
         return lambda key, x, y: report(mj.joint_em(key, x, y, num_iters=s.em_iters, tol=s.tol,
                                                     **common))
     if method == "gd":
-        return lambda key, x, y: report(mj.joint_gd(key, x, y, num_steps=s.gd_steps, tol=s.tol,
+        return lambda key, x, y: report(mj.joint_gd(key, x, y, num_iters=s.gd_steps, tol=s.tol,
                                                     learning_rate=s.gd_learning_rate, **common))
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 

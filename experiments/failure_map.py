@@ -128,7 +128,7 @@ def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters:
         out["starts"] = (jax.vmap(ll)(fits), jax.vmap(err)(fits), infos.num_passes,
                          infos.converged)
         gd, info = mj.joint_gd(key_gd, x, y, num_experts=cell.k, nonlinearity=g,
-                               num_steps=5 * max_iters, tol=tol, learning_rate=0.01)
+                               num_iters=5 * max_iters, tol=tol, learning_rate=0.01)
         out["gd_1"] = (ll(gd), err(gd), info.num_passes, info.converged)
         sigma0 = mj.initial_noise_std(y, g)
         est = mj.recover_experts(key_m1, x, y, num_experts=cell.k, nonlinearity=g,

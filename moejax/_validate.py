@@ -198,11 +198,8 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std):
     n, d = x.shape
     if isinstance(num_experts, (bool, np.bool_)) or not isinstance(
             num_experts, (int, np.integer)) or not 2 <= num_experts <= d:
-        hint = (" (configuration must be static: under jax.jit, pass it through "
-                "functools.partial or static_argnames)" if isinstance(num_experts, jax.core.Tracer)
-                else "")
         raise ValueError(f"num_experts must be an integer in [2, d={d}], got "
-                         f"{num_experts!r}{hint}.")
+                         f"{num_experts!r}{_static_hint(num_experts)}.")
     if n < min_samples(d):
         raise ValueError(
             f"x has n = {n} samples; the moment method needs at least n = d + 1 = {min_samples(d)}"
@@ -220,11 +217,20 @@ def _constant(y: jax.Array) -> jax.Array:
     return jnp.max(y) == jnp.min(y)
 
 
+def _static_hint(value) -> str:
+    """What to do when a traced value reached a static argument."""
+    if isinstance(value, jax.core.Tracer):
+        return (" (configuration must be static: under jax.jit, bind it with functools.partial "
+                "or list it in static_argnames)")
+    return ""
+
+
 def count(value, name: str, minimum: int = 1) -> int:
     """value as a Python int >= minimum (NumPy integers accepted); ValueError otherwise."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
             or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got "
+                         f"{value!r}{_static_hint(value)}.")
     return int(value)
 
 

@@ -271,12 +271,12 @@ def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
 
 
 def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
-             nonlinearity: Nonlinearity = "linear", noise_std=None, num_steps: int = 1000,
+             nonlinearity: Nonlinearity = "linear", noise_std=None, num_iters: int = 1000,
              learning_rate: float = 0.01, tol: float = 1e-7) -> tuple[MoEParams, FitInfo]:
     """Adam on the negative log-likelihood over (experts, gating) from `random_init(key, ...)`.
 
     The gating's last row stays 0. Stops when L changed by at most tol * (1 + |L|) in a
-    step, or after `num_steps` steps.
+    step, or after `num_iters` steps.
 
     Args:
       key: PRNG key of the start.
@@ -284,7 +284,7 @@ def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
       num_experts: k in [2, d]; nonlinearity: the experts' g.
       noise_std: the known sigma (kept fixed), or None to learn log sigma with the rest
         (starting from `initial_noise_std`).
-      num_steps: cap on Adam steps; learning_rate: Adam's; tol: as above.
+      num_iters: cap on Adam steps; learning_rate: Adam's; tol: as above.
 
     Returns:
       (MoEParams, FitInfo) with num_passes the gradient evaluations.
@@ -294,18 +294,18 @@ def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
 
     >>> from moejax.model import random_params, sample
     >>> x, y = sample(jax.random.key(1), random_params(jax.random.key(0), 4, 2), 2000)
-    >>> params, info = joint_gd(jax.random.key(2), x, y, num_experts=2, num_steps=20)
+    >>> params, info = joint_gd(jax.random.key(2), x, y, num_experts=2, num_iters=20)
     >>> int(info.num_iters) <= 20, bool(info.trace[-1] >= info.trace[0])
     (True, True)
     """
     learn = noise_std is None
     x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std)
-    num_steps = _validate.count(num_steps, "num_steps")
+    num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(tol, "tol")
     _validate.positive(learning_rate, "learning_rate")
     init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype,
                        nonlinearity=nonlinearity)
-    out = _joint_gd(init, x, y, num_steps, learning_rate, tol, learn)
+    out = _joint_gd(init, x, y, num_iters, learning_rate, tol, learn)
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
                             what="joint_gd")
     return out

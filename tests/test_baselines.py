@@ -65,12 +65,12 @@ def test_joint_gd_improves_likelihood_and_vmaps_over_keys():
     truth, x, y = truth_and_data(2, 20_000, "tanh")
     keys = jax.random.split(jax.random.key(1), 4)
     fit = jax.vmap(lambda k: mj.joint_gd(k, x, y, num_experts=NUM_EXPERTS, nonlinearity="tanh",
-                                         noise_std=NOISE_STD, num_steps=300))
+                                         noise_std=NOISE_STD, num_iters=300))
     params, info = fit(keys)
     assert params.experts.shape == (4, NUM_EXPERTS, 10) and np.all(params.gating[:, -1] == 0)
     assert np.all(info.trace[:, -1] > info.trace[:, 0] + 0.5)
     single, _ = mj.joint_gd(keys[3], x, y, num_experts=NUM_EXPERTS, nonlinearity="tanh",
-                            noise_std=NOISE_STD, num_steps=300)
+                            noise_std=NOISE_STD, num_iters=300)
     np.testing.assert_allclose(params.experts[3], single.experts, atol=1e-4)
 
 
@@ -92,7 +92,7 @@ def test_bad_inputs():
 
 def test_joint_gd_and_em_learn_unknown_noise_std(small_problem):
     truth, x, y = small_problem
-    for fn, kw in ((mj.joint_gd, dict(num_steps=500, learning_rate=0.02)),
+    for fn, kw in ((mj.joint_gd, dict(num_iters=500, learning_rate=0.02)),
                    (mj.joint_em, dict(num_iters=100))):
         est, _ = fn(jax.random.key(0), x, y, num_experts=NUM_EXPERTS, **kw)
         assert abs(float(est.noise_std) / NOISE_STD - 1) < 0.1, fn.__name__
@@ -128,5 +128,5 @@ def test_em_and_gd_report_iterations_and_convergence(small_problem):
                             noise_std=NOISE_STD, num_iters=2)
     assert not bool(capped.converged) and int(capped.num_iters) == 2
     _, gd = mj.joint_gd(jax.random.key(0), x, y, num_experts=NUM_EXPERTS, noise_std=NOISE_STD,
-                        num_steps=20)
+                        num_iters=20)
     assert not bool(gd.converged) and int(gd.num_iters) == 20

@@ -43,8 +43,10 @@ def test_numpy_scalars_are_accepted():
 
 
 def test_traced_num_experts_says_configuration_is_static():
-    with pytest.raises(ValueError, match="static_argnames"):
+    with pytest.raises(ValueError, match="num_experts .* bind it with functools.partial"):
         jax.jit(mj.recover)(KEY, X, Y, num_experts=2)
+    with pytest.raises(ValueError, match="num_em_iters .* bind it with functools.partial"):
+        jax.jit(functools.partial(mj.recover, num_experts=2))(KEY, X, Y, num_em_iters=5)
     fine, info = jax.jit(functools.partial(mj.recover, num_experts=2, noise_std=0.3))(KEY, X, Y)
     assert fine.experts.shape == (2, 5) and fine.nonlinearity == "linear"
     assert info.mixing_weights.shape == (2,)
@@ -70,7 +72,7 @@ def test_traced_num_experts_says_configuration_is_static():
     (lambda: mj.random_params(KEY, 5, 2, gating_norm=float("nan")), "gating_norm"),
     (lambda: mj.random_params(KEY, 5, 2, orthogonal_gating=1), "orthogonal_gating must be True"),
     (lambda: mj.joint_em(KEY, X, Y, num_experts=2, num_iters=-1), "num_iters must be an integer >= 1"),
-    (lambda: mj.joint_gd(KEY, X, Y, num_experts=2, num_steps=-3), "num_steps"),
+    (lambda: mj.joint_gd(KEY, X, Y, num_experts=2, num_iters=-3), "num_iters"),
     (lambda: mj.joint_gd(KEY, X, Y, num_experts=2, learning_rate=float("nan")), "learning_rate"),
     (lambda: mj.fit(KEY, X, Y, num_experts=2, feature_names="abcde"), "single string"),
     (lambda: mj.fit(KEY, X, Y, num_experts=2, whiten="no"), "whiten must be True or False"),
