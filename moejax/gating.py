@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import jax.scipy as jsp
 
 from moejax import _validate, solver
-from moejax.model import expert_noise
+from moejax.model import gaussian_log_density
 from moejax.sums import Layout, layout_of, row_count, row_sum
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 
@@ -187,11 +187,6 @@ def noise_std_update(weighted_sq: jax.Array, weights: jax.Array, noise_std: jax.
     return jnp.maximum(jnp.sqrt(var), floor)
 
 
-def _log_densities(sq_resid, noise_std):
-    sigma = expert_noise(noise_std)
-    return -0.5 * sq_resid / jnp.square(sigma) - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
-
-
 def gram_matrix(x: jax.Array, layout: Layout = Layout(), weights=None) -> jax.Array:
     """C = X^T X / n: (d, d) (with row weights: sum_n w_n x_n x_n^T / sum_n w_n)."""
     return (row_sum(lambda xb, w: xb.T @ (w[:, None] * xb), (x,), layout, weights)
@@ -218,7 +213,7 @@ def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout, weights=None)
         diffs, log_liks, sqs, counts = [], [], [], []
         for j in range(m):  # m is static and small
             logits = list(proj[j * (k - 1):(j + 1) * (k - 1)]) + [zero]
-            gate, resp, log_lik = _e_step_rows(logits, _log_densities(sq_resid, sigmas[j]))
+            gate, resp, log_lik = _e_step_rows(logits, gaussian_log_density(sq_resid, sigmas[j]))
             diffs += [(q - p) * w for q, p in zip(resp[:-1], gate[:-1])]
             log_liks.append(jnp.sum(w * log_lik))
             if sigmas.ndim == 1:  # shared sigma: sum over experts first, one reduction

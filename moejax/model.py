@@ -133,9 +133,14 @@ def sample(key: jax.Array, params: MoEParams, n: int) -> tuple[jax.Array, jax.Ar
 def expert_log_densities(x: jax.Array, y: jax.Array, experts: jax.Array, noise_std: jax.Array,
                          nonlinearity: Nonlinearity) -> jax.Array:
     """log N(y_n | g(a_i . x_n), sigma_i^2), expert-major: (k, n). noise_std: () or (k,)."""
+    sq_resid = jnp.square(y - get_nonlinearity(nonlinearity)(experts @ x.T))
+    return gaussian_log_density(sq_resid, noise_std)
+
+
+def gaussian_log_density(sq_resid: jax.Array, noise_std: jax.Array) -> jax.Array:
+    """log N(r | 0, sigma_i^2) from squared residuals r^2 (k, n); noise_std () or (k,)."""
     sigma = expert_noise(noise_std)
-    resid = (y - get_nonlinearity(nonlinearity)(experts @ x.T)) / sigma
-    return -0.5 * jnp.square(resid) - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
+    return -0.5 * sq_resid / jnp.square(sigma) - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
 
 
 def _joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
