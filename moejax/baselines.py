@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import optax
 
 from moejax import _validate, solver
-from moejax.gating import (NOISE_FLOOR, _std, e_step, gram_matrix, gram_solver, m_step,
+from moejax.gating import (NOISE_FLOOR, bohning_step, e_step, gram_matrix, gram_solver,
                            noise_std_update)
 from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
+from moejax.sums import Layout, layout_of, row_count, row_sum
 from moejax.recover import initial_noise_std
 
 
@@ -66,47 +67,76 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
 
 def _weighted_least_squares(resp: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
     """argmin_a sum_n q_ni (y_n - a . x_n)^2 for every expert i: (k, d). resp: (k, n)."""
-    return _expert_step(jnp.zeros((resp.shape[0], x.shape[1]), x.dtype), resp, x, y,
-                        lambda z: z)
+    experts = jnp.zeros((resp.shape[0], x.shape[1]), x.dtype)
+    gram, rhs, _ = _expert_sums(experts, resp, x, y, lambda z: z)
+    return experts + _expert_step(gram, rhs, x.shape[0])
 
 
-def _expert_step(experts, resp, x, y, g, count=None):
-    """The experts' M-step: one Gauss-Newton step on sum_n q_ni (y_n - g(a_i . x_n))^2 for
-    every expert i, (k, d). For linear g it is the exact weighted least-squares solution; for
-    non-linear g it is a generalised M-step (weights q g'^2, docs/solvers.md). resp: (k, n);
-    count: the number of rows counted (default n), the scale of the ridge."""
-    n, d = x.shape
-    n = n if count is None else count
+def _expert_sums(experts, resp, x, y, g):
+    """Sums over rows for the experts' M-step, at the current experts: G_i = sum_n q_ni s_ni^2
+    x_n x_n^T (k, d, d), b_i = sum_n q_ni s_ni r_ni x_n (k, d) and S_i = sum_n q_ni r_ni^2
+    (k,), with r_ni = y_n - g(a_i . x_n) and s_ni = g'(a_i . x_n). resp: (k, n), row weights
+    folded in."""
     pre = experts @ x.T
     out, slope = jax.jvp(g, (pre,), (jnp.ones_like(pre),))
-    gram = jnp.einsum("kn,nd,ne->kde", resp * jnp.square(slope), x, x) / n
-    rhs = (resp * slope * (y - out)) @ x / n
+    resid = y - out
+    gram = jnp.einsum("kn,nd,ne->kde", resp * jnp.square(slope), x, x)
+    return gram, (resp * slope * resid) @ x, jnp.sum(resp * jnp.square(resid), axis=1)
+
+
+def _expert_step(gram, rhs, count):
+    """The experts' M-step from `_expert_sums`: delta_i = G_i^(-1) b_i, (k, d), one
+    Gauss-Newton step on sum_n q_ni (y_n - g(a_i . x_n))^2 for every expert. For linear g it
+    is the exact weighted least-squares update; for non-linear g a generalised M-step (weights
+    q g'^2, docs/solvers.md). count: the number of rows counted, the scale of the ridge."""
+    d = gram.shape[-1]
     # A tiny ridge keeps an expert with (almost) no responsibility solvable.
-    ridge = 1e-6 * jnp.eye(d, dtype=x.dtype)
-    return experts + jnp.linalg.solve(gram + ridge, rhs[..., None])[..., 0]
+    ridge = 1e-6 * jnp.eye(d, dtype=gram.dtype)
+    return jnp.linalg.solve(gram / count + ridge, (rhs / count)[..., None])[..., 0]
 
 
-def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None):
-    """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem; weights:
-    None or (n,) row weights (0 on padding rows)."""
+def _moments_of_y(y, layout, weights):
+    """sd(y) over the counted rows, through `row_sum`."""
+    total, first, second = row_sum(lambda yb, w: (jnp.sum(w), jnp.sum(w * yb),
+                                                  jnp.sum(w * jnp.square(yb))),
+                                   (y,), layout, weights)
+    mean = first / total
+    return jnp.sqrt(jnp.maximum(second / total - jnp.square(mean), 0.0))
+
+
+def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout()):
+    """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem, one pass
+    over the rows (`row_sum`: in one block, in chunks, or over devices); weights: None or (n,)
+    row weights (0 on padding rows)."""
     g = get_nonlinearity(nonlinearity)
-    solve = gram_solver(gram_matrix(x, weights=weights))
-    floor = NOISE_FLOOR * _std(y, weights)
-    w = jnp.ones_like(y) if weights is None else weights
+    solve = gram_solver(gram_matrix(x, layout, weights))
+    floor = NOISE_FLOOR * _moments_of_y(y, layout, weights)
+    count = row_count(x.shape[0], weights)
 
     def em_map(theta):
         experts, gating, log_sigma = theta
         sigma = jnp.exp(log_sigma)
-        log_dens = expert_log_densities(x, y, experts, sigma, nonlinearity)
-        gate, resp, log_lik = e_step(gating, x, log_dens)
-        new_gating = m_step(gating, gate, resp, x, solve, weights)
-        resp = jnp.stack(resp) * w
-        new_experts = _expert_step(experts, resp, x, y, g, jnp.sum(w))
-        if learn_noise_std:  # exact maximiser given the new experts (ECM order)
-            sq_resid = jnp.square(y - g(new_experts @ x.T))
-            log_sigma = jnp.log(noise_std_update(jnp.sum(resp * sq_resid, axis=1),
-                                                 jnp.sum(resp, axis=1), sigma, floor))
-        return (new_experts, new_gating, log_sigma), jnp.sum(w * log_lik) / jnp.sum(w)
+
+        def block(xb, yb, w):
+            log_dens = expert_log_densities(xb, yb, experts, sigma, nonlinearity)
+            gate, resp, log_lik = e_step(gating, xb, log_dens)
+            diff = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) * w
+            resp = jnp.stack(resp) * w
+            return (diff @ xb, jnp.sum(w * log_lik), *_expert_sums(experts, resp, xb, yb, g),
+                    jnp.sum(resp, axis=1))
+
+        grad, log_lik, gram, rhs, sq, resp_sum = row_sum(block, (x, y), layout, weights)
+        new_gating = bohning_step(gating, grad / count, solve)
+        delta = _expert_step(gram, rhs, count)
+        if learn_noise_std:
+            # sigma's exact maximiser given the new experts (ECM order), without another pass:
+            # sum_n q (r - s delta . x)^2 = S - 2 delta . b + delta^T G delta, exact for linear
+            # g (s = 1) and the Gauss-Newton model's residual otherwise.
+            new_sq = sq - 2 * jnp.sum(delta * rhs, axis=1) + jnp.einsum(
+                "kd,kde,ke->k", delta, gram, delta)
+            log_sigma = jnp.log(noise_std_update(jnp.maximum(new_sq, 0.0), resp_sum, sigma,
+                                                 floor))
+        return (experts + delta, new_gating, log_sigma), log_lik / count
 
     return em_map
 
@@ -116,9 +146,11 @@ def _fit_info(info: solver.SolverInfo, index=0) -> FitInfo:
                    info.converged[index], info.finite[index], info.trace[:, index])
 
 
-@functools.partial(jax.jit, static_argnames=("num_iters", "learn_noise_std", "accelerate"))
-def _joint_em(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accelerate=True):
-    em_map = jax.vmap(_joint_em_map(x, y, init.nonlinearity, learn_noise_std))
+@functools.partial(jax.jit, static_argnames=("num_iters", "learn_noise_std", "accelerate",
+                                             "layout"))
+def _joint_em(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accelerate=True,
+              layout=Layout()):
+    em_map = jax.vmap(_joint_em_map(x, y, init.nonlinearity, learn_noise_std, layout=layout))
     theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
     (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
                                                         max_iters=num_iters,
@@ -171,7 +203,8 @@ def _joint_gd(init: MoEParams, x, y, num_steps, learning_rate, tol, learn_noise_
 
 def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 200,
            tol: float = 1e-7,
-           learn_noise_std: bool = False, accelerate: bool = True) -> tuple[MoEParams, FitInfo]:
+           learn_noise_std: bool = False, accelerate: bool = True,
+           chunk_size: int | None = None) -> tuple[MoEParams, FitInfo]:
     """Joint EM over (experts, gating) from the start `params` (e.g. the output of `recover`),
     run until the likelihood settles (docs/solvers.md).
 
@@ -193,6 +226,8 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
       num_iters: cap on iterations; tol: relative tolerance on the rise of L per iteration.
       learn_noise_std: update sigma (shaped like params.noise_std) in every M-step.
       accelerate: SQUAREM (True) or plain EM (False).
+      chunk_size: None, or rows per block of every pass; x sharded along its rows over a
+        device mesh runs data-parallel (as in `moejax.recover`).
 
     Returns:
       (the final parameters, FitInfo).
@@ -216,7 +251,8 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
     _validate.noise_scale(params.noise_std, x.dtype)
     num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(tol, "tol")
-    out = _joint_em(params, x, y, num_iters, tol, learn_noise_std, accelerate)
+    layout = layout_of(x, chunk_size)
+    out = _joint_em(params, x, y, num_iters, tol, learn_noise_std, accelerate, layout)
     _validate.finite_result(out[1].finite, x, y, noise_std=params.noise_std, what="refine")
     return out
 
@@ -234,7 +270,8 @@ def _start_noise_std(x, y, num_experts, nonlinearity, noise_std):
 
 def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
              nonlinearity: Nonlinearity = "linear", noise_std=None, num_iters: int = 200,
-             tol: float = 1e-7, accelerate: bool = True) -> tuple[MoEParams, FitInfo]:
+             tol: float = 1e-7, accelerate: bool = True,
+             chunk_size: int | None = None) -> tuple[MoEParams, FitInfo]:
     """Joint EM from the random start `random_init(key, ...)`; see `refine` for the steps and
     the stopping rule.
 
@@ -244,7 +281,7 @@ def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
       num_experts: k in [2, d].
       nonlinearity: the experts' g.
       noise_std: the known sigma, or None to learn it (starting from `initial_noise_std`).
-      num_iters, tol, accelerate: as in `refine`.
+      num_iters, tol, accelerate, chunk_size: as in `refine`.
 
     Returns:
       (MoEParams, FitInfo).
@@ -264,7 +301,7 @@ def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     _validate.positive(tol, "tol")
     init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype,
                        nonlinearity=nonlinearity)
-    out = _joint_em(init, x, y, num_iters, tol, learn, accelerate)
+    out = _joint_em(init, x, y, num_iters, tol, learn, accelerate, layout_of(x, chunk_size))
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
                             what="joint_em")
     return out

@@ -134,6 +134,13 @@ _SHARDED = textwrap.dedent("""
             rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
             assert rel < 1e-5, (chunk, rel)
             print("relative difference", chunk, rel)
+    # The joint EM too: five plain EM steps from recover's estimate, every pass sharded.
+    kw_refine = dict(num_iters=5, tol=1e-12, accelerate=False, learn_noise_std=True)
+    r_ref, _ = mj.refine(ref, x, y, **kw_refine)
+    r_got, _ = mj.refine(ref, xs, ys, chunk_size=1000, **kw_refine)
+    for a, b in zip(jax.tree.leaves(r_got), jax.tree.leaves(r_ref)):
+        rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+        assert rel < 1e-5, ("refine", rel)
     # Row weights travel with the rows: sharded like them, summed the same.
     w = jnp.linspace(0.0, 2.0, 40_000)
     ws = jax.device_put(w, NamedSharding(mesh, P("data")))
