@@ -147,10 +147,11 @@ REFINE_SCREEN_ITERS = 100
 REFINE_KEEP = 4
 
 
-@functools.partial(jax.jit, static_argnames=("num_iters", "learn"))
-def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None):
+@functools.partial(jax.jit, static_argnames=("num_iters", "learn", "layout"))
+def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
+                   layout=sums.Layout()):
     """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood."""
-    em_map = jax.vmap(_joint_em_map(z, y, starts.nonlinearity, learn, weights))
+    em_map = jax.vmap(_joint_em_map(z, y, starts.nonlinearity, learn, weights, layout))
     theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
     (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
@@ -168,7 +169,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
         num_em_iters: int = 50, per_expert_noise: bool = True, feature_names=None,
         target_name=None, max_experts: int = 4, select_by: str = "bic",
-        progress=None) -> FittedMoE:
+        chunk_size: int | None = None, progress=None) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
@@ -213,6 +214,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
       num_restarts, num_gating_inits, num_em_iters: the moment stage's and gating EM's.
       feature_names, target_name: optional names, kept with the model.
       max_experts, select_by: for num_experts="auto".
+      chunk_size: None, or rows per block of every pass over the data (the moment stage, the
+        gating EM and the refinement), so that temporaries do not grow with n.
       progress: if given, called with a short message as each stage starts (the command
         line prints them).
 
@@ -251,7 +254,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         settings = dict(noise_std=noise_std, whiten=whiten, refine_iters=refine_iters, tol=tol,
                         num_random_starts=num_random_starts, num_restarts=num_restarts,
                         num_gating_inits=num_gating_inits, num_em_iters=num_em_iters,
-                        per_expert_noise=per_expert_noise)
+                        per_expert_noise=per_expert_noise, chunk_size=chunk_size)
         scores, models = selection._select(
             key, x, y, max_experts, nonlinearity, folds, settings,
             names=dict(feature_names=feature_names, target_name=target_name))
@@ -289,12 +292,13 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
     est = recover_experts(key_tensor, xs, ys, num_experts=num_experts, nonlinearity=nonlinearity,
                           noise_std=jnp.sqrt(jnp.mean(jnp.square(sigma))),
-                          num_restarts=num_restarts, weights=weights)
+                          num_restarts=num_restarts, weights=weights, chunk_size=chunk_size)
     experts = est.experts
     progress(f"gating EM: {num_gating_inits} starts, at most {num_em_iters} iterations")
     w, info = gating.fit_gating(key_gating, xs, ys, experts, noise_std=sigma,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
-                                num_iters=num_em_iters, learn_noise_std=learn, weights=weights)
+                                num_iters=num_em_iters, learn_noise_std=learn, weights=weights,
+                                chunk_size=chunk_size)
     pad = jnp.zeros((num_experts, 1), xs.dtype)
     sigma = info.noise_std
     if learn and per_expert_noise:
@@ -311,7 +315,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), params,
                                         randoms)
         params, report, finite = _refine_starts(starts, z, ys, refine_iters,
-                                                jnp.asarray(tol, z.dtype), learn, weights)
+                                                jnp.asarray(tol, z.dtype), learn, weights,
+                                                sums.layout_of(z, chunk_size))
         _validate.finite_result(finite, z, ys, what="fit's refinement")
     return FittedMoE(params, std, feature_names,
                      None if target_name is None else str(target_name), report)
