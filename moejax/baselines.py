@@ -149,8 +149,8 @@ def _fit_info(info: solver.SolverInfo, index=0) -> FitInfo:
 @functools.partial(jax.jit, static_argnames=("num_iters", "learn_noise_std", "accelerate",
                                              "layout"))
 def _joint_em(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accelerate=True,
-              layout=Layout()):
-    em_map = jax.vmap(_joint_em_map(x, y, init.nonlinearity, learn_noise_std, layout=layout))
+              layout=Layout(), weights=None):
+    em_map = jax.vmap(_joint_em_map(x, y, init.nonlinearity, learn_noise_std, weights, layout))
     theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
     (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
                                                         max_iters=num_iters,
@@ -204,7 +204,7 @@ def _joint_gd(init: MoEParams, x, y, num_steps, learning_rate, tol, learn_noise_
 def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 200,
            tol: float = 1e-7,
            learn_noise_std: bool = False, accelerate: bool = True,
-           chunk_size: int | None = None) -> tuple[MoEParams, FitInfo]:
+           chunk_size: int | None = None, weights=None) -> tuple[MoEParams, FitInfo]:
     """Joint EM over (experts, gating) from the start `params` (e.g. the output of `recover`),
     run until the likelihood settles (docs/solvers.md).
 
@@ -228,6 +228,7 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
       accelerate: SQUAREM (True) or plain EM (False).
       chunk_size: None, or rows per block of every pass; x sharded along its rows over a
         device mesh runs data-parallel (as in `moejax.recover`).
+      weights: None, or (n,) row weights >= 0: the weighted likelihood is maximised.
 
     Returns:
       (the final parameters, FitInfo).
@@ -252,7 +253,9 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
     num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(tol, "tol")
     layout = layout_of(x, chunk_size)
-    out = _joint_em(params, x, y, num_iters, tol, learn_noise_std, accelerate, layout)
+    weights = _validate.row_weights(weights, x.shape[0])
+    out = _joint_em(params, x, y, num_iters, tol, learn_noise_std, accelerate, layout,
+                    None if weights is None else weights.astype(x.dtype))
     _validate.finite_result(out[1].finite, x, y, noise_std=params.noise_std, what="refine")
     return out
 

@@ -154,10 +154,12 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
     return _initial_noise_std(_validate.vector(y, "y"), nonlinearity)
 
 
-def _initial_noise_std(y, nonlinearity):
-    """`initial_noise_std` without input checks."""
-    second = jnp.mean(jnp.square(y))
-    floor = 0.01 * jnp.var(y)
+def _initial_noise_std(y, nonlinearity, weights=None):
+    """`initial_noise_std` without input checks; with row weights, weighted means."""
+    w = jnp.ones_like(y) if weights is None else weights
+    mean = lambda v: jnp.sum(w * v) / jnp.sum(w)  # noqa: E731
+    second = mean(jnp.square(y))
+    floor = 0.01 * mean(jnp.square(y - mean(y)))
     return jnp.sqrt(jnp.maximum(second - output_second_moment(nonlinearity), floor))
 
 
@@ -165,7 +167,7 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             nonlinearity: Nonlinearity = "linear", noise_std=None, num_restarts: int = 10,
             num_power_iters: int = 100, num_gating_inits: int = 1,
             num_em_iters: int = 50, em_tol: float = 1e-6, subspace_iters: int | None = None,
-            chunk_size: int | None = None) -> tuple[MoEParams, RecoverInfo]:
+            chunk_size: int | None = None, weights=None) -> tuple[MoEParams, RecoverInfo]:
     """Consistent estimate of all MoE parameters from samples (docs/algorithm.md sections 2-4).
 
     1. Experts from the cross-moments of Stein score functions and transformed labels,
@@ -196,6 +198,8 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
         (`fit_gating(..., matrix_free=True)`); n d k work per pass.
       chunk_size: None sums over all rows at once; an integer sums over blocks of that many
         rows (a `lax.scan`), so temporaries do not grow with n. Same result to float rounding.
+      weights: None, or (n,) row weights >= 0: every mean over rows becomes a weighted one
+        (weight-0 rows are ignored: padding, e.g. to give every process the same row count).
 
     Data parallelism: if x is a `jax.Array` sharded along its rows over a mesh axis
     (`jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))`), every sum over samples
@@ -222,9 +226,13 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     learn = noise_std is None
     if learn:
         x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0)
-        noise_std = initial_noise_std(y, nonlinearity)
     else:
         x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+    weights = _validate.row_weights(weights, x.shape[0])
+    if weights is not None:
+        weights = weights.astype(x.dtype)
+    if learn:
+        noise_std = _initial_noise_std(y, nonlinearity, weights)
     _validate.scales(x, y, power=3)
     _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(subspace_iters)
@@ -237,12 +245,13 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     layout = layout_of(x, chunk_size)
     key_tensor, key_gating = jax.random.split(key)
     est = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
-                           num_restarts, num_power_iters, subspace_iters, layout)
+                           num_restarts, num_power_iters, subspace_iters, layout, weights)
     _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), x, y, what="the moment stage")
     w, info = gating.fit_gating(key_gating, x, y, est.experts, noise_std=noise_std,
                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
                                 num_iters=num_em_iters, tol=em_tol, learn_noise_std=learn,
-                                chunk_size=chunk_size, matrix_free=subspace_iters is not None)
+                                chunk_size=chunk_size, matrix_free=subspace_iters is not None,
+                                weights=weights)
     return MoEParams(est.experts, w, info.noise_std, nonlinearity), RecoverInfo(
         info.log_likelihood, info.num_iters, info.num_passes, info.converged, info.finite,
         info.trace, est.mixing_weights, est.norms)
