@@ -121,6 +121,8 @@ def test_a_new_row_count_in_the_same_bucket_does_not_recompile():
     assert first.params.experts.shape == second.params.experts.shape
 
 
+@pytest.mark.slow  # make test-all (two more fit compilations); refine's and recover's chunks
+# are tested in the default suite
 def test_fit_in_chunks_matches_one_block():
     # chunk_size reaches every pass (moment stage, gating EM, refinement); only the summation
     # order changes, so the same start wins and the fits agree to float32 rounding.
