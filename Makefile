@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-oldest test-all bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 -m "not slow"
 
+# The same suite on the oldest versions setup.cfg admits (.ci/oldest.txt), in .venv-oldest.
+test-oldest:
+	test -x .venv-oldest/bin/python || $(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install --quiet -c .ci/oldest.txt -e '.[test,experiments]'
+	.venv-oldest/bin/python -m pytest -q -n 2 -m "not slow"
+
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
@@ -28,4 +34,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m experiments.bench_recover
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-oldest build *.egg-info

@@ -18,6 +18,7 @@ its rows), or --data=path.npz with arrays x (n, d) and y (n,), of which each pro
 only its own rows (memory-mapped). Each process writes the result it got to --out (JSON).
 """
 
+import inspect
 import json
 import os
 import sys
@@ -89,9 +90,10 @@ def main(argv):
     # Cross-process collectives on CPU devices (accelerators bring their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     start_time = time.perf_counter()
-    jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value,
-                               initialization_timeout=_INIT_TIMEOUT.value,
-                               heartbeat_timeout_seconds=_HEARTBEAT.value)
+    timeouts = dict(initialization_timeout=_INIT_TIMEOUT.value)
+    if "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters:
+        timeouts["heartbeat_timeout_seconds"] = _HEARTBEAT.value  # jax >= 0.4.3x
+    jax.distributed.initialize(_COORD.value, _NPROC.value, _PID.value, **timeouts)
     if _EXIT_AFTER_INIT.value:
         os._exit(3)  # no shutdown: the others must notice on their own
     import numpy as np

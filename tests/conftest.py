@@ -21,3 +21,12 @@ def truth_and_data(seed: int, n: int, nonlinearity: str = "linear"):
 @pytest.fixture(scope="session")
 def small_problem():
     return truth_and_data(0, 20_000)
+
+
+def enable_x64(on: bool = True):
+    """float64 inside a `with` block: `jax.enable_x64` (newer jax) or its older home in
+    jax.experimental (the oldest jax setup.cfg admits)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(on)
+    from jax.experimental import enable_x64 as old
+    return old(on)

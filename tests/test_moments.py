@@ -5,6 +5,7 @@ import pytest
 
 import moejax as mj
 from moejax import moments
+from conftest import enable_x64
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def test_population_moments_match_algorithm_formula():
 
 def test_float64(data64):
     x, t = data64
-    with jax.enable_x64(True):
+    with enable_x64(True):
         got = moments.second_moment(jnp.asarray(x), jnp.asarray(t))
         assert got.dtype == jnp.float64
         expected = (x.T * t) @ x / len(t) - np.mean(t) * np.eye(5)

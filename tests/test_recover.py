@@ -15,7 +15,7 @@ import pytest
 
 import moejax as mj
 from moejax import gating
-from conftest import DIM, NOISE_STD, NUM_EXPERTS, truth_and_data
+from conftest import DIM, NOISE_STD, NUM_EXPERTS, enable_x64, truth_and_data
 
 SEEDS = range(5)
 
@@ -125,7 +125,7 @@ def test_integer_inputs_are_cast(small_problem):
 
 
 def test_float64():
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, x, y = truth_and_data(0, 100_000)
         est, _ = RECOVER(jax.random.key(7), x.astype(jnp.float64), y.astype(jnp.float64))
         assert est.experts.dtype == jnp.float64

@@ -12,7 +12,7 @@ import pytest
 
 import moejax as mj
 from moejax.sums import Layout, layout_of, row_sum
-from conftest import NOISE_STD, truth_and_data
+from conftest import NOISE_STD, enable_x64, truth_and_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ def _stats(xb, yb, w):
 def test_chunked_sums_match_numpy(chunk_size):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((1000, 4)), rng.standard_normal(1000)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         got = jax.jit(lambda x, y: row_sum(_stats, (x, y), Layout(chunk_size)))(x, y)
         np.testing.assert_allclose(got["xtx"], x.T @ (y[:, None] * x), rtol=1e-12)
         assert got["count"] == 1000  # every row counted once, the clamped last block included
@@ -36,7 +36,7 @@ def test_weighted_sums_match_numpy(chunk_size):
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((1000, 4)), rng.standard_normal(1000)
     w = rng.uniform(0, 2, 1000) * (rng.uniform(size=1000) > 0.2)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         got = jax.jit(lambda x, y, w: row_sum(_stats, (x, y), Layout(chunk_size), w))(x, y, w)
         np.testing.assert_allclose(got["xtx"], x.T @ ((w * y)[:, None] * x), rtol=1e-12)
         np.testing.assert_allclose(got["count"], w.sum(), rtol=1e-12)
