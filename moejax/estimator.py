@@ -84,22 +84,44 @@ class FittedMoE:
         return self.params.noise_std * self.standardizer.y_scale
 
     def design(self, x) -> jax.Array:
-        """[standardize(x), 1]: (n, d + 1), the model's input."""
+        """[standardize(x), 1]: (n, d + 1), the model's input, for x: (n, d) in the data's
+        units. Raises ValueError for x that is not a finite (n, d) array."""
         x = _validate.features(x, dim=self.dim)
         return design_matrix(self.standardizer, x)
 
     def predict(self, x) -> jax.Array:
-        """E[y | x] in original units: (n,) for x: (n, d)."""
+        """E[y | x] = sum_i softmax(W z)_i g(a_i . z) in the target's units, z = design(x).
+
+        Args:
+          x: (n, d) features in the units the model was fitted on.
+
+        Returns:
+          (n,) predictions.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+        """
         x = _validate.features(x, dim=self.dim)
         return _predict(self.params, self.standardizer, x)
 
     def log_likelihood(self, x, y) -> jax.Array:
-        """Mean log-density of y given x, in the target's original units: a scalar."""
+        """Mean log-density of y given x, (1/n) sum_n log p(y_n | x_n), in the target's
+        units (a density per unit of y, so comparable across models of the same target).
+
+        Args:
+          x: (n, d) features; y: (n,) targets.
+
+        Returns:
+          A scalar.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+        """
         x, y = _validate.data(x, y, dim=self.dim)
         return _log_likelihood(self.params, self.standardizer, x, y)
 
     def mixing_weights(self, x) -> jax.Array:
-        """Mean gate probabilities over the rows of x: (k,)."""
+        """Mean gate probabilities (1/n) sum_n softmax(W z_n): (k,), for x: (n, d)."""
         return jnp.mean(jax.nn.softmax(self.design(x) @ self.params.gating.T, axis=-1), axis=0)
 
 
