@@ -337,6 +337,13 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
         that is not positive (or not of shape () or (k,)), bad settings or weights, or, on
         concrete inputs, a run that produced non-finite numbers (named cause; under jit it
         is reported by `info.finite`).
+
+    >>> from moejax.model import random_params, sample
+    >>> truth = random_params(jax.random.key(0), 6, 3, noise_std=0.1)
+    >>> x, y = sample(jax.random.key(1), truth, 20_000)
+    >>> w, info = fit_gating(jax.random.key(2), x, y, truth.experts, noise_std=0.1)
+    >>> bool(info.converged), bool(jnp.linalg.norm(w - truth.gating) < 0.3)
+    (True, True)
     """
     x, y = _validate.data(x, y)
     experts = _validate.matrix(experts, "experts", cols=x.shape[1])
