@@ -44,6 +44,9 @@ _TOL = flags.DEFINE_float("tol", 1e-7, "Stopping tolerance of every method.")
 _ITERS = flags.DEFINE_integer("max_iters", 2000, "Cap on iterations (GD: 5x as many steps).")
 _STUCK = flags.DEFINE_float("stuck_tol", 1e-3, "Per-row likelihood shortfall that counts as stuck.")
 _CELLS = flags.DEFINE_list("cells", None, "Only these cell names (see --helpfull output).")
+_LARGE_N = flags.DEFINE_list(
+    "large_n", [], "Also run the k = 12 and c = 0.8 cells (where the moment start was stuck at "
+    "n = 1e4) at these n, e.g. 30000,100000.")
 _RESUME = flags.DEFINE_bool("resume", True, "Skip cells already in the CSV.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
@@ -73,8 +76,9 @@ class Cell:
                 f"{self.nonlinearity}_n{self.n}" + ("" if self.orthogonal else "_nonorth"))
 
 
-def cells(full: bool) -> list[Cell]:
-    """The base cell and one-axis variations around it."""
+def cells(full: bool, large_n=()) -> list[Cell]:
+    """The base cell and one-axis variations around it; the hard cells again at each n in
+    large_n."""
     base = Cell()
     # The default keeps to about 25 minutes on 2 cores; noisier data (sigma = 1) alone took
     # over 12 minutes there (EM converges slowly when the experts overlap), so it is --full's.
@@ -86,6 +90,9 @@ def cells(full: bool) -> list[Cell]:
     out = [base]
     for axis, values in axes.items():
         out += [dataclasses.replace(base, **{axis: v}) for v in values]
+    for n in large_n:
+        out += [dataclasses.replace(base, k=12, n=int(float(n))),
+                dataclasses.replace(base, c=0.8, n=int(float(n)))]
     return out
 
 
@@ -237,7 +244,7 @@ def plot(path: str, summary: list[dict]) -> None:
 def main(argv):
     del argv
     num_seeds = _SEEDS.value or (30 if _FULL.value else 10)
-    todo = cells(_FULL.value)
+    todo = cells(_FULL.value, _LARGE_N.value)
     if _CELLS.value:
         known = {c.name: c for c in todo}
         unknown = set(_CELLS.value) - set(known)
