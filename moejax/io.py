@@ -45,6 +45,17 @@ def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
     line can match it to a table's columns. Raises ValueError, and writes nothing, for a model
     that `load` would refuse (inconsistent shapes, non-finite values, sigma or the target
     scale not positive, an unknown non-linearity, names that do not fit).
+
+    >>> import os, tempfile, jax.numpy as jnp
+    >>> from moejax.preprocessing import fit_standardizer
+    >>> x, y = np.random.default_rng(0).normal(size=(50, 2)), np.arange(50.0)
+    >>> params = MoEParams(jnp.ones((2, 3)), jnp.zeros((2, 3)), jnp.asarray(0.5), "tanh")
+    >>> model = FittedMoE(params, fit_standardizer(x, y))  # normally from moejax.fit
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> save(path, model)
+    >>> loaded = load(path)
+    >>> loaded.nonlinearity, loaded.feature_names, bool(jnp.all(loaded.predict(x) == model.predict(x)))
+    ('tanh', ('x1', 'x2'), True)
     """
     from moejax import __version__
     if not isinstance(fitted, FittedMoE):

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["model", "metrics", "baselines", "estimator", "gating", "nonlinearities",
-           "preprocessing", "recover"]
+MODULES = ["model", "metrics", "baselines", "datasets", "estimator", "gating", "io",
+           "nonlinearities", "preprocessing", "recover"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -32,9 +32,16 @@ def load_airfoil() -> Dataset:
     1503 rows; five features (frequency, angle of attack, chord length, free-stream velocity,
     suction-side displacement thickness) and the target, the scaled sound pressure level in dB.
 
+    Returns:
+      Dataset(features (1503, 5), target (1503,), feature_names, target_name).
+
     Raises:
       ValueError: if the shipped file does not have the expected header, 1503 rows and 6
         finite numeric columns (a damaged installation).
+
+    >>> data = load_airfoil()
+    >>> data.features.shape, data.target_name
+    ((1503, 5), 'scaled_sound_pressure_db')
     """
     text = importlib.resources.files(__package__).joinpath(
         "airfoil_self_noise.tsv").read_text(encoding="utf-8")
