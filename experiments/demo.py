@@ -7,6 +7,7 @@ Exits with status 1 if the expert or gating error is above its --max_* flag.
 
 import functools
 import json
+import logging
 import time
 
 from absl import app, flags
@@ -36,6 +37,7 @@ _OUT = flags.DEFINE_string("output_json", None, "Optional path for the results a
 
 def main(argv):
     del argv
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" noise
     g = _NONLIN.value
     key_truth, key_train, key_test, key_fit = jax.random.split(jax.random.key(_SEED.value), 4)
     truth = mj.random_params(key_truth, _DIM.value, _EXPERTS.value, noise_std=_SIGMA.value,
