@@ -11,7 +11,7 @@ import optax
 
 from moejax import _validate, solver
 from moejax.gating import (NOISE_FLOOR, bohning_step, e_step, gram_matrix, gram_solver,
-                           noise_std_update)
+                           noise_std_update, response_std)
 from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 from moejax.sums import Layout, layout_of, row_count, row_sum
@@ -95,22 +95,13 @@ def _expert_step(gram, rhs, count):
     return jnp.linalg.solve(gram / count + ridge, (rhs / count)[..., None])[..., 0]
 
 
-def _moments_of_y(y, layout, weights):
-    """sd(y) over the counted rows, through `row_sum`."""
-    total, first, second = row_sum(lambda yb, w: (jnp.sum(w), jnp.sum(w * yb),
-                                                  jnp.sum(w * jnp.square(yb))),
-                                   (y,), layout, weights)
-    mean = first / total
-    return jnp.sqrt(jnp.maximum(second / total - jnp.square(mean), 0.0))
-
-
 def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout()):
     """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem, one pass
     over the rows (`row_sum`: in one block, in chunks, or over devices); weights: None or (n,)
     row weights (0 on padding rows)."""
     g = get_nonlinearity(nonlinearity)
     solve = gram_solver(gram_matrix(x, layout, weights))
-    floor = NOISE_FLOOR * _moments_of_y(y, layout, weights)
+    floor = NOISE_FLOOR * response_std(y, layout, weights)
     count = row_count(x.shape[0], weights)
 
     def em_map(theta):

@@ -228,12 +228,14 @@ def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout, weights=None)
     return row_sum(block, (x, y), layout, weights)
 
 
-def _std(y, weights=None):
-    """The standard deviation of y, or its weighted one."""
-    if weights is None:
-        return jnp.std(y)
-    mean = jnp.sum(weights * y) / jnp.sum(weights)
-    return jnp.sqrt(jnp.sum(weights * jnp.square(y - mean)) / jnp.sum(weights))
+def response_std(y, layout: Layout = Layout(), weights=None):
+    """sd(y) over the counted rows (weighted, with row weights), through `row_sum`: the scale
+    of `NOISE_FLOOR` in both EMs."""
+    total, first, second = row_sum(lambda yb, w: (jnp.sum(w), jnp.sum(w * yb),
+                                                  jnp.sum(w * jnp.square(yb))),
+                                   (y,), layout, weights)
+    mean = first / total
+    return jnp.sqrt(jnp.maximum(second / total - jnp.square(mean), 0.0))
 
 
 # Screening: every start runs this many iterations in the fused pass, then only the best goes
@@ -253,7 +255,7 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
     solve = _gram_solver(x, layout, matrix_free, weights=weights)
     sums = functools.partial(_em_sums, x=x, y=y, experts=experts, nonlinearity=nonlinearity,
                              layout=layout, weights=weights)
-    floor = NOISE_FLOOR * _std(y, weights)
+    floor = NOISE_FLOOR * response_std(y, layout, weights)
     update = jax.vmap(noise_std_update, in_axes=(0, 0, 0, None))
 
     def em_map(theta):
