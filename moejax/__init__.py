@@ -14,6 +14,7 @@ from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target
                                   transform_features, transform_target)
 from moejax._validate import min_samples
 from moejax.selection import KSelection, select_num_experts
+from moejax.streams import Streamed, streamed
 from moejax.recover import (ExpertEstimate, RecoverInfo, initial_noise_std, recover,
                             recover_experts)
 
@@ -30,6 +31,7 @@ __all__ = [
     "NONLINEARITIES",
     "RecoverInfo",
     "Standardizer",
+    "Streamed",
     "TransformConstants",
     "datasets",
     "expert_error",
@@ -58,6 +60,7 @@ __all__ = [
     "register_nonlinearity",
     "sample",
     "select_num_experts",
+    "streamed",
     "sums",
     "transform_constants",
     "transform_features",

@@ -6,15 +6,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from moejax.nonlinearities import get_nonlinearity
+from moejax.streams import Streamed
+
+# The entry points that read data in blocks from the host (`moejax.streamed`).
+STREAMING = "recover, recover_experts, fit_gating, refine and joint_em"
 
 
 def _concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
-def _as_float(a, name: str) -> jax.Array:
+def _as_float(a, name: str, streams: bool = False) -> jax.Array:
     """a as a float JAX array. Integers and booleans are cast to the default float type, and
-    float16 / bfloat16 to float32 (their 3 significant digits cannot hold the moments)."""
+    float16 / bfloat16 to float32 (their 3 significant digits cannot hold the moments). With
+    `streams`, a `Streamed` host array passes through (its blocks arrive in such a type)."""
+    if isinstance(a, Streamed):
+        if streams:
+            return a
+        raise ValueError(f"{name} is a streamed host array (moejax.streamed); only {STREAMING} "
+                         f"read data in blocks from the host. Load it with np.asarray({name}.array)"
+                         " to use it here.")
     if isinstance(a, (str, bytes)):
         raise ValueError(f"{name} must be an array of real numbers, got a string {a!r:.40}.")
     if not isinstance(a, jax.Array):
@@ -45,15 +56,20 @@ def _all_finite(a: jax.Array) -> jax.Array:
 
 def _finite(a: jax.Array, name: str) -> None:
     # No host copy or (n, d) temporary, and it works on sharded arrays.
-    if _concrete(a) and not bool(_all_finite(a)):
+    if isinstance(a, Streamed):
+        bad = a.stats().nonfinite
+        if bad:
+            raise ValueError(f"{name} contains {bad} NaN or infinite value(s).")
+    elif _concrete(a) and not bool(_all_finite(a)):
         bad = int(jnp.size(a) - jnp.count_nonzero(jnp.isfinite(a)))
         if bad:
             raise ValueError(f"{name} contains {bad} NaN or infinite value(s).")
 
 
-def features(x, *, dim: int | None = None) -> jax.Array:
-    """x as a float (n, d) array; raises ValueError if it is not 2-D, real or finite."""
-    x = _as_float(x, "x")
+def features(x, *, dim: int | None = None, streams: bool = False) -> jax.Array:
+    """x as a float (n, d) array; raises ValueError if it is not 2-D, real or finite.
+    `streams`: the caller reads rows through `row_sum`, so a `Streamed` x is accepted."""
+    x = _as_float(x, "x", streams)
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D with shape (n, d), got shape {x.shape}.")
     if dim is not None and x.shape[1] != dim:
@@ -71,10 +87,11 @@ def vector(a, name: str) -> jax.Array:
     return a
 
 
-def data(x, y, *, dim: int | None = None) -> tuple[jax.Array, jax.Array]:
+def data(x, y, *, dim: int | None = None,
+         streams: bool = False) -> tuple[jax.Array, jax.Array]:
     """(x, y) as float arrays of shapes (n, d) and (n,), checked as in `features`."""
-    x = features(x, dim=dim)
-    y = _as_float(y, "y")
+    x = features(x, dim=dim, streams=streams)
+    y = _as_float(y, "y", streams)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D with shape (n,), got shape {y.shape}.")
     if y.shape[0] != x.shape[0]:
@@ -192,9 +209,10 @@ def min_samples(dim: int) -> int:
     return dim + 1
 
 
-def fit_inputs(x, y, num_experts, nonlinearity, noise_std):
-    """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays."""
-    x, y = data(x, y)
+def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = False):
+    """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays.
+    `streams`: the estimator reads rows only through `row_sum` (`Streamed` data accepted)."""
+    x, y = data(x, y, streams=streams)
     n, d = x.shape
     if isinstance(num_experts, (bool, np.bool_)) or not isinstance(
             num_experts, (int, np.integer)) or not 2 <= num_experts <= d:
@@ -207,13 +225,20 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std):
     get_nonlinearity(nonlinearity)
     positive(noise_std, "noise_std")
     if _concrete(y) and bool(_constant(y)):
-        raise ValueError(f"y is constant (every entry is {float(y[0]):.6g}): there is nothing to "
+        first = y.stats().min if isinstance(y, Streamed) else float(y[0])
+        raise ValueError(f"y is constant (every entry is {first:.6g}): there is nothing to "
                          "fit.")
     return x, y, jnp.asarray(noise_std, x.dtype)
 
 
+def _constant(y) -> jax.Array:
+    if isinstance(y, Streamed):
+        return y.stats().min == y.stats().max
+    return _same(y)
+
+
 @jax.jit
-def _constant(y: jax.Array) -> jax.Array:
+def _same(y: jax.Array) -> jax.Array:
     return jnp.max(y) == jnp.min(y)
 
 
@@ -244,8 +269,12 @@ def matrix(a, name: str, *, cols: int, rows: int | None = None) -> jax.Array:
     return a
 
 
+def _max_abs(a) -> float:
+    return a.stats().max_abs if isinstance(a, Streamed) else float(_max_abs_jit(a))
+
+
 @jax.jit
-def _max_abs(a: jax.Array) -> jax.Array:
+def _max_abs_jit(a: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(a))
 
 

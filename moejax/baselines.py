@@ -15,7 +15,7 @@ from moejax.gating import (NOISE_FLOOR, bohning_step, e_step, gram_matrix, gram_
 from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 from moejax.sums import Layout, layout_of, row_count, row_sum
-from moejax.recover import initial_noise_std
+from moejax.recover import _initial_noise_std
 
 
 class FitInfo(NamedTuple):
@@ -236,7 +236,8 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
     (True, True)
     """
     params = _validate.params(params)
-    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], params.nonlinearity, 1.0)
+    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], params.nonlinearity, 1.0,
+                                   streams=True)
     _validate.params(params, dim=x.shape[1])
     _validate.scales(x, y, power=2)
     params = jax.tree.map(lambda v: v.astype(x.dtype), params)
@@ -251,13 +252,16 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
     return out
 
 
-def _start_noise_std(x, y, num_experts, nonlinearity, noise_std):
-    """Checked inputs and sigma's start: the given value, or the moment estimate if None."""
+def _start_noise_std(x, y, num_experts, nonlinearity, noise_std, layout=None):
+    """Checked inputs and sigma's start: the given value, or the moment estimate if None.
+    With a `layout`, the caller reads rows through `row_sum` (streamed data accepted)."""
     x, y, sigma = _validate.fit_inputs(x, y, num_experts, nonlinearity,
-                                       1.0 if noise_std is None else noise_std)
+                                       1.0 if noise_std is None else noise_std,
+                                       streams=layout is not None)
+    layout = Layout() if layout is None else layout
     _validate.scales(x, y, power=2)
     if noise_std is None:
-        sigma = initial_noise_std(y, nonlinearity).astype(x.dtype)
+        sigma = _initial_noise_std(y, nonlinearity, layout=layout).astype(x.dtype)
     _validate.noise_scale(sigma, x.dtype, estimated=noise_std is None)
     return x, y, sigma
 
@@ -290,12 +294,13 @@ def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     ((2, 4), True)
     """
     learn = noise_std is None
-    x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std)
+    layout = layout_of(x, chunk_size)
+    x, y, noise_std = _start_noise_std(x, y, num_experts, nonlinearity, noise_std, layout)
     num_iters = _validate.count(num_iters, "num_iters")
     _validate.positive(tol, "tol")
     init = random_init(key, x.shape[1], num_experts, noise_std, x.dtype,
                        nonlinearity=nonlinearity)
-    out = _joint_em(init, x, y, num_iters, tol, learn, accelerate, layout_of(x, chunk_size))
+    out = _joint_em(init, x, y, num_iters, tol, learn, accelerate, layout)
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
                             what="joint_em")
     return out

@@ -228,14 +228,20 @@ def _em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout, weights=None)
     return row_sum(block, (x, y), layout, weights)
 
 
-def response_std(y, layout: Layout = Layout(), weights=None):
-    """sd(y) over the counted rows (weighted, with row weights), through `row_sum`: the scale
-    of `NOISE_FLOOR` in both EMs."""
+def response_moments(y, layout: Layout = Layout(), weights=None):
+    """(mean of y, mean of y^2) over the counted rows (weighted, with row weights), through
+    `row_sum`."""
     total, first, second = row_sum(lambda yb, w: (jnp.sum(w), jnp.sum(w * yb),
                                                   jnp.sum(w * jnp.square(yb))),
                                    (y,), layout, weights)
-    mean = first / total
-    return jnp.sqrt(jnp.maximum(second / total - jnp.square(mean), 0.0))
+    return first / total, second / total
+
+
+def response_std(y, layout: Layout = Layout(), weights=None):
+    """sd(y) over the counted rows (weighted, with row weights), through `row_sum`: the scale
+    of `NOISE_FLOOR` in both EMs."""
+    mean, second = response_moments(y, layout, weights)
+    return jnp.sqrt(jnp.maximum(second - jnp.square(mean), 0.0))
 
 
 # Screening: every start runs this many iterations in the fused pass, then only the best goes
@@ -347,7 +353,7 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
     >>> bool(info.converged), bool(jnp.linalg.norm(w - truth.gating) < 0.3)
     (True, True)
     """
-    x, y = _validate.data(x, y)
+    x, y = _validate.data(x, y, streams=True)
     experts = _validate.matrix(experts, "experts", cols=x.shape[1])
     if experts.shape[0] < 2:
         raise ValueError(f"experts must have k >= 2 rows, got shape {experts.shape}.")

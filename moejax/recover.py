@@ -116,7 +116,8 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     Raises:
       ValueError: as `recover`, and for weights of the wrong shape, negative, or summing to 0.
     """
-    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
+                                       streams=True)
     _validate.scales(x, y, power=3)
     _validate.noise_scale(noise_std, x.dtype)
     _check_subspace_iters(subspace_iters)
@@ -154,12 +155,11 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
     return _initial_noise_std(_validate.vector(y, "y"), nonlinearity)
 
 
-def _initial_noise_std(y, nonlinearity, weights=None):
-    """`initial_noise_std` without input checks; with row weights, weighted means."""
-    w = jnp.ones_like(y) if weights is None else weights
-    mean = lambda v: jnp.sum(w * v) / jnp.sum(w)  # noqa: E731
-    second = mean(jnp.square(y))
-    floor = 0.01 * mean(jnp.square(y - mean(y)))
+def _initial_noise_std(y, nonlinearity, weights=None, layout=Layout()):
+    """`initial_noise_std` without input checks; with row weights, weighted means; one pass
+    over y (`row_sum`, so a streamed y is read in blocks)."""
+    mean, second = gating.response_moments(y, layout, weights)
+    floor = 0.01 * (second - jnp.square(mean))
     return jnp.sqrt(jnp.maximum(second - output_second_moment(nonlinearity), floor))
 
 
@@ -225,14 +225,16 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     """
     learn = noise_std is None
     if learn:
-        x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0)
+        x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0, streams=True)
     else:
-        x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std)
+        x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
+                                           streams=True)
     weights = _validate.row_weights(weights, x.shape[0])
     if weights is not None:
         weights = weights.astype(x.dtype)
+    layout = layout_of(x, chunk_size)
     if learn:
-        noise_std = _initial_noise_std(y, nonlinearity, weights)
+        noise_std = _initial_noise_std(y, nonlinearity, weights, layout)
     _validate.scales(x, y, power=3)
     _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(subspace_iters)
@@ -242,7 +244,6 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     num_gating_inits = _validate.count(num_gating_inits, "num_gating_inits")
     num_em_iters = _validate.count(num_em_iters, "num_em_iters")
     _validate.positive(em_tol, "em_tol")
-    layout = layout_of(x, chunk_size)
     key_tensor, key_gating = jax.random.split(key)
     est = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
                            num_restarts, num_power_iters, subspace_iters, layout, weights)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from moejax.streams import Streamed, read_blocks
+
 try:  # jax >= 0.7
     _shard_map = jax.shard_map
 except AttributeError:  # pragma: no cover - older jax
@@ -43,13 +45,19 @@ class Layout(NamedTuple):
 
 def _chunked(fn, arrays, chunk_size, weights=None):
     n = arrays[0].shape[0]
+    streaming = any(isinstance(a, Streamed) for a in arrays)
     if chunk_size is None or chunk_size >= n:
+        if streaming:
+            arrays = [r if r is not None else a
+                      for a, r in zip(arrays, read_blocks(arrays, jnp.int32(0), n))]
         return fn(*arrays, jnp.ones((n,), arrays[0].dtype) if weights is None else weights)
     num_blocks = -(-n // chunk_size)
 
     def block(i):
         start = jnp.minimum(i * chunk_size, n - chunk_size)
-        rows = [jax.lax.dynamic_slice_in_dim(a, start, chunk_size) for a in arrays]
+        fetched = read_blocks(arrays, start, chunk_size) if streaming else [None] * len(arrays)
+        rows = [r if r is not None else jax.lax.dynamic_slice_in_dim(a, start, chunk_size)
+                for a, r in zip(arrays, fetched)]
         weight = (start + jnp.arange(chunk_size) >= i * chunk_size).astype(arrays[0].dtype)
         if weights is not None:
             weight = weight * jax.lax.dynamic_slice_in_dim(weights, start, chunk_size)
@@ -124,6 +132,11 @@ def layout_of(x, chunk_size: int | None = None) -> Layout:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    if isinstance(x, Streamed):
+        if chunk_size is None:
+            raise ValueError("x is a streamed host array: give chunk_size, the rows read per "
+                             "block (e.g. 65536; memory grows with chunk_size * d).")
+        return Layout(chunk_size)
     sharding = getattr(x, "sharding", None) if not isinstance(x, jax.core.Tracer) else None
     if not isinstance(sharding, jax.sharding.NamedSharding) or not sharding.spec:
         return Layout(chunk_size)

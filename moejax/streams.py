@@ -1,0 +1,200 @@
+"""Data larger than memory: NumPy arrays (e.g. `np.memmap` files) read in blocks of rows.
+
+`streamed(a)` wraps a host array so that `recover`, `recover_experts` and `fit_gating` never
+copy it whole to a device. Every pass over the data (`sums.row_sum`) asks for one block of
+`chunk_size` rows at a time through `jax.pure_callback`, and accumulates the same
+sums as the in-memory chunked layout, in the same order, so results agree to float rounding.
+
+A wrapped array is a pytree with no leaves: it travels through `jax.jit` as static structure
+(compared by identity), so its values are never traced or transferred. Rows of an `np.memmap`
+are read with `os.preadv` into a fresh buffer: the file's pages stay in the kernel's cache and
+never count towards the process's resident memory, and the read releases the GIL, which lets
+one background thread fetch block i + 1 while the device works on block i.
+"""
+
+import concurrent.futures
+import mmap
+import os
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _target_dtype(dtype) -> np.dtype:
+    """The float type moejax computes in for host data of `dtype` (as `_validate._as_float`)."""
+    dtype = np.dtype(dtype)
+    if dtype == object or dtype.kind not in "biuf":
+        raise ValueError(f"a streamed array must hold real numbers (float or integer), got "
+                         f"dtype {dtype}.")
+    if dtype.kind != "f":
+        dtype = jnp.result_type(float)
+    elif dtype.itemsize < 4:
+        dtype = np.float32
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def _file_region(a: np.ndarray):
+    """(path, byte offset of a[0]) when `a` is rows of an np.memmap laid out contiguously in
+    its file, else None (then rows are read by slicing)."""
+    path = getattr(a, "filename", None)
+    buffer = getattr(a, "_mmap", None)
+    if not (isinstance(a, np.memmap) and path and isinstance(buffer, mmap.mmap)
+            and a.flags.c_contiguous):
+        return None
+    # np.memmap maps the file from `offset` rounded down to the allocation granularity.
+    start = a.offset - a.offset % mmap.ALLOCATIONGRANULARITY
+    base = np.frombuffer(buffer, np.uint8).__array_interface__["data"][0]
+    return path, start + a.__array_interface__["data"][0] - base
+
+
+class Stats:
+    """What the input checks need, from one pass over a streamed array (`Streamed.stats`).
+
+    Attributes:
+      nonfinite: number of NaN or infinite entries.
+      max_abs: largest |value| (0 for an empty array).
+      min, max: smallest and largest value.
+    """
+
+    def __init__(self, nonfinite: int, max_abs: float, minimum: float, maximum: float):
+        self.nonfinite, self.max_abs, self.min, self.max = nonfinite, max_abs, minimum, maximum
+
+
+class Streamed:
+    """A host array whose rows moejax reads in blocks on every pass (see `streamed`).
+
+    Attributes:
+      array: the wrapped NumPy array (or np.memmap), never modified.
+      shape, ndim: those of `array`.
+      dtype: the float type the blocks are delivered in.
+    """
+
+    def __init__(self, array: np.ndarray, dtype=None):
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.ndim = array.ndim
+        self.dtype = _target_dtype(array.dtype if dtype is None else dtype)
+        self._region = _file_region(array)
+        self._lock = threading.Lock()
+        self._pool = None
+        self._ahead = None  # (start, size, future) of the block read in the background
+        self._stats = None
+
+    def __repr__(self):
+        return f"Streamed(shape={self.shape}, dtype={self.dtype.name})"
+
+    def astype(self, dtype) -> "Streamed":
+        """The same host array delivered in another float type."""
+        if np.dtype(dtype) == self.dtype:
+            return self
+        other = Streamed(self.array, dtype)
+        if np.dtype(dtype).itemsize >= self.dtype.itemsize:  # widening keeps every value
+            other._stats = self._stats
+        return other
+
+    def _read_now(self, start: int, size: int) -> np.ndarray:
+        if self._region is None:
+            return np.array(self.array[start:start + size], dtype=self.dtype)
+        path, offset = self._region
+        row_bytes = self.array.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        block = np.empty((size,) + self.shape[1:], self.array.dtype)
+        view, done = memoryview(block.reshape(-1).view(np.uint8)), 0
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while done < len(view):  # preadv may return fewer bytes than asked
+                got = os.preadv(fd, [view[done:]], offset + start * row_bytes + done)
+                if got <= 0:
+                    raise OSError(f"could not read rows {start}..{start + size} of {path}")
+                done += got
+        finally:
+            os.close(fd)
+        return block.astype(self.dtype, copy=False)
+
+    def read(self, start: int, size: int) -> np.ndarray:
+        """Rows start .. start + size as a (size, ...) array of `dtype`; starts reading the
+        next block (start + size, or row 0 after the last one) in the background."""
+        start, size = int(start), int(size)
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(1)
+        if ahead is not None and ahead[:2] == (start, size):
+            block = ahead[2].result()
+        else:
+            block = self._read_now(start, size)
+        n = self.shape[0]
+        following = 0 if start + size >= n else min(start + size, n - size)
+        with self._lock:
+            self._ahead = (following, size, self._pool.submit(self._read_now, following, size))
+        return block
+
+    def stats(self) -> Stats:
+        """NaN/infinity count, max |value|, min and max, from one pass in blocks of about
+        64 MB (computed once)."""
+        if self._stats is None:
+            nonfinite, top, low, high = 0, 0.0, np.inf, -np.inf
+            n = self.shape[0]
+            row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+            chunk_size = max(1, 2**26 // max(row_bytes, 1))
+            for start in range(0, n, chunk_size):
+                block = self._read_now(start, min(chunk_size, n - start))
+                finite = np.isfinite(block)
+                nonfinite += int(block.size - np.count_nonzero(finite))
+                if nonfinite:
+                    continue
+                if block.size:
+                    top = max(top, float(np.max(np.abs(block))))
+                    low, high = min(low, float(block.min())), max(high, float(block.max()))
+            self._stats = Stats(nonfinite, top, low, high)
+        return self._stats
+
+
+# No leaves: jit sees a streamed array as static structure, hashed and compared by identity.
+jax.tree_util.register_pytree_node(Streamed, lambda s: ((), s), lambda s, _: s)
+
+
+def streamed(array) -> Streamed:
+    """Marks a NumPy array (or `np.memmap`, e.g. `np.load(path, mmap_mode="r")`) as data that
+    stays on the host: `recover`, `recover_experts` and `fit_gating` then read it in blocks of
+    `chunk_size` rows on every pass, so peak memory is set by the block, not by n.
+
+    x: (n, d) and y: (n,) are wrapped separately; `chunk_size` is required. Rows of a
+    contiguous np.memmap are read from its file directly; other arrays are sliced. The input
+    checks (finite values, scales, constant y) cost one extra pass.
+
+    Args:
+      array: a NumPy array of real numbers.
+
+    Returns:
+      A `Streamed` array.
+
+    Raises:
+      ValueError: for a JAX array (it is on a device already), or a non-numeric dtype.
+
+    >>> import numpy as np
+    >>> x = streamed(np.zeros((1000, 3), np.float32))
+    >>> x.shape, x.dtype.name
+    ((1000, 3), 'float32')
+    """
+    if isinstance(array, Streamed):
+        return array
+    if isinstance(array, jax.Array):
+        raise ValueError("streamed() takes a NumPy array (or np.memmap) that stays on the "
+                         "host; this one is a JAX array on a device already: pass it directly.")
+    array = np.asanyarray(array)
+    if array.ndim not in (1, 2):
+        raise ValueError(f"a streamed array must be 1-D (y) or 2-D (x), got shape {array.shape}.")
+    return Streamed(array)
+
+
+def read_blocks(arrays: tuple, start: jax.Array, size: int) -> list:
+    """Inside a traced pass: rows start .. start + size of each streamed array in `arrays`
+    (one host callback for all of them); other entries are None."""
+    hosts = [a for a in arrays if isinstance(a, Streamed)]
+    shapes = [jax.ShapeDtypeStruct((size,) + a.shape[1:], a.dtype) for a in hosts]
+    # A pure callback: the same start always gives the same rows. (An io_callback may not run
+    # inside a while_loop whose predicate is batched, as under vmap over keys.)
+    fetched = iter(jax.pure_callback(lambda s: [a.read(s, size) for a in hosts], shapes, start))
+    return [next(fetched) if isinstance(a, Streamed) else None for a in arrays]
