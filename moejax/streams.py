@@ -69,10 +69,14 @@ class Streamed:
       array: the wrapped NumPy array (or np.memmap), never modified.
       shape, ndim: those of `array`.
       dtype: the float type the blocks are delivered in.
+      read_ahead: whether the next block is read in the background.
+      rows_read: rows delivered to passes so far (rows_read / n counts the passes).
     """
 
-    def __init__(self, array: np.ndarray, dtype=None):
+    def __init__(self, array: np.ndarray, dtype=None, read_ahead: bool = True):
         self.array = array
+        self.read_ahead = read_ahead
+        self.rows_read = 0
         self.shape = tuple(array.shape)
         self.ndim = array.ndim
         self.dtype = _target_dtype(array.dtype if dtype is None else dtype)
@@ -89,7 +93,7 @@ class Streamed:
         """The same host array delivered in another float type."""
         if np.dtype(dtype) == self.dtype:
             return self
-        other = Streamed(self.array, dtype)
+        other = Streamed(self.array, dtype, self.read_ahead)
         if np.dtype(dtype).itemsize >= self.dtype.itemsize:  # widening keeps every value
             other._stats = self._stats
         return other
@@ -125,9 +129,13 @@ class Streamed:
         else:
             block = self._read_now(start, size)
         n = self.shape[0]
-        following = 0 if start + size >= n else min(start + size, n - size)
-        with self._lock:
-            self._ahead = (following, size, self._pool.submit(self._read_now, following, size))
+        # The clamped last block adds only its new rows, so that one pass adds n.
+        self.rows_read += min(size, n - start) if start + size < n else n % size or size
+        if self.read_ahead:
+            following = 0 if start + size >= n else min(start + size, n - size)
+            with self._lock:
+                self._ahead = (following, size,
+                               self._pool.submit(self._read_now, following, size))
         return block
 
     def stats(self) -> Stats:
@@ -155,7 +163,7 @@ class Streamed:
 jax.tree_util.register_pytree_node(Streamed, lambda s: ((), s), lambda s, _: s)
 
 
-def streamed(array) -> Streamed:
+def streamed(array, *, read_ahead: bool = True) -> Streamed:
     """Marks a NumPy array (or `np.memmap`, e.g. `np.load(path, mmap_mode="r")`) as data that
     stays on the host: `recover`, `recover_experts` and `fit_gating` then read it in blocks of
     `chunk_size` rows on every pass, so peak memory is set by the block, not by n.
@@ -166,6 +174,7 @@ def streamed(array) -> Streamed:
 
     Args:
       array: a NumPy array of real numbers.
+      read_ahead: read block i + 1 in a background thread while block i is summed.
 
     Returns:
       A `Streamed` array.
@@ -179,14 +188,14 @@ def streamed(array) -> Streamed:
     ((1000, 3), 'float32')
     """
     if isinstance(array, Streamed):
-        return array
+        array = array.array
     if isinstance(array, jax.Array):
         raise ValueError("streamed() takes a NumPy array (or np.memmap) that stays on the "
                          "host; this one is a JAX array on a device already: pass it directly.")
     array = np.asanyarray(array)
     if array.ndim not in (1, 2):
         raise ValueError(f"a streamed array must be 1-D (y) or 2-D (x), got shape {array.shape}.")
-    return Streamed(array)
+    return Streamed(array, read_ahead=bool(read_ahead))
 
 
 def read_blocks(arrays: tuple, start: jax.Array, size: int) -> list:

@@ -108,6 +108,10 @@ def test_reads_ahead_and_wraps_to_the_next_pass():
     for s, b in zip((0, 4, 6, 0, 4), blocks):
         np.testing.assert_array_equal(b, data[s:s + 4])
     assert xs._ahead[:2] == (6, 4)  # the block after (4, 4) is the clamped last one
+    assert xs.rows_read == 18  # one pass of 10 rows, then 8 rows of the next
+    quiet = mj.streamed(data, read_ahead=False)
+    np.testing.assert_array_equal(quiet.read(4, 4), data[4:8])
+    assert quiet._ahead is None
 
 
 def test_streamed_input_checks(tmp_path, on_disk):
