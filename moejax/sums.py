@@ -66,12 +66,15 @@ def _chunked(fn, arrays, chunk_size, weights=None):
     def body(total, i):
         return jax.tree_util.tree_map(jnp.add, total, block(i)), None
 
-    # Every block inside the scan: a block read at a constant start would be hoisted out of
-    # the solvers' loops for host data, and a pass would no longer read every row.
-    zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                  jax.eval_shape(block, 0))
-    total, _ = jax.lax.scan(body, zero, jnp.arange(num_blocks))
-    return total
+    if streaming:
+        # Every block inside the scan: a host read at the constant start 0 would be hoisted
+        # out of the solvers' loops, and a pass would no longer read every row.
+        zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                      jax.eval_shape(block, 0))
+        return jax.lax.scan(body, zero, jnp.arange(num_blocks))[0]
+    # Starting from block 0 keeps the carry's type that of a block's sums (inside shard_map,
+    # zeros would not vary over the mesh axis as the sums do).
+    return jax.lax.scan(body, block(0), jnp.arange(1, num_blocks))[0]
 
 
 def row_sum(fn: Callable[..., Any], arrays: tuple, layout: Layout = Layout(),

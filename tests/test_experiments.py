@@ -193,3 +193,17 @@ def test_failure_map_runs_and_resumes(tmp_path):
     again = run(*args)  # resumable: the cell is in the CSV already
     assert again.returncode == 0 and "done before, skipped" in again.stdout
     assert len(read_csv(tmp_path / "failure_map.csv")) == 8
+
+
+def test_bench_stream(tmp_path):
+    out = run("experiments.bench_stream", "--n=3000", "--d=6", "--k=2", "--chunk_size=512",
+              "--repeats=1", f"--data_dir={tmp_path / 'data'}", "--keep_data=false",
+              f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "bench_stream.json").read_text())
+    # Every pass reads every row once.
+    passes = result["recover"]["passes_over_x"]
+    assert passes == 3 + result["recover"]["gating_em_passes"]  # M2, M3, X^T X, the EM
+    assert all(len(v) == 1 for name, v in result["read_gbps"].items() if "pass" in name)
+    assert (tmp_path / "bench_stream.png").stat().st_size > 1000
+    assert not list((tmp_path / "data").iterdir())  # --keep_data=false
