@@ -9,7 +9,7 @@ from moejax.nonlinearities import get_nonlinearity
 from moejax.streams import Streamed
 
 # The entry points that read data in blocks from the host (`moejax.streamed`).
-STREAMING = "recover, recover_experts, fit_gating, refine and joint_em"
+STREAMING = "recover, recover_experts, fit_gating, refine, joint_em and log_likelihood"
 
 
 def _concrete(a) -> bool:

@@ -1,5 +1,6 @@
 """The mixture-of-experts regression model (docs/algorithm.md section 1)."""
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 
 from moejax import _validate
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
+from moejax.sums import Layout, layout_of, row_sum
 
 
 class MoEParams(NamedTuple):
@@ -150,12 +152,17 @@ def _joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array
                                            params.nonlinearity).T
 
 
-def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
+def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array, *,
+                   chunk_size: int | None = None) -> jax.Array:
     """Mean log-likelihood (1/n) sum_n log sum_i softmax(W x_n)_i N(y_n | g(a_i . x_n), sigma_i^2).
+
+    One pass through `sums.row_sum`: in one block, in blocks of `chunk_size` rows, over the
+    devices x is sharded on, or from streamed host data (`moejax.streamed`).
 
     Args:
       params: the model (one sigma, or one per expert; g is params.nonlinearity).
       x: (n, d) inputs; y: (n,) responses.
+      chunk_size: None, or rows per block (required for streamed data).
 
     Returns:
       A scalar: docs/algorithm.md section 4's L.
@@ -169,8 +176,18 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     True
     """
     params = _validate.params(params)
-    x, y = _validate.data(x, y, dim=params.experts.shape[1])
-    return _mean_log_likelihood(params, x, y)
+    x, y = _validate.data(x, y, dim=params.experts.shape[1], streams=True)
+    return _summed_log_likelihood(params, x, y, layout_of(x, chunk_size))
+
+
+@functools.partial(jax.jit, static_argnames="layout")
+def _summed_log_likelihood(params: MoEParams, x, y, layout: Layout) -> jax.Array:
+    def block(xb, yb, w):
+        log_lik = jax.nn.logsumexp(_joint_log_probs(params, xb, yb), axis=-1)
+        return jnp.sum(w * log_lik), jnp.sum(w)
+
+    total, count = row_sum(block, (x, y), layout)
+    return total / count
 
 
 def _mean_log_likelihood(params: MoEParams, x, y) -> jax.Array:

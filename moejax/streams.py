@@ -1,7 +1,7 @@
 """Data larger than memory: NumPy arrays (e.g. `np.memmap` files) read in blocks of rows.
 
-`streamed(a)` wraps a host array so that `recover`, `recover_experts` and `fit_gating` never
-copy it whole to a device. Every pass over the data (`sums.row_sum`) asks for one block of
+`streamed(a)` wraps a host array so that `recover`, `recover_experts`, `fit_gating`,
+`refine`, `joint_em` and `log_likelihood` never copy it whole to a device. Every pass over the data (`sums.row_sum`) asks for one block of
 `chunk_size` rows at a time through `jax.pure_callback`, and accumulates the same
 sums as the in-memory chunked layout, in the same order, so results agree to float rounding.
 
@@ -165,8 +165,9 @@ jax.tree_util.register_pytree_node(Streamed, lambda s: ((), s), lambda s, _: s)
 
 def streamed(array, *, read_ahead: bool = True) -> Streamed:
     """Marks a NumPy array (or `np.memmap`, e.g. `np.load(path, mmap_mode="r")`) as data that
-    stays on the host: `recover`, `recover_experts` and `fit_gating` then read it in blocks of
-    `chunk_size` rows on every pass, so peak memory is set by the block, not by n.
+    stays on the host: `recover`, `recover_experts`, `fit_gating`, `refine`, `joint_em` and
+    `log_likelihood` then read it in blocks of `chunk_size` rows on every pass, so peak memory
+    is set by the block, not by n (other functions refuse it).
 
     x: (n, d) and y: (n,) are wrapped separately; `chunk_size` is required. Rows of a
     contiguous np.memmap are read from its file directly; other arrays are sliced. The input

@@ -56,6 +56,15 @@ def test_streamed_solvers_equal_in_memory_chunks(on_disk):
     _assert_same_tree(em(jax.random.key(2), xs, ys), em(jax.random.key(2), x, y), atol=1e-5)
 
 
+def test_log_likelihood_in_blocks_and_streamed(on_disk):
+    truth, x, y, xm, ym = on_disk
+    ref = float(mj.log_likelihood(truth, x, y))
+    for xx, yy, chunk in ((x, y, 1000), (mj.streamed(xm), mj.streamed(ym), CHUNK),
+                          (mj.streamed(xm), y, 7)):
+        assert float(mj.log_likelihood(truth, xx, yy, chunk_size=chunk)) == pytest.approx(
+            ref, abs=1e-5)
+
+
 def test_streamed_recover_under_jit_and_vmap(on_disk):
     _, x, y, xm, ym = on_disk
     run = jax.jit(functools.partial(mj.recover, num_experts=3, noise_std=NOISE_STD,
