@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -207,3 +208,16 @@ def test_bench_stream(tmp_path):
     assert all(len(v) == 1 for name, v in result["read_gbps"].items() if "pass" in name)
     assert (tmp_path / "bench_stream.png").stat().st_size > 1000
     assert not list((tmp_path / "data").iterdir())  # --keep_data=false
+
+
+def test_results_page_tables_match_their_json(tmp_path):
+    out = run("experiments.results_page", "--check")
+    assert out.returncode == 0, out.stderr
+    assert "6 tables match" in out.stdout
+    # A number edited by hand is caught, and rewriting the page restores it.
+    page = (pathlib.Path(ROOT) / "docs" / "results.md").read_text()
+    tampered = tmp_path / "results.md"
+    tampered.write_text(page.replace("| linear | 0.278 /", "| linear | 0.250 /", 1))
+    assert run("experiments.results_page", "--check", f"--page={tampered}").returncode == 1
+    assert run("experiments.results_page", f"--page={tampered}").returncode == 0
+    assert tampered.read_text() == page

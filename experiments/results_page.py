@@ -1,0 +1,171 @@
+r"""The tables of docs/results.md, made from the committed JSON under experiments/results.
+
+    python -m experiments.results_page            # rewrite the tables in docs/results.md
+    python -m experiments.results_page --check    # exit 1 if any table differs from its JSON
+
+Each table sits between `<!-- table: NAME -->` and `<!-- end table -->` in the page; NAME is
+a results file (experiments/results/NAME.json) with a renderer below. The prose around the
+tables is written by hand; the numbers in the tables are not.
+"""
+
+import json
+import os
+import re
+import sys
+
+from absl import app, flags
+import numpy as np
+
+_PAGE = flags.DEFINE_string("page", "docs/results.md", "The page whose tables are rewritten.")
+_RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the JSON lives.")
+_CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if a table is out of date.")
+
+METHODS = {"moments": "recover (moments + gating EM)", "refine": "recover + joint EM",
+           "em": "joint EM, random start", "gd": "joint GD, random start"}
+
+
+def error_table(r) -> str:
+    """Median expert / gating error of recover by non-linearity and n."""
+    ns = sorted({row["n"] for row in r["rows"]})
+    gs = list(dict.fromkeys(row["nonlinearity"] for row in r["rows"]))
+    lines = ["| g | " + " | ".join(f"n = 1e{int(np.log10(n))}" for n in ns) + " |",
+             "|---|" + "---|" * len(ns)]
+    for g in gs:
+        cells = []
+        for n in ns:
+            mine = [row for row in r["rows"] if row["nonlinearity"] == g and row["n"] == n]
+            cells.append(f"{np.median([m['expert_error'] for m in mine]):.3f} / "
+                         f"{np.median([m['gating_error'] for m in mine]):.3f}")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def failure_rates(r) -> str:
+    """Failure rate (median error; median passes) per setting and method."""
+    methods = list(next(iter(r["failure_rate_and_median"].values())))
+    lines = ["| setting | " + " | ".join(METHODS[m] for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for name, by_method in r["failure_rate_and_median"].items():
+        s = r["settings"][name]
+        described = (f"{s['nonlinearity']}, k = {s['num_experts']}, sigma = "
+                     f"{s['noise_std']:g}, gate norm {s['gating_norm']:g}")
+        cells = [f"{rate:.2f} ({median:.3f})" if passes < 0 else
+                 f"{rate:.2f} ({median:.3f}; {passes:.0f})"
+                 for rate, median, passes, _ in by_method.values()]
+        lines.append(f"| {name}: {described} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def synthetic_sweep(r) -> str:
+    """Median expert error (median passes) per n and method."""
+    methods = list(dict.fromkeys(row["method"] for row in r["rows"]))
+    short = {"moments": "recover", "refine": "recover + joint EM", "em": "joint EM, random",
+             "gd": "joint GD, random"}
+    lines = ["| n | " + " | ".join(short[m] for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for n in sorted({row["n"] for row in r["rows"]}):
+        cells = []
+        for m in methods:
+            mine = [row for row in r["rows"] if row["method"] == m and row["n"] == n]
+            error = np.median([row["expert_error"] for row in mine])
+            passes = np.median([row["passes"] for row in mine])
+            cells.append(f"{error:.3f}" if passes < 0 else f"{error:.3f} ({passes:.0f})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_sweep(r) -> str:
+    """vmap against a loop of jitted calls, with and without compilation."""
+    lines = ["| | vmap (one call) | Python loop of a jitted call | speed-up |",
+             "|---|---|---|---|"]
+    for label, key in (("compile included", "compile_included"),
+                       ("compile excluded", "compile_excluded")):
+        t = r[key + "_s"]
+        lines.append(f"| {label} | {t['vmap']:.2f} s | {t['loop']:.2f} s | "
+                     f"{r['speedup_' + key]:.1f}x |")
+    return "\n".join(lines)
+
+
+def airfoil(r) -> str:
+    """Test MSE / NLL, the gap to the reference likelihood and the warm time per method and k."""
+    labels = {"ols": "least squares (the floor)", "moments": "moments + gating EM",
+              "refine": "`fit(per_expert_noise=False)`: moment start + 16 random starts, joint EM",
+              "em": "joint EM, best of 5 random starts",
+              "gd": "joint GD (Adam), best of 5 random starts"}
+    lines = ["| method | k | test MSE | test NLL | max train-NLL gap | splits within 0.005 | "
+             "warm fit (s) |", "|---|---|---|---|---|---|---|"]
+    first_fit = True
+    for s in sorted(r["summary"], key=lambda s: (s["k"], list(labels).index(s["method"]))):
+        label = labels[s["method"]]
+        if s["method"] == "refine":
+            label, first_fit = (label if first_fit else "`fit`"), False
+        cells = [f"{s['mse_mean']:.2f} +- {s['mse_std']:.2f}",
+                 f"{s['nll_mean']:.3f} +- {s['nll_std']:.3f}"]
+        if s["method"] == "ols":
+            lines.append(f"| {label} | - | " + " | ".join(cells) + " | | | |")
+            continue
+        cells += [f"{s['max_gap_to_reference']:.3f}",
+                      f"{s['splits_within_0_005']}/{r['num_splits']}",
+                      f"{s['warm_seconds']:.3f}"]
+        lines.append(f"| {label} | {s['k']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def peer_flexmix(r) -> str:
+    """moejax's fit, least squares and R flexmix on the same splits."""
+    labels = {"ols": "least squares", "moejax": "`fit` (sigma per expert, the default)",
+              "moejax_shared": "`fit(per_expert_noise=False)`",
+              "flexmix": "R flexmix, best of 5"}
+    lines = ["| method | k | test MSE | test NLL | train NLL | train NLL - flexmix's (worst "
+             "split) | fit s (first / warm) |", "|---|---|---|---|---|---|---|"]
+    for s in sorted(r["summary"], key=lambda s: (s["method"] != "ols", s["k"],
+                                                  list(labels).index(s["method"]))):
+        if s["method"] == "ols":
+            gap, seconds, k = "-", "-", "-"
+        elif s["method"] == "flexmix":
+            gap, seconds, k = "-", f"{s['warm_seconds']:.2f}", s["k"]
+        else:
+            gap = f"{s['train_nll_minus_flexmix_max']:+.4f}"
+            seconds, k = f"{s['first_seconds']:.1f} / {s['warm_seconds']:.2f}", s["k"]
+        lines.append(f"| {labels[s['method']]} | {k} | {s['test_mse']:.2f} +- "
+                     f"{s['test_mse_sd']:.2f} | {s['test_nll']:.4f} +- {s['test_nll_sd']:.3f} | "
+                     f"{s['train_nll']:.4f} | {gap} | {seconds} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {f.__name__: f for f in (error_table, failure_rates, synthetic_sweep, bench_sweep,
+                                     airfoil, peer_flexmix)}
+_BLOCK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(\n<!-- end table -->)", re.S)
+
+
+def render_page(text: str, results_dir: str) -> str:
+    """The page with every marked table made again from its JSON."""
+    def one(match):
+        name = match.group(2)
+        if name not in RENDERERS:
+            raise ValueError(f"no renderer for the table {name!r}; known: {sorted(RENDERERS)}")
+        with open(os.path.join(results_dir, name + ".json")) as f:
+            return match.group(1) + RENDERERS[name](json.load(f)) + match.group(4)
+    return _BLOCK.sub(one, text)
+
+
+def main(argv):
+    del argv
+    with open(_PAGE.value) as f:
+        text = f.read()
+    made = render_page(text, _RESULTS.value)
+    tables = len(_BLOCK.findall(text))
+    if _CHECK.value:
+        if made != text:
+            print(f"{_PAGE.value}: tables differ from {_RESULTS.value}; run python -m "
+                  "experiments.results_page", file=sys.stderr)
+            sys.exit(1)
+        print(f"{_PAGE.value}: {tables} tables match their JSON")
+        return
+    with open(_PAGE.value, "w") as f:
+        f.write(made)
+    print(f"{_PAGE.value}: {tables} tables written")
+
+
+if __name__ == "__main__":
+    app.run(main)
