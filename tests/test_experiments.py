@@ -196,6 +196,7 @@ def test_failure_map_runs_and_resumes(tmp_path):
     assert len(read_csv(tmp_path / "failure_map.csv")) == 8
 
 
+@pytest.mark.slow  # make test-all; streaming itself is tested in test_streams
 def test_bench_stream(tmp_path):
     out = run("experiments.bench_stream", "--n=3000", "--d=6", "--k=2", "--chunk_size=512",
               "--repeats=1", f"--data_dir={tmp_path / 'data'}", "--keep_data=false",
