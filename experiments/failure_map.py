@@ -1,7 +1,7 @@
 r"""The gridlock, mapped: where random-start joint EM gets stuck, and whether the moment start
 (the consistent method) frees it.
 
-    python -m experiments.failure_map            # 6 cells x 10 seeds, about 25 min on 2 cores
+    python -m experiments.failure_map            # 7 cells x 10 seeds, about 27 min on 2 cores
     python -m experiments.failure_map --full     # 20 cells x 30 seeds (many hours on a CPU)
 
 A run is **stuck** when its converged mean log-likelihood is below the oracle's, joint EM
@@ -80,9 +80,9 @@ def cells(full: bool, large_n=()) -> list[Cell]:
     """The base cell and one-axis variations around it; the hard cells again at each n in
     large_n."""
     base = Cell()
-    # The default keeps to about 25 minutes on 2 cores; noisier data (sigma = 1) alone took
+    # The default keeps to about 27 minutes on 2 cores; noisier data (sigma = 1) alone took
     # over 12 minutes there (EM converges slowly when the experts overlap), so it is --full's.
-    axes = dict(k=[4, 12], c=[0.0, 0.8], sigma=[0.1])
+    axes = dict(k=[4, 12], c=[0.0, 0.8], sigma=[0.1], orthogonal=[False])
     if full:
         axes = dict(k=[3, 4, 12, 16], c=[0.0, 0.8], sigma=[0.1, 0.5, 1.0],
                     gating_norm=[1.0, 4.0, 6.0], nonlinearity=["relu", "tanh"],
