@@ -41,7 +41,7 @@ def _file_region(a: np.ndarray):
     path = getattr(a, "filename", None)
     buffer = getattr(a, "_mmap", None)
     if not (isinstance(a, np.memmap) and path and isinstance(buffer, mmap.mmap)
-            and a.flags.c_contiguous):
+            and a.flags.c_contiguous and hasattr(os, "preadv")):  # no preadv on Windows
         return None
     # np.memmap maps the file from `offset` rounded down to the allocation granularity.
     start = a.offset - a.offset % mmap.ALLOCATIONGRANULARITY
@@ -129,11 +129,11 @@ class Streamed:
         else:
             block = self._read_now(start, size)
         n = self.shape[0]
-        # The clamped last block adds only its new rows, so that one pass adds n.
-        self.rows_read += min(size, n - start) if start + size < n else n % size or size
-        if self.read_ahead:
-            following = 0 if start + size >= n else min(start + size, n - size)
-            with self._lock:
+        with self._lock:
+            # The clamped last block adds only its new rows, so that one pass adds n.
+            self.rows_read += min(size, n - start) if start + size < n else n % size or size
+            if self.read_ahead:
+                following = 0 if start + size >= n else min(start + size, n - size)
                 self._ahead = (following, size,
                                self._pool.submit(self._read_now, following, size))
         return block
