@@ -1,9 +1,10 @@
 """Data larger than memory: NumPy arrays (e.g. `np.memmap` files) read in blocks of rows.
 
 `streamed(a)` wraps a host array so that `recover`, `recover_experts`, `fit_gating`,
-`refine`, `joint_em` and `log_likelihood` never copy it whole to a device. Every pass over the data (`sums.row_sum`) asks for one block of
-`chunk_size` rows at a time through `jax.pure_callback`, and accumulates the same
-sums as the in-memory chunked layout, in the same order, so results agree to float rounding.
+`refine`, `joint_em` and `log_likelihood` never copy it whole to a device. Every pass over the
+data (`sums.row_sum`) asks for one block of `chunk_size` rows at a time through
+`jax.pure_callback`, and accumulates the same sums as the in-memory chunked layout, in the
+same order, so results agree to float rounding.
 
 A wrapped array is a pytree with no leaves: it travels through `jax.jit` as static structure
 (compared by identity), so its values are never traced or transferred. Rows of an `np.memmap`
@@ -16,6 +17,7 @@ import concurrent.futures
 import mmap
 import os
 import threading
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +51,7 @@ def _file_region(a: np.ndarray):
     return path, start + a.__array_interface__["data"][0] - base
 
 
-class Stats:
+class Stats(NamedTuple):
     """What the input checks need, from one pass over a streamed array (`Streamed.stats`).
 
     Attributes:
@@ -58,8 +60,10 @@ class Stats:
       min, max: smallest and largest value.
     """
 
-    def __init__(self, nonfinite: int, max_abs: float, minimum: float, maximum: float):
-        self.nonfinite, self.max_abs, self.min, self.max = nonfinite, max_abs, minimum, maximum
+    nonfinite: int
+    max_abs: float
+    min: float
+    max: float
 
 
 class Streamed:
