@@ -150,9 +150,11 @@ def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters:
                          info.converged)
         return out
 
-    results = []
+    results, start = [], time.perf_counter()
     for s in range(num_seeds):
         r = jax.device_get(one_seed(jax.random.fold_in(jax.random.key(0), s)))
+        print(f"  {cell.name}: seed {s + 1}/{num_seeds} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
         truth = r.pop("truth")[0]
         for m, (ll, experts, passes, conv) in r.items():
             error = (np.array([float(mj.expert_error(e, truth)) for e in experts])
