@@ -24,6 +24,8 @@ _SEEDS = flags.DEFINE_integer("num_seeds", 5, "Seeds per setting (one vmap).")
 _DIM = flags.DEFINE_integer("dim", 10, "Input dimension d.")
 _EXPERTS = flags.DEFINE_integer("num_experts", 3, "Number of experts k.")
 _SIGMA = flags.DEFINE_float("noise_std", 0.1, "Noise standard deviation.")
+_ORTH = flags.DEFINE_bool("orthogonal_gating", True, "Gating rows orthogonal to the experts "
+                          "(the method's assumption), or drawn freely.")
 _INITS = flags.DEFINE_integer("num_gating_inits", 4, "Random starts of the gating EM.")
 _EM_ITERS = flags.DEFINE_integer("num_em_iters", 50, "Gating EM iterations.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
@@ -36,7 +38,7 @@ def run_setting(g: str, n: int, seeds: int):
     def one(key):
         key_p, key_x, key_fit = jax.random.split(key, 3)
         truth = mj.random_params(key_p, _DIM.value, _EXPERTS.value, noise_std=_SIGMA.value,
-                                 nonlinearity=g)
+                                 nonlinearity=g, orthogonal_gating=_ORTH.value)
         x, y = mj.sample(key_x, truth, n)
         est, _ = mj.recover(key_fit, x, y, num_experts=_EXPERTS.value, nonlinearity=g,
                          noise_std=_SIGMA.value, num_gating_inits=_INITS.value,
@@ -65,6 +67,7 @@ def main(argv):
     base = os.path.join(_OUT.value, "error_table")
     config = dict(dim=_DIM.value, num_experts=_EXPERTS.value, noise_std=_SIGMA.value,
                   num_seeds=_SEEDS.value, num_gating_inits=_INITS.value,
+                  orthogonal_gating=_ORTH.value,
                   num_em_iters=_EM_ITERS.value)
     common.write_rows(base, rows, {"config": config})
 
