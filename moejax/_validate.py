@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moejax.nonlinearities import get_nonlinearity
-from moejax.streams import Streamed
+from moejax.streams import Streamed, compute_dtype
 
 # The entry points that read data in blocks from the host (`moejax.streamed`).
 STREAMING = "recover, recover_experts, fit_gating, refine, joint_em and log_likelihood"
@@ -33,16 +33,11 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
             a = np.asarray(a)
         except ValueError as e:  # ragged nested lists
             raise ValueError(f"{name} must be a rectangular array of real numbers: {e}") from None
-    dtype = a.dtype
-    if dtype == object or jnp.issubdtype(dtype, jnp.complexfloating) or not (
-            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
-            or dtype == jnp.bool_):
-        raise ValueError(f"{name} must hold real numbers (float or integer), got dtype {dtype}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        # Integer data (counts, codes) are valid inputs; compute in the default float type.
-        return jnp.asarray(a, jnp.result_type(float))
-    if jnp.finfo(dtype).bits < 32:
-        return jnp.asarray(a, jnp.float32)
+    target = compute_dtype(a.dtype)
+    if target is None:
+        raise ValueError(f"{name} must hold real numbers (float or integer), got dtype {a.dtype}.")
+    if target != a.dtype:  # integers (counts, codes) and half precision: see compute_dtype
+        return jnp.asarray(a, target)
     return jnp.asarray(a)
 
 

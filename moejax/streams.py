@@ -24,17 +24,29 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _target_dtype(dtype) -> np.dtype:
-    """The float type moejax computes in for host data of `dtype` (as `_validate._as_float`)."""
+def compute_dtype(dtype) -> np.dtype | None:
+    """The float type moejax computes in for data of `dtype`, or None if it does not hold real
+    numbers: integers and booleans in the default float type, float16 / bfloat16 in float32
+    (their 3 significant digits cannot hold the moments), other floats as they are."""
     dtype = np.dtype(dtype)
-    if dtype == object or dtype.kind not in "biuf":
+    if dtype == object or jnp.issubdtype(dtype, jnp.complexfloating) or not (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+            or dtype == jnp.bool_):
+        return None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return np.dtype(jnp.result_type(float))
+    if jnp.finfo(dtype).bits < 32:
+        return np.dtype(np.float32)
+    return dtype
+
+
+def _target_dtype(dtype) -> np.dtype:
+    """The type a streamed array's blocks are delivered in (`compute_dtype`, canonicalised)."""
+    target = compute_dtype(dtype)
+    if target is None:
         raise ValueError(f"a streamed array must hold real numbers (float or integer), got "
-                         f"dtype {dtype}.")
-    if dtype.kind != "f":
-        dtype = jnp.result_type(float)
-    elif dtype.itemsize < 4:
-        dtype = np.float32
-    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+                         f"dtype {np.dtype(dtype)}.")
+    return np.dtype(jax.dtypes.canonicalize_dtype(target))
 
 
 def _file_region(a: np.ndarray):
