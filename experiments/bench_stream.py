@@ -47,10 +47,10 @@ _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write 
 _GEN_BLOCK = 1 << 18  # rows sampled per block when writing the files
 
 
-def _truth(n_dim, k, noise, seed):
+def _truth(d, k, noise, seed):
     import jax
     import moejax as mj
-    return mj.random_params(jax.random.key(seed), n_dim, k, noise_std=noise)
+    return mj.random_params(jax.random.key(seed), d, k, noise_std=noise)
 
 
 def _generate(paths, n, d, k, noise, seed):
