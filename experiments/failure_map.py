@@ -47,6 +47,12 @@ _CELLS = flags.DEFINE_list("cells", None, "Only these cell names (see --helpfull
 _LARGE_N = flags.DEFINE_list(
     "large_n", [], "Also run the k = 12 and c = 0.8 cells (where the moment start was stuck at "
     "n = 1e4) at these n, e.g. 30000,100000.")
+_BATCH_ROWS = flags.DEFINE_integer(
+    "batch_rows", 0, "Run seeds together (vmapped) up to this many data rows per call; 0: one "
+    "seed at a time (CPU). On a GPU, e.g. 3000000: a cell is then one or a few calls.")
+_SHARD = flags.DEFINE_string(
+    "shard", None, "'i/N': run only every N-th cell from the i-th (0-based), for N parallel "
+    "workers, each with its own --output_dir.")
 _RESUME = flags.DEFINE_bool("resume", True, "Skip cells already in the CSV.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
@@ -112,12 +118,14 @@ def make_truth(key, cell: Cell) -> mj.MoEParams:
     return mj.MoEParams(experts, gating, jnp.asarray(cell.sigma), cell.nonlinearity)
 
 
-def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters: int):
+def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters: int,
+             batch_rows: int = 0):
     """Per seed and method: (log-likelihood, expert error, passes, converged), as arrays of
-    shape (num_seeds,) (random starts: (num_seeds, num_starts))."""
+    shape (num_seeds,) (random starts: (num_seeds, num_starts)). Seed s uses
+    fold_in(key(0), s); with batch_rows > 0, up to batch_rows // n seeds run as one vmapped
+    call (the same computation per seed, batched: equal up to rounding)."""
     g = cell.nonlinearity
 
-    @jax.jit
     def one_seed(key):
         key_truth, key_data, key_starts, key_gd, key_m1, key_m2 = jax.random.split(key, 6)
         truth = make_truth(key_truth, cell)
@@ -150,17 +158,25 @@ def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters:
                          info.converged)
         return out
 
+    per_call = max(1, min(num_seeds, batch_rows // cell.n)) if batch_rows else 1
+    # One seed at a time stays unbatched, so CPU runs reproduce the committed tables.
+    run = jax.jit(jax.vmap(one_seed) if per_call > 1 else lambda keys: jax.tree.map(
+        lambda v: v[None], one_seed(keys[0])))
     results, start = [], time.perf_counter()
-    for s in range(num_seeds):
-        r = jax.device_get(one_seed(jax.random.fold_in(jax.random.key(0), s)))
-        print(f"  {cell.name}: seed {s + 1}/{num_seeds} ({time.perf_counter() - start:.0f} s)",
-              flush=True)
-        truth = r.pop("truth")[0]
-        for m, (ll, experts, passes, conv) in r.items():
-            error = (np.array([float(mj.expert_error(e, truth)) for e in experts])
-                     if m == "starts" else float(mj.expert_error(experts, truth)))
-            r[m] = (ll, error, passes, conv)
-        results.append(r)
+    for s0 in range(0, num_seeds, per_call):
+        seeds = jnp.arange(s0, min(s0 + per_call, num_seeds))
+        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(seeds)
+        batch = jax.device_get(run(keys))
+        print(f"  {cell.name}: seeds {s0 + 1}-{s0 + len(seeds)} of {num_seeds} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        for b in range(len(seeds)):
+            r = jax.tree.map(lambda v: v[b], batch)
+            truth = r.pop("truth")[0]
+            for m, (ll, experts, passes, conv) in r.items():
+                error = (np.array([float(mj.expert_error(e, truth)) for e in experts])
+                         if m == "starts" else float(mj.expert_error(experts, truth)))
+                r[m] = (ll, error, passes, conv)
+            results.append(r)
     return {m: tuple(np.stack([r[m][i] for r in results]) for i in range(4))
             for m in results[0]}
 
@@ -253,6 +269,9 @@ def main(argv):
         if unknown:
             raise app.UsageError(f"unknown cells {sorted(unknown)}; known: {sorted(known)}")
         todo = [known[n] for n in _CELLS.value]
+    if _SHARD.value:
+        i, num = map(int, _SHARD.value.split("/"))
+        todo = todo[i::num]
     os.makedirs(_OUT.value, exist_ok=True)
     base = os.path.join(_OUT.value, "failure_map")
     rows = []
@@ -267,8 +286,10 @@ def main(argv):
             print(f"[{i + 1}/{len(todo)}] {cell.name}: done before, skipped", flush=True)
             continue
         tic = time.perf_counter()
-        res = run_cell(cell, num_seeds, _STARTS.value, _TOL.value, _ITERS.value)
-        rows += summarise(cell, res, _STARTS.value)
+        res = run_cell(cell, num_seeds, _STARTS.value, _TOL.value, _ITERS.value,
+                       _BATCH_ROWS.value)
+        device = jax.devices()[0].device_kind
+        rows += [dict(r, device=device) for r in summarise(cell, res, _STARTS.value)]
         _write_csv(base + ".csv", rows)  # after every cell: a killed run resumes here
         stuck = {m: np.mean([r["shortfall"] > _STUCK.value for r in rows
                              if r["cell"] == cell.name and r["method"] == m])
@@ -281,7 +302,8 @@ def main(argv):
     with open(base + ".json", "w") as f:
         json.dump(dict(num_seeds=num_seeds, num_starts=_STARTS.value, tol=_TOL.value,
                        max_iters=_ITERS.value, stuck_tol=_STUCK.value, full=_FULL.value,
-                       device=str(jax.devices()[0].device_kind), summary=summary), f, indent=1)
+                       devices=sorted({r.get("device") or "unrecorded" for r in rows}),
+                       summary=summary), f, indent=1)
     plot(base + ".png", summary)
     print(text)
     print(f"wrote {base}.csv, .json, .png")
@@ -294,7 +316,7 @@ _TYPES = dict(k=int, d=int, c=float, sigma=float, gating_norm=float, n=int,
 
 def _write_csv(path, rows):
     with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     os.replace(path + ".tmp", path)
