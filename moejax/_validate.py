@@ -1,6 +1,8 @@
 """Checks shared by the public entry points. Values are checked only when concrete; under
 jit/vmap tracing only shapes and dtypes are checked (a traced value cannot raise)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,18 @@ def _concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
+def _eagerly(fn):
+    """fn run now, also while an outer function is traced (jit, vmap): a check of concrete
+    values that the traced function closes over would otherwise return a tracer, which Python
+    cannot test."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with jax.ensure_compile_time_eval():
+            return fn(*args, **kwargs)
+    return run
+
+
+@_eagerly
 def _as_float(a, name: str, streams: bool = False) -> jax.Array:
     """a as a float JAX array. Integers and booleans are cast to the default float type, and
     float16 / bfloat16 to float32 (their 3 significant digits cannot hold the moments). With
@@ -41,6 +55,7 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
     return jnp.asarray(a)
 
 
+@_eagerly
 @jax.jit
 def _all_finite(a: jax.Array) -> jax.Array:
     # sum(a * 0) is NaN exactly when a holds a NaN or an infinity, and XLA fuses it into one
@@ -49,6 +64,7 @@ def _all_finite(a: jax.Array) -> jax.Array:
     return jnp.isfinite(jnp.sum(a * 0))
 
 
+@_eagerly
 def _finite(a: jax.Array, name: str) -> None:
     # No host copy or (n, d) temporary, and it works on sharded arrays.
     if isinstance(a, Streamed):
@@ -194,9 +210,14 @@ def row_weights(weights, n: int):
     if weights.shape[0] != n:
         raise ValueError(f"weights must have one entry per row of x (n = {n}), got "
                          f"{weights.shape[0]}.")
-    if _concrete(weights) and not (bool(jnp.all(weights >= 0)) and float(jnp.sum(weights)) > 0):
+    if _concrete(weights) and not _valid_weights(weights):
         raise ValueError("weights must be >= 0 with a positive sum.")
     return weights
+
+
+@_eagerly
+def _valid_weights(weights: jax.Array) -> bool:
+    return bool(jnp.all(weights >= 0)) and float(jnp.sum(weights)) > 0
 
 
 def min_samples(dim: int) -> int:
@@ -232,6 +253,7 @@ def _constant(y) -> jax.Array:
     return _same(y)
 
 
+@_eagerly
 @jax.jit
 def _same(y: jax.Array) -> jax.Array:
     return jnp.max(y) == jnp.min(y)
@@ -268,6 +290,7 @@ def _max_abs(a) -> float:
     return a.stats().max_abs if isinstance(a, Streamed) else float(_max_abs_jit(a))
 
 
+@_eagerly
 @jax.jit
 def _max_abs_jit(a: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(a))

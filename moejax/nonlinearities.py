@@ -129,8 +129,10 @@ def _name(nonlinearity: Nonlinearity) -> str:
 def _hermite_moments(nonlinearity: Nonlinearity) -> np.ndarray:
     """E[g(Z)^p He_m(Z)] for p = 1, 2, 3 (rows) and m = 0..3 (columns), float64, by quadrature."""
     g = get_nonlinearity(nonlinearity)
+    # jit: a custom_jvp function (jax.nn.relu) called under vmap returns a batch tracer even
+    # inside ensure_compile_time_eval; a jitted call on constants is evaluated.
     with jax.ensure_compile_time_eval():
-        gz = np.asarray(g(jnp.asarray(_NODES)), dtype=np.float64)
+        gz = np.asarray(jax.jit(g)(jnp.asarray(_NODES)), dtype=np.float64)
     if gz.shape != _NODES.shape or not np.all(np.isfinite(gz)):
         raise ValueError(
             f"nonlinearity {_name(nonlinearity)!r} must map a 1-D array elementwise to finite "

@@ -117,3 +117,18 @@ def test_registered_names_stand_for_their_function(monkeypatch):
     with pytest.raises(ValueError, match="elementwise"):
         mj.register_nonlinearity("bad", lambda z: z[:1])
     assert "bad" not in mj.nonlinearity_names()
+
+
+def test_constants_of_a_custom_jvp_function_are_computed_under_vmap():
+    # jax.nn.relu is a custom_jvp function; its first use may come inside vmap (a sweep over
+    # seeds), where its quadrature must still be evaluated, not traced. A new function object
+    # misses the cache, so this is such a first use.
+    @jax.custom_jvp
+    def my_relu(z):
+        return jnp.maximum(z, 0.0)
+
+    my_relu.defjvp(lambda primals, tangents: (my_relu(primals[0]),
+                                              tangents[0] * (primals[0] > 0)))
+    f = lambda v: v * mj.output_second_moment(my_relu)
+    out = jax.jit(jax.vmap(jax.vmap(f)))(jnp.ones((2, 3)))
+    np.testing.assert_allclose(out, 0.5, rtol=1e-6)

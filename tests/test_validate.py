@@ -121,3 +121,16 @@ def test_metrics_refuse_mismatched_shapes():
     with pytest.raises(ValueError, match="est must be MoEParams"):
         mj.gating_error(TRUTH.experts, TRUTH)
     assert float(mj.gating_error(tuple(TRUTH[:3]), TRUTH)) == 0.0
+
+
+def test_data_closed_over_by_a_jitted_function_are_checked():
+    # Concrete arrays captured by a traced function stay concrete: the value checks run (and
+    # the fit works) instead of failing on a tracer.
+    fit = jax.jit(lambda key: mj.joint_em(key, X, Y, num_experts=2, num_iters=5)[0].noise_std)
+    assert np.isfinite(fit(KEY))
+    bad_x = X.at[0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        jax.jit(lambda key: mj.joint_em(key, bad_x, Y, num_experts=2, num_iters=5)[0])(KEY)
+    with pytest.raises(ValueError, match="experts contains 1 NaN"):
+        jax.jit(jax.vmap(lambda key: mj.log_likelihood(NAN_PARAMS, X, Y)))(
+            jax.random.split(KEY, 2))
