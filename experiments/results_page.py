@@ -1,11 +1,13 @@
-r"""The tables of docs/results.md, made from the committed JSON under experiments/results.
+r"""The tables of docs/results.md and docs/failure_map.md, made from the committed JSON under
+experiments/results.
 
-    python -m experiments.results_page            # rewrite the tables in docs/results.md
+    python -m experiments.results_page            # rewrite the tables in the pages
     python -m experiments.results_page --check    # exit 1 if any table differs from its JSON
 
-Each table sits between `<!-- table: NAME -->` and `<!-- end table -->` in the page; NAME is
-a results file (experiments/results/NAME.json) with a renderer below. The prose around the
-tables is written by hand; the numbers in the tables are not.
+Each table sits between `<!-- table: NAME -->` and `<!-- end table -->` in a page; NAME is
+a results file (experiments/results/NAME.json, NAME may name a subfolder), rendered by the
+function below named as the file. The prose around the tables is written by hand; the numbers
+in the tables are not.
 """
 
 import json
@@ -16,7 +18,8 @@ import sys
 from absl import app, flags
 import numpy as np
 
-_PAGE = flags.DEFINE_string("page", "docs/results.md", "The page whose tables are rewritten.")
+_PAGES = flags.DEFINE_list("page", ["docs/results.md", "docs/failure_map.md"],
+                           "The pages whose tables are rewritten.")
 _RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the JSON lives.")
 _CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if a table is out of date.")
 
@@ -133,38 +136,60 @@ def peer_flexmix(r) -> str:
     return "\n".join(lines)
 
 
+def failure_map(r) -> str:
+    """Fraction of seeds stuck per cell and method (median passes), the oracle's error."""
+    methods = {"random_1": "1 random", "random_5": "best of 5", "random_R": "best of 20",
+               "gd_1": "GD, 1 start", "refine": "moments + refine", "refine+4": "refine + 4"}
+    by = {(s["cell"], s["method"]): s for s in r["summary"]}
+    lines = ["| cell | " + " | ".join(methods.values()) + " | oracle's error |",
+             "|---|" + "---|" * (len(methods) + 1)]
+    for cell in dict.fromkeys(s["cell"] for s in r["summary"]):
+        cells = [f"{by[cell, m]['stuck']:.2f} ({by[cell, m]['median_passes']:.0f})"
+                 for m in methods]
+        lines.append(f"| {cell} | " + " | ".join(cells)
+                     + f" | {by[cell, 'refine']['oracle_error']:.3f} |")
+    return "\n".join(lines)
+
+
 RENDERERS = {f.__name__: f for f in (error_table, failure_rates, synthetic_sweep, bench_sweep,
-                                     airfoil, peer_flexmix)}
-_BLOCK = re.compile(r"(<!-- table: (\w+) -->\n)(.*?)(\n<!-- end table -->)", re.S)
+                                     airfoil, peer_flexmix, failure_map)}
+# A block may be empty (a new table) but never runs into the next block.
+_BLOCK = re.compile(r"(<!-- table: ([\w/]+) -->\n)((?:(?!<!-- table:).)*?)\n?<!-- end table -->",
+                    re.S)
 
 
 def render_page(text: str, results_dir: str) -> str:
     """The page with every marked table made again from its JSON."""
     def one(match):
         name = match.group(2)
-        if name not in RENDERERS:
+        render = RENDERERS.get(os.path.basename(name))
+        if render is None:
             raise ValueError(f"no renderer for the table {name!r}; known: {sorted(RENDERERS)}")
         with open(os.path.join(results_dir, name + ".json")) as f:
-            return match.group(1) + RENDERERS[name](json.load(f)) + match.group(4)
+            return match.group(1) + render(json.load(f)) + "\n<!-- end table -->"
     return _BLOCK.sub(one, text)
 
 
 def main(argv):
     del argv
-    with open(_PAGE.value) as f:
-        text = f.read()
-    made = render_page(text, _RESULTS.value)
-    tables = len(_BLOCK.findall(text))
-    if _CHECK.value:
-        if made != text:
-            print(f"{_PAGE.value}: tables differ from {_RESULTS.value}; run python -m "
-                  "experiments.results_page", file=sys.stderr)
-            sys.exit(1)
-        print(f"{_PAGE.value}: {tables} tables match their JSON")
-        return
-    with open(_PAGE.value, "w") as f:
-        f.write(made)
-    print(f"{_PAGE.value}: {tables} tables written")
+    stale = []
+    for page in _PAGES.value:
+        with open(page) as f:
+            text = f.read()
+        made = render_page(text, _RESULTS.value)
+        tables = len(_BLOCK.findall(text))
+        if _CHECK.value:
+            if made != text:
+                stale.append(page)
+            print(f"{page}: {tables} tables" + (" differ from their JSON" if made != text
+                                                else " match their JSON"))
+            continue
+        with open(page, "w") as f:
+            f.write(made)
+        print(f"{page}: {tables} tables written")
+    if stale:
+        print(f"{', '.join(stale)}: run python -m experiments.results_page", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

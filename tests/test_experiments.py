@@ -214,7 +214,8 @@ def test_bench_stream(tmp_path):
 def test_results_page_tables_match_their_json(tmp_path):
     out = run("experiments.results_page", "--check")
     assert out.returncode == 0, out.stderr
-    assert "6 tables match" in out.stdout
+    assert "docs/results.md: 6 tables match" in out.stdout
+    assert "docs/failure_map.md: 3 tables match" in out.stdout
     # A number edited by hand is caught, and rewriting the page restores it.
     page = (pathlib.Path(ROOT) / "docs" / "results.md").read_text()
     tampered = tmp_path / "results.md"
