@@ -57,8 +57,9 @@ def main(argv):
                 for kk in jax.random.split(key_starts, _STARTS.value)]
             traces, finals = [], []
             for s in starts:
+                # Newton gating steps, as fit's refinement takes for gatings this small.
                 _, info = mj.refine(s, z, ys, learn_noise_std=True, num_iters=_MAX.value,
-                                    tol=_TOL.value)
+                                    tol=_TOL.value, gating_step="newton")
                 traces.append(np.asarray(info.trace))
                 finals.append(float(info.log_likelihood))
             traces, finals = np.stack(traces), np.array(finals)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from moejax import _validate, solver
-from moejax.gating import (NOISE_FLOOR, bohning_step, e_step, gram_matrix, gram_solver,
+from moejax.gating import (NOISE_FLOOR, bohning_step, e_step, gate_hessian, gram_matrix,
+                           gram_solver, newton_step,
                            noise_std_update, response_std)
 from moejax.model import MoEParams, _mean_log_likelihood, expert_log_densities
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
@@ -95,12 +96,20 @@ def _expert_step(gram, rhs, count):
     return jnp.linalg.solve(gram / count + ridge, (rhs / count)[..., None])[..., 0]
 
 
-def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout()):
+# The Newton gating step's trust region: the logits move by at most this much (root mean
+# square over the rows) per iteration; measured on airfoil, docs/solvers.md.
+NEWTON_MAX_CHANGE = 1.0
+
+
+def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout(),
+                  newton_gating=False):
     """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem, one pass
     over the rows (`row_sum`: in one block, in chunks, or over devices); weights: None or (n,)
-    row weights (0 on padding rows)."""
+    row weights (0 on padding rows). newton_gating: the gating's M-step is a capped Newton step
+    (`gating.newton_step`, (k - 1)^2 d^2 more work per row) instead of the Bohning step."""
     g = get_nonlinearity(nonlinearity)
-    solve = gram_solver(gram_matrix(x, layout, weights))
+    gram_x = gram_matrix(x, layout, weights)
+    solve = gram_solver(gram_x)
     floor = NOISE_FLOOR * response_std(y, layout, weights)
     count = row_count(x.shape[0], weights)
 
@@ -112,12 +121,17 @@ def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layo
             log_dens = expert_log_densities(xb, yb, experts, sigma, nonlinearity)
             gate, resp, log_lik = e_step(gating, xb, log_dens)
             diff = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) * w
+            hess = gate_hessian(gate, xb, w) if newton_gating else jnp.zeros(())
             resp = jnp.stack(resp) * w
-            return (diff @ xb, jnp.sum(w * log_lik), *_expert_sums(experts, resp, xb, yb, g),
-                    jnp.sum(resp, axis=1))
+            return (diff @ xb, jnp.sum(w * log_lik), hess,
+                    *_expert_sums(experts, resp, xb, yb, g), jnp.sum(resp, axis=1))
 
-        grad, log_lik, gram, rhs, sq, resp_sum = row_sum(block, (x, y), layout, weights)
-        new_gating = bohning_step(gating, grad / count, solve)
+        grad, log_lik, hess, gram, rhs, sq, resp_sum = row_sum(block, (x, y), layout, weights)
+        if newton_gating:
+            new_gating = newton_step(gating, grad / count, hess / count, gram_x,
+                                     NEWTON_MAX_CHANGE)
+        else:
+            new_gating = bohning_step(gating, grad / count, solve)
         delta = _expert_step(gram, rhs, count)
         if learn_noise_std:
             # sigma's exact maximiser given the new experts (ECM order), without another pass:
@@ -138,10 +152,11 @@ def _fit_info(info: solver.SolverInfo, index=0) -> FitInfo:
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters", "learn_noise_std", "accelerate",
-                                             "layout"))
+                                             "layout", "newton_gating"))
 def _joint_em(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accelerate=True,
-              layout=Layout(), weights=None):
-    em_map = jax.vmap(_joint_em_map(x, y, init.nonlinearity, learn_noise_std, weights, layout))
+              layout=Layout(), weights=None, newton_gating=False):
+    em_map = jax.vmap(_joint_em_map(x, y, init.nonlinearity, learn_noise_std, weights, layout,
+                                    newton_gating))
     theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
     (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
                                                         max_iters=num_iters,
@@ -195,11 +210,15 @@ def _joint_gd(init: MoEParams, x, y, num_steps, learning_rate, tol, learn_noise_
 def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 200,
            tol: float = 1e-7,
            learn_noise_std: bool = False, accelerate: bool = True,
-           chunk_size: int | None = None, weights=None) -> tuple[MoEParams, FitInfo]:
+           chunk_size: int | None = None, weights=None,
+           gating_step: str = "bohning") -> tuple[MoEParams, FitInfo]:
     """Joint EM over (experts, gating) from the start `params` (e.g. the output of `recover`),
     run until the likelihood settles (docs/solvers.md).
 
-    Each EM step: E-step (log space); gating M-step as in the gating EM (one Bohning step);
+    Each EM step: E-step (log space); gating M-step as in the gating EM (one Bohning step), or
+    with gating_step="newton" one Newton step capped at an rms logit change of
+    `NEWTON_MAX_CHANGE` (what `fit` uses for small gatings: far fewer iterations where the
+    gates are sharp, at (k - 1)^2 d^2 more work per row);
     experts M-step by weighted least squares for g = "linear", else one Gauss-Newton step on
     sum_n q_ni (y_n - g(a_i . x_n))^2 (a generalised M-step). The experts are not
     renormalised. With `learn_noise_std`, sigma starts at `params.noise_std` and each step
@@ -220,6 +239,7 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
       chunk_size: None, or rows per block of every pass; x sharded along its rows over a
         device mesh runs data-parallel (as in `moejax.recover`).
       weights: None, or (n,) row weights >= 0: the weighted likelihood is maximised.
+      gating_step: "bohning" (monotone, no step size) or "newton" (docs/solvers.md).
 
     Returns:
       (the final parameters, FitInfo).
@@ -246,8 +266,11 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
     _validate.positive(tol, "tol")
     layout = layout_of(x, chunk_size)
     weights = _validate.row_weights(weights, x.shape[0])
+    if gating_step not in ("bohning", "newton"):
+        raise ValueError(f"gating_step must be 'bohning' or 'newton', got {gating_step!r}.")
     out = _joint_em(params, x, y, num_iters, tol, learn_noise_std, accelerate, layout,
-                    None if weights is None else weights.astype(x.dtype))
+                    None if weights is None else weights.astype(x.dtype),
+                    gating_step == "newton")
     _validate.finite_result(out[1].finite, x, y, noise_std=params.noise_std, what="refine")
     return out
 

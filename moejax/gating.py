@@ -100,6 +100,37 @@ def bohning_step(gating: jax.Array, grad: jax.Array, solve) -> jax.Array:
     return gating.at[:-1].add(solve(grad.T).T)
 
 
+def gate_hessian(gate, x: jax.Array, w) -> jax.Array:
+    """sum_n w_n (diag(p_n) - p_n p_n^T) (x) x_n x_n^T over the k - 1 free gating rows:
+    (k - 1, d, k - 1, d), minus the Hessian of sum_n log softmax(W x_n)_z in W's free rows
+    (any z: it does not depend on the label). gate: the k arrays (n,) of `e_step`."""
+    p = jnp.stack(gate[:-1])
+    eye = jnp.eye(p.shape[0], dtype=p.dtype)
+    weight = (eye[:, :, None] * p[:, None, :] - p[:, None, :] * p[None, :, :]) * w
+    return jnp.einsum("ijn,nd,ne->idje", weight, x, x)
+
+
+def newton_step(gating: jax.Array, grad: jax.Array, hess: jax.Array, gram: jax.Array,
+                max_change: float) -> jax.Array:
+    """W <- W + s on the k - 1 free rows, s = H^(-1) grad the Newton step on the gating part of
+    EM's Q (docs/solvers.md), shortened so that the logits change by at most `max_change` in
+    root mean square over the rows: sqrt(sum_i s_i^T C s_i) <= max_change, C = X^T X / n.
+
+    grad: (k - 1, d) as in `bohning_step`; hess: (k - 1, d, k - 1, d) from `gate_hessian`,
+    divided by n; gram: C (d, d). Where the Bohning bound B is far above H (sharp gates), the
+    Bohning step is short and EM crawls; the Newton step is not, and the cap keeps it from
+    overshooting where the quadratic model is poor.
+    """
+    m = grad.size
+    h = hess.reshape(m, m)
+    # The ridge makes a saturated gate's flat directions solvable; the cap bounds the result.
+    h = h + 1e-6 * jnp.trace(h) / m * jnp.eye(m, dtype=h.dtype)
+    step = jnp.linalg.solve(h, grad.reshape(m)).reshape(grad.shape)
+    size = jnp.sqrt(jnp.maximum(jnp.sum(step * (step @ gram)), 0.0))
+    step = step * jnp.minimum(1.0, max_change / jnp.maximum(size, jnp.finfo(h.dtype).tiny))
+    return gating.at[:-1].add(step)
+
+
 def gram_solver(gram: jax.Array):
     """v -> (C + delta I)^(-1) v for a symmetric positive semi-definite C (d, d), with the
     tiny ridge delta = eps tr(C), by one Cholesky factor.
