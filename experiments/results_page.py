@@ -1,5 +1,5 @@
-r"""The tables of docs/results.md and docs/failure_map.md, made from the committed JSON under
-experiments/results.
+r"""The tables of docs/results.md, docs/failure_map.md and docs/solvers.md, made from the
+committed JSON under experiments/results.
 
     python -m experiments.results_page            # rewrite the tables in the pages
     python -m experiments.results_page --check    # exit 1 if any table differs from its JSON
@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 import numpy as np
 
-_PAGES = flags.DEFINE_list("page", ["docs/results.md", "docs/failure_map.md"],
+_PAGES = flags.DEFINE_list("page", ["docs/results.md", "docs/failure_map.md", "docs/solvers.md"],
                            "The pages whose tables are rewritten.")
 _RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the JSON lives.")
 _CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if a table is out of date.")
@@ -151,8 +151,18 @@ def failure_map(r) -> str:
     return "\n".join(lines)
 
 
+def refine_screening(r) -> str:
+    """Largest loss of the best final likelihood per screening length and number kept."""
+    keeps = len(next(iter(r["worst"].values())))
+    lines = ["| screening iterations | " + " | ".join(f"keep {k + 1}" for k in range(keeps))
+             + " |", "|---|" + "---|" * keeps]
+    for screen, losses in r["worst"].items():
+        lines.append(f"| {screen} | " + " | ".join(f"{v:.4f}" for v in losses) + " |")
+    return "\n".join(lines)
+
+
 RENDERERS = {f.__name__: f for f in (error_table, failure_rates, synthetic_sweep, bench_sweep,
-                                     airfoil, peer_flexmix, failure_map)}
+                                     airfoil, peer_flexmix, failure_map, refine_screening)}
 # A block may be empty (a new table) but never runs into the next block.
 _BLOCK = re.compile(r"(<!-- table: ([\w/]+) -->\n)((?:(?!<!-- table:).)*?)\n?<!-- end table -->",
                     re.S)

@@ -98,7 +98,7 @@ def _expert_step(gram, rhs, count):
 
 # The Newton gating step's trust region: the logits move by at most this much (root mean
 # square over the rows) per iteration; measured on airfoil, docs/solvers.md.
-NEWTON_MAX_CHANGE = 1.0
+NEWTON_MAX_CHANGE = 3.0
 
 
 def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout(),

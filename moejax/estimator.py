@@ -165,7 +165,7 @@ def _log_likelihood(params, standardizer, x, y):
 
 # Screening of the refinement's starts: all run this many iterations together, then the best
 # few go on to convergence (docs/solvers.md has the measurement behind both numbers).
-REFINE_SCREEN_ITERS = 100
+REFINE_SCREEN_ITERS = 50
 REFINE_KEEP = 4
 # Up to this many free gating parameters ((k - 1) (d + 1)) the refinement's gating M-step is a
 # capped Newton step (its Hessian costs (k - 1)^2 (d + 1)^2 per row), above it the Bohning step.

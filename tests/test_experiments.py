@@ -216,6 +216,7 @@ def test_results_page_tables_match_their_json(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "docs/results.md: 6 tables match" in out.stdout
     assert "docs/failure_map.md: 3 tables match" in out.stdout
+    assert "docs/solvers.md: 1 tables match" in out.stdout
     # A number edited by hand is caught, and rewriting the page restores it.
     page = (pathlib.Path(ROOT) / "docs" / "results.md").read_text()
     tampered = tmp_path / "results.md"
