@@ -33,6 +33,7 @@ def test_demo_succeeds_and_writes_json(tmp_path):
     assert 0 <= result["expert_error"] < 0.5 and len(result["mixing_true"]) == 3
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_demo_exits_nonzero_when_recovery_fails():
     out = run("experiments.demo", "--n=200", "--n_test=100", "--num_em_iters=2",
               "--max_expert_error=0.01")
@@ -93,6 +94,7 @@ def test_error_table(tmp_path):
     assert (tmp_path / "error_table.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_airfoil(tmp_path):
     out = run("experiments.airfoil", "--num_splits=1", "--ks=2", "--num_starts=2", "--em_iters=3",
               "--gd_steps=3", "--reference_starts=2", "--reference_iters=5",
@@ -136,6 +138,7 @@ def test_bench_recover_tables_from_saved_rows():
     assert lines[-1].startswith("| 1e+03 | 10 | one block | 0 | 300 | 1 | 301 | - |")
 
 
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_peer_flexmix_without_r(tmp_path):
     out = run("experiments.peer_flexmix", "--num_splits=1", "--ks=2", "--refine_iters=5",
               "--num_random_starts=1", "--flexmix=false", f"--output_dir={tmp_path}")
