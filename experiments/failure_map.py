@@ -298,6 +298,9 @@ def main(argv):
             f"{m} {v:.2f}" for m, v in stuck.items())
             + f" ({time.perf_counter() - tic:.0f} s, {time.perf_counter() - start:.0f} s in all)",
             flush=True)
+    if not rows:  # e.g. a shard with no cells of its own
+        print("no cells to run and none in the CSV: nothing written")
+        return
     text, summary = table(rows, _STUCK.value)
     with open(base + ".json", "w") as f:
         json.dump(dict(num_seeds=num_seeds, num_starts=_STARTS.value, tol=_TOL.value,

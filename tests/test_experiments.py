@@ -227,3 +227,26 @@ def test_results_page_tables_match_their_json(tmp_path):
     assert run("experiments.results_page", "--check", f"--page={tampered}").returncode == 1
     assert run("experiments.results_page", f"--page={tampered}").returncode == 0
     assert tampered.read_text() == page
+
+
+@pytest.mark.slow  # make test-all; the seed-by-seed path is in the default suite
+def test_failure_map_batched_seeds_and_shards_equal_the_seed_by_seed_run(tmp_path):
+    # The GPU path: two seeds vmapped in one call, the grid split over two shards; the same
+    # seeds, methods and (up to rounding) numbers as one seed at a time.
+    common = ("experiments.failure_map", "--num_seeds=2", "--num_starts=2", "--max_iters=20",
+              "--cells=k4_d12_c0.5_s0.3_w2.0_linear_n10000")
+    assert run(*common, f"--output_dir={tmp_path / 'one'}").returncode == 0
+    batched = run(*common, "--batch_rows=20000", "--shard=0/2",
+                  f"--output_dir={tmp_path / 'batched'}")
+    assert batched.returncode == 0, batched.stderr
+    assert "seeds 1-2 of 2" in batched.stdout
+    one = read_csv(tmp_path / "one" / "failure_map.csv")
+    got = read_csv(tmp_path / "batched" / "failure_map.csv")
+    assert [(r["seed"], r["method"]) for r in got] == [(r["seed"], r["method"]) for r in one]
+    for a, b in zip(got, one):
+        assert abs(float(a["expert_error"]) - float(b["expert_error"])) < 1e-3
+        assert abs(float(a["shortfall"]) - float(b["shortfall"])) < 1e-4
+        assert a["device"] == b["device"]
+    # The other shard of a one-cell grid has nothing to do.
+    empty = run(*common, "--shard=1/2", f"--output_dir={tmp_path / 'empty'}")
+    assert empty.returncode == 0 and "nothing written" in empty.stdout, empty.stderr
