@@ -132,21 +132,25 @@ def test_em_and_gd_report_iterations_and_convergence(small_problem):
     assert not bool(gd.converged) and int(gd.num_iters) == 20
 
 
-def test_refine_in_chunks_equals_one_block(small_problem):
+@pytest.mark.parametrize("gating_step", ["bohning", "newton"])
+def test_refine_in_chunks_equals_one_block(small_problem, gating_step):
     # Every pass of the joint EM goes through sums.row_sum: blocks of rows (the last one
     # clamped and partly masked) give the same iterates to float32 rounding. The run stops on
     # a tolerance, so another summation order may stop it one iteration apart (seen: 5 vs 4),
     # where the likelihood has settled to within a few tolerances (1e-7 (1 + |L|)).
     truth, x, y = small_problem
     start = truth._replace(noise_std=jnp.full(3, 0.3))
-    ref, ref_info = mj.refine(start, x, y, num_iters=40, learn_noise_std=True)
-    got, info = mj.refine(start, x, y, num_iters=40, learn_noise_std=True, chunk_size=7001)
+    kw = dict(num_iters=40, learn_noise_std=True, gating_step=gating_step)
+    ref, ref_info = mj.refine(start, x, y, **kw)
+    got, info = mj.refine(start, x, y, chunk_size=7001, **kw)
     assert abs(int(info.num_iters) - int(ref_info.num_iters)) <= 1
     assert float(info.log_likelihood) == pytest.approx(float(ref_info.log_likelihood), abs=1e-5)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
         assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-3
-    # The first iterations, before any stopping decision, agree to rounding.
-    np.testing.assert_allclose(info.trace[:4], ref_info.trace[:4], rtol=1e-6)
+    # The first iterations, before any stopping decision, agree to rounding (the Newton
+    # step's Hessian solve amplifies the summation order's rounding: seen 1.5e-6).
+    np.testing.assert_allclose(info.trace[:4], ref_info.trace[:4],
+                               rtol=1e-6 if gating_step == "bohning" else 1e-5)
     with pytest.raises(ValueError, match="chunk_size"):
         mj.refine(start, x, y, chunk_size=0)
 
