@@ -55,7 +55,6 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
     return jnp.asarray(a)
 
 
-@_eagerly
 @jax.jit
 def _all_finite(a: jax.Array) -> jax.Array:
     # sum(a * 0) is NaN exactly when a holds a NaN or an infinity, and XLA fuses it into one

@@ -121,14 +121,15 @@ def _joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layo
             log_dens = expert_log_densities(xb, yb, experts, sigma, nonlinearity)
             gate, resp, log_lik = e_step(gating, xb, log_dens)
             diff = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) * w
-            hess = gate_hessian(gate, xb, w) if newton_gating else jnp.zeros(())
+            hess = (gate_hessian(gate, xb, w),) if newton_gating else ()
             resp = jnp.stack(resp) * w
-            return (diff @ xb, jnp.sum(w * log_lik), hess,
-                    *_expert_sums(experts, resp, xb, yb, g), jnp.sum(resp, axis=1))
+            return (diff @ xb, jnp.sum(w * log_lik), *_expert_sums(experts, resp, xb, yb, g),
+                    jnp.sum(resp, axis=1), *hess)
 
-        grad, log_lik, hess, gram, rhs, sq, resp_sum = row_sum(block, (x, y), layout, weights)
+        grad, log_lik, gram, rhs, sq, resp_sum, *hess = row_sum(block, (x, y), layout,
+                                                                 weights)
         if newton_gating:
-            new_gating = newton_step(gating, grad / count, hess / count, gram_x,
+            new_gating = newton_step(gating, grad / count, hess[0] / count, gram_x,
                                      NEWTON_MAX_CHANGE)
         else:
             new_gating = bohning_step(gating, grad / count, solve)
