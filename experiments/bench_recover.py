@@ -138,7 +138,7 @@ def _device_peak_mb():
 def child(n, d, k):
     import jax
     import moejax as mj
-    from moejax import gating
+    from moejax import em_steps, gating
     from moejax.sums import Layout
     from experiments import numpy_reference
     chunk = _chunk(d)
@@ -170,10 +170,10 @@ def child(n, d, k):
     layout = Layout(chunk)
     inits = 0.1 * jax.random.normal(key, (1, k, d), x.dtype)
     sigmas = jax.numpy.full((1,), 0.1, x.dtype)
-    sums = jax.jit(lambda *a: gating._em_sums(*a, "linear", layout))
+    sums = jax.jit(lambda *a: gating.em_sums(*a, "linear", layout))
     row["em_pass_s"], row["em_pass_compile_s"], _ = _time(
         lambda: sums(inits, sigmas, x, y, experts), _REPEATS.value)
-    setup = jax.jit(lambda x, e: gating._gram_solver(x, layout, matrix_free)(e.T))
+    setup = jax.jit(lambda x, e: em_steps.gating_solver(x, layout, matrix_free)(e.T))
     row["em_setup_s"], _, _ = _time(lambda: setup(x, experts), min(_REPEATS.value, 3))
     _, key_gating = jax.random.split(key)
     gate_kw = dict(noise_std=0.1, chunk_size=chunk, matrix_free=matrix_free)

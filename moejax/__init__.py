@@ -1,22 +1,24 @@
 """moejax: consistent learning of mixture-of-experts regression in JAX."""
 
 from moejax import datasets, io, sums
-from moejax.baselines import FitInfo, joint_em, joint_gd, random_init, refine
-from moejax.estimator import FitReport, FittedMoE, fit
+from moejax.baselines import joint_em, joint_gd, random_init
+from moejax.estimator import FitReport, FittedMoE, fit, select_num_experts
 from moejax.gating import GatingInfo, fit_gating
+from moejax.joint import refine
 from moejax.metrics import expert_error, gating_error, match_experts
-from moejax.model import (MoEParams, log_likelihood, posteriors, predict, random_params,
-                          sample)
+from moejax.model import log_likelihood, posteriors, predict, random_params, sample
+from moejax.moments import initial_noise_std
 from moejax.nonlinearities import (NONLINEARITIES, TransformConstants, get_nonlinearity,
                                    nonlinearity_names, output_second_moment,
                                    register_nonlinearity, transform_constants)
 from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target,
                                   transform_features, transform_target)
 from moejax._validate import min_samples
-from moejax.selection import KSelection, select_num_experts
+from moejax.params import MoEParams
+from moejax.recover import ExpertEstimate, RecoverInfo, recover, recover_experts
+from moejax.selection import KSelection
+from moejax.solver import FitInfo
 from moejax.streams import Streamed, streamed
-from moejax.recover import (ExpertEstimate, RecoverInfo, initial_noise_std, recover,
-                            recover_experts)
 
 __version__ = "0.2.0.dev0"
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moejax.nonlinearities import get_nonlinearity
+from moejax.params import MoEParams
 from moejax.streams import Streamed, compute_dtype
 
 # The entry points that read data in blocks from the host (`moejax.streamed`).
@@ -153,7 +154,6 @@ def params(p, *, dim: int | None = None, name: str = "params"):
     """p as MoEParams (a plain 3-tuple is read as a linear model) with experts and gating of
     one shape (k, d), k >= 1 (one expert: least squares), noise_std positive, a scalar or one
     per expert (k,), and a known non-linearity; values checked finite where concrete."""
-    from moejax.model import MoEParams
     if not isinstance(p, MoEParams):
         if not isinstance(p, tuple) or len(p) != 3:
             raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std, "
@@ -224,9 +224,11 @@ def min_samples(dim: int) -> int:
     return dim + 1
 
 
-def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = False):
+def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = False,
+               power: int | None = None):
     """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays.
-    `streams`: the estimator reads rows only through `row_sum` (`Streamed` data accepted)."""
+    `streams`: the estimator reads rows only through `row_sum` (`Streamed` data accepted);
+    `power`: the highest power of the data the estimator sums (see `scales`), checked too."""
     x, y = data(x, y, streams=streams)
     n, d = x.shape
     if isinstance(num_experts, (bool, np.bool_)) or not isinstance(
@@ -243,6 +245,8 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = Fa
         first = y.stats().min if isinstance(y, Streamed) else float(y[0])
         raise ValueError(f"y is constant (every entry is {first:.6g}): there is nothing to "
                          "fit.")
+    if power is not None:
+        scales(x, y, power=power)
     return x, y, jnp.asarray(noise_std, x.dtype)
 
 

@@ -19,7 +19,10 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from moejax import _files
 from moejax.nonlinearities import NONLINEARITIES
+from moejax.preprocessing import constant_columns
+from moejax.tables import read_table
 
 COMMANDS = ("fit", "predict")
 
@@ -50,81 +53,6 @@ _DROP = flags.DEFINE_bool("drop_missing", False, "Drop rows with empty or NaN ce
 
 class InputError(Exception):
     """Bad input; the message is shown to the user without a traceback."""
-
-
-def _lines(numbers, limit=10) -> str:
-    shown = ", ".join(str(v) for v in numbers[:limit])
-    return shown + (f", ... ({len(numbers)} in all)" if len(numbers) > limit else "")
-
-
-def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None = None,
-               log=print):
-    """Reads a numeric table with a header line.
-
-    Returns (values (n, m) float64, column names, file line numbers (n,) of the kept rows).
-    Raises InputError for a missing or empty file, a ragged row, non-numeric cells, or rows
-    with empty/NaN/infinite cells (unless `drop_missing`, which drops and reports them).
-    """
-    if os.path.isdir(path):
-        raise InputError(f"data file {path!r} is a directory.")
-    if not os.path.isfile(path):
-        raise InputError(f"data file {path!r} does not exist.")
-    if delimiter is None:
-        delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
-    elif len(delimiter) != 1:
-        raise InputError(f"--delimiter must be one character, got {delimiter!r}.")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f, delimiter=delimiter))
-    except UnicodeDecodeError:
-        raise InputError(f"{path!r} is not a text table (not UTF-8).") from None
-    except csv.Error as e:
-        raise InputError(f"{path!r} is not a readable table: {e}.") from None
-    # Blank lines (e.g. a trailing newline) are not data.
-    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
-    if not numbered:
-        raise InputError(f"{path!r} is empty: expected a header line and data rows.")
-    (_, header), body = numbered[0], numbered[1:]
-    names = [c.strip() for c in header]
-    others = [c for c in ",;\t|" if c != delimiter and c in "".join(header)]
-    if len(names) == 1 and others:
-        raise InputError(f"{path!r}: the header reads as one column {names[0][:60]!r} with "
-                         f"delimiter {delimiter!r}, but contains {others[0]!r}: pass "
-                         f"--delimiter={others[0]!r}" + (" (a tab)" if others[0] == "\t" else "")
-                         + ".")
-    if len(set(names)) != len(names) or not all(names):
-        raise InputError(f"{path!r}: the header must name every column once, got {names}.")
-    values, missing, bad = [], [], []
-    for line, row in body:
-        if len(row) != len(names):
-            raise InputError(f"{path!r} line {line} has {len(row)} fields; the header has "
-                             f"{len(names)}.")
-        parsed, is_missing = [], False
-        for name, cell in zip(names, row):
-            cell = cell.strip()
-            try:
-                v = float(cell) if cell else math.nan
-            except ValueError:
-                bad.append(f"line {line} column {name!r}: {cell!r}")
-                v = math.nan
-            is_missing |= not math.isfinite(v)
-            parsed.append(v)
-        values.append(parsed)
-        if is_missing:
-            missing.append(line)
-    if bad:
-        raise InputError(f"{path!r} has {len(bad)} non-numeric cell(s): " + "; ".join(bad[:5])
-                         + (" ..." if len(bad) > 5 else ""))
-    if missing and not drop_missing:
-        raise InputError(f"{path!r} has {len(missing)} row(s) with empty, NaN or infinite cells, "
-                         f"at lines {_lines(missing)}; fix them or pass --drop_missing.")
-    dropped = set(missing)
-    keep = [i for i, (line, _) in enumerate(body) if line not in dropped]
-    if missing:
-        log(f"dropped {len(missing)} row(s) with empty, NaN or infinite cells (lines "
-            f"{_lines(missing)})")
-    table = np.array([values[i] for i in keep], dtype=np.float64).reshape(len(keep), len(names))
-    return table, names, np.array([body[i][0] for i in keep], dtype=np.int64)
 
 
 def _require(**values):
@@ -161,7 +89,7 @@ def check_out(out: str, **inputs: str) -> None:
 
 def check_columns(x, names, y, target) -> None:
     """Raises InputError naming constant or duplicated feature columns, or a constant target."""
-    constant = [n for n, col in zip(names, x.T) if np.ptp(col) == 0]
+    constant = [names[i] for i in constant_columns(x, np.float64)]
     if constant:
         raise InputError(f"feature column(s) {constant} are constant: they carry no "
                          "information; drop them.")
@@ -170,7 +98,7 @@ def check_columns(x, names, y, target) -> None:
     if dupes:
         raise InputError("duplicated feature columns " + ", ".join(
             f"{a!r} = {b!r}" for a, b in dupes[:5]) + "; drop one of each pair.")
-    if np.ptp(y) == 0:
+    if constant_columns(y[:, None], np.float64).size:
         raise InputError(f"the target column {target!r} is constant: there is nothing to fit.")
 
 
@@ -257,7 +185,7 @@ def predict_command() -> None:
         writer.writerow(["line", column])
         writer.writerows((int(l), repr(float(p))) for l, p in zip(lines, pred))
 
-    io.atomic_write(_OUT.value, write)
+    _files.atomic_write(_OUT.value, write)
     print(f"wrote {len(pred)} predictions to {_OUT.value}")
     if model.target_name in names:
         y = table[:, names.index(model.target_name)]

@@ -7,34 +7,41 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from moejax import _validate, gating, model, preprocessing, solver, sums
-from moejax.baselines import _joint_em_map, random_init
-from moejax.model import MoEParams
+from moejax import _validate, gating, model, preprocessing, selection, solver, sums
+from moejax.baselines import random_init
+from moejax.joint import joint_em_map
+from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import nonlinearity_names
+from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
-from moejax.recover import _initial_noise_std, recover_experts
+from moejax.recover import _recover_experts
+from moejax.selection import KSelection
 
 
 class FitReport(NamedTuple):
     """How `fit` got its parameters: every start refined by joint EM, the best kept.
 
     Attributes:
+      log_likelihood, num_iters, num_passes, converged, finite, trace: as in
+        `moejax.FitInfo`, one entry per start (leading axis num_starts; trace
+        (refine_iters, num_starts)): the final training mean log-likelihood on the
+        standardised scale, the refinement iterations, the passes over the data of all starts
+        together, whether each met the stopping rule within the cap, stayed finite, and its L
+        before each iteration.
       best: index of the kept start (0 is the moment start, 1.. the random ones).
-      log_likelihood: (num_starts,) final training mean log-likelihood of every start, on
-        the standardised scale.
-      num_iters: (num_starts,) refinement iterations each start used.
-      converged: (num_starts,) whether each met the stopping rule within the cap.
-      num_passes: passes over the data of the refinement, all starts together.
       continued: (num_starts,) whether each start went on after the screening iterations
         (the others report their state then).
     """
 
-    best: jax.Array
     log_likelihood: jax.Array
     num_iters: jax.Array
-    converged: jax.Array
     num_passes: jax.Array
+    converged: jax.Array
+    finite: jax.Array
+    trace: jax.Array
+    best: jax.Array
     continued: jax.Array
 
 
@@ -53,8 +60,8 @@ class FittedMoE:
       feature_names: optional names of the d input columns (checked on prediction by the CLI).
       target_name: optional name of the target column.
       report: how `fit` chose the parameters (None for a loaded model).
-      selection: with `fit(num_experts="auto")`, the scores of every k
-        (`moejax.selection.KSelection`); else None.
+      selection: with `fit(num_experts="auto")`, the scores of every k (`KSelection`);
+        else None.
     """
 
     params: MoEParams
@@ -62,7 +69,7 @@ class FittedMoE:
     feature_names: tuple[str, ...] | None = None
     target_name: str | None = None
     report: FitReport | None = None
-    selection: object = None
+    selection: KSelection | None = None
 
     @property
     def nonlinearity(self):
@@ -177,7 +184,7 @@ def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
                    layout=sums.Layout()):
     """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood."""
     newton = (starts.gating.shape[1] - 1) * starts.gating.shape[2] <= NEWTON_GATING_MAX_PARAMS
-    em_map = jax.vmap(_joint_em_map(z, y, starts.nonlinearity, learn, weights, layout, newton))
+    em_map = jax.vmap(joint_em_map(z, y, starts.nonlinearity, learn, weights, layout, newton))
     theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
     (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
@@ -185,9 +192,55 @@ def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
     top = solver.first_best(jnp.where(info.finite[kept], info.log_likelihood[kept], -jnp.inf))
     params = MoEParams(experts[top], gatings[top], jnp.exp(log_sigma[top]), starts.nonlinearity)
     continued = jnp.zeros(info.num_iters.shape, bool).at[kept].set(True)
-    report = FitReport(kept[top], info.log_likelihood, info.num_iters, info.converged,
-                       info.num_passes, continued)
+    report = solver.make_info(FitReport, info, best=kept[top], continued=continued)
     return params, report, info.finite[kept[top]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """`fit`'s settings (see `fit` for each), checked once by `checked`; the stages read them
+    from here, and k selection fits each k with `dataclasses.replace(config, num_experts=k)`."""
+
+    num_experts: int | str
+    nonlinearity: str = "linear"
+    noise_std: object = None
+    whiten: bool = True
+    refine_iters: int = 3000
+    tol: float = 1e-8
+    num_random_starts: int = 16
+    num_restarts: int = 10
+    num_gating_inits: int = 1
+    num_em_iters: int = 50
+    per_expert_noise: bool = True
+    max_experts: int = 4
+    select_by: str = "bic"
+    chunk_size: int | None = None
+
+    def checked(self) -> "FitConfig":
+        """The settings with counts and flags as Python values; ValueError naming the first
+        bad one. num_experts's range and sigma's shape depend on the data (`fit` checks
+        them)."""
+        if not isinstance(self.nonlinearity, str) or self.nonlinearity not in nonlinearity_names():
+            raise ValueError(f"nonlinearity must be one of {nonlinearity_names()} (a name, so "
+                             "that the model can be saved; moejax.register_nonlinearity adds "
+                             f"one), got {self.nonlinearity!r}.")
+        if isinstance(self.num_experts, str) and self.num_experts != "auto":
+            raise ValueError(f"num_experts must be an integer or 'auto', got "
+                             f"{self.num_experts!r}.")
+        if self.select_by not in ("bic", "cv"):
+            raise ValueError(f"select_by must be 'bic' or 'cv', got {self.select_by!r}.")
+        _validate.positive(self.tol, "tol")
+        return dataclasses.replace(
+            self,
+            whiten=_validate.flag(self.whiten, "whiten"),
+            per_expert_noise=_validate.flag(self.per_expert_noise, "per_expert_noise"),
+            refine_iters=_validate.count(self.refine_iters, "refine_iters", minimum=0),
+            num_random_starts=_validate.count(self.num_random_starts, "num_random_starts",
+                                              minimum=0),
+            num_restarts=_validate.count(self.num_restarts, "num_restarts"),
+            num_gating_inits=_validate.count(self.num_gating_inits, "num_gating_inits"),
+            num_em_iters=_validate.count(self.num_em_iters, "num_em_iters"),
+            max_experts=_validate.count(self.max_experts, "max_experts"))
 
 
 def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "linear",
@@ -265,88 +318,151 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     >>> model.predict(x[:5]).shape, model.noise_std.shape
     ((5,), (2,))
     """
+    config = FitConfig(num_experts=num_experts, nonlinearity=nonlinearity, noise_std=noise_std,
+                       whiten=whiten, refine_iters=refine_iters, tol=tol,
+                       num_random_starts=num_random_starts, num_restarts=num_restarts,
+                       num_gating_inits=num_gating_inits, num_em_iters=num_em_iters,
+                       per_expert_noise=per_expert_noise, max_experts=max_experts,
+                       select_by=select_by, chunk_size=chunk_size).checked()
     progress = progress or (lambda message: None)
-    if not isinstance(nonlinearity, str) or nonlinearity not in nonlinearity_names():
-        raise ValueError(f"nonlinearity must be one of {nonlinearity_names()} (a name, so that "
-                         "the model can be saved; moejax.register_nonlinearity adds one), got "
-                         f"{nonlinearity!r}.")
-    if isinstance(num_experts, str):
-        if num_experts != "auto":
-            raise ValueError(f"num_experts must be an integer or 'auto', got {num_experts!r}.")
-        from moejax import selection
+    if config.num_experts == "auto":
         x, y = _validate.data(x, y)
-        max_experts = min(_validate.count(max_experts, "max_experts"), x.shape[1])
-        if select_by not in ("bic", "cv"):
-            raise ValueError(f"select_by must be 'bic' or 'cv', got {select_by!r}.")
-        folds = 5 if select_by == "cv" else 0
+        names = _names(feature_names, target_name, x.shape[1])
+        max_experts = min(config.max_experts, x.shape[1])
+        folds = 5 if config.select_by == "cv" else 0
         progress(f"choosing k in 1..{max_experts} by "
                  + ("5-fold cross-validation" if folds else "BIC"))
-        settings = dict(noise_std=noise_std, whiten=whiten, refine_iters=refine_iters, tol=tol,
-                        num_random_starts=num_random_starts, num_restarts=num_restarts,
-                        num_gating_inits=num_gating_inits, num_em_iters=num_em_iters,
-                        per_expert_noise=per_expert_noise, chunk_size=chunk_size)
-        scores, models = selection._select(
-            key, x, y, max_experts, nonlinearity, folds, settings,
-            names=dict(feature_names=feature_names, target_name=target_name))
+        scores, models = _select(key, x, y, config, max_experts, folds, names)
         best = scores.best_cv if folds else scores.best_bic
         return dataclasses.replace(models[best], selection=scores)
-    learn = noise_std is None
-    x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0)
-    if not learn:
-        noise_std = _validate.noise_levels(noise_std, num_experts).astype(x.dtype)
-    per_expert_noise = _validate.flag(per_expert_noise, "per_expert_noise")
-    _validate.scales(x, y, power=2)
-    refine_iters = _validate.count(refine_iters, "refine_iters", minimum=0)
-    num_random_starts = _validate.count(num_random_starts, "num_random_starts", minimum=0)
-    _validate.positive(tol, "tol")
-    whiten = _validate.flag(whiten, "whiten")
+    x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, 1.0, power=2)
+    return _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]), progress)
+
+
+def _names(feature_names, target_name, dim: int) -> dict:
+    """The model's column names as strings; ValueError unless feature_names names d columns."""
     if feature_names is not None:
         if isinstance(feature_names, (str, bytes)):
-            raise ValueError(f"feature_names must be a sequence of d = {x.shape[1]} names, got "
+            raise ValueError(f"feature_names must be a sequence of d = {dim} names, got "
                              f"the single string {feature_names!r}.")
         feature_names = tuple(str(v) for v in feature_names)
-        if len(feature_names) != x.shape[1]:
-            raise ValueError(f"feature_names must name the d = {x.shape[1]} columns of x, got "
+        if len(feature_names) != dim:
+            raise ValueError(f"feature_names must name the d = {dim} columns of x, got "
                              f"{len(feature_names)} names.")
+    return dict(feature_names=feature_names,
+                target_name=None if target_name is None else str(target_name))
+
+
+def _fit(key, x, y, config: FitConfig, names: dict, progress) -> FittedMoE:
+    """`fit` for one k on checked data (x, y) with checked settings."""
+    num_experts, nonlinearity = config.num_experts, config.nonlinearity
+    learn = config.noise_std is None
+    if not learn:
+        noise_std = _validate.noise_levels(config.noise_std, num_experts).astype(x.dtype)
     progress(f"standardising {x.shape[0]} rows x {x.shape[1]} features")
-    std = preprocessing.fit_standardizer(x, y, whiten=whiten)
+    std = preprocessing._fit_standardizer(x, y, whiten=config.whiten)
     rows = sums.bucket_size(x.shape[0])
     xs, ys, z, weights, sigma0, top = _prepare(std, x, y, rows, nonlinearity)
     if float(top) > _validate.scale_limit(x.shape[0], xs.dtype, power=3):
         _validate.scales(xs[:x.shape[0]], ys[:x.shape[0]], power=3)  # raises, naming x or y
     sigma = sigma0 if learn else noise_std / std.y_scale
     _validate.noise_scale(sigma, xs.dtype, estimated=learn)
+    layout = sums.layout_of(xs, config.chunk_size)
 
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
     progress(f"moment stage: {num_experts} experts")
     # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
-    est = recover_experts(key_tensor, xs, ys, num_experts=num_experts, nonlinearity=nonlinearity,
-                          noise_std=jnp.sqrt(jnp.mean(jnp.square(sigma))),
-                          num_restarts=num_restarts, weights=weights, chunk_size=chunk_size)
+    est = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))),
+                           num_experts, nonlinearity, config.num_restarts, 100, None, layout,
+                           weights)
     experts = est.experts
-    progress(f"gating EM: {num_gating_inits} starts, at most {num_em_iters} iterations")
-    w, info = gating.fit_gating(key_gating, xs, ys, experts, noise_std=sigma,
-                                nonlinearity=nonlinearity, num_inits=num_gating_inits,
-                                num_iters=num_em_iters, learn_noise_std=learn, weights=weights,
-                                chunk_size=chunk_size)
+    progress(f"gating EM: {config.num_gating_inits} starts, at most {config.num_em_iters} "
+             "iterations")
+    w, info = gating._fit_gating(key_gating, xs, ys, experts, sigma, nonlinearity,
+                                 config.num_gating_inits, config.num_em_iters, 1.0, learn,
+                                 layout, weights=weights)
+    _validate.finite_result(info.finite, xs, ys, noise_std=None if learn else sigma)
     pad = jnp.zeros((num_experts, 1), xs.dtype)
     sigma = info.noise_std
-    if learn and per_expert_noise:
+    if learn and config.per_expert_noise:
         sigma = jnp.broadcast_to(sigma, (num_experts,))
     params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1), sigma,
                        nonlinearity)
     report = None
-    if refine_iters:
-        progress(f"joint-EM refinement: the moment start and {num_random_starts} random "
-                 f"starts, at most {refine_iters} iterations each")
+    if config.refine_iters:
+        progress(f"joint-EM refinement: the moment start and {config.num_random_starts} random "
+                 f"starts, at most {config.refine_iters} iterations each")
         randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, sigma, z.dtype,
                                                  nonlinearity=nonlinearity))(
-            jax.random.split(key_starts, num_random_starts))
+            jax.random.split(key_starts, config.num_random_starts))
         starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), params,
                                         randoms)
-        params, report, finite = _refine_starts(starts, z, ys, refine_iters,
-                                                jnp.asarray(tol, z.dtype), learn, weights,
-                                                sums.layout_of(z, chunk_size))
+        params, report, finite = _refine_starts(starts, z, ys, config.refine_iters,
+                                                jnp.asarray(config.tol, z.dtype), learn, weights,
+                                                sums.layout_of(z, config.chunk_size))
         _validate.finite_result(finite, z, ys, what="fit's refinement")
-    return FittedMoE(params, std, feature_names,
-                     None if target_name is None else str(target_name), report)
+    return FittedMoE(params, std, report=report, **names)
+
+
+def _least_squares(x, y, names: dict) -> FittedMoE:
+    """Least squares with Gaussian noise as a one-expert FittedMoE (k = 1: the gate is constant),
+    on the same standardised scale as `fit`'s models; x, y checked."""
+    std = preprocessing._fit_standardizer(x, y)
+    z = np.asarray(design_matrix(std, x), np.float64)
+    ys = np.asarray(preprocessing._transform_target(std, y), np.float64)
+    beta = np.linalg.lstsq(z, ys, rcond=None)[0]
+    sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
+    dtype = x.dtype
+    params = MoEParams(jnp.asarray(beta[None], dtype), jnp.zeros((1, z.shape[1]), dtype),
+                       jnp.asarray(sigma, dtype), "linear")
+    return FittedMoE(params, std, **names)
+
+
+def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, names: dict):
+    """`selection.score` with least squares for k = 1 and `_fit` for k >= 2."""
+    def fit_k(key, x, y, k):
+        if k == 1:
+            return _least_squares(x, y, names)
+        return _fit(key, x, y, dataclasses.replace(config, num_experts=k), names,
+                    lambda message: None)
+
+    return selection.score(key, x, y, max_experts=max_experts, num_folds=num_folds,
+                           nonlinearity=config.nonlinearity, fit_k=fit_k,
+                           log_likelihood=lambda m, x, y: _log_likelihood(m.params,
+                                                                          m.standardizer, x, y))
+
+
+def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
+                       nonlinearity: str = "linear", num_folds: int = 5,
+                       **fit_kwargs) -> KSelection:
+    """Scores k = 1, ..., max_experts by BIC (fitted on all rows) and by `num_folds`-fold
+    cross-validated log-likelihood; k = 1 is least squares, k >= 2 `fit` (with `fit_kwargs`).
+    Every fold holds out n // num_folds rows and trains on the rest, so that all folds share
+    one shape (one compilation per k). docs/selection.md has the rules.
+
+    Args:
+      key: PRNG key (the folds and every fit).
+      x: (n, d) features; y: (n,) target.
+      max_experts: the largest k, at most d.
+      nonlinearity: the experts' g (a name).
+      num_folds: F >= 2 cross-validation folds.
+      **fit_kwargs: passed to every `fit` (e.g. refine_iters, per_expert_noise).
+
+    Returns:
+      KSelection: every k's parameter count, training log-likelihood, BIC, cross-validated
+      log-likelihood and its sd, the M2 spectrum, and the k each criterion picks.
+
+    Raises:
+      ValueError: for malformed data, max_experts > d, num_folds < 2, or too few rows for
+        the folds; and as `fit`.
+    """
+    num_folds = _validate.count(num_folds, "num_folds", minimum=2)
+    names = {name: fit_kwargs.pop(name, None) for name in ("feature_names", "target_name")}
+    config = FitConfig(num_experts="auto", nonlinearity=nonlinearity, max_experts=max_experts,
+                       **fit_kwargs).checked()
+    x, y = _validate.data(x, y)
+    if config.max_experts > x.shape[1]:
+        raise ValueError(f"max_experts must be at most d = {x.shape[1]}, got "
+                         f"{config.max_experts}.")
+    names = _names(names["feature_names"], names["target_name"], x.shape[1])
+    return _select(key, x, y, config, config.max_experts, num_folds, names)[0]

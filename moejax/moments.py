@@ -1,5 +1,6 @@
 """Moment estimation (docs/algorithm.md sections 2-3): label transforms, M2 (dense, or applied
-implicitly), whitening and the whitened third moment.
+implicitly), whitening and the whitened third moment; the moments of y and sigma's moment
+estimate that both EMs start from.
 
 The sums over samples go through `moejax.sums.row_sum`, so each moment is computed in one block,
 in fixed-size chunks, or data-parallel over devices (`Layout`), with the same result up to
@@ -12,7 +13,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moejax.nonlinearities import TransformConstants
+from moejax import _validate
+from moejax.nonlinearities import Nonlinearity, TransformConstants, output_second_moment
 from moejax.sums import Layout, row_count, row_sum
 
 
@@ -148,3 +150,52 @@ def whitened_third_moment(x: jax.Array, y: jax.Array, wh: jax.Array,
     sym = (jnp.einsum("i,jl->ijl", m, b) + jnp.einsum("j,il->ijl", m, b)
            + jnp.einsum("l,ij->ijl", m, b))
     return cube - sym
+
+
+def response_moments(y, layout: Layout = Layout(), weights=None):
+    """(mean of y, mean of y^2) over the counted rows (weighted, with row weights), through
+    `row_sum`."""
+    total, first, second = row_sum(lambda yb, w: (jnp.sum(w), jnp.sum(w * yb),
+                                                  jnp.sum(w * jnp.square(yb))),
+                                   (y,), layout, weights)
+    return first / total, second / total
+
+
+def response_std(y, layout: Layout = Layout(), weights=None):
+    """sd(y) over the counted rows (weighted, with row weights), through `row_sum`: the scale
+    of `em_steps.NOISE_FLOOR` in both EMs."""
+    mean, second = response_moments(y, layout, weights)
+    return jnp.sqrt(jnp.maximum(second - jnp.square(mean), 0.0))
+
+
+def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
+    """A moment estimate of sigma: sqrt(mean(y^2) - E[g(Z)^2]), Z ~ N(0, 1).
+
+    Consistent under the model's assumptions (unit-norm experts, x ~ N(0, I), gating independent
+    of every a_i . x, so that each a_i . x given the expert is N(0, 1)). Its variance is large
+    when sigma is small (sd of mean(y^2) / (2 sigma)), so `recover` uses it only as the start of
+    the gating EM, which re-estimates sigma by maximum likelihood. Floored at 0.1 sd(y) for
+    data that break the assumptions (negative estimate).
+
+    Args:
+      y: (n,) responses; nonlinearity: the experts' g.
+
+    Returns:
+      A scalar.
+
+    Raises:
+      ValueError: for malformed or non-finite y, or an unknown nonlinearity.
+
+    >>> y = jnp.sqrt(1.0 + 0.5**2) * jax.random.normal(jax.random.key(0), (100_000,))
+    >>> round(float(initial_noise_std(y)), 1)  # linear g: E[y^2] = 1 + sigma^2
+    0.5
+    """
+    return _initial_noise_std(_validate.vector(y, "y"), nonlinearity)
+
+
+def _initial_noise_std(y, nonlinearity, weights=None, layout=Layout()):
+    """`initial_noise_std` without input checks; with row weights, weighted means; one pass
+    over y (`row_sum`, so a streamed y is read in blocks)."""
+    mean, second = response_moments(y, layout, weights)
+    floor = 0.01 * (second - jnp.square(mean))
+    return jnp.sqrt(jnp.maximum(second - output_second_moment(nonlinearity), floor))

@@ -53,12 +53,39 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
            [0., 1.]], dtype=float32)
     """
     x, y = _validate.data(x, y)
+    whiten = _validate.flag(whiten, "whiten")
+    _validate.positive(rcond, "rcond")
+    return _fit_standardizer(x, y, whiten=whiten, rcond=rcond)
+
+
+def constant_columns(x: np.ndarray, dtype, rcond: float = 1e-10) -> np.ndarray:
+    """Indices of the columns of x (n, m) that are constant, or whose spread the float type
+    `dtype` cannot resolve (below max(rcond, its eps) times the column's largest magnitude):
+    they carry no information and cannot be standardised. The one test of a constant column
+    (also applied to the target, as a one-column table, and by the command line)."""
+    x = np.asarray(x, np.float64)
+    top = np.max(np.abs(x), axis=0)
+    unit = np.where(top > 0, top, 1.0)
+    sd = np.std(x / unit, axis=0) * unit
+    resolution = np.finfo(dtype).eps if np.finfo(dtype).bits < 64 else 0.0
+    return np.flatnonzero(np.all(x == x[:1], axis=0) | (sd <= max(rcond, resolution) * unit))
+
+
+def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Standardizer:
+    """`fit_standardizer` on checked (x, y)."""
     if x.shape[0] < 2:
         raise ValueError(f"x needs at least 2 rows to standardise, got {x.shape[0]}.")
     dtype = x.dtype
     # On the host in float64: a few passes over a table, with no compilation per table shape
     # (eager JAX would compile each operation anew for every row count).
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    constant = constant_columns(x, dtype, rcond)
+    if constant.size:
+        raise ValueError(f"x has constant column(s) {constant.tolist()}: they carry no "
+                         "information and cannot be standardised; drop them.")
+    if np.all(y == y[0]):
+        raise ValueError(f"y is constant (every entry is {y[0]:.6g}): there is nothing "
+                         "to fit.")
     # Statistics of each column divided by its largest magnitude, scaled back: data in very
     # small or very large units neither underflow nor overflow the variance.
     x_top = np.max(np.abs(x), axis=0)
@@ -66,13 +93,6 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
     x_mean = np.mean(x / x_unit, axis=0) * x_unit
     xc = x - x_mean
     sd = np.std(xc / x_unit, axis=0) * x_unit
-    same = np.all(x == x[:1], axis=0)
-    # The float type the model computes in must resolve each column's spread too.
-    resolution = np.finfo(dtype).eps if np.finfo(dtype).bits < 64 else 0.0
-    constant = np.flatnonzero(same | (sd <= max(rcond, resolution) * x_unit))
-    if constant.size:
-        raise ValueError(f"x has constant column(s) {constant.tolist()}: they carry no "
-                         "information and cannot be standardised; drop them.")
     if whiten:
         # Scale first so that the eigenvalue test is about correlation, not units.
         corr = (xc / sd).T @ (xc / sd) / x.shape[0]
@@ -85,9 +105,7 @@ def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Stan
         x_map = (eigvecs / np.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
     else:
         x_map = np.diag(1.0 / sd)
-    if np.all(y == y[0]):
-        raise ValueError(f"y is constant (every entry is {y[0]:.6g}): there is nothing "
-                         "to fit.")
+    resolution = np.finfo(dtype).eps if np.finfo(dtype).bits < 64 else 0.0
     y_unit = np.max(np.abs(y))
     y_mean = np.mean(y / y_unit) * y_unit
     y_scale = np.std((y - y_mean) / y_unit) * y_unit

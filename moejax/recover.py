@@ -7,10 +7,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moejax import _validate, gating, moments, tensor
-from moejax.model import MoEParams
+from moejax import _validate, gating, moments, solver, tensor
+from moejax.moments import _initial_noise_std
+from moejax.nonlinearities import Nonlinearity, transform_constants
+from moejax.params import MoEParams
 from moejax.sums import Layout, layout_of
-from moejax.nonlinearities import Nonlinearity, output_second_moment, transform_constants
 
 
 class ExpertEstimate(NamedTuple):
@@ -117,8 +118,7 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
       ValueError: as `recover`, and for weights of the wrong shape, negative, or summing to 0.
     """
     x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
-                                       streams=True)
-    _validate.scales(x, y, power=3)
+                                           streams=True, power=3)
     _validate.noise_scale(noise_std, x.dtype)
     _check_subspace_iters(subspace_iters)
     num_restarts = _validate.count(num_restarts, "num_restarts")
@@ -128,39 +128,6 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restarts,
                             num_power_iters, subspace_iters, layout,
                             None if weights is None else weights.astype(x.dtype))
-
-
-def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> jax.Array:
-    """A moment estimate of sigma: sqrt(mean(y^2) - E[g(Z)^2]), Z ~ N(0, 1).
-
-    Consistent under the model's assumptions (unit-norm experts, x ~ N(0, I), gating independent
-    of every a_i . x, so that each a_i . x given the expert is N(0, 1)). Its variance is large
-    when sigma is small (sd of mean(y^2) / (2 sigma)), so `recover` uses it only as the start of
-    the gating EM, which re-estimates sigma by maximum likelihood. Floored at 0.1 sd(y) for
-    data that break the assumptions (negative estimate).
-
-    Args:
-      y: (n,) responses; nonlinearity: the experts' g.
-
-    Returns:
-      A scalar.
-
-    Raises:
-      ValueError: for malformed or non-finite y, or an unknown nonlinearity.
-
-    >>> y = jnp.sqrt(1.0 + 0.5**2) * jax.random.normal(jax.random.key(0), (100_000,))
-    >>> round(float(initial_noise_std(y)), 1)  # linear g: E[y^2] = 1 + sigma^2
-    0.5
-    """
-    return _initial_noise_std(_validate.vector(y, "y"), nonlinearity)
-
-
-def _initial_noise_std(y, nonlinearity, weights=None, layout=Layout()):
-    """`initial_noise_std` without input checks; with row weights, weighted means; one pass
-    over y (`row_sum`, so a streamed y is read in blocks)."""
-    mean, second = gating.response_moments(y, layout, weights)
-    floor = 0.01 * (second - jnp.square(mean))
-    return jnp.sqrt(jnp.maximum(second - output_second_moment(nonlinearity), floor))
 
 
 def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
@@ -224,23 +191,18 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     (True, True)
     """
     learn = noise_std is None
-    if learn:
-        x, y, _ = _validate.fit_inputs(x, y, num_experts, nonlinearity, 1.0, streams=True)
-    else:
-        x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
-                                           streams=True)
+    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity,
+                                           1.0 if learn else noise_std, streams=True, power=3)
     weights = _validate.row_weights(weights, x.shape[0])
     if weights is not None:
         weights = weights.astype(x.dtype)
     layout = layout_of(x, chunk_size)
     if learn:
         noise_std = _initial_noise_std(y, nonlinearity, weights, layout)
-    _validate.scales(x, y, power=3)
     _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(subspace_iters)
     num_restarts = _validate.count(num_restarts, "num_restarts")
     num_power_iters = _validate.count(num_power_iters, "num_power_iters")
-    # Checked here too so that a message names recover's own arguments.
     num_gating_inits = _validate.count(num_gating_inits, "num_gating_inits")
     num_em_iters = _validate.count(num_em_iters, "num_em_iters")
     _validate.positive(em_tol, "em_tol")
@@ -248,11 +210,10 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     est = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
                            num_restarts, num_power_iters, subspace_iters, layout, weights)
     _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), x, y, what="the moment stage")
-    w, info = gating.fit_gating(key_gating, x, y, est.experts, noise_std=noise_std,
-                                nonlinearity=nonlinearity, num_inits=num_gating_inits,
-                                num_iters=num_em_iters, tol=em_tol, learn_noise_std=learn,
-                                chunk_size=chunk_size, matrix_free=subspace_iters is not None,
-                                weights=weights)
-    return MoEParams(est.experts, w, info.noise_std, nonlinearity), RecoverInfo(
-        info.log_likelihood, info.num_iters, info.num_passes, info.converged, info.finite,
-        info.trace, est.mixing_weights, est.norms)
+    w, info = gating._fit_gating(key_gating, x, y, est.experts, noise_std, nonlinearity,
+                                 num_gating_inits, num_em_iters, 1.0, learn, layout,
+                                 subspace_iters is not None, em_tol, weights=weights)
+    _validate.finite_result(info.finite, x, y, noise_std=None if learn else noise_std)
+    return (MoEParams(est.experts, w, info.noise_std, nonlinearity),
+            solver.make_info(RecoverInfo, info, mixing_weights=est.mixing_weights,
+                             norms=est.norms))

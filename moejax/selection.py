@@ -1,17 +1,18 @@
-"""Choosing the number of experts k on real data: least squares (k = 1) and `fit` for k = 2 up
-to a maximum, scored by BIC and by cross-validated log-likelihood, with the spectrum of the
-second moment M2 as a fast first look (docs/algorithm.md section 2: its rank is k when the
-model holds)."""
+"""Scoring the number of experts k on real data: a fit for each k = 1, ..., max_experts (passed
+in by the caller: least squares for k = 1 and `moejax.fit` above, see
+`moejax.select_num_experts`), scored by BIC and by cross-validated log-likelihood, with the
+spectrum of the second moment M2 as a fast first look (docs/algorithm.md section 2: its rank is
+k when the model holds). Knows nothing of how a model is fitted."""
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from moejax import _validate, moments, preprocessing
+from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import transform_constants
-from moejax.recover import initial_noise_std
 
 
 class KSelection(NamedTuple):
@@ -60,12 +61,21 @@ class KSelection(NamedTuple):
 
 def m2_spectrum(x, y, nonlinearity: str = "linear") -> np.ndarray:
     """Eigenvalues of sign(c2) M2 = sign(c2) E[T2(y) S2(x)] on whitened x and standardised y,
-    largest first: (d,). When the model holds, k of them stand out (M2 has rank k)."""
+    largest first: (d,). When the model holds, k of them stand out (M2 has rank k).
+
+    Raises:
+      ValueError: for malformed data, as `moejax.fit_standardizer`.
+    """
     x, y = _validate.data(x, y)
-    std = preprocessing.fit_standardizer(x, y)
+    return _m2_spectrum(x, y, nonlinearity)
+
+
+def _m2_spectrum(x, y, nonlinearity):
+    """`m2_spectrum` on checked data."""
+    std = preprocessing._fit_standardizer(x, y)
     xs = preprocessing._transform_features(std, x)
     ys = preprocessing._transform_target(std, y)
-    consts = transform_constants(nonlinearity, initial_noise_std(ys, nonlinearity))
+    consts = transform_constants(nonlinearity, _initial_noise_std(ys, nonlinearity))
     m2 = jnp.sign(consts.c2) * moments.second_moment(xs, ys, moments.t2_transform(consts))
     return np.sort(np.linalg.eigvalsh(np.asarray(m2, np.float64)))[::-1]
 
@@ -80,61 +90,30 @@ def _one_standard_error(ks, cv) -> int:
     return int(ks[np.argmax(deficit.mean(axis=1) <= se)])
 
 
-def least_squares_model(x, y, **names):
-    """Least squares with Gaussian noise as a one-expert FittedMoE (k = 1: the gate is constant),
-    on the same standardised scale as `fit`'s models. `names`: feature_names, target_name."""
-    from moejax.estimator import FittedMoE, design_matrix
-    from moejax.model import MoEParams
-    std = preprocessing.fit_standardizer(x, y)
-    z = np.asarray(design_matrix(std, x), np.float64)
-    ys = np.asarray(preprocessing._transform_target(std, y), np.float64)
-    beta = np.linalg.lstsq(z, ys, rcond=None)[0]
-    sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
-    dtype = x.dtype
-    params = MoEParams(jnp.asarray(beta[None], dtype), jnp.zeros((1, z.shape[1]), dtype),
-                       jnp.asarray(sigma, dtype), "linear")
-    if names.get("feature_names") is not None:
-        names = dict(names, feature_names=tuple(str(v) for v in names["feature_names"]))
-    return FittedMoE(params, std, **names)
-
-
-def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
-                       nonlinearity: str = "linear", num_folds: int = 5,
-                       **fit_kwargs) -> KSelection:
-    """Scores k = 1, ..., max_experts by BIC (fitted on all rows) and by `num_folds`-fold
-    cross-validated log-likelihood; k = 1 is least squares, k >= 2 `moejax.fit` (with
-    `fit_kwargs`). Every fold holds out n // num_folds rows and trains on the rest, so that all
-    folds share one shape (one compilation per k). docs/selection.md has the rules.
+def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearity: str,
+          fit_k: Callable, log_likelihood: Callable):
+    """Every k = 1, ..., max_experts scored by BIC (fitted on all rows) and, with num_folds >= 2,
+    by cross-validated log-likelihood (num_folds = 0 skips it). Every fold holds out
+    n // num_folds rows and trains on the rest, so that all folds share one shape (one
+    compilation per k).
 
     Args:
       key: PRNG key (the folds and every fit).
-      x: (n, d) features; y: (n,) target.
-      max_experts: the largest k, at most d.
-      nonlinearity: the experts' g (a name).
-      num_folds: F >= 2 cross-validation folds.
-      **fit_kwargs: passed to every `fit` (e.g. refine_iters, per_expert_noise).
+      x: (n, d) features; y: (n,) target, both already checked by the caller.
+      max_experts: the largest k (checked by the caller: at most d).
+      num_folds: 0, or F >= 2 folds.
+      nonlinearity: for the M2 spectrum.
+      fit_k: (key, x, y, k) -> a fitted model with `params.noise_std`; x and y are rows of
+        the checked data.
+      log_likelihood: (model, x, y) -> its mean log-likelihood on rows of the checked data.
 
     Returns:
-      KSelection: every k's parameter count, training log-likelihood, BIC, cross-validated
-      log-likelihood and its sd, the M2 spectrum, and the k each criterion picks.
+      (KSelection, {k: the model fitted on all rows}).
 
     Raises:
-      ValueError: for malformed data, max_experts > d, num_folds < 2, or too few rows for
-        the folds; and as `fit`.
+      ValueError: for too few rows for the folds, and whatever `fit_k` raises.
     """
-    num_folds = _validate.count(num_folds, "num_folds", minimum=2)
-    return _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs)[0]
-
-
-def _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs, names=None):
-    """`select_num_experts`, also returning the models fitted on all rows, by k; num_folds = 0
-    skips the cross-validation."""
-    from moejax.estimator import fit  # estimator imports this module
-    x, y = _validate.data(x, y)
     n, d = x.shape
-    max_experts = _validate.count(max_experts, "max_experts")
-    if max_experts > d:
-        raise ValueError(f"max_experts must be at most d = {d}, got {max_experts}.")
     if num_folds and (n // num_folds < 1 or n - n // num_folds < 2 * (d + 2)):
         raise ValueError(f"{n} rows are too few for {num_folds}-fold cross-validation with "
                          f"d = {d} features.")
@@ -142,29 +121,23 @@ def _select(key, x, y, max_experts, nonlinearity, num_folds, fit_kwargs, names=N
     perm = np.asarray(jax.random.permutation(key_perm, n))
     size = n // max(num_folds, 1)
     folds = [perm[i * size:(i + 1) * size] for i in range(num_folds)]
-    names = names or {}
-
-    def one(k, key, rows):
-        if k == 1:
-            return least_squares_model(x[rows], y[rows], **names)
-        return fit(key, x[rows], y[rows], num_experts=int(k), nonlinearity=nonlinearity,
-                   **names, **fit_kwargs)
-
     ks = np.arange(1, max_experts + 1)
     everything = np.arange(n)
     cv, train_ll, models = [], [], {}
     for k in ks:
-        cv.append([float(one(k, jax.random.fold_in(key_fit, 100 * k + i),
-                             np.setdiff1d(everything, test)).log_likelihood(x[test], y[test]))
-                   for i, test in enumerate(folds)])
-        models[int(k)] = one(k, jax.random.fold_in(key_fit, k), everything)
-        train_ll.append(float(models[int(k)].log_likelihood(x, y)))
+        cv.append([])
+        for i, test in enumerate(folds):
+            rows = np.setdiff1d(everything, test)
+            model = fit_k(jax.random.fold_in(key_fit, 100 * k + i), x[rows], y[rows], int(k))
+            cv[-1].append(float(log_likelihood(model, x[test], y[test])))
+        models[int(k)] = fit_k(jax.random.fold_in(key_fit, k), x, y, int(k))
+        train_ll.append(float(log_likelihood(models[int(k)], x, y)))
     cv = np.array(cv) if num_folds else np.full((len(ks), 1), np.nan)
     train_ll = np.array(train_ll)
     params = ks * (d + 1) + (ks - 1) * (d + 1) + np.array(
         [np.size(models[int(k)].params.noise_std) for k in ks])
     bic = -2 * n * train_ll + params * np.log(n)
     selection = KSelection(ks, params, train_ll, bic, cv.mean(axis=1), cv.std(axis=1),
-                           m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),
+                           _m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),
                            _one_standard_error(ks, cv) if num_folds else 0)
     return selection, models

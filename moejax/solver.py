@@ -26,27 +26,46 @@ import jax
 import jax.numpy as jnp
 
 
-class SolverInfo(NamedTuple):
-    """What `iterate` did, per problem (leading axis m).
+class FitInfo(NamedTuple):
+    """What an iterative fit did: the fields every solver reports, in this order. Every other
+    info type (`GatingInfo`, `RecoverInfo`, `FitReport`) begins with these six fields in this
+    order and adds only its own; `make_info` builds them all, by keyword.
+
+    Scalars for one problem; from `iterate`, each field but `num_passes` has a leading axis m
+    (`trace` a trailing one: (max_iters, m)).
 
     Attributes:
-      num_iters: (m,) iterations run (each one EM map evaluation, or two when accelerated).
-      num_passes: scalar, EM map evaluations (passes over the data) for all m together.
-      converged: (m,) whether the stopping rule was met before `max_iters`.
-      log_likelihood: (m,) L at the returned parameters.
-      finite: (m,) whether every likelihood the plain EM steps produced was finite, and the
-        returned parameters and L are. A problem whose EM step gives a non-finite likelihood
-        stops there and returns its last finite iterate with finite = False.
-      trace: (max_iters, m) L at the iterate before each iteration; entries past `num_iters`
-        hold the final value.
+      log_likelihood: mean log-likelihood L at the returned parameters.
+      num_iters: iterations run (each one EM map evaluation, or two when accelerated; Adam
+        steps for gradient descent).
+      num_passes: passes over the data (EM map or gradient evaluations), all problems together.
+      converged: whether the stopping rule (L rose by at most tol * (1 + |L|) in an
+        iteration) was met within the cap.
+      finite: whether every likelihood the plain steps produced was finite, and the returned
+        parameters and L are. A problem whose step gives a non-finite likelihood stops there
+        and returns its last finite iterate with finite = False.
+      trace: (max_iters,) L before each iteration; entries past `num_iters` hold the final
+        value.
     """
 
+    log_likelihood: jax.Array
     num_iters: jax.Array
     num_passes: jax.Array
     converged: jax.Array
-    log_likelihood: jax.Array
     finite: jax.Array
     trace: jax.Array
+
+
+def make_info(cls, info: FitInfo, index=None, **own):
+    """An info of type `cls` (FitInfo or one that begins with its fields): FitInfo's fields
+    from `info`, of problem `index` if given (info from `iterate`), then the type's own fields
+    from `own`, all by keyword."""
+    common = {name: getattr(info, name) for name in FitInfo._fields}
+    if index is not None:
+        common = {name: (value if name == "num_passes" else
+                         value[:, index] if name == "trace" else value[index])
+                  for name, value in common.items()}
+    return cls(**common, **own)
 
 
 class _State(NamedTuple):
@@ -88,7 +107,7 @@ def _scale(c, leaf):
 
 
 def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
-            accelerate: bool = True) -> tuple[object, SolverInfo]:
+            accelerate: bool = True) -> tuple[object, FitInfo]:
     """Iterates `em_map` from `params` until the likelihood stops rising; see the module doc.
 
     Args:
@@ -101,7 +120,7 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
       accelerate: SQUAREM (True) or the plain EM iteration (False).
 
     Returns:
-      (the last accepted iterate, SolverInfo). Under vmap the loop runs until every problem
+      (the last accepted iterate, FitInfo with leading axis m). Under vmap the loop runs until every problem
       in the batch has stopped; a stopped problem's values do not change after it stops.
     """
     first_leaf = jax.tree_util.tree_leaves(params)[0]
@@ -158,7 +177,8 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
     rows = jnp.arange(max_iters)[:, None]
     trace = jnp.where(rows < s.num_iters[None, :], s.trace[:max_iters], s.l0[None, :])
     finite = ~s.broken & jnp.isfinite(s.l0) & _all_finite(s.x0)
-    return s.x0, SolverInfo(s.num_iters, s.passes, s.converged, s.l0, finite, trace)
+    return s.x0, FitInfo(log_likelihood=s.l0, num_iters=s.num_iters, num_passes=s.passes,
+                         converged=s.converged, finite=finite, trace=trace)
 
 
 def _top(log_liks: jax.Array, keep: int) -> jax.Array:
@@ -193,7 +213,7 @@ def iterate_screened(em_map: Callable, params, *, tol: float, max_iters: int,
 
     Returns:
       (the kept problems' last iterates, leading axis keep, best first after screening;
-      kept (keep,) their indices among the m starts; SolverInfo over all m starts, where a
+      kept (keep,) their indices among the m starts; FitInfo over all m starts, where a
       start dropped at screening reports its state then and `trace` holds its last value).
     """
     m = jax.tree_util.tree_leaves(params)[0].shape[0]
@@ -208,10 +228,10 @@ def iterate_screened(em_map: Callable, params, *, tol: float, max_iters: int,
                            max_iters=max_iters - screen, accelerate=accelerate)
     # A start that converged while screening takes one more iteration, which confirms it.
     tail = jnp.broadcast_to(first.log_likelihood, (max_iters - screen, m))
-    return params, kept, SolverInfo(
+    return params, kept, FitInfo(
+        log_likelihood=first.log_likelihood.at[kept].set(rest.log_likelihood),
         num_iters=first.num_iters.at[kept].add(rest.num_iters),
         num_passes=first.num_passes + rest.num_passes,
         converged=first.converged.at[kept].set(first.converged[kept] | rest.converged),
-        log_likelihood=first.log_likelihood.at[kept].set(rest.log_likelihood),
         finite=first.finite.at[kept].set(first.finite[kept] & rest.finite),
         trace=jnp.concatenate([first.trace, tail.at[:, kept].set(rest.trace)]))

@@ -2,38 +2,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import log_softmax, logsumexp, softmax
 
 import moejax as mj
-from moejax import gating, model, solver
+from moejax import em_steps, gating, solver
+from moejax.sums import Layout
 from conftest import NOISE_STD
-
-
-def numpy_em_step(w, x, y, a, sigma):
-    """One E-step + Bohning step in float64 NumPy, written from the formulas in gating.py."""
-    x, y, a, w = (np.asarray(v, np.float64) for v in (x, y, a, w))
-    n, k = len(y), len(a)
-    log_gate = log_softmax(x @ w.T, axis=1)
-    dens = -0.5 * ((y[:, None] - x @ a.T) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
-    q = softmax(log_gate + dens, axis=1)
-    grad = (q - np.exp(log_gate))[:, :-1].T @ x / n
-    bound = 0.5 * np.kron(np.eye(k - 1) - np.ones((k - 1, k - 1)) / k, x.T @ x / n)
-    step = np.linalg.solve(bound, grad.ravel()).reshape(k - 1, -1)
-    new = w.copy()
-    new[:-1] += step
-    return new, np.mean(logsumexp(log_gate + dens, axis=1))
-
-
-def test_em_step_matches_numpy(small_problem):
-    params, x, y = small_problem
-    x, y = x[:2000], y[:2000]
-    w0 = 0.3 * jax.random.normal(jax.random.key(0), params.gating.shape).at[-1].set(0.0)
-    log_dens = model.expert_log_densities(x, y, params.experts, params.noise_std, "linear")
-    new, ll = gating.em_step(w0, x, log_dens, gating.gram_solver(x.T @ x / x.shape[0]))
-    new_ref, ll_ref = numpy_em_step(w0, x, y, params.experts, 0.1)
-    np.testing.assert_allclose(new, new_ref, atol=1e-4)
-    assert float(ll) == pytest.approx(ll_ref, rel=1e-5)
-    assert float(gating.gating_log_likelihood(w0, x, log_dens)) == pytest.approx(float(ll), rel=1e-6)
+from test_em_steps import numpy_em_step
 
 
 def test_fused_em_sums_match_numpy_em_step(small_problem):
@@ -43,10 +17,10 @@ def test_fused_em_sums_match_numpy_em_step(small_problem):
     w0 = 0.3 * jax.random.normal(jax.random.key(0), (2,) + params.gating.shape)
     w0 = w0.at[:, -1].set(0.0)
     chol = jnp.linalg.cholesky(x.T @ x / x.shape[0])
-    grad, ll, _, _ = gating._em_sums(w0, jnp.full((2,), 0.1), x, y, params.experts, "linear",
-                                  gating.Layout(512))
+    grad, ll, _, _ = gating.em_sums(w0, jnp.full((2,), 0.1), x, y, params.experts, "linear",
+                                  Layout(512))
     for j in range(2):
-        new = gating.bohning_step(w0[j], grad[j] / 2000,
+        new = em_steps.bohning_step(w0[j], grad[j] / 2000,
                                   lambda v: jax.scipy.linalg.cho_solve((chol, True), v))
         new_ref, ll_ref = numpy_em_step(w0[j], x, y, params.experts, 0.1)
         np.testing.assert_allclose(new, new_ref, atol=1e-4)
@@ -99,20 +73,6 @@ def test_learned_noise_std_keeps_em_monotone_and_finds_sigma(small_problem):
     assert np.all(np.diff(np.asarray(info.trace)) > -1e-5)
     assert abs(float(info.noise_std) / float(truth.noise_std) - 1) < 0.05
     assert float(mj.gating_error(mj.MoEParams(truth.experts, w, info.noise_std), truth)) < 0.3
-
-
-def test_noise_std_update_matches_its_closed_forms():
-    rng = np.random.default_rng(0)
-    sq, q = rng.random(3) * 5, np.array([2.0, 0.0, 3.0])
-    shared = gating.noise_std_update(jnp.asarray(sq), jnp.asarray(q), jnp.asarray(1.0), 0.01)
-    assert float(shared) == pytest.approx(np.sqrt(sq.sum() / q.sum()), rel=1e-6)
-    old = jnp.array([1.0, 0.7, 1.0])
-    per = np.asarray(gating.noise_std_update(jnp.asarray(sq), jnp.asarray(q), old, 0.01))
-    # Each expert's own weighted residual sd; one without responsibility keeps its sigma.
-    np.testing.assert_allclose(per, [np.sqrt(sq[0] / 2), 0.7, np.sqrt(sq[2] / 3)], rtol=1e-6)
-    floored = gating.noise_std_update(jnp.asarray([1e-12, 1.0]), jnp.asarray([5.0, 1.0]),
-                                      jnp.ones(2), 0.01)
-    np.testing.assert_allclose(floored, [0.01, 1.0], rtol=1e-6)
 
 
 def test_per_expert_noise_is_learned_with_em_still_monotone():
@@ -217,41 +177,3 @@ def test_degenerate_columns_give_a_finite_gating(small_problem, column):
     # weight of the single column; a zero column's weight is just its start.
     folded = w2[:, :-1].at[:, 0].add(w2[:, -1]) if column == "duplicate" else w2[:, :-1]
     np.testing.assert_allclose(folded, w, atol=0.02)
-
-
-def numpy_newton_step(w, x, q):
-    """One Newton step on Q(W) = sum_n sum_i q_ni log softmax(W x_n)_i over W's free rows, in
-    float64 NumPy: gradient sum_n (q - p) x and Hessian -sum_n (diag p - p p^T) (x) x x^T."""
-    x, q, w = (np.asarray(v, np.float64) for v in (x, q, w))
-    k, d = w.shape
-    p = softmax(x @ w.T, axis=1)
-    grad = ((q - p)[:, :-1].T @ x).ravel()
-    hess = np.zeros(((k - 1) * d, (k - 1) * d))
-    for pn, xn in zip(p[:, :-1], x):
-        hess += np.kron(np.diag(pn) - np.outer(pn, pn), np.outer(xn, xn))
-    new = w.copy()
-    new[:-1] += np.linalg.solve(hess, grad).reshape(k - 1, d)
-    return new
-
-
-def test_newton_step_matches_numpy():
-    key_x, key_w, key_q = jax.random.split(jax.random.key(3), 3)
-    n, k, d = 500, 3, 4
-    x = jax.random.normal(key_x, (n, d))
-    w = (0.7 * jax.random.normal(key_w, (k, d))).at[-1].set(0.0)
-    q = jax.nn.softmax(2.0 * jax.random.normal(key_q, (n, k)), axis=1)
-    gate = list(jax.nn.softmax(x @ w.T, axis=1).T)
-    grad = (q - jnp.stack(gate).T)[:, :-1].T @ x / n
-    hess = gating.gate_hessian(gate, x, jnp.ones(n)) / n
-    new = gating.newton_step(w, grad, hess, x.T @ x / n, max_change=1e6)
-    np.testing.assert_allclose(new, numpy_newton_step(w, x, q), rtol=2e-3, atol=2e-4)
-    # The Hessian is minus the second derivative of Q, by autodiff.
-    def q_of(free):
-        logits = x @ jnp.concatenate([free, w[-1:]]).T
-        return jnp.sum(q * jax.nn.log_softmax(logits, axis=1)) / n
-    auto = jax.hessian(q_of)(w[:-1])  # (k - 1, d, k - 1, d)
-    np.testing.assert_allclose(hess, -auto, rtol=1e-4, atol=1e-6)
-    # The cap: the logits move by exactly max_change (rms over rows) when the step is longer.
-    capped = gating.newton_step(w, grad, hess, x.T @ x / n, max_change=0.05)
-    change = x @ (capped - w).T
-    assert float(jnp.sqrt(jnp.mean(jnp.sum(change**2, axis=1)))) == pytest.approx(0.05, rel=1e-4)

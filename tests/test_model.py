@@ -77,13 +77,14 @@ def test_params_carry_their_nonlinearity_through_transformations():
     assert batched.experts.shape == (4, 3, 5) and batched.nonlinearity == "relu"
     # The prediction follows the params' g, and a jitted function compiles once per g.
     x = jax.random.normal(jax.random.key(6), (50, 5))
-    predict = jax.jit(lambda p, x: mj.predict(p, x))  # a fresh function: its own cache
+    # Two traces at most (chex counts them): one per g, none for new values.
+    predict = jax.jit(chex.assert_max_traces(lambda p, x: mj.predict(p, x), n=2))
     tanh_pred = predict(params, x)
     predict(params._replace(gating=params.gating + 1.0), x)
-    assert predict._cache_size() == 1
     linear = params._replace(nonlinearity="linear")
-    assert predict._cache_size() == 1 and not np.allclose(predict(linear, x), tanh_pred)
-    assert predict._cache_size() == 2
+    assert not np.allclose(predict(linear, x), tanh_pred)
+    with pytest.raises(AssertionError):  # a third g is a third trace
+        predict(params._replace(nonlinearity="relu"), x)
     np.testing.assert_allclose(tanh_pred, mj.predict(params, x), atol=1e-6)
 
 

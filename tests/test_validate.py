@@ -134,3 +134,30 @@ def test_data_closed_over_by_a_jitted_function_are_checked():
     with pytest.raises(ValueError, match="experts contains 1 NaN"):
         jax.jit(jax.vmap(lambda key: mj.log_likelihood(NAN_PARAMS, X, Y)))(
             jax.random.split(KEY, 2))
+
+
+@pytest.mark.parametrize("entry", [
+    lambda x, y: mj.recover(KEY, x, y, num_experts=2, num_em_iters=3),
+    lambda x, y: mj.fit(KEY, x, y, num_experts=2, refine_iters=2, num_random_starts=1),
+    lambda x, y: mj.fit(KEY, x, y, num_experts="auto", max_experts=2, refine_iters=2,
+                        num_random_starts=1),
+    lambda x, y: mj.select_num_experts(KEY, x, y, max_experts=2, num_folds=2, refine_iters=2,
+                                       num_random_starts=1),
+], ids=["recover", "fit", "fit_auto", "select_num_experts"])
+def test_a_composite_entry_point_checks_x_once(entry, monkeypatch):
+    # Validate at the boundary, once: the stages behind an entry point are private cores
+    # that trust their inputs (x is converted and checked for finiteness one time).
+    from moejax import _validate
+    seen = []
+    for name in ("_as_float", "_finite"):
+        def counting(a, label, *args, _original=getattr(_validate, name), _name=name, **kw):
+            seen.append((_name, label))
+            return _original(a, label, *args, **kw)
+        monkeypatch.setattr(_validate, name, counting)
+    entry(X, Y)
+    assert seen.count(("_as_float", "x")) == 1 and seen.count(("_finite", "x")) == 1, seen
+
+
+def test_every_info_type_begins_with_the_fields_of_fit_info():
+    for info in (mj.GatingInfo, mj.RecoverInfo, mj.FitReport):
+        assert info._fields[:len(mj.FitInfo._fields)] == mj.FitInfo._fields, info
