@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-oldest test-all bench clean
+.PHONY: demo test lint test-oldest test-all bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 # Two worker processes: most of the suite's time is single-threaded XLA compilation.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 -m "not slow"
+
+# The linter (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check moejax experiments tests
 
 # The same suite on the oldest versions setup.cfg admits (.ci/oldest.txt), in .venv-oldest.
 test-oldest:

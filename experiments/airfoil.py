@@ -30,14 +30,7 @@ import numpy as np
 import moejax as mj
 from experiments import common
 
-METHODS = ("moments", "refine", "em", "gd", "ols")
-LABELS = {
-    "moments": "moments + gating EM",
-    "refine": "moments + gating EM + joint EM",
-    "em": "joint EM, best of random starts",
-    "gd": "joint GD (Adam), best of random starts",
-    "ols": "least squares",
-}
+METHODS = ("moments", "refine", "em", "gd", "ols")  # labels: common.LABELS
 
 _SPLITS = flags.DEFINE_integer("num_splits", 10, "Random 80/20 splits (seeds 0..num_splits-1).")
 _KS = flags.DEFINE_list("ks", ["2", "3", "4"], "Numbers of experts.")
@@ -120,9 +113,7 @@ def main(argv):
     ks = [int(v) for v in _KS.value]
     rows, start = [], time.perf_counter()
     for split in range(_SPLITS.value):
-        key_split, key_fit = jax.random.split(jax.random.key(split))
-        perm = np.asarray(jax.random.permutation(key_split, n))
-        test, train = perm[:n_test], perm[n_test:]
+        key_fit, train, test = common.split(split, n)
         for k in ks:
             ref = (reference_train_nll(jax.random.fold_in(key_fit, 1000 + k), x[train],
                                        y[train], k, _NONLIN.value) if _REF.value else None)
@@ -180,7 +171,7 @@ def main(argv):
         within = "-" if s["splits_within_0_005"] is None else (
             f"{s['splits_within_0_005']}/{_SPLITS.value}")
         warm = "-" if s["warm_seconds"] is None else f"{s['warm_seconds']:.3f}"
-        print(f"| {LABELS[s['method']]} | {s['k'] or '-'} | {s['mse_mean']:.2f} +- "
+        print(f"| {common.LABELS[s['method']]} | {s['k'] or '-'} | {s['mse_mean']:.2f} +- "
               f"{s['mse_std']:.2f} | {s['nll_mean']:.3f} +- {s['nll_std']:.3f} | "
               f"{s['train_nll_mean']:.4f} | {gap} | {within} | {warm} |")
 
@@ -188,10 +179,10 @@ def main(argv):
     series = {}
     for m in moe:
         vals = [next(s for s in summary if s["method"] == m and s["k"] == k) for k in ks]
-        series[LABELS[m]] = ([v["mse_mean"] for v in vals], [v["mse_std"] for v in vals])
+        series[common.LABELS[m]] = ([v["mse_mean"] for v in vals], [v["mse_std"] for v in vals])
     hline = None
     if "ols" in _METHODS.value:
-        hline = (next(s for s in summary if s["method"] == "ols")["mse_mean"], LABELS["ols"])
+        hline = (next(s for s in summary if s["method"] == "ols")["mse_mean"], common.LABELS["ols"])
     common.plot_grouped_bars(base + ".png", [f"k = {k}" for k in ks], series,
                              ylabel="test MSE (dB$^2$)", figsize=(8, 3.8), hline=hline,
                              title=f"airfoil self-noise, {_SPLITS.value} splits", legend_size=7)

@@ -58,9 +58,7 @@ def main(argv):
         x, y = load(name)
         n = len(y)
         for split in range(_SPLITS.value):
-            key_split, key_fit = jax.random.split(jax.random.key(split))
-            perm = np.asarray(jax.random.permutation(key_split, n))
-            te, tr = perm[:n // 5], perm[n // 5:]
+            key_fit, tr, te = common.split(split, n)
             rows.append(dict(dataset=name, split=split, method="ols", chosen_k=1,
                              test_mse=common.least_squares_scores(x[tr], y[tr], x[te], y[te])[0]))
             for k in ks + ["auto"]:

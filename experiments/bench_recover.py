@@ -294,17 +294,20 @@ def _table(meta, rows, mem_rows):
         conv = "" if r["em_converged"] else ", not converged"
         lines.append(
             f"| {r['n']:.0e} | {r['d']} | {r['k']} | {r['floor_s']:.4f} | "
-            f"{r['expert_s']:.3f} ({r['expert_s'] / r['floor_s']:.0f}x) | {r['expert_error']:.3f} | "
+            f"{r['expert_s']:.3f} ({r['expert_s'] / r['floor_s']:.0f}x) | "
+            f"{r['expert_error']:.3f} | "
             f"{r['em_pass_s']:.4f} ({r['em_pass_s'] / r['floor_s']:.1f}x) | "
             f"{r['em_iters']} / {r['em_passes']}{conv} | "
             f"{r['gating_error']:.4f} ({r['ref_gating_error']:.4f}) | "
-            f"{total:.2f} ({total / r['floor_s']:.0f}x){'' if direct is not None else ' derived'} | "
+            f"{total:.2f} ({total / r['floor_s']:.0f}x)"
+            f"{'' if direct is not None else ' derived'} | "
             f"{compile_s:.1f} | "
             f"{_fmt(r.get('numpy_s'), '.2f')} | {_fmt(speedup, '.1f')} | "
             f"{_fmt(r.get('tensorly_expert_s'), '.2f')} | {_fmt(peak, '.0f')} |")
     if mem_rows:
         lines += ["", "| n | d | chunk_size | input MB | resident with data MB | recover's peak "
-                  "over that MB | process peak RSS MB | device peak MB |", "|---|---|---|---|---|---|---|---|"]
+                  "over that MB | process peak RSS MB | device peak MB |",
+                  "|---|---|---|---|---|---|---|---|"]
         for m in mem_rows:
             lines.append(f"| {m['n']:.0e} | {m['d']} | {m['chunk_size'] or 'one block'} | "
                          f"{m['input_mb']:.0f} | {m['rss_with_data_mb']:.0f} | "

@@ -28,7 +28,6 @@ import os
 import re
 import resource
 import subprocess
-import sys
 import time
 
 from absl import app, flags, logging

@@ -12,13 +12,21 @@ import numpy as np
 
 import moejax as mj
 
-METHODS = ("moments", "refine", "em", "gd")
-METHOD_LABELS = {
-    "moments": "moments + gating EM (recover)",
-    "refine": "recover + joint EM",
-    "em": "joint EM, random start",
-    "gd": "joint GD (Adam), random start",
+# The one registry of the methods the experiments compare: name -> label in tables and plots.
+# The synthetic binaries run the first four through `method_fn` (one start each); the real-data
+# binaries (airfoil, peer_flexmix) run them through `fit`'s preprocessing (random-start methods:
+# the best of several starts) and add the rest.
+LABELS = {
+    "moments": "moments + gating EM",
+    "refine": "moments + gating EM + joint EM",
+    "em": "joint EM, random start(s)",
+    "gd": "joint GD (Adam), random start(s)",
+    "ols": "least squares",
+    "moejax": "moejax fit (sigma per expert)",
+    "moejax_shared": "moejax fit (one sigma)",
+    "flexmix": "R flexmix, best of 5",
 }
+METHODS = ("moments", "refine", "em", "gd")  # the synthetic ones (`method_fn`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +161,6 @@ def plot_grouped_bars(path: str, groups: list[str], series: dict, *, ylabel: str
     plt.close(fig)
 
 
-
 def least_squares_scores(x_tr, y_tr, x_te, y_te):
     """Least squares with an intercept and the Gaussian MLE of sigma, the floor of every
     real-data comparison: (test MSE, test NLL per row, train NLL per row), in float64."""
@@ -163,3 +170,13 @@ def least_squares_scores(x_tr, y_tr, x_te, y_te):
     resid = np.c_[x_te, np.ones(len(x_te))] @ coef - y_te
     nll = lambda r: float(0.5 * np.log(2 * np.pi * var) + np.mean(r**2) / (2 * var))
     return float(np.mean(resid**2)), nll(resid), nll(design @ coef - y_tr)
+
+
+def split(seed: int, n: int):
+    """The one train/test protocol of the real-data experiments (airfoil, peer_flexmix, auto_k,
+    refine_screening): split `seed` holds out the first n // 5 rows of a permutation drawn
+    from key(seed), so every binary scores the same rows. Returns (key for the fits, train
+    rows, test rows)."""
+    key_split, key_fit = jax.random.split(jax.random.key(seed))
+    perm = np.asarray(jax.random.permutation(key_split, n))
+    return key_fit, perm[n // 5:], perm[:n // 5]

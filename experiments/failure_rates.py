@@ -79,7 +79,7 @@ def main(argv):
     print(f"\nFailure rate (expert error > {_THRESHOLD.value}) over {_SEEDS.value} seeds, "
           "with the median expert error, the median passes over the data and the fraction of "
           "converged runs in brackets (for moments: the gating EM's):\n")
-    print("| setting | " + " | ".join(common.METHOD_LABELS[m] for m in _METHODS.value) + " |")
+    print("| setting | " + " | ".join(common.LABELS[m] for m in _METHODS.value) + " |")
     print("|---|" + "---|" * len(_METHODS.value))
     for name in _SETTINGS.value:
         setting, _ = SETTINGS[name]
@@ -87,7 +87,7 @@ def main(argv):
         cells = ["{:.2f} ({:.3f}; {:.0f}; {:.2f})".format(*table[name][m]) for m in _METHODS.value]
         print(f"| {name}: {describe(setting, n)} | " + " | ".join(cells) + " |")
 
-    series = {common.METHOD_LABELS[m]: ([table[name][m][0] for name in _SETTINGS.value], None)
+    series = {common.LABELS[m]: ([table[name][m][0] for name in _SETTINGS.value], None)
               for m in _METHODS.value}
     common.plot_grouped_bars(base + ".png", _SETTINGS.value, series, ylim=(0, 1),
                              ylabel=f"fraction of seeds with error > {_THRESHOLD.value}",

@@ -41,7 +41,8 @@ def gating_em_numpy(x, y, experts, sigma, g, rng, num_inits=4, num_iters=50):
     """EM for the gating with the experts fixed (Bohning M-step), best of num_inits starts."""
     n, d = x.shape
     k = experts.shape[0]
-    log_dens = -0.5 * ((y[:, None] - g(x @ experts.T)) / sigma) ** 2 - np.log(sigma * np.sqrt(2 * np.pi))
+    log_dens = (-0.5 * ((y[:, None] - g(x @ experts.T)) / sigma) ** 2
+                - np.log(sigma * np.sqrt(2 * np.pi)))
     gram_inv = np.linalg.inv(x.T @ x / n)
     best = None
     for _ in range(num_inits):

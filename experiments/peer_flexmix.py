@@ -43,13 +43,7 @@ _REFINE = flags.DEFINE_integer("refine_iters", 3000, "moejax: fit's refine_iters
 _STARTS = flags.DEFINE_integer("num_random_starts", 16, "moejax: fit's num_random_starts.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
-METHODS = ("moejax", "moejax_shared", "ols", "flexmix")
-LABELS = {
-    "moejax": "moejax fit (sigma per expert)",
-    "moejax_shared": "moejax fit (one sigma)",
-    "ols": "least squares",
-    "flexmix": "R flexmix, best of 5",
-}
+METHODS = ("moejax", "moejax_shared", "ols", "flexmix")  # labels: common.LABELS
 
 # Reads train.csv (target column y), fits, and prints the fitted parameters as
 # "name value value ..." lines; all numbers in R's full precision.
@@ -144,16 +138,12 @@ def main(argv):
     data = mj.datasets.load_airfoil()
     x, y = np.asarray(data.features, np.float64), np.asarray(data.target, np.float64)
     n = len(y)
-    n_test = n // 5
     ks = [int(v) for v in _KS.value]
     rows, start = [], time.perf_counter()
     workdir = tempfile.mkdtemp(prefix="peer_flexmix_")
     try:
         for split in range(_SPLITS.value):
-            # The splits of experiments/airfoil.py: same keys, same permutations.
-            key_split, key_fit = jax.random.split(jax.random.key(split))
-            perm = np.asarray(jax.random.permutation(key_split, n))
-            te, tr = perm[:n_test], perm[n_test:]
+            key_fit, tr, te = common.split(split, n)  # the splits of experiments/airfoil.py
             mse, nll, train_nll = common.least_squares_scores(x[tr], y[tr], x[te], y[te])
             rows.append(dict(split=split, k=1, method="ols", test_mse=mse, test_nll=nll,
                              train_nll=train_nll, seconds=0.0, converged=True, components=1,
@@ -207,12 +197,14 @@ def main(argv):
         cells = [next((s for s in summary if s["method"] == m and s["k"] == k), None)
                  for k in ks]
         if all(cells):
-            series[LABELS[m]] = ([c["test_mse"] for c in cells], [c["test_mse_sd"] for c in cells])
+            series[common.LABELS[m]] = ([c["test_mse"] for c in cells],
+                                        [c["test_mse_sd"] for c in cells])
     ols = next(s for s in summary if s["method"] == "ols")
     common.plot_grouped_bars(base + ".png", [f"k = {k}" for k in ks], series,
                              ylabel="test MSE (dB$^2$)", figsize=(7, 3.8),
-                             hline=(ols["test_mse"], LABELS["ols"]), legend_size=7,
-                             title=f"airfoil self-noise, {_SPLITS.value} splits: moejax and flexmix")
+                             hline=(ols["test_mse"], common.LABELS["ols"]), legend_size=7,
+                             title=f"airfoil self-noise, {_SPLITS.value} splits: moejax and "
+                                   "flexmix")
     print(f"wrote {base}.csv, .json, .png")
 
 
@@ -265,7 +257,8 @@ def table(summary) -> str:
         times = ("-" if s["method"] == "ols" else
                  f"{warm:.2f}" if s["method"] == "flexmix" else f"{first:.1f} / {warm:.2f}")
         lines.append(
-            f"| {LABELS[s['method']]} | {s['k']} | {s['test_mse']:.2f} +- {s['test_mse_sd']:.2f} "
+            f"| {common.LABELS[s['method']]} | {s['k']} | {s['test_mse']:.2f} +- "
+            f"{s['test_mse_sd']:.2f} "
             f"| {s['test_nll']:.4f} +- {s['test_nll_sd']:.3f} | {s['train_nll']:.4f} | "
             f"{'-' if gap is None else f'{gap:+.4f}'} | {times} | {s['failures']} |")
     return "\n".join(lines)

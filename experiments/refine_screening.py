@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import moejax as mj  # noqa: E402
+from experiments import common  # noqa: E402
 
 _SPLITS = flags.DEFINE_integer("num_splits", 10, "Training splits (seeds 0..num_splits-1).")
 _KS = flags.DEFINE_list("ks", ["2", "3", "4"], "Numbers of experts.")
@@ -43,9 +44,7 @@ def main(argv):
     n = len(y_all)
     rows, start = [], time.perf_counter()
     for split in range(_SPLITS.value):
-        # The same training rows and fit key as experiments.airfoil.
-        key_split, key_fit = jax.random.split(jax.random.key(split))
-        train = np.asarray(jax.random.permutation(key_split, n))[n // 5:]
+        key_fit, train, _ = common.split(split, n)  # as experiments.airfoil
         x, y = x_all[train], y_all[train]
         for k in (int(v) for v in _KS.value):
             moment = mj.fit(key_fit, x, y, num_experts=k, refine_iters=0)

@@ -18,13 +18,13 @@ import sys
 from absl import app, flags
 import numpy as np
 
+from experiments import common
+
 _PAGES = flags.DEFINE_list("page", ["docs/results.md", "docs/failure_map.md", "docs/solvers.md"],
                            "The pages whose tables are rewritten.")
 _RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the JSON lives.")
 _CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if a table is out of date.")
 
-METHODS = {"moments": "recover (moments + gating EM)", "refine": "recover + joint EM",
-           "em": "joint EM, random start", "gd": "joint GD, random start"}
 
 
 def error_table(r) -> str:
@@ -46,7 +46,7 @@ def error_table(r) -> str:
 def failure_rates(r) -> str:
     """Failure rate (median error; median passes) per setting and method."""
     methods = list(next(iter(r["failure_rate_and_median"].values())))
-    lines = ["| setting | " + " | ".join(METHODS[m] for m in methods) + " |",
+    lines = ["| setting | " + " | ".join(common.LABELS[m] for m in methods) + " |",
              "|---|" + "---|" * len(methods)]
     for name, by_method in r["failure_rate_and_median"].items():
         s = r["settings"][name]

@@ -57,7 +57,7 @@ def main(argv):
     base = os.path.join(_OUT.value, _NAME.value)
     common.write_rows(base, rows, {"setting": vars(setting), "num_seeds": _SEEDS.value})
     common.plot_error_vs_n(
-        base + ".png", rows, "method", {m: common.METHOD_LABELS[m] for m in _METHODS.value},
+        base + ".png", rows, "method", {m: common.LABELS[m] for m in _METHODS.value},
         f"g={setting.nonlinearity}, d={setting.dim}, k={setting.num_experts}, "
         f"sigma={setting.noise_std}, gate norm {setting.gating_norm}, {_SEEDS.value} seeds")
     print(f"wrote {base}.csv, .json, .png")

@@ -84,7 +84,8 @@ def features(x, *, dim: int | None = None, streams: bool = False) -> jax.Array:
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D with shape (n, d), got shape {x.shape}.")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"x must have d = {dim} columns to match the parameters, got {x.shape[1]}.")
+        raise ValueError(f"x must have d = {dim} columns to match the parameters, got "
+                         f"{x.shape[1]}.")
     _finite(x, "x")
     return x
 
@@ -106,7 +107,8 @@ def data(x, y, *, dim: int | None = None,
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D with shape (n,), got shape {y.shape}.")
     if y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have one entry per row of x (n = {x.shape[0]}), got {y.shape[0]}.")
+        raise ValueError(f"y must have one entry per row of x (n = {x.shape[0]}), got "
+                         f"{y.shape[0]}.")
     _finite(y, "y")
     dtype = jnp.promote_types(x.dtype, y.dtype)
     return x.astype(dtype), y.astype(dtype)

@@ -32,8 +32,10 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
       MoEParams with experts (k, d), gating (k, d) and noise_std shaped like the input.
 
     >>> p = random_init(jax.random.key(0), 4, 3, 0.5)
-    >>> [round(float(v), 5) for v in jnp.linalg.norm(p.experts, axis=1)], bool(jnp.all(p.gating[-1] == 0))
-    ([1.0, 1.0, 1.0], True)
+    >>> [round(float(v), 5) for v in jnp.linalg.norm(p.experts, axis=1)]
+    [1.0, 1.0, 1.0]
+    >>> bool(jnp.all(p.gating[-1] == 0))
+    True
     """
     dtype = dtype or jnp.result_type(float)
     key_a, key_w = jax.random.split(key)

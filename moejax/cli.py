@@ -36,7 +36,8 @@ _NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target un
                             "(default: estimated).")
 _PER_EXPERT = flags.DEFINE_bool("per_expert_noise", True, "fit: learn one noise sd per expert "
                                  "(else one shared by all).")
-_REFINE = flags.DEFINE_integer("refine_iters", 3000, "fit: cap on joint-EM refinement iterations (0 skips it).")
+_REFINE = flags.DEFINE_integer("refine_iters", 3000, "fit: cap on joint-EM refinement "
+                               "iterations (0 skips it).")
 _WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
 _MODEL = flags.DEFINE_string("model", None, "predict: a model written by `fit`.")
@@ -147,9 +148,11 @@ def fit_command() -> None:
         r = model.report
         best = int(r.best)
         start = "the moment start" if best == 0 else f"random start {best}"
+        state = ("converged" if bool(r.converged[best])
+                 else "NOT converged (raise --refine_iters)")
         print(f"kept {start} of {len(r.converged)}: {int(r.num_iters[best])} iterations, "
-              f"{'converged' if bool(r.converged[best]) else 'NOT converged (raise --refine_iters)'}; "
-              f"{int(np.sum(r.continued))} of {len(r.converged)} starts kept after screening")
+              f"{state}; {int(np.sum(r.continued))} of {len(r.converged)} starts kept after "
+              "screening")
     if model.selection is not None:
         print(f"chose k = {model.num_experts} by BIC:")
         print(model.selection.table())

@@ -47,8 +47,10 @@ def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
     >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
     >>> save(path, model)
     >>> loaded = load(path)
-    >>> loaded.nonlinearity, loaded.feature_names, bool(jnp.all(loaded.predict(x) == model.predict(x)))
-    ('tanh', ('x1', 'x2'), True)
+    >>> loaded.nonlinearity, loaded.feature_names
+    ('tanh', ('x1', 'x2'))
+    >>> bool(jnp.all(loaded.predict(x) == model.predict(x)))
+    True
     """
     from moejax import __version__
     if not isinstance(fitted, FittedMoE):

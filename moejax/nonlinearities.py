@@ -166,7 +166,8 @@ def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConst
     """Constants b, a1, a2, c2, c3 of docs/algorithm.md section 2 for g = `nonlinearity`.
 
     The Hermite moments E[g(Z)^p He_m(Z)] come from quadrature (any g works, kinks included;
-    see `_normal_rule`), computed once per g; the dependence on sigma is closed-form, so `noise_std` may be a traced value (jit, vmap, grad):
+    see `_normal_rule`), computed once per g; the dependence on sigma is closed-form, so
+    `noise_std` may be a traced value (jit, vmap, grad):
 
         b        = -E[g^2 He1] / E[g He1]
         c2       =  E[g^2 He2] + b E[g He2]

@@ -83,8 +83,10 @@ def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_restar
 
 def _check_subspace_iters(subspace_iters):
     if subspace_iters is not None and (isinstance(subspace_iters, bool)
-                                       or not isinstance(subspace_iters, int) or subspace_iters < 1):
-        raise ValueError(f"subspace_iters must be a positive integer or None, got {subspace_iters!r}.")
+                                       or not isinstance(subspace_iters, int)
+                                       or subspace_iters < 1):
+        raise ValueError(f"subspace_iters must be a positive integer or None, got "
+                         f"{subspace_iters!r}.")
 
 
 def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,

@@ -120,15 +120,17 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
       accelerate: SQUAREM (True) or the plain EM iteration (False).
 
     Returns:
-      (the last accepted iterate, FitInfo with leading axis m). Under vmap the loop runs until every problem
-      in the batch has stopped; a stopped problem's values do not change after it stops.
+      (the last accepted iterate, FitInfo with leading axis m). Under vmap the loop runs
+      until every problem in the batch has stopped; a stopped problem's values do not
+      change after it stops.
     """
     first_leaf = jax.tree_util.tree_leaves(params)[0]
     m = first_leaf.shape[0]
     x1, l0 = em_map(params)
     dtype = l0.dtype
     state = _State(params, x1, l0, jnp.zeros((m,), jnp.int32), ~jnp.isfinite(l0),
-                   jnp.zeros((m,), bool), ~jnp.isfinite(l0), jnp.ones((m,), dtype), jnp.asarray(0, jnp.int32),
+                   jnp.zeros((m,), bool), ~jnp.isfinite(l0), jnp.ones((m,), dtype),
+                   jnp.asarray(0, jnp.int32),
                    jnp.asarray(1, jnp.int32),
                    # One spare row: the body is traced even when max_iters is 0.
                    jnp.zeros((max_iters + 1, m), dtype))

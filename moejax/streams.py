@@ -29,7 +29,7 @@ def compute_dtype(dtype) -> np.dtype | None:
     numbers: integers and booleans in the default float type, float16 / bfloat16 in float32
     (their 3 significant digits cannot hold the moments), other floats as they are."""
     dtype = np.dtype(dtype)
-    if dtype == object or jnp.issubdtype(dtype, jnp.complexfloating) or not (
+    if dtype == np.dtype(object) or jnp.issubdtype(dtype, jnp.complexfloating) or not (
             jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
             or dtype == jnp.bool_):
         return None

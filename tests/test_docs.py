@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["model", "metrics", "baselines", "datasets", "estimator", "gating", "io",
-           "nonlinearities", "preprocessing", "recover"]
+MODULES = ["model", "metrics", "baselines", "datasets", "estimator", "gating", "io", "joint",
+           "moments", "nonlinearities", "preprocessing", "recover"]
 
 
 @pytest.mark.parametrize("name", MODULES)
