@@ -1,4 +1,4 @@
-"""python -m moejax {fit,predict} --flag=value ...; --help lists the flags."""
+"""python -m moejax {fit,predict,summary} --flag=value ...; --help lists the flags."""
 
 from absl import flags
 

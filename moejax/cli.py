@@ -1,7 +1,9 @@
 r"""Command line: fit an MoE to a CSV/TSV table, and predict with a saved model.
 
     python -m moejax fit --data=train.csv --target=y --experts=3 --out=model.npz
-    python -m moejax predict --model=model.npz --data=test.csv --out=predictions.csv
+    python -m moejax summary --model=model.npz
+    python -m moejax predict --model=model.npz --data=test.csv --out=predictions.csv \
+        --interval=0.9 --posteriors
 
 Files ending in .tsv or .tab are tab-separated, all others comma-separated (or pass
 --delimiter); the first line names the columns. Bad input ends with a one-line message and exit
@@ -24,7 +26,7 @@ from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import constant_columns
 from moejax.tables import read_table
 
-COMMANDS = ("fit", "predict")
+COMMANDS = ("fit", "predict", "summary")
 
 _DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated).")
 _TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
@@ -40,7 +42,12 @@ _REFINE = flags.DEFINE_integer("refine_iters", 3000, "fit: cap on joint-EM refin
                                "iterations (0 skips it).")
 _WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
-_MODEL = flags.DEFINE_string("model", None, "predict: a model written by `fit`.")
+_MODEL = flags.DEFINE_string("model", None, "predict, summary: a model written by `fit`.")
+_INTERVAL = flags.DEFINE_float("interval", None, "predict: also write the central predictive "
+                               "interval of this level, e.g. 0.9 (columns lower, upper).")
+_POSTERIORS = flags.DEFINE_bool("posteriors", False, "predict: also write each row's gate "
+                                "probabilities p_1..p_k and, when the table holds the target, "
+                                "its posteriors q_1..q_k and cluster (1-based).")
 _OUT = flags.DEFINE_string("out", None, "fit: model file to write (.npz); predict: CSV to write.")
 _DELIM = flags.DEFINE_string("delimiter", None, "Column separator of --data (default: tab for "
                              ".tsv/.tab files, else comma).")
@@ -164,14 +171,26 @@ def fit_command() -> None:
     print(f"wrote {_OUT.value}")
 
 
-def predict_command() -> None:
+def _load_model():
     from moejax import io
-    _require(model=_MODEL.value, data=_DATA.value, out=_OUT.value)
-    check_out(_OUT.value, data=_DATA.value, model=_MODEL.value)
     try:
-        model = io.load(_MODEL.value)
+        return io.load(_MODEL.value)
     except (FileNotFoundError, ValueError) as e:
         raise InputError(f"--model: {e}") from None
+
+
+def summary_command() -> None:
+    _require(model=_MODEL.value)
+    print(_load_model().summary())
+
+
+def predict_command() -> None:
+    _require(model=_MODEL.value, data=_DATA.value, out=_OUT.value)
+    check_out(_OUT.value, data=_DATA.value, model=_MODEL.value)
+    level = _INTERVAL.value
+    if level is not None and not 0 < level < 1:
+        raise InputError(f"--interval must be a level in (0, 1), e.g. 0.9; got {level}.")
+    model = _load_model()
     table, names, lines = read_table(_DATA.value, drop_missing=_DROP.value,
                                      delimiter=_DELIM.value)
     wanted = model.feature_names or ()
@@ -180,21 +199,39 @@ def predict_command() -> None:
         raise InputError(f"{_DATA.value!r} does not match the model: the model was fitted on "
                          f"columns {list(wanted)}; the data lack {absent} (it has {names}).")
     x = table[:, [names.index(c) for c in wanted]]
-    pred = np.asarray(model.predict(x), dtype=np.float64)
-    column = f"predicted_{model.target_name or 'y'}"
+    y = table[:, names.index(model.target_name)] if model.target_name in names else None
+    header = ["line", f"predicted_{model.target_name or 'y'}"]
+    columns = [np.asarray(model.predict(x), dtype=np.float64)]
+    if level is not None:
+        header += [f"lower_{level:g}", f"upper_{level:g}"]
+        columns += [np.asarray(v, np.float64) for v in model.predict_interval(x, level)]
+    if _POSTERIORS.value:
+        k = model.num_experts
+        header += [f"p_{i + 1}" for i in range(k)]
+        columns += list(np.asarray(model.gate_probabilities(x), np.float64).T)
+        if y is not None:
+            post = np.asarray(model.posteriors(x, y), np.float64)
+            header += [f"q_{i + 1}" for i in range(k)] + ["cluster"]
+            columns += list(post.T) + [np.argmax(post, axis=1) + 1]
 
     def write(f):
         writer = csv.writer(f)
-        writer.writerow(["line", column])
-        writer.writerows((int(l), repr(float(p))) for l, p in zip(lines, pred))
+        writer.writerow(header)
+        for i, line in enumerate(lines):
+            writer.writerow([int(line)] + [repr(float(c[i])) if c.dtype.kind == "f"
+                                           else int(c[i]) for c in columns])
 
     _files.atomic_write(_OUT.value, write)
-    print(f"wrote {len(pred)} predictions to {_OUT.value}")
-    if model.target_name in names:
-        y = table[:, names.index(model.target_name)]
+    print(f"wrote {len(lines)} predictions to {_OUT.value}")
+    if y is not None:
+        pred = columns[0]
         print(f"MSE against column {model.target_name!r}: "
               f"{float(np.mean(np.square(pred - y))):.4g}; "
               f"NLL: {-float(model.log_likelihood(x, y)):.4f} per row")
+        if level is not None:
+            inside = np.mean((columns[1] <= y) & (y <= columns[2]))
+            print(f"{level:g} intervals: {100 * inside:.1f}% of rows inside, mean width "
+                  f"{float(np.mean(columns[2] - columns[1])):.4g}")
 
 
 def cache_dir() -> str:
@@ -231,7 +268,7 @@ def main(argv) -> None:
         sys.exit(2)
     _enable_compilation_cache()
     try:
-        (fit_command if argv[1] == "fit" else predict_command)()
+        dict(fit=fit_command, predict=predict_command, summary=summary_command)[argv[1]]()
     except (InputError, ValueError, OSError) as e:
         # ValueError: the library's checks (shapes, finiteness, sizes) speak for themselves.
         sys.stderr.write(f"moejax {argv[1]}: error: {e}\n")

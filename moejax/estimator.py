@@ -3,13 +3,16 @@ per-expert intercepts; a fitted model that predicts in original units."""
 
 import dataclasses
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax import _validate, gating, model, preprocessing, selection, solver, sums
+from moejax import _validate, gating, inference, model, predictive, preprocessing, selection
+from moejax import solver, sums
+from moejax.inference import Inference
 from moejax.baselines import random_init
 from moejax.joint import joint_em_map
 from moejax.moments import _initial_noise_std
@@ -59,9 +62,14 @@ class FittedMoE:
       standardizer: the feature and target transform.
       feature_names: optional names of the d input columns (checked on prediction by the CLI).
       target_name: optional name of the target column.
-      report: how `fit` chose the parameters (None for a loaded model).
+      report: how `fit` chose the parameters (None for least squares or a model built by
+        hand).
       selection: with `fit(num_experts="auto")`, the scores of every k (`KSelection`);
         else None.
+      inference: the training statistics behind standard errors and information criteria
+        (`moejax.inference.Inference`), or None.
+      noise_learned: whether sigma was fitted (False: it was given, and has no standard
+        error).
     """
 
     params: MoEParams
@@ -70,6 +78,8 @@ class FittedMoE:
     target_name: str | None = None
     report: FitReport | None = None
     selection: KSelection | None = None
+    inference: Inference | None = None
+    noise_learned: bool = True
 
     @property
     def nonlinearity(self):
@@ -131,10 +141,142 @@ class FittedMoE:
         """Mean gate probabilities (1/n) sum_n softmax(W z_n): (k,), for x: (n, d)."""
         return jnp.mean(jax.nn.softmax(self.design(x) @ self.params.gating.T, axis=-1), axis=0)
 
+    def _checked(self, x, y=None):
+        if y is None:
+            return _validate.features(x, dim=self.dim)
+        return _validate.data(x, y, dim=self.dim)
+
+    def gate_probabilities(self, x) -> jax.Array:
+        """P(z = i | x) = softmax(W z)_i for each row: (n, k), for x: (n, d) in the data's
+        units. Raises ValueError for x that is not a finite (n, d) array."""
+        return _gate_probabilities(self.params, self.standardizer, self._checked(x))
+
+    def posteriors(self, x, y) -> jax.Array:
+        """P(z = i | x, y) for each row: (n, k), rows summing to 1 (flexmix's `posterior`).
+        Raises ValueError for malformed x or y."""
+        return _posteriors(self.params, self.standardizer, *self._checked(x, y))
+
+    def clusters(self, x, y) -> jax.Array:
+        """The most probable expert of each row given x and y: (n,) in 0..k-1 (flexmix's
+        `clusters`, 0-based)."""
+        return jnp.argmax(self.posteriors(x, y), axis=-1)
+
+    def log_density(self, x, y) -> jax.Array:
+        """log p(y_n | x_n) for each row: (n,), a density per unit of y (its mean is
+        `log_likelihood`)."""
+        return _log_density(self.params, self.standardizer, *self._checked(x, y))
+
+    def predict_variance(self, x) -> jax.Array:
+        """Var[y | x] for each row: (n,), in squared target units: the noise of each expert
+        plus the spread of the experts' means around `predict(x)`."""
+        return _predict_variance(self.params, self.standardizer, self._checked(x))
+
+    def predict_interval(self, x, level: float = 0.9):
+        """The central `level` predictive interval of y given each row of x: (lower (n,),
+        upper (n,)), the (1 - level) / 2 and (1 + level) / 2 quantiles of the mixture's
+        predictive distribution, found by bisection on its CDF (docs/algorithm.md section 6),
+        not a normal approximation. Raises ValueError for level outside (0, 1)."""
+        level = _validate.positive(level, "level")
+        if not 0 < float(level) < 1:
+            raise ValueError(f"level must be in (0, 1), got {level!r}.")
+        probs = jnp.asarray([(1 - float(level)) / 2, (1 + float(level)) / 2])
+        q = _quantiles(self.params, self.standardizer, self._checked(x), probs)
+        return q[:, 0], q[:, 1]
+
+    def sample(self, key: jax.Array, x) -> jax.Array:
+        """One draw of y from the fitted model for each row of x: (n,) in target units."""
+        return _sample(key, self.params, self.standardizer, self._checked(x))
+
+    def _stats(self) -> "inference.Inference":
+        if self.inference is None:
+            raise ValueError("this model has no training statistics (fitted with "
+                             "standard_errors=False, built by hand, or saved by an older "
+                             "moejax); refit it to get information criteria.")
+        return self.inference
+
+    @property
+    def num_params(self) -> int:
+        """Free parameters: k (d + 1) expert and (k - 1)(d + 1) gate coefficients, and the
+        fitted sigmas."""
+        return inference.num_params(self.params, self.noise_learned)
+
+    def aic(self) -> float:
+        """-2 log-likelihood + 2 num_params, on the training rows (smaller is better)."""
+        return float(-2 * self._stats().log_likelihood + 2 * self.num_params)
+
+    def bic(self) -> float:
+        """-2 log-likelihood + num_params log n, on the training rows."""
+        s = self._stats()
+        return float(-2 * s.log_likelihood + self.num_params * np.log(s.num_rows))
+
+    def icl(self) -> float:
+        """BIC + 2 * the entropy of the training posteriors (Biernacki, Celeux and Govaert
+        2000): BIC penalised for experts that overlap."""
+        return self.bic() + 2 * float(self._stats().entropy)
+
+    def coefficients(self) -> "inference.Coefficients":
+        """Every coefficient in the units of the data, with standard errors (statsmodels'
+        `params` / `bse`, flexmix's `refit`): each expert's intercept and slopes (for linear
+        g, its regression of y on x; else the pre-activation a . x + b in x's units), each
+        gate's intercept and slopes (its logit relative to the last expert), and sigma.
+        Standard errors from the observed information at the fit, and robust ones from the
+        sandwich (docs/algorithm.md section 7). When they are unavailable (a singular
+        information, a fit short of the maximum, no training statistics) the standard errors
+        are NaN, `problem` says why, and a warning is issued.
+
+        Returns:
+          `moejax.inference.Coefficients` (with `.table()` for a printout).
+        """
+        out = inference.coefficients(self.params, self.standardizer, self.inference,
+                                     self.feature_names or _default_names(self.dim),
+                                     self.noise_learned)
+        if out.problem:
+            warnings.warn(out.problem, stacklevel=2)
+        return out
+
+    def summary(self) -> str:
+        """A printable summary: the data, the likelihood and information criteria, how the
+        fit stopped, and every coefficient with its standard error, z and p-value."""
+        g = self.nonlinearity
+        names = self.feature_names or _default_names(self.dim)
+        lines = [f"Mixture of {self.num_experts} experts, g = {g}; target "
+                 f"{self.target_name or 'y'} on {', '.join(names)}"]
+        if self.inference is not None:
+            s = self.inference
+            lines.append(f"rows: {int(s.num_rows)}   parameters: {self.num_params}   "
+                         f"log-likelihood: {float(s.log_likelihood):.2f}")
+            lines.append(f"AIC: {self.aic():.2f}   BIC: {self.bic():.2f}   ICL: {self.icl():.2f}")
+            lines.append("mixing weights: " + " ".join(f"{v:.3f}" for v in s.mixing_weights))
+        if self.report is not None:
+            r, best = self.report, int(self.report.best)
+            start = "the moment start" if best == 0 else f"random start {best}"
+            state = ("converged" if bool(r.converged[best]) else "NOT converged (raise "
+                     "refine_iters)")
+            lines.append(f"fit: kept {start} of {len(r.converged)}, "
+                         f"{int(r.num_iters[best])} iterations, {state}")
+        if self.selection is not None:
+            lines += ["", "k chosen from:", self.selection.table()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the table states the problem itself
+            lines += ["", self.coefficients().table()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        fit = "" if self.inference is None else (
+            f", n={int(self.inference.num_rows)}, "
+            f"log_likelihood={float(self.inference.log_likelihood):.2f}, bic={self.bic():.2f}")
+        return (f"FittedMoE(k={self.num_experts}, d={self.dim}, "
+                f"nonlinearity={self.nonlinearity!r}{fit})")
+
 
 jax.tree_util.register_dataclass(
-    FittedMoE, data_fields=["params", "standardizer", "report", "selection"],
-    meta_fields=["feature_names", "target_name"])
+    FittedMoE, data_fields=["params", "standardizer", "report", "selection", "inference"],
+    meta_fields=["feature_names", "target_name", "noise_learned"])
+
+
+def _default_names(dim: int) -> tuple[str, ...]:
+    """The names of unnamed columns: x1, ..., xd."""
+    return tuple(f"x{i + 1}" for i in range(dim))
 
 
 def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
@@ -168,6 +310,42 @@ def _log_likelihood(params, standardizer, x, y):
     y_std = preprocessing._transform_target(standardizer, y)
     return (model._mean_log_likelihood(params, design_matrix(standardizer, x), y_std)
             - jnp.log(standardizer.y_scale))
+
+
+@jax.jit
+def _gate_probabilities(params, standardizer, x):
+    return predictive.gate_probabilities(params, design_matrix(standardizer, x))
+
+
+@jax.jit
+def _posteriors(params, standardizer, x, y):
+    y_std = preprocessing._transform_target(standardizer, y)
+    return predictive.posteriors(params, design_matrix(standardizer, x), y_std)
+
+
+@jax.jit
+def _log_density(params, standardizer, x, y):
+    y_std = preprocessing._transform_target(standardizer, y)
+    return (predictive.log_density(params, design_matrix(standardizer, x), y_std)
+            - jnp.log(standardizer.y_scale))
+
+
+@jax.jit
+def _predict_variance(params, standardizer, x):
+    _, var = predictive.mean_and_variance(params, design_matrix(standardizer, x))
+    return jnp.square(standardizer.y_scale) * var
+
+
+@jax.jit
+def _quantiles(params, standardizer, x, probs):
+    q = predictive.quantiles(params, design_matrix(standardizer, x), probs)
+    return preprocessing.inverse_target(standardizer, q)
+
+
+@jax.jit
+def _sample(key, params, standardizer, x):
+    draws = predictive.sample(key, params, design_matrix(standardizer, x))
+    return preprocessing.inverse_target(standardizer, draws)
 
 
 # Screening of the refinement's starts: all run this many iterations together, then the best
@@ -215,6 +393,7 @@ class FitConfig:
     max_experts: int = 4
     select_by: str = "bic"
     chunk_size: int | None = None
+    standard_errors: bool = True
 
     def checked(self) -> "FitConfig":
         """The settings with counts and flags as Python values; ValueError naming the first
@@ -233,6 +412,7 @@ class FitConfig:
         return dataclasses.replace(
             self,
             whiten=_validate.flag(self.whiten, "whiten"),
+            standard_errors=_validate.flag(self.standard_errors, "standard_errors"),
             per_expert_noise=_validate.flag(self.per_expert_noise, "per_expert_noise"),
             refine_iters=_validate.count(self.refine_iters, "refine_iters", minimum=0),
             num_random_starts=_validate.count(self.num_random_starts, "num_random_starts",
@@ -248,7 +428,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
         num_em_iters: int = 50, per_expert_noise: bool = True, feature_names=None,
         target_name=None, max_experts: int = 4, select_by: str = "bic",
-        chunk_size: int | None = None, progress=None) -> FittedMoE:
+        chunk_size: int | None = None, standard_errors: bool = True,
+        progress=None) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
@@ -299,6 +480,9 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
       max_experts, select_by: for num_experts="auto".
       chunk_size: None, or rows per block of every pass over the data (the moment stage, the
         gating EM and the refinement), so that temporaries do not grow with n.
+      standard_errors: keep the training statistics behind `FittedMoE.coefficients`'
+        standard errors and the information criteria: the observed information at the fit by
+        exact autodiff, in float64 (docs/algorithm.md section 7); one more compiled program.
       progress: if given, called with a short message as each stage starts (the command
         line prints them).
 
@@ -323,7 +507,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
                        num_random_starts=num_random_starts, num_restarts=num_restarts,
                        num_gating_inits=num_gating_inits, num_em_iters=num_em_iters,
                        per_expert_noise=per_expert_noise, max_experts=max_experts,
-                       select_by=select_by, chunk_size=chunk_size).checked()
+                       select_by=select_by, chunk_size=chunk_size,
+                       standard_errors=standard_errors).checked()
     progress = progress or (lambda message: None)
     if config.num_experts == "auto":
         x, y = _validate.data(x, y)
@@ -334,9 +519,25 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
                  + ("5-fold cross-validation" if folds else "BIC"))
         scores, models = _select(key, x, y, config, max_experts, folds, names)
         best = scores.best_cv if folds else scores.best_bic
-        return dataclasses.replace(models[best], selection=scores)
-    x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, 1.0, power=2)
-    return _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]), progress)
+        model = dataclasses.replace(models[best], selection=scores)
+    else:
+        x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, 1.0,
+                                       power=2)
+        model = _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]),
+                     progress)
+    if not config.standard_errors:
+        return model
+    progress("standard errors: the observed information at the fit")
+    return dataclasses.replace(model, inference=_training_statistics(model, x, y))
+
+
+def _training_statistics(model: "FittedMoE", x, y) -> Inference:
+    """The model's `Inference` on its checked training data, on the same padded rows as the
+    fit (one compiled program per row bucket)."""
+    _, ys, z, weights, _, _ = _prepare(model.standardizer, x, y, sums.bucket_size(x.shape[0]),
+                                       model.nonlinearity)
+    return inference.statistics(model.params, z, ys, weights, model.standardizer.y_scale,
+                                model.noise_learned)
 
 
 def _names(feature_names, target_name, dim: int) -> dict:
@@ -401,7 +602,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress) -> FittedMoE:
                                                 jnp.asarray(config.tol, z.dtype), learn, weights,
                                                 sums.layout_of(z, config.chunk_size))
         _validate.finite_result(finite, z, ys, what="fit's refinement")
-    return FittedMoE(params, std, report=report, **names)
+    return FittedMoE(params, std, report=report, noise_learned=learn, **names)
 
 
 def _least_squares(x, y, names: dict) -> FittedMoE:

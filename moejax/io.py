@@ -1,5 +1,7 @@
 """Saving and loading fitted models: one portable .npz holding the parameters, the
-preprocessing, the non-linearity, the column names and the moejax version."""
+preprocessing, the non-linearity, the column names, the moejax version, and what the fit
+reported: the refinement's `FitReport`, k selection's `KSelection` and the training statistics
+behind standard errors (`Inference`). Format 1 files (parameters only) still load."""
 
 import json
 import os
@@ -7,14 +9,19 @@ import zipfile
 
 import numpy as np
 
+from moejax import inference
 from moejax._files import atomic_write
-from moejax.estimator import FittedMoE
-from moejax.params import MoEParams
+from moejax.estimator import FitReport, FittedMoE, _default_names
 from moejax.nonlinearities import nonlinearity_names
+from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
+from moejax.selection import KSelection
 
 FORMAT = "moejax-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What a fit reported, each part stored field by field as "part.field" (format 2; absent
+# parts load as None).
+_PARTS = {"report": FitReport, "selection": KSelection, "inference": inference.Inference}
 _ARRAYS = {
     "experts": ("params", "experts"),
     "gating": ("params", "gating"),
@@ -28,7 +35,7 @@ _ARRAYS = {
 
 def default_feature_names(dim: int) -> tuple[str, ...]:
     """The names a model without feature names is saved with: x1, ..., xd."""
-    return tuple(f"x{i + 1}" for i in range(dim))
+    return _default_names(dim)
 
 
 def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
@@ -63,7 +70,12 @@ def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
     meta = dict(format=FORMAT, format_version=FORMAT_VERSION, moejax_version=__version__,
                 nonlinearity=fitted.nonlinearity,
                 feature_names=None if names is None else list(names),
-                target_name=fitted.target_name)
+                target_name=fitted.target_name, noise_learned=bool(fitted.noise_learned))
+    for part in _PARTS:
+        value = getattr(fitted, part)
+        if value is not None:
+            arrays.update({f"{part}.{field}": np.asarray(v)
+                           for field, v in value._asdict().items()})
     problem = _problem(meta, arrays)
     if problem:
         raise ValueError(f"cannot save this model: {problem}.")
@@ -76,7 +88,8 @@ def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
 
 def _problem(meta: dict, arrays: dict) -> str | None:
     """What makes (meta, arrays) an invalid model, or None: the checks `save` and `load` share."""
-    if any(np.asarray(a).dtype.kind not in "fi" for a in arrays.values()):
+    if any(np.asarray(a).dtype.kind not in ("fi" if name in _ARRAYS else "fib")
+           for name, a in arrays.items()):
         return "its arrays must hold real numbers"
     experts = arrays["experts"]
     k, d1 = experts.shape if experts.ndim == 2 else (0, 0)
@@ -106,6 +119,19 @@ def _problem(meta: dict, arrays: dict) -> str | None:
     target = meta.get("target_name")
     if target is not None and not isinstance(target, str):
         return f"target_name must be a string, got {target!r}"
+    if not isinstance(meta.get("noise_learned", True), bool):
+        return f"noise_learned must be true or false, got {meta['noise_learned']!r}"
+    for part, cls in _PARTS.items():
+        present = [f for f in cls._fields if f"{part}.{f}" in arrays]
+        if present and len(present) != len(cls._fields):
+            return f"the {part} lacks fields {sorted(set(cls._fields) - set(present))}"
+    if "inference.information" in arrays:
+        p = inference.num_params(MoEParams(experts, arrays["gating"], arrays["noise_std"]),
+                                 meta.get("noise_learned", True))
+        shapes = dict(information=(p, p), outer=(p, p), score=(p,), mixing_weights=(k,))
+        wrong = [f for f, shape in shapes.items() if arrays[f"inference.{f}"].shape != shape]
+        if wrong:
+            return f"the training statistics {wrong} do not fit {p} parameters"
     return None
 
 
@@ -129,6 +155,8 @@ def load(path: str | os.PathLike) -> FittedMoE:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"][()]))
             arrays = {name: np.array(data[name]) for name in _ARRAYS}
+            arrays.update({name: np.array(data[name]) for name in data.files
+                           if name.split(".")[0] in _PARTS})
     except (OSError, ValueError, KeyError, EOFError, IndexError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path!r} is not a readable moejax model file (corrupted, truncated "
                          f"or another kind of .npz; {type(e).__name__})") from None
@@ -150,7 +178,14 @@ def load(path: str | os.PathLike) -> FittedMoE:
     names = meta.get("feature_names")
     names = (default_feature_names(arrays["experts"].shape[1] - 1) if names is None
              else tuple(names))
+    parts = {}
+    for part, cls in _PARTS.items():
+        if f"{part}.{cls._fields[0]}" in arrays:
+            fields = {f: arrays[f"{part}.{f}"] for f in cls._fields}
+            if cls is KSelection:  # the chosen k are Python integers
+                fields.update(best_bic=int(fields["best_bic"]), best_cv=int(fields["best_cv"]))
+            parts[part] = cls(**fields)
     return FittedMoE(
         MoEParams(arrays["experts"], arrays["gating"], arrays["noise_std"], meta["nonlinearity"]),
         Standardizer(arrays["x_mean"], arrays["x_map"], arrays["y_mean"], arrays["y_scale"]),
-        names, meta.get("target_name"))
+        names, meta.get("target_name"), noise_learned=meta.get("noise_learned", True), **parts)

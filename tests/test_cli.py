@@ -133,7 +133,7 @@ def test_predict_bad_inputs(workdir, tmp_path):
 
 def test_unknown_command_is_a_usage_error(tmp_path):
     out = moejax("train", cwd=tmp_path)
-    assert out.returncode == 2 and "usage: python -m moejax {fit,predict}" in out.stderr
+    assert out.returncode == 2 and "usage: python -m moejax {fit,predict,summary}" in out.stderr
 
 
 def _table_csv(path, workdir, rows=60):
@@ -204,3 +204,30 @@ def test_experts_auto_prints_the_scores_and_writes_the_chosen_model(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "chose k = 1" in out.stdout and "| k | parameters |" in out.stdout
     assert mj.io.load(tmp_path / "m.npz").num_experts == 1
+
+
+def test_summary_and_predict_with_intervals_and_posteriors(workdir):
+    d, table, _, _ = workdir
+    out = moejax("summary", "--model=model.npz", cwd=d)
+    assert out.returncode == 0, out.stderr
+    for text in ("Mixture of 3 experts", "rows: 4000", "BIC", "expert 3", "gate 2", "f9",
+                 "std err"):
+        assert text in out.stdout, text
+    out = moejax("predict", "--model=model.npz", "--data=train.csv", "--out=full.csv",
+                 "--interval=0.8", "--posteriors", cwd=d)
+    assert out.returncode == 0, out.stderr
+    assert "0.8 intervals:" in out.stdout
+    with open(d / "full.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["line", "predicted_target", "lower_0.8", "upper_0.8", "p_1", "p_2",
+                       "p_3", "q_1", "q_2", "q_3", "cluster"]
+    values = np.array(rows[1:], dtype=float)
+    assert values.shape == (4000, 11)
+    assert np.all(values[:, 2] < values[:, 3])  # (a bimodal mean may lie outside)
+    np.testing.assert_allclose(values[:, 4:7].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(values[:, 10], values[:, 7:10].argmax(axis=1) + 1)
+    inside = np.mean((values[:, 2] <= table[:, -1]) & (table[:, -1] <= values[:, 3]))
+    assert 0.75 < inside < 0.85  # the training rows of a well-specified fit
+    out = moejax("predict", "--model=model.npz", "--data=train.csv", "--out=x.csv",
+                 "--interval=1.5", cwd=d)
+    assert out.returncode == 1 and "--interval must be a level in (0, 1)" in out.stderr

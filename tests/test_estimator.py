@@ -58,8 +58,8 @@ def test_fitted_model_is_a_pytree_through_jit():
     model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names=list("abcdefghij"))
     jitted = jax.jit(lambda m, x: m.predict(x))(model, x[:10])
     np.testing.assert_allclose(jitted, model.predict(x[:10]), rtol=1e-5)
-    # params (3), standardizer (4) and the refinement's report (8).
-    assert jax.tree_util.tree_structure(model).num_leaves == 15
+    # params (3), standardizer (4), the refinement's report (8), training statistics (7).
+    assert jax.tree_util.tree_structure(model).num_leaves == 22
 
 
 def test_fit_rejects_bad_arguments():

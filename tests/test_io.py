@@ -34,8 +34,9 @@ def test_save_load_round_trip(tmp_path, fitted):
 def test_one_sigma_per_expert_or_one_shared_both_round_trip(tmp_path, fitted):
     model, x = fitted
     assert model.noise_std.shape == (3,)  # fit's default
+    # (Its training statistics belong to the per-expert fit: save refuses a mismatch.)
     shared = dataclasses.replace(model, params=model.params._replace(
-        noise_std=model.params.noise_std[0]))
+        noise_std=model.params.noise_std[0]), inference=None)
     for m in (model, shared):
         mj.io.save(tmp_path / "m.npz", m)
         loaded = mj.io.load(tmp_path / "m.npz")
@@ -250,3 +251,35 @@ def test_a_registered_nonlinearity_saves_and_loads_by_name(tmp_path, fitted, mon
     monkeypatch.delitem(mj.nonlinearities._NAMED, "tanh_for_io_test")
     with pytest.raises(ValueError, match="not registered in this process.*register_nonlinearity"):
         mj.io.load(tmp_path / "m.npz")
+
+
+def test_save_and_load_keep_the_report_the_selection_and_the_standard_errors(tmp_path):
+    _, x, y = truth_and_data(1, 600)
+    model = mj.fit(jax.random.key(0), x[:, :3], y, num_experts="auto", max_experts=2,
+                   refine_iters=50, num_random_starts=2)
+    assert model.selection is not None and model.inference is not None
+    mj.io.save(tmp_path / "m.npz", model)
+    loaded = mj.io.load(tmp_path / "m.npz")
+    for part in ("report", "selection", "inference"):
+        a, b = getattr(loaded, part), getattr(model, part)
+        assert (a is None) == (b is None), part
+        if b is not None:
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v)
+    assert loaded.summary() == model.summary()
+    assert loaded.noise_learned == model.noise_learned
+
+
+def test_a_format_1_file_still_loads(tmp_path, fitted):
+    # What moejax wrote before format 2: the parameters and preprocessing only.
+    model, x = fitted
+    arrays = dict(experts=model.params.experts, gating=model.params.gating,
+                  noise_std=model.params.noise_std, **model.standardizer._asdict())
+    meta = dict(format="moejax-model", format_version=1, moejax_version="0.2.0.dev0",
+                nonlinearity="tanh", feature_names=list(model.feature_names), target_name="y")
+    np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(meta)),
+             **{k: np.asarray(v) for k, v in arrays.items()})
+    old = mj.io.load(tmp_path / "old.npz")
+    assert old.report is None and old.inference is None and old.selection is None
+    np.testing.assert_array_equal(old.predict(x), model.predict(x))
+    assert "no standard errors" in old.summary()
