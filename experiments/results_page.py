@@ -20,7 +20,8 @@ import numpy as np
 
 from experiments import common
 
-_PAGES = flags.DEFINE_list("page", ["docs/results.md", "docs/failure_map.md", "docs/solvers.md"],
+_PAGES = flags.DEFINE_list("page", ["docs/results.md", "docs/failure_map.md", "docs/solvers.md",
+                                   "docs/inference.md"],
                            "The pages whose tables are rewritten.")
 _RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the JSON lives.")
 _CHECK = flags.DEFINE_bool("check", False, "Only compare; exit 1 if a table is out of date.")
@@ -161,8 +162,36 @@ def refine_screening(r) -> str:
     return "\n".join(lines)
 
 
+def calibration(r) -> str:
+    """Per setting: the range over coefficients of the z-score sd and of the 95% coverage,
+    model-based and robust, and the seeds without standard errors."""
+    lines = ["| setting | seeds (without SEs) | z sd | coverage | z sd, robust | coverage, robust "
+             "| worst coefficient (z sd, coverage) |", "|---|---|---|---|---|---|---|"]
+    for name, s in r["settings"].items():
+        span = lambda v, f: f"{min(v):{f}} - {max(v):{f}}"
+        worst = int(np.argmax(np.abs(np.asarray(s["z_sd"]) - 1)))
+        lines.append(f"| {s['g']}, k = {s['k']}, n = {s['n']} | {s['seeds']} "
+                     f"({s['without_se']}) | {span(s['z_sd'], '.2f')} | "
+                     f"{span(s['coverage'], '.3f')} | {span(s['z_sd_robust'], '.2f')} | "
+                     f"{span(s['coverage_robust'], '.3f')} | {s['coefficients'][worst]} "
+                     f"({s['z_sd'][worst]:.2f}, {s['coverage'][worst]:.3f}) |")
+    return "\n".join(lines)
+
+
+def intervals(r) -> str:
+    """Coverage and mean width of the predictive intervals, by method and level."""
+    lines = ["| method | level | coverage (sd over splits) | mean width (dB) |",
+             "|---|---|---|---|"]
+    for s in r["summary"]:
+        method = common.LABELS["ols"] if s["method"] == "ols" else f"moejax fit, k = {s['k']}"
+        lines.append(f"| {method} | {s['level']:g} | {s['coverage']:.3f} ({s['coverage_sd']:.3f})"
+                     f" | {s['width']:.2f} |")
+    return "\n".join(lines)
+
+
 RENDERERS = {f.__name__: f for f in (error_table, failure_rates, synthetic_sweep, bench_sweep,
-                                     airfoil, peer_flexmix, failure_map, refine_screening)}
+                                     airfoil, peer_flexmix, failure_map, refine_screening,
+                                     calibration, intervals)}
 # A block may be empty (a new table) but never runs into the next block.
 _BLOCK = re.compile(r"(<!-- table: ([\w/]+) -->\n)((?:(?!<!-- table:).)*?)\n?<!-- end table -->",
                     re.S)

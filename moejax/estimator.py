@@ -234,6 +234,16 @@ class FittedMoE:
             warnings.warn(out.problem, stacklevel=2)
         return out
 
+    def coefficient_covariance(self, robust: bool = False) -> np.ndarray:
+        """The covariance matrix of `coefficients().estimate` (statsmodels' `cov_params`):
+        (m, m), from the observed information, or with `robust` from the sandwich. Raises
+        ValueError when the standard errors are unavailable (`coefficients().problem`)."""
+        why = inference.problem(self.inference)
+        if why:
+            raise ValueError(why + ".")
+        return inference.data_covariance(self.params, self.standardizer, self.inference,
+                                         self.noise_learned, _validate.flag(robust, "robust"))
+
     def summary(self) -> str:
         """A printable summary: the data, the likelihood and information criteria, how the
         fit stopped, and every coefficient with its standard error, z and p-value."""

@@ -254,6 +254,20 @@ class Coefficients(NamedTuple):
         return "\n".join(lines[1:])
 
 
+def data_covariance(params: MoEParams, std: Standardizer, inference: Inference,
+                    learn_sigma: bool, robust: bool = False) -> np.ndarray:
+    """J Cov(theta) J^T: the covariance of every coefficient in data units, in the order of
+    `coefficient_labels` (call only when `problem` is None)."""
+    with x64():
+        f64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
+        like = MoEParams(f64(params.experts), f64(params.gating), f64(params.noise_std),
+                         params.nonlinearity)
+        std64 = Standardizer(*(f64(v) for v in std))
+        jac = np.asarray(jax.jacfwd(lambda t: data_units(t, like, std64, learn_sigma))(
+            pack(like, learn_sigma)))
+    return jac @ covariance(inference, robust) @ jac.T
+
+
 def coefficients(params: MoEParams, std: Standardizer, inference: Inference | None,
                  feature_names, learn_sigma: bool) -> Coefficients:
     """The `Coefficients` table of a fitted model (see `data_units` for what each one is)."""
@@ -267,9 +281,8 @@ def coefficients(params: MoEParams, std: Standardizer, inference: Inference | No
         estimate = np.asarray(f(theta))
         why = problem(inference)
         if why is None:
-            jac = np.asarray(jax.jacfwd(f)(theta))
-            se = [np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, covariance(inference, r),
-                                               jac), 0.0)) for r in (False, True)]
+            covs = [data_covariance(params, std, inference, learn_sigma, r) for r in (False, True)]
+            se = [np.sqrt(np.maximum(np.diag(c), 0.0)) for c in covs]
         else:
             se = [np.full(estimate.shape, np.nan)] * 2
     k = params.experts.shape[0]

@@ -250,3 +250,26 @@ def test_failure_map_batched_seeds_and_shards_equal_the_seed_by_seed_run(tmp_pat
     # The other shard of a one-cell grid has nothing to do.
     empty = run(*common, "--shard=1/2", f"--output_dir={tmp_path / 'empty'}")
     assert empty.returncode == 0 and "nothing written" in empty.stdout, empty.stderr
+
+
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
+def test_calibration(tmp_path):
+    out = run("experiments.calibration", "--num_seeds=3", "--settings=linear_k2_n400",
+              f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    s = json.loads((tmp_path / "calibration.json").read_text())["settings"]["linear_k2_n400"]
+    assert len(s["z_sd"]) == len(s["coefficients"]) == 2 * 4 + 4 + 2
+    assert all(0 <= c <= 1 for c in s["coverage"])
+    assert (tmp_path / "calibration.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
+def test_intervals(tmp_path):
+    out = run("experiments.intervals", "--num_splits=1", "--ks=2", "--levels=0.5,0.9",
+              f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "intervals.json").read_text())
+    assert [(s["method"], s["level"]) for s in r["summary"]] == [
+        ("ols", 0.5), ("ols", 0.9), ("moejax", 0.5), ("moejax", 0.9)]
+    assert all(0.3 < s["coverage"] < 1 and s["width"] > 0 for s in r["summary"])
+    assert len(r["example_split0"]["cluster"]) == 1503 // 5
