@@ -94,8 +94,10 @@ def num_params(params: MoEParams, learn_sigma: bool) -> int:
 
 
 # Rows per block of the sums below: the Hessian's forward-over-reverse pass holds p tangents of
-# a block's intermediates, so memory stays p * _BLOCK_ROWS * (k d) whatever n is.
-_BLOCK_ROWS = 1024
+# a block's intermediates, so memory stays p * _BLOCK_ROWS * (k d) whatever n is. Tables up to
+# this size run as one block, which compiled in 2.3 s against 3.6 s for a scan over blocks of
+# 1024 (airfoil, k = 3).
+_BLOCK_ROWS = 4096
 
 
 @functools.partial(jax.jit, static_argnames="learn_sigma")

@@ -253,6 +253,18 @@ def test_a_registered_nonlinearity_saves_and_loads_by_name(tmp_path, fitted, mon
         mj.io.load(tmp_path / "m.npz")
 
 
+def test_save_and_load_keep_the_report_and_the_standard_errors(tmp_path, fitted):
+    model, _ = fitted
+    assert model.report is not None and model.inference is not None
+    mj.io.save(tmp_path / "m.npz", model)
+    loaded = mj.io.load(tmp_path / "m.npz")
+    for part in ("report", "inference"):
+        for u, v in zip(getattr(loaded, part), getattr(model, part)):
+            np.testing.assert_array_equal(u, v)
+    assert loaded.summary() == model.summary()
+
+
+@pytest.mark.slow  # make test-all (a k selection's fits)
 def test_save_and_load_keep_the_report_the_selection_and_the_standard_errors(tmp_path):
     _, x, y = truth_and_data(1, 600)
     model = mj.fit(jax.random.key(0), x[:, :3], y, num_experts="auto", max_experts=2,

@@ -141,8 +141,9 @@ def test_data_closed_over_by_a_jitted_function_are_checked():
     lambda x, y: mj.fit(KEY, x, y, num_experts=2, refine_iters=2, num_random_starts=1),
     lambda x, y: mj.fit(KEY, x, y, num_experts="auto", max_experts=2, refine_iters=2,
                         num_random_starts=1),
-    lambda x, y: mj.select_num_experts(KEY, x, y, max_experts=2, num_folds=2, refine_iters=2,
-                                       num_random_starts=1),
+    pytest.param(lambda x, y: mj.select_num_experts(KEY, x, y, max_experts=2, num_folds=2,
+                                                    refine_iters=2, num_random_starts=1),
+                 marks=pytest.mark.slow),  # make test-all
 ], ids=["recover", "fit", "fit_auto", "select_num_experts"])
 def test_a_composite_entry_point_checks_x_once(entry, monkeypatch):
     # Validate at the boundary, once: the stages behind an entry point are private cores
