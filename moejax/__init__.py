@@ -1,6 +1,7 @@
 """moejax: consistent learning of mixture-of-experts regression in JAX."""
 
 from moejax import datasets, io, sums
+from moejax.compilation import enable_compilation_cache
 from moejax.baselines import joint_em, joint_gd, random_init
 from moejax.estimator import FitReport, FittedMoE, fit, select_num_experts
 from moejax.gating import GatingInfo, fit_gating
@@ -36,6 +37,7 @@ __all__ = [
     "Streamed",
     "TransformConstants",
     "datasets",
+    "enable_compilation_cache",
     "expert_error",
     "fit",
     "fit_gating",

@@ -21,7 +21,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from moejax import _files
+from moejax import _files, compilation
 from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import constant_columns
 from moejax.tables import read_table
@@ -235,28 +235,14 @@ def predict_command() -> None:
 
 
 def cache_dir() -> str:
-    """The --cache_dir in effect: the flag, $MOEJAX_CACHE_DIR, or the user's cache folder."""
-    if _CACHE.value is not None:
-        return _CACHE.value
-    if "MOEJAX_CACHE_DIR" in os.environ:
-        return os.environ["MOEJAX_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "moejax")
+    """The --cache_dir in effect: the flag, else `compilation.default_cache_dir()`."""
+    return _CACHE.value if _CACHE.value is not None else compilation.default_cache_dir()
 
 
 def _enable_compilation_cache() -> None:
     """JAX's persistent compilation cache: most of a small fit's time is compilation."""
-    path = cache_dir()
-    if not path:
-        return
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        sys.stderr.write(f"moejax: warning: no compilation cache ({e}); continuing without.\n")
-        return
-    jax.config.update("jax_compilation_cache_dir", path)
-    # Cache every program: a fit compiles ~130 small ones, each well under JAX's 1 s default.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if cache_dir():
+        compilation.enable_compilation_cache(cache_dir())
 
 
 def main(argv) -> None:

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["model", "metrics", "baselines", "datasets", "estimator", "gating", "io", "joint",
+MODULES = ["model", "metrics", "baselines", "compilation", "datasets", "estimator", "gating", "io", "joint",
            "moments", "nonlinearities", "preprocessing", "recover"]
 
 
