@@ -1,6 +1,7 @@
 """moejax: consistent learning of mixture-of-experts regression in JAX."""
 
 from moejax import datasets, io, sums
+from moejax._version import __version__ as __version__
 from moejax.compilation import enable_compilation_cache
 from moejax.baselines import joint_em, joint_gd, random_init
 from moejax.estimator import FitReport, FittedMoE, fit, select_num_experts
@@ -21,7 +22,6 @@ from moejax.selection import KSelection
 from moejax.solver import FitInfo
 from moejax.streams import Streamed, streamed
 
-__version__ = "0.2.0.dev0"
 
 __all__ = [
     "ExpertEstimate",

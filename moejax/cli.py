@@ -21,7 +21,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from moejax import _files, compilation
+from moejax import _files, compilation, estimator, io
 from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import constant_columns
 from moejax.tables import read_table
@@ -111,7 +111,6 @@ def check_columns(x, names, y, target) -> None:
 
 
 def fit_command() -> None:
-    from moejax import estimator, io
     _require(data=_DATA.value, target=_TARGET.value, experts=_EXPERTS.value, out=_OUT.value)
     check_out(_OUT.value, data=_DATA.value)
     table, names, _ = read_table(_DATA.value, drop_missing=_DROP.value, delimiter=_DELIM.value)
@@ -172,7 +171,6 @@ def fit_command() -> None:
 
 
 def _load_model():
-    from moejax import io
     try:
         return io.load(_MODEL.value)
     except (FileNotFoundError, ValueError) as e:

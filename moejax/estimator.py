@@ -317,9 +317,7 @@ def _predict(params, standardizer, x):
 
 @jax.jit
 def _log_likelihood(params, standardizer, x, y):
-    y_std = preprocessing._transform_target(standardizer, y)
-    return (model._mean_log_likelihood(params, design_matrix(standardizer, x), y_std)
-            - jnp.log(standardizer.y_scale))
+    return jnp.mean(_log_density(params, standardizer, x, y))
 
 
 @jax.jit

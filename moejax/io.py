@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 
 from moejax import inference
+from moejax._version import __version__
 from moejax._files import atomic_write
 from moejax.estimator import FitReport, FittedMoE, _default_names
 from moejax.nonlinearities import nonlinearity_names
@@ -59,7 +60,6 @@ def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
     >>> bool(jnp.all(loaded.predict(x) == model.predict(x)))
     True
     """
-    from moejax import __version__
     if not isinstance(fitted, FittedMoE):
         raise ValueError(f"save writes a FittedMoE (from moejax.fit), got {type(fitted).__name__}.")
     arrays = {name: np.asarray(getattr(getattr(fitted, part), field))
