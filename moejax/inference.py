@@ -134,10 +134,7 @@ def statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma: bool) -> 
     """The `Inference` of params on the design z (n, d + 1) and standardised y (n,) with row
     weights (n,) (0 on padding rows), computed in float64; host (NumPy) arrays."""
     with x64():
-        f64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
-        p64 = MoEParams(f64(params.experts), f64(params.gating), f64(params.noise_std),
-                        params.nonlinearity)
-        out = _statistics(p64, f64(z), f64(y), f64(weights), f64(y_scale), learn_sigma)
+        out = _statistics(_float64(params), *_float64((z, y, weights, y_scale)), learn_sigma)
         return Inference(*(np.asarray(v, np.float64) for v in out))
 
 
@@ -256,37 +253,39 @@ class Coefficients(NamedTuple):
         return "\n".join(lines[1:])
 
 
+def _float64(tree):
+    """Every leaf of a pytree as a float64 JAX array (inside `x64`)."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
+
+
+def _data_units_and_jacobian(params: MoEParams, std: Standardizer, learn_sigma: bool):
+    """(f(theta), df/dtheta) in float64: the coefficients in data units and the delta
+    method's Jacobian J."""
+    with x64():
+        like, std64 = _float64(params), _float64(std)
+        f = lambda t: data_units(t, like, std64, learn_sigma)
+        theta = pack(like, learn_sigma)
+        return np.asarray(f(theta)), np.asarray(jax.jacfwd(f)(theta))
+
+
 def data_covariance(params: MoEParams, std: Standardizer, inference: Inference,
                     learn_sigma: bool, robust: bool = False) -> np.ndarray:
     """J Cov(theta) J^T: the covariance of every coefficient in data units, in the order of
     `coefficient_labels` (call only when `problem` is None)."""
-    with x64():
-        f64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
-        like = MoEParams(f64(params.experts), f64(params.gating), f64(params.noise_std),
-                         params.nonlinearity)
-        std64 = Standardizer(*(f64(v) for v in std))
-        jac = np.asarray(jax.jacfwd(lambda t: data_units(t, like, std64, learn_sigma))(
-            pack(like, learn_sigma)))
+    jac = _data_units_and_jacobian(params, std, learn_sigma)[1]
     return jac @ covariance(inference, robust) @ jac.T
 
 
 def coefficients(params: MoEParams, std: Standardizer, inference: Inference | None,
                  feature_names, learn_sigma: bool) -> Coefficients:
     """The `Coefficients` table of a fitted model (see `data_units` for what each one is)."""
-    with x64():
-        f64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
-        like = MoEParams(f64(params.experts), f64(params.gating), f64(params.noise_std),
-                         params.nonlinearity)
-        std64 = Standardizer(*(f64(v) for v in std))
-        theta = pack(like, learn_sigma)
-        f = lambda t: data_units(t, like, std64, learn_sigma)
-        estimate = np.asarray(f(theta))
-        why = problem(inference)
-        if why is None:
-            covs = [data_covariance(params, std, inference, learn_sigma, r) for r in (False, True)]
-            se = [np.sqrt(np.maximum(np.diag(c), 0.0)) for c in covs]
-        else:
-            se = [np.full(estimate.shape, np.nan)] * 2
+    estimate, jac = _data_units_and_jacobian(params, std, learn_sigma)
+    why = problem(inference)
+    if why is None:
+        se = [np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, covariance(inference, robust),
+                                           jac), 0.0)) for robust in (False, True)]
+    else:
+        se = [np.full(estimate.shape, np.nan)] * 2
     k = params.experts.shape[0]
     labels = coefficient_labels(k, feature_names, int(np.size(params.noise_std)))
     block = np.array([b for b, _, _ in labels])
