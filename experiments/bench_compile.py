@@ -1,14 +1,21 @@
-r"""How much of a one-off fit is compilation, and what the row buckets and the cache save.
+r"""What a user's first fit costs in compilation, and what the row buckets and the cache save.
 
     python -m experiments.bench_compile
 
-Times `python -m moejax fit` (k = --experts, defaults otherwise) as a user runs it, each a
-fresh process with a fresh compilation cache directory shared by the runs: the airfoil table
-(1503 rows), the same table again (the persistent cache), then tables of its first --rows_same
-rows (same row bucket: no new program) and of --rows_other rows (another bucket), and the
-same four with the cache off. Then, in one process, `moejax.fit` on the same tables: the
-first fit compiles, the later ones reuse what their bucket compiled. Writes
-bench_compile.json to --output_dir and prints a table.
+1. The command line as a user runs it, each run a fresh process: a bare
+   `python -c "import jax; jax.jit(lambda a: a + 1)(1.0)"` process first (the unit of the
+   goals), then `python -m moejax fit` (k = --experts) on the airfoil table with an empty
+   compilation cache, again (the cache warm), on tables of 999 and 1250 of its rows, and with
+   k = --experts - 1; then the first run again with the cache off.
+2. In this process (no persistent cache), counted with `jax.monitoring` (a public listener on
+   JAX's compile events): the XLA programs and compile seconds of a first `moejax.fit` on
+   airfoil, of a second fit on 1000 rows (another row bucket), of a fit on 1400 rows (the first
+   fit's bucket), of `num_experts="auto"` over k = 1..4, and of `recover` on n = 4999 and
+   n = 3000.
+3. With --many > 0: that many fits of 900..1299 rows (k = 2, 50 refinement iterations) in
+   this process, the programs compiled and the resident memory after each tenth.
+
+Writes bench_compile.json to --output_dir and prints the tables.
 """
 
 import json
@@ -24,63 +31,139 @@ import numpy as np
 
 import moejax as mj
 
-_EXPERTS = flags.DEFINE_integer("experts", 2, "Number of experts.")
-_SAME = flags.DEFINE_integer("rows_same", 1400, "Rows of a table in the full table's bucket.")
-_OTHER = flags.DEFINE_integer("rows_other", 1000, "Rows of a table in another bucket.")
+_EXPERTS = flags.DEFINE_integer("experts", 3, "Number of experts of the command-line fits.")
+_MANY = flags.DEFINE_integer("many", 100, "Fits of 900..1299 rows in one process (0: none).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
+_TAG = flags.DEFINE_string("tag", "", "Suffix of the output file (e.g. 'before').")
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
-def _write_table(path, x, y, names):
-    np.savetxt(path, np.c_[x, y], delimiter=",", header=",".join(names), comments="",
-               fmt="%.10g")
+class _Compiles:
+    """Counts XLA compilations and their seconds through jax.monitoring."""
+
+    def __init__(self):
+        self.count, self.seconds = 0, 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **kwargs):
+        if event == _COMPILE_EVENT:
+            self.count += 1
+            self.seconds += duration
+
+    def measure(self, fn):
+        count, seconds, tic = self.count, self.seconds, time.perf_counter()
+        jax.block_until_ready(fn())
+        return dict(programs=self.count - count, compile_s=self.seconds - seconds,
+                    wall_s=time.perf_counter() - tic)
 
 
-def _cli_fit(table, model, cache):
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _timed(args) -> float:
     tic = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "moejax", "fit", f"--data={table}",
-                          "--target=y", f"--experts={_EXPERTS.value}", f"--out={model}",
-                          f"--cache_dir={cache}"], capture_output=True, text=True)
-    seconds = time.perf_counter() - tic
+    out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr)
-    return seconds
+    return time.perf_counter() - tic
+
+
+def _command_line(x, y) -> list[dict]:
+    names = [f"x{i + 1}" for i in range(x.shape[1])] + ["y"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        def table(n):
+            path = os.path.join(tmp, f"t{n}.csv")
+            np.savetxt(path, np.c_[x[:n], y[:n]], delimiter=",", header=",".join(names),
+                       comments="", fmt="%.10g")
+            return path
+
+        def cli(n, k, cache):
+            return _timed([sys.executable, "-m", "moejax", "fit", f"--data={table(n)}",
+                           "--target=y", f"--experts={k}", f"--out={tmp}/m.npz",
+                           f"--cache_dir={cache}"])
+
+        bare = _timed([sys.executable, "-c", "import jax; jax.jit(lambda a: a + 1)(1.0)"])
+        rows.append(dict(run="bare jax process", seconds=bare))
+        cache, k, n = os.path.join(tmp, "cache"), _EXPERTS.value, len(y)
+        for label, rows_, k_, cache_ in [
+                (f"fit k={k}, {n} rows, empty cache", n, k, cache),
+                (f"fit k={k}, {n} rows, warm cache", n, k, cache),
+                (f"fit k={k}, 999 rows, warm cache", 999, k, cache),
+                (f"fit k={k}, 1250 rows, warm cache", 1250, k, cache),
+                (f"fit k={k - 1}, {n} rows, after k={k}", n, k - 1, cache),
+                (f"fit k={k}, {n} rows, no cache", n, k, "")]:
+            rows.append(dict(run=label, seconds=cli(rows_, k_, cache_)))
+        for r in rows:
+            r["ratio_to_bare"] = r["seconds"] / bare
+            print(f"command line: {r['run']}: {r['seconds']:.1f} s "
+                  f"({r['ratio_to_bare']:.1f}x bare jax)", flush=True)
+    return rows
 
 
 def main(argv):
     del argv
     data = mj.datasets.load_airfoil()
     x, y = np.asarray(data.features), np.asarray(data.target)
-    names = [f"x{i + 1}" for i in range(x.shape[1])] + ["y"]
-    sizes = [("airfoil", len(y)), ("airfoil again", len(y)),
-             (f"first {_SAME.value} rows", _SAME.value),
-             (f"first {_OTHER.value} rows", _OTHER.value)]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for cached in (True, False):
-            cache = os.path.join(tmp, "cache") if cached else ""
-            for label, n in sizes:
-                table = os.path.join(tmp, f"t{n}.csv")
-                _write_table(table, x[:n], y[:n], names)
-                seconds = _cli_fit(table, os.path.join(tmp, "m.npz"), cache)
-                rows.append(dict(how="command line, cache " + ("on" if cached else "off"),
-                                 table=label, n=n, bucket=mj.sums.bucket_size(n),
-                                 seconds=seconds))
-                print(f"{rows[-1]['how']}: {label} ({n} rows) {seconds:.1f} s", flush=True)
-    for label, n in sizes:
-        tic = time.perf_counter()
-        jax.block_until_ready(mj.fit(jax.random.key(0), x[:n], y[:n],
-                                     num_experts=_EXPERTS.value))
-        rows.append(dict(how="moejax.fit in one process", table=label, n=n,
-                         bucket=mj.sums.bucket_size(n), seconds=time.perf_counter() - tic))
-        print(f"{rows[-1]['how']}: {label} ({n} rows) {rows[-1]['seconds']:.2f} s", flush=True)
+    cli_rows = _command_line(x, y)
+
+    compiles = _Compiles()
+    key = jax.random.key(0)
+    rng = np.random.default_rng(0)
+    xr = rng.normal(size=(4999, 6))
+    yr = np.tanh(xr[:, 0]) + 0.1 * rng.normal(size=4999)
+    steps = [
+        ("first fit, airfoil (1503 rows)", lambda: mj.fit(key, x, y, num_experts=3).params),
+        ("second fit, 1000 rows (another bucket)",
+         lambda: mj.fit(key, x[:1000], y[:1000], num_experts=3).params),
+        ("fit on 1400 rows (the first fit's bucket)",
+         lambda: mj.fit(key, x[:1400], y[:1400], num_experts=3).params),
+        ("num_experts='auto', k = 1..4, 1503 rows",
+         lambda: mj.fit(key, x, y, num_experts="auto").params),
+        ("recover, n = 4999, d = 6, k = 2",
+         lambda: mj.recover(key, xr, yr, num_experts=2)[0].experts),
+        ("recover, n = 3000",
+         lambda: mj.recover(key, xr[:3000], yr[:3000], num_experts=2)[0].experts),
+    ]
+    process_rows = []
+    for label, fn in steps:
+        process_rows.append(dict(step=label, **compiles.measure(fn)))
+        r = process_rows[-1]
+        print(f"in one process: {label}: {r['programs']} programs, {r['compile_s']:.1f} s "
+              f"compiling, {r['wall_s']:.2f} s", flush=True)
+
+    many_rows = []
+    if _MANY.value:
+        sizes = 900 + np.random.default_rng(1).permutation(400)[:_MANY.value]
+        start = compiles.count
+        for i, n in enumerate(sizes):
+            mj.fit(jax.random.key(i), x[:n], y[:n], num_experts=2, refine_iters=50)
+            if (i + 1) % 10 == 0:
+                many_rows.append(dict(fits=i + 1, programs=compiles.count - start,
+                                      rss_mb=_rss_mb()))
+                print(f"{i + 1} fits of 900..1299 rows: {many_rows[-1]['programs']} programs, "
+                      f"resident {many_rows[-1]['rss_mb']:.0f} MB", flush=True)
+
     os.makedirs(_OUT.value, exist_ok=True)
-    path = os.path.join(_OUT.value, "bench_compile.json")
+    name = "bench_compile" + (f"_{_TAG.value}" if _TAG.value else "") + ".json"
+    path = os.path.join(_OUT.value, name)
     with open(path, "w") as f:
-        json.dump(dict(experts=_EXPERTS.value, jax=jax.__version__,
-                       device=str(jax.devices()[0].device_kind), rows=rows), f, indent=1)
-    print("\n| run | table | rows (bucket) | seconds |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['how']} | {r['table']} | {r['n']} ({r['bucket']}) | {r['seconds']:.2f} |")
+        json.dump(dict(experts=_EXPERTS.value, jax=jax.__version__, moejax=mj.__version__,
+                       device=str(jax.devices()[0].device_kind), command_line=cli_rows,
+                       one_process=process_rows, many_fits=many_rows), f, indent=1)
+    print("\n| command line | seconds | x bare jax |\n|---|---|---|")
+    for r in cli_rows:
+        print(f"| {r['run']} | {r['seconds']:.1f} | {r['ratio_to_bare']:.1f} |")
+    print("\n| in one process | programs | compiling (s) | wall (s) |\n|---|---|---|---|")
+    for r in process_rows:
+        print(f"| {r['step']} | {r['programs']} | {r['compile_s']:.1f} | {r['wall_s']:.2f} |")
+    if many_rows:
+        print("\n| fits of 900..1299 rows | programs | resident MB |\n|---|---|---|")
+        for r in many_rows:
+            print(f"| {r['fits']} | {r['programs']} | {r['rss_mb']:.0f} |")
     print(f"wrote {path}")
 
 

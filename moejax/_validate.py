@@ -43,7 +43,8 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
                          " to use it here.")
     if isinstance(a, (str, bytes)):
         raise ValueError(f"{name} must be an array of real numbers, got a string {a!r:.40}.")
-    if not isinstance(a, jax.Array):
+    host = not isinstance(a, jax.Array)
+    if host:
         try:
             a = np.asarray(a)
         except ValueError as e:  # ragged nested lists
@@ -51,9 +52,13 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
     target = compute_dtype(a.dtype)
     if target is None:
         raise ValueError(f"{name} must hold real numbers (float or integer), got dtype {a.dtype}.")
+    if host:
+        # Host data stay NumPy until a compiled program takes them, in the float type JAX
+        # would use: checking and padding a table of a new size then compiles nothing.
+        return np.asarray(a, jax.dtypes.canonicalize_dtype(target))
     if target != a.dtype:  # integers (counts, codes) and half precision: see compute_dtype
         return jnp.asarray(a, target)
-    return jnp.asarray(a)
+    return a
 
 
 @jax.jit
@@ -64,11 +69,20 @@ def _all_finite(a: jax.Array) -> jax.Array:
     return jnp.isfinite(jnp.sum(a * 0))
 
 
+def _host_nonfinite(a: np.ndarray) -> int:
+    """The number of NaN and infinite entries of a host array, counted in blocks of rows (no
+    temporary the size of a large table)."""
+    rows = a.reshape(a.shape[0] if a.ndim else 1, -1)
+    step = max(1, 2**20 // max(rows.shape[1], 1))
+    return sum(int(block.size - np.count_nonzero(np.isfinite(block)))
+               for block in (rows[i:i + step] for i in range(0, rows.shape[0], step)))
+
+
 @_eagerly
 def _finite(a: jax.Array, name: str) -> None:
     # No host copy or (n, d) temporary, and it works on sharded arrays.
-    if isinstance(a, Streamed):
-        bad = a.stats().nonfinite
+    if isinstance(a, (Streamed, np.ndarray)):
+        bad = a.stats().nonfinite if isinstance(a, Streamed) else _host_nonfinite(a)
         if bad:
             raise ValueError(f"{name} contains {bad} NaN or infinite value(s).")
     elif _concrete(a) and not bool(_all_finite(a)):
@@ -218,7 +232,8 @@ def row_weights(weights, n: int):
 
 @_eagerly
 def _valid_weights(weights: jax.Array) -> bool:
-    return bool(jnp.all(weights >= 0)) and float(jnp.sum(weights)) > 0
+    ops = np if isinstance(weights, np.ndarray) else jnp
+    return bool(ops.all(weights >= 0)) and float(ops.sum(weights)) > 0
 
 
 def min_samples(dim: int) -> int:
@@ -255,6 +270,8 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = Fa
 def _constant(y) -> jax.Array:
     if isinstance(y, Streamed):
         return y.stats().min == y.stats().max
+    if isinstance(y, np.ndarray):
+        return np.max(y) == np.min(y)
     return _same(y)
 
 
@@ -292,7 +309,11 @@ def matrix(a, name: str, *, cols: int, rows: int | None = None) -> jax.Array:
 
 
 def _max_abs(a) -> float:
-    return a.stats().max_abs if isinstance(a, Streamed) else float(_max_abs_jit(a))
+    if isinstance(a, Streamed):
+        return a.stats().max_abs
+    if isinstance(a, np.ndarray):  # no |a| temporary
+        return float(max(np.max(a), -np.min(a))) if a.size else 0.0
+    return float(_max_abs_jit(a))
 
 
 @_eagerly

@@ -56,6 +56,11 @@ class FittedMoE:
     their last column the intercepts, and params.noise_std (a scalar, or (k,) with one sigma per
     expert) is in standardised target units.
 
+    The per-row methods (predict, log_density, posteriors, ...) run on the host's side of the
+    boundary: NumPy rows (and lists, DataFrames) are padded to a row bucket, so that a new row
+    count compiles nothing, and the results come back as NumPy arrays; JAX arrays give JAX
+    arrays, and the methods can be traced (jit, vmap) with them.
+
     Attributes:
       params: MoEParams on the standardised scale; params.nonlinearity is the experts' g
         (also `FittedMoE.nonlinearity`), a name.
@@ -118,8 +123,7 @@ class FittedMoE:
         Raises:
           ValueError: for x that is not a finite (n, d) array.
         """
-        x = _validate.features(x, dim=self.dim)
-        return _predict(self.params, self.standardizer, x)
+        return _on_rows(self, _predict, self._checked(x))
 
     def log_likelihood(self, x, y) -> jax.Array:
         """Mean log-density of y given x, (1/n) sum_n log p(y_n | x_n), in the target's
@@ -134,12 +138,11 @@ class FittedMoE:
         Raises:
           ValueError: for malformed or non-finite x or y, or shapes that do not match.
         """
-        x, y = _validate.data(x, y, dim=self.dim)
-        return _log_likelihood(self.params, self.standardizer, x, y)
+        return _on_rows(self, _log_likelihood, *self._checked(x, y), reduce=True)
 
     def mixing_weights(self, x) -> jax.Array:
         """Mean gate probabilities (1/n) sum_n softmax(W z_n): (k,), for x: (n, d)."""
-        return jnp.mean(jax.nn.softmax(self.design(x) @ self.params.gating.T, axis=-1), axis=0)
+        return _on_rows(self, _mixing_weights, self._checked(x), reduce=True)
 
     def _checked(self, x, y=None):
         if y is None:
@@ -149,27 +152,27 @@ class FittedMoE:
     def gate_probabilities(self, x) -> jax.Array:
         """P(z = i | x) = softmax(W z)_i for each row: (n, k), for x: (n, d) in the data's
         units. Raises ValueError for x that is not a finite (n, d) array."""
-        return _gate_probabilities(self.params, self.standardizer, self._checked(x))
+        return _on_rows(self, _gate_probabilities, self._checked(x))
 
     def posteriors(self, x, y) -> jax.Array:
         """P(z = i | x, y) for each row: (n, k), rows summing to 1 (flexmix's `posterior`).
         Raises ValueError for malformed x or y."""
-        return _posteriors(self.params, self.standardizer, *self._checked(x, y))
+        return _on_rows(self, _posteriors, *self._checked(x, y))
 
     def clusters(self, x, y) -> jax.Array:
         """The most probable expert of each row given x and y: (n,) in 0..k-1 (flexmix's
         `clusters`, 0-based)."""
-        return jnp.argmax(self.posteriors(x, y), axis=-1)
+        return _on_rows(self, _clusters, *self._checked(x, y))
 
     def log_density(self, x, y) -> jax.Array:
         """log p(y_n | x_n) for each row: (n,), a density per unit of y (its mean is
         `log_likelihood`)."""
-        return _log_density(self.params, self.standardizer, *self._checked(x, y))
+        return _on_rows(self, _log_density, *self._checked(x, y))
 
     def predict_variance(self, x) -> jax.Array:
         """Var[y | x] for each row: (n,), in squared target units: the noise of each expert
         plus the spread of the experts' means around `predict(x)`."""
-        return _predict_variance(self.params, self.standardizer, self._checked(x))
+        return _on_rows(self, _predict_variance, self._checked(x))
 
     def predict_interval(self, x, level: float = 0.9):
         """The central `level` predictive interval of y given each row of x: (lower (n,),
@@ -179,13 +182,13 @@ class FittedMoE:
         level = _validate.positive(level, "level")
         if not 0 < float(level) < 1:
             raise ValueError(f"level must be in (0, 1), got {level!r}.")
-        probs = jnp.asarray([(1 - float(level)) / 2, (1 + float(level)) / 2])
-        q = _quantiles(self.params, self.standardizer, self._checked(x), probs)
-        return q[:, 0], q[:, 1]
+        probs = np.asarray([(1 - float(level)) / 2, (1 + float(level)) / 2],
+                           self.params.experts.dtype)
+        return _on_rows(self, functools.partial(_interval, probs=probs), self._checked(x))
 
     def sample(self, key: jax.Array, x) -> jax.Array:
         """One draw of y from the fitted model for each row of x: (n,) in target units."""
-        return _sample(key, self.params, self.standardizer, self._checked(x))
+        return _on_rows(self, functools.partial(_sample, key=key), self._checked(x))
 
     def _stats(self) -> "inference.Inference":
         if self.inference is None:
@@ -295,29 +298,43 @@ def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
     return jnp.concatenate([xs, jnp.ones_like(xs[:, :1])], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("rows", "nonlinearity"))
-def _prepare(std, x, y, rows, nonlinearity):
-    """fit's inputs in one program per table shape: standardised x and y, the design matrix
-    [x_std, 1], all padded to `rows` rows, the row weights, sigma's moment estimate, and
-    max(|x_std| sqrt(d), |y_std|) for the overflow check."""
-    xs = preprocessing._transform_features(std, x)
-    ys = preprocessing._transform_target(std, y)
-    sigma0 = _initial_noise_std(ys, nonlinearity)
-    top = jnp.maximum(jnp.max(jnp.abs(xs)) * jnp.sqrt(xs.shape[1]), jnp.max(jnp.abs(ys)))
-    xs, ys, z, weights = sums.pad_rows(rows, xs, ys, design_matrix(std, x))
-    return xs, ys, z, weights, sigma0, top
+def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):
+    """fn(params, standardizer, *arrays) for a method of `model` on checked rows. Host
+    (NumPy) rows are padded with zero rows to their row bucket and the outputs cut back to n
+    rows on the host, as NumPy arrays, so that a new row count compiles nothing (even moving
+    an array of a new shape to the device compiles a program); with `reduce`, fn also takes
+    the row weights (0 on padding) and returns a weighted mean. JAX arrays (on a device, or
+    traced) go as they are, and give JAX arrays."""
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return fn(model.params, model.standardizer, *arrays)
+    n = arrays[0].shape[0]
+    *padded, weights = sums.pad_rows(sums.bucket_size(n), *arrays)
+    if reduce:
+        return fn(model.params, model.standardizer, *padded, weights)
+    out = fn(model.params, model.standardizer, *padded)
+    return jax.tree.map(lambda v: np.asarray(v)[:n], out)
 
 
-# One compiled program per table shape for each method (rather than one per operation).
+# One compiled program per row bucket for each method (rather than one per operation).
 @jax.jit
 def _predict(params, standardizer, x):
     pred = model._predict(params, design_matrix(standardizer, x))
     return preprocessing.inverse_target(standardizer, pred)
 
 
+def _mean(values, weights):
+    return jnp.mean(values, axis=0) if weights is None else (
+        jnp.tensordot(weights, values, axes=1) / jnp.sum(weights))
+
+
 @jax.jit
-def _log_likelihood(params, standardizer, x, y):
-    return jnp.mean(_log_density(params, standardizer, x, y))
+def _log_likelihood(params, standardizer, x, y, weights=None):
+    return _mean(_log_density(params, standardizer, x, y), weights)
+
+
+@jax.jit
+def _mixing_weights(params, standardizer, x, weights=None):
+    return _mean(_gate_probabilities(params, standardizer, x), weights)
 
 
 @jax.jit
@@ -329,6 +346,11 @@ def _gate_probabilities(params, standardizer, x):
 def _posteriors(params, standardizer, x, y):
     y_std = preprocessing._transform_target(standardizer, y)
     return predictive.posteriors(params, design_matrix(standardizer, x), y_std)
+
+
+@jax.jit
+def _clusters(params, standardizer, x, y):
+    return jnp.argmax(_posteriors(params, standardizer, x, y), axis=-1)
 
 
 @jax.jit
@@ -345,13 +367,14 @@ def _predict_variance(params, standardizer, x):
 
 
 @jax.jit
-def _quantiles(params, standardizer, x, probs):
+def _interval(params, standardizer, x, probs):
     q = predictive.quantiles(params, design_matrix(standardizer, x), probs)
-    return preprocessing.inverse_target(standardizer, q)
+    q = preprocessing.inverse_target(standardizer, q)
+    return q[:, 0], q[:, 1]
 
 
 @jax.jit
-def _sample(key, params, standardizer, x):
+def _sample(params, standardizer, x, key):
     draws = predictive.sample(key, params, design_matrix(standardizer, x))
     return preprocessing.inverse_target(standardizer, draws)
 
@@ -540,10 +563,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
 
 
 def _training_statistics(model: "FittedMoE", x, y) -> Inference:
-    """The model's `Inference` on its checked training data, on the same padded rows as the
-    fit (one compiled program per row bucket)."""
-    _, ys, z, weights, _, _ = _prepare(model.standardizer, x, y, sums.bucket_size(x.shape[0]),
-                                       model.nonlinearity)
+    """The model's `Inference` on its checked training data, padded to the fit's row bucket
+    (one compiled program per bucket)."""
+    xs, ys = _standardised(model.standardizer, x, y)
+    z = np.concatenate([xs, np.ones_like(xs[:, :1])], axis=1)
+    z, ys, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), z, ys)
     return inference.statistics(model.params, z, ys, weights, model.standardizer.y_scale,
                                 model.noise_learned)
 
@@ -563,62 +587,102 @@ def _names(feature_names, target_name, dim: int) -> dict:
 
 
 def _fit(key, x, y, config: FitConfig, names: dict, progress) -> FittedMoE:
-    """`fit` for one k on checked data (x, y) with checked settings."""
-    num_experts, nonlinearity = config.num_experts, config.nonlinearity
-    learn = config.noise_std is None
-    if not learn:
-        noise_std = _validate.noise_levels(config.noise_std, num_experts).astype(x.dtype)
+    """`fit` for one k on checked host data (x, y) with checked settings: the standardisation
+    and the padding to the row bucket on the host, stages 2-4 in one compiled program
+    (`_fit_program`), then the checks of what it reports."""
+    num_experts, learn = config.num_experts, config.noise_std is None
+    noise_std = None if learn else _validate.noise_levels(config.noise_std,
+                                                          num_experts).astype(x.dtype)
     progress(f"standardising {x.shape[0]} rows x {x.shape[1]} features")
     std = preprocessing._fit_standardizer(x, y, whiten=config.whiten)
-    rows = sums.bucket_size(x.shape[0])
-    xs, ys, z, weights, sigma0, top = _prepare(std, x, y, rows, nonlinearity)
-    if float(top) > _validate.scale_limit(x.shape[0], xs.dtype, power=3):
-        _validate.scales(xs[:x.shape[0]], ys[:x.shape[0]], power=3)  # raises, naming x or y
-    sigma = sigma0 if learn else noise_std / std.y_scale
-    _validate.noise_scale(sigma, xs.dtype, estimated=learn)
-    layout = sums.layout_of(xs, config.chunk_size)
+    xp, yp, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), x, y)
+    progress(f"moment stage ({num_experts} experts), gating EM ({config.num_gating_inits} "
+             f"starts, at most {config.num_em_iters} iterations)"
+             + (f", joint-EM refinement (the moment start and {config.num_random_starts} "
+                f"random starts, at most {config.refine_iters} iterations each)"
+                if config.refine_iters else ""))
+    params, report, checks = _fit_program(
+        key, xp, yp, weights, std, noise_std, jnp.asarray(config.tol, x.dtype),
+        _Stages(**{name: getattr(config, name) for name in _Stages._fields}),
+        sums.Layout(config.chunk_size))
+    top, sigma, gating_finite, refine_finite = jax.device_get(checks)
+    if top > _validate.scale_limit(x.shape[0], x.dtype, power=3):
+        _validate.scales(*_standardised(std, x, y), power=3)  # raises, naming x or y
+    _validate.noise_scale(sigma, x.dtype, estimated=learn)
+    if not (gating_finite and refine_finite):
+        xs, ys = _standardised(std, x, y)
+        _validate.finite_result(gating_finite, xs, ys, noise_std=None if learn else sigma)
+        _validate.finite_result(refine_finite, xs, ys, what="fit's refinement")
+    return FittedMoE(params, std, report=report, noise_learned=learn, **names)
 
+
+def _standardised(std: Standardizer, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """The standardised (x, y) on the host, in float64."""
+    std = jax.tree.map(lambda v: np.asarray(v, np.float64), std)
+    return ((np.asarray(x, np.float64) - std.x_mean) @ std.x_map,
+            (np.asarray(y, np.float64) - std.y_mean) / std.y_scale)
+
+
+class _Stages(NamedTuple):
+    """The settings that shape `_fit_program`: static, so a new value compiles a new program
+    (the others, and sigma, the tolerance and the data's values, do not)."""
+
+    num_experts: int
+    nonlinearity: str
+    per_expert_noise: bool
+    num_restarts: int
+    num_gating_inits: int
+    num_em_iters: int
+    refine_iters: int
+    num_random_starts: int
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layout"))
+def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, config: _Stages,
+                 layout: sums.Layout):
+    """Stages 2-4 of `fit` as one compiled program, for x: (rows, d) and y: (rows,) padded
+    with weight-0 rows (`weights`: (rows,), 1 on the data's rows) and standardised here.
+    noise_std: the given sigma in the target's units, or None to learn it. Returns the
+    parameters, the refinement's FitReport (None without refinement) and what the host
+    checks afterwards: (max(|x_std| sqrt(d), |y_std|) for the overflow check, sigma's start,
+    whether the gating EM and the refinement stayed finite)."""
+    k, g, learn = config.num_experts, config.nonlinearity, noise_std is None
+    real = weights > 0
+    xs = jnp.where(real[:, None], preprocessing._transform_features(std, x), 0.0)
+    ys = jnp.where(real, preprocessing._transform_target(std, y), 0.0)
+    z = jnp.concatenate([xs, real[:, None].astype(xs.dtype)], axis=1)  # padding rows all 0
+    top = jnp.maximum(jnp.max(jnp.abs(xs)) * jnp.sqrt(xs.shape[1]), jnp.max(jnp.abs(ys)))
+    sigma = (_initial_noise_std(ys, g, weights) if learn else noise_std / std.y_scale)
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
-    progress(f"moment stage: {num_experts} experts")
     # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
-    est = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))),
-                           num_experts, nonlinearity, config.num_restarts, 100, None, layout,
-                           weights)
-    experts = est.experts
-    progress(f"gating EM: {config.num_gating_inits} starts, at most {config.num_em_iters} "
-             "iterations")
-    w, info = gating._fit_gating(key_gating, xs, ys, experts, sigma, nonlinearity,
+    est = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))), k, g,
+                           config.num_restarts, 100, None, layout, weights)
+    w, info = gating._fit_gating(key_gating, xs, ys, est.experts, sigma, g,
                                  config.num_gating_inits, config.num_em_iters, 1.0, learn,
                                  layout, weights=weights)
-    _validate.finite_result(info.finite, xs, ys, noise_std=None if learn else sigma)
-    pad = jnp.zeros((num_experts, 1), xs.dtype)
-    sigma = info.noise_std
+    pad = jnp.zeros((k, 1), xs.dtype)
+    start_sigma = info.noise_std
     if learn and config.per_expert_noise:
-        sigma = jnp.broadcast_to(sigma, (num_experts,))
-    params = MoEParams(jnp.concatenate([experts, pad], 1), jnp.concatenate([w, pad], 1), sigma,
-                       nonlinearity)
-    report = None
+        start_sigma = jnp.broadcast_to(start_sigma, (k,))
+    params = MoEParams(jnp.concatenate([est.experts, pad], 1), jnp.concatenate([w, pad], 1),
+                       start_sigma, g)
+    report, refine_finite = None, jnp.asarray(True)
     if config.refine_iters:
-        progress(f"joint-EM refinement: the moment start and {config.num_random_starts} random "
-                 f"starts, at most {config.refine_iters} iterations each")
-        randoms = jax.vmap(lambda k: random_init(k, z.shape[1], num_experts, sigma, z.dtype,
-                                                 nonlinearity=nonlinearity))(
+        randoms = jax.vmap(lambda key: random_init(key, z.shape[1], k, start_sigma, z.dtype,
+                                                   nonlinearity=g))(
             jax.random.split(key_starts, config.num_random_starts))
-        starts = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), params,
-                                        randoms)
-        params, report, finite = _refine_starts(starts, z, ys, config.refine_iters,
-                                                jnp.asarray(config.tol, z.dtype), learn, weights,
-                                                sums.layout_of(z, config.chunk_size))
-        _validate.finite_result(finite, z, ys, what="fit's refinement")
-    return FittedMoE(params, std, report=report, noise_learned=learn, **names)
+        starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
+        params, report, refine_finite = _refine_starts(starts, z, ys, config.refine_iters, tol,
+                                                       learn, weights, layout)
+    return params, report, (top, sigma, info.finite, refine_finite)
 
 
 def _least_squares(x, y, names: dict) -> FittedMoE:
     """Least squares with Gaussian noise as a one-expert FittedMoE (k = 1: the gate is constant),
     on the same standardised scale as `fit`'s models; x, y checked."""
     std = preprocessing._fit_standardizer(x, y)
-    z = np.asarray(design_matrix(std, x), np.float64)
-    ys = np.asarray(preprocessing._transform_target(std, y), np.float64)
+    xs, ys = _standardised(std, x, y)
+    z = np.concatenate([xs, np.ones_like(xs[:, :1])], axis=1)
     beta = np.linalg.lstsq(z, ys, rcond=None)[0]
     sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
     dtype = x.dtype
@@ -637,8 +701,8 @@ def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, name
 
     return selection.score(key, x, y, max_experts=max_experts, num_folds=num_folds,
                            nonlinearity=config.nonlinearity, fit_k=fit_k,
-                           log_likelihood=lambda m, x, y: _log_likelihood(m.params,
-                                                                          m.standardizer, x, y))
+                           log_likelihood=lambda m, x, y: _on_rows(m, _log_likelihood, x, y,
+                                                                   reduce=True))
 
 
 def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,

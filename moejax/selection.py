@@ -4,13 +4,14 @@ in by the caller: least squares for k = 1 and `moejax.fit` above, see
 spectrum of the second moment M2 as a fast first look (docs/algorithm.md section 2: its rank is
 k when the model holds). Knows nothing of how a model is fitted."""
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax import _validate, moments, preprocessing
+from moejax import _validate, moments, preprocessing, sums
 from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import transform_constants
 
@@ -71,13 +72,27 @@ def m2_spectrum(x, y, nonlinearity: str = "linear") -> np.ndarray:
 
 
 def _m2_spectrum(x, y, nonlinearity):
-    """`m2_spectrum` on checked data."""
+    """`m2_spectrum` on checked data; host rows are padded to their row bucket (one compiled
+    program per bucket)."""
     std = preprocessing._fit_standardizer(x, y)
+    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+        x, y, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), x, y)
+    else:
+        weights = None
+    m2 = _m2(std, x, y, weights, nonlinearity)
+    return np.sort(np.linalg.eigvalsh(np.asarray(m2, np.float64)))[::-1]
+
+
+@functools.partial(jax.jit, static_argnames="nonlinearity")
+def _m2(std, x, y, weights, nonlinearity):
+    """sign(c2) M2 on the standardised data; weights: None, or (n,) with 0 on padding rows."""
     xs = preprocessing._transform_features(std, x)
     ys = preprocessing._transform_target(std, y)
-    consts = transform_constants(nonlinearity, _initial_noise_std(ys, nonlinearity))
-    m2 = jnp.sign(consts.c2) * moments.second_moment(xs, ys, moments.t2_transform(consts))
-    return np.sort(np.linalg.eigvalsh(np.asarray(m2, np.float64)))[::-1]
+    if weights is not None:
+        xs, ys = xs * weights[:, None], ys * weights
+    consts = transform_constants(nonlinearity, _initial_noise_std(ys, nonlinearity, weights))
+    return jnp.sign(consts.c2) * moments.second_moment(xs, ys, moments.t2_transform(consts),
+                                                        weights=weights)
 
 
 def _one_standard_error(ks, cv) -> int:
@@ -118,7 +133,9 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
         raise ValueError(f"{n} rows are too few for {num_folds}-fold cross-validation with "
                          f"d = {d} features.")
     key_perm, key_fit = jax.random.split(key)
-    perm = np.asarray(jax.random.permutation(key_perm, n))
+    # Uniform draws for the row bucket, so that a new row count compiles nothing.
+    perm = np.argsort(np.asarray(jax.random.uniform(key_perm, (sums.bucket_size(n),)))[:n],
+                      kind="stable")
     size = n // max(num_folds, 1)
     folds = [perm[i * size:(i + 1) * size] for i in range(num_folds)]
     ks = np.arange(1, max_experts + 1)

@@ -71,7 +71,12 @@ def make_info(cls, info: FitInfo, index=None, **own):
 class _State(NamedTuple):
     x0: object  # accepted iterate
     x1: object  # F(x0)
+    x2: object  # F(x1), between the two passes of an accelerated iteration
+    xp: object  # the extrapolated point, likewise
     l0: jax.Array  # L(x0), (m,)
+    l1: jax.Array  # L(x1), (m,)
+    step: jax.Array  # the extrapolation's step, (m,)
+    phase: jax.Array  # what the next pass evaluates: 0 x0 (the start), 1 x1, 2 xp
     num_iters: jax.Array
     done: jax.Array
     converged: jax.Array
@@ -124,56 +129,78 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
       until every problem in the batch has stopped; a stopped problem's values do not
       change after it stops.
     """
-    first_leaf = jax.tree_util.tree_leaves(params)[0]
-    m = first_leaf.shape[0]
-    x1, l0 = em_map(params)
-    dtype = l0.dtype
-    state = _State(params, x1, l0, jnp.zeros((m,), jnp.int32), ~jnp.isfinite(l0),
-                   jnp.zeros((m,), bool), ~jnp.isfinite(l0), jnp.ones((m,), dtype),
+    m = jax.tree_util.tree_leaves(params)[0].shape[0]
+    # One evaluation of em_map per trip of the loop, whatever it evaluates (the start, F(x1)
+    # or the extrapolated point): XLA compiles em_map once, not three times.
+    _, l_shape = jax.eval_shape(em_map, params)
+    dtype = l_shape.dtype
+    vec = lambda value, kind=dtype: jnp.full((m,), value, kind)
+    state = _State(params, params, params, params, vec(jnp.nan), vec(jnp.nan), vec(1.0),
+                   jnp.asarray(0, jnp.int32), vec(0, jnp.int32), vec(False, bool),
+                   vec(False, bool), vec(False, bool), vec(1.0), jnp.asarray(0, jnp.int32),
                    jnp.asarray(0, jnp.int32),
-                   jnp.asarray(1, jnp.int32),
                    # One spare row: the body is traced even when max_iters is 0.
                    jnp.zeros((max_iters + 1, m), dtype))
 
     def cond(s):
-        return (s.count < max_iters) & ~jnp.all(s.done)
+        return (s.phase == 0) | ((s.count < max_iters) & ~jnp.all(s.done))
 
-    def body(s):
-        x2, l1 = em_map(s.x1)
-        passes = s.passes + 1
-        if accelerate:
-            r = jax.tree_util.tree_map(lambda a, b: b - a, s.x0, s.x1)
-            v = jax.tree_util.tree_map(lambda a, b, c: c - 2 * b + a, s.x0, s.x1, x2)
-            rr, vv = _sq_norms(r), _sq_norms(v)
-            ratio = jnp.sqrt(rr / jnp.where(vv > 0, vv, 1.0))
-            step = jnp.where(vv > 0, jnp.clip(ratio, 1.0, s.step_max), 1.0)
-            xp = jax.tree_util.tree_map(
-                lambda a, dr, dv: a + _scale(2 * step, a) * dr + _scale(step**2, a) * dv,
-                s.x0, r, v)
-            fp, lp = em_map(xp)
-            passes = passes + 1
-            accept = jnp.isfinite(lp) & (lp >= l1)
-            x0_new = _per_problem(accept, xp, s.x1)
-            x1_new = _per_problem(accept, fp, x2)
-            l0_new = jnp.where(accept, lp, l1)
-            at_max = step >= s.step_max
-            step_max = jnp.where(at_max & accept, 4.0 * s.step_max,
-                                 jnp.where(at_max & ~accept, jnp.maximum(1.0, s.step_max / 4.0),
-                                           s.step_max))
-        else:
-            x0_new, x1_new, l0_new, step_max = s.x1, x2, l1, s.step_max
+    def pick(phase, *trees):
+        """trees[phase] (phase traced)."""
+        return jax.tree_util.tree_map(
+            lambda *leaves: functools.reduce(
+                lambda acc, i: jnp.where(phase == i, leaves[i], acc),
+                range(1, len(leaves)), leaves[0]), *trees)
+
+    def start(s, out, lik):
+        bad = ~jnp.isfinite(lik)
+        return s._replace(x1=out, l0=lik, done=bad, broken=bad, phase=jnp.asarray(1, jnp.int32))
+
+    def finish(s, x0_new, x1_new, l0_new, step_max):
+        """The end of an iteration: the accepted iterate, the stopping rule, the trace."""
         broken = ~jnp.isfinite(l0_new)
         converged = ~broken & (l0_new - s.l0 <= tol * (1.0 + jnp.abs(s.l0)))
         live = ~s.done
         # A problem whose likelihood stops being finite keeps its last finite iterate.
         advance = live & ~broken
         trace = s.trace.at[s.count].set(jnp.where(live, s.l0, jnp.nan))
-        return _State(
-            _per_problem(advance, x0_new, s.x0), _per_problem(advance, x1_new, s.x1),
-            jnp.where(advance, l0_new, s.l0), s.num_iters + live.astype(jnp.int32),
-            s.done | converged | broken, s.converged | (live & converged),
-            s.broken | (live & broken),
-            jnp.where(live, step_max, s.step_max), s.count + 1, passes, trace)
+        return s._replace(
+            x0=_per_problem(advance, x0_new, s.x0), x1=_per_problem(advance, x1_new, s.x1),
+            l0=jnp.where(advance, l0_new, s.l0), num_iters=s.num_iters + live.astype(jnp.int32),
+            done=s.done | converged | broken, converged=s.converged | (live & converged),
+            broken=s.broken | (live & broken),
+            step_max=jnp.where(live, step_max, s.step_max), count=s.count + 1,
+            phase=jnp.asarray(1, jnp.int32), trace=trace)
+
+    def plain(s, x2, l1):
+        """After F(x1): the plain iteration ends; the accelerated one extrapolates."""
+        if not accelerate:
+            return finish(s, s.x1, x2, l1, s.step_max)
+        r = jax.tree_util.tree_map(lambda a, b: b - a, s.x0, s.x1)
+        v = jax.tree_util.tree_map(lambda a, b, c: c - 2 * b + a, s.x0, s.x1, x2)
+        rr, vv = _sq_norms(r), _sq_norms(v)
+        ratio = jnp.sqrt(rr / jnp.where(vv > 0, vv, 1.0))
+        step = jnp.where(vv > 0, jnp.clip(ratio, 1.0, s.step_max), 1.0)
+        xp = jax.tree_util.tree_map(
+            lambda a, dr, dv: a + _scale(2 * step, a) * dr + _scale(step**2, a) * dv,
+            s.x0, r, v)
+        return s._replace(x2=x2, xp=xp, l1=l1, step=step, phase=jnp.asarray(2, jnp.int32))
+
+    def extrapolated(s, fp, lp):
+        """After F(xp): keep xp if its likelihood is at least L(F(x1)), else F(x1)."""
+        accept = jnp.isfinite(lp) & (lp >= s.l1)
+        at_max = s.step >= s.step_max
+        step_max = jnp.where(at_max & accept, 4.0 * s.step_max,
+                             jnp.where(at_max & ~accept, jnp.maximum(1.0, s.step_max / 4.0),
+                                       s.step_max))
+        return finish(s, _per_problem(accept, s.xp, s.x1), _per_problem(accept, fp, s.x2),
+                      jnp.where(accept, lp, s.l1), step_max)
+
+    def body(s):
+        out, lik = em_map(pick(s.phase, s.x0, s.x1, s.xp))
+        s = s._replace(passes=s.passes + 1)
+        return jax.lax.switch(s.phase, [start, plain, extrapolated][:3 if accelerate else 2],
+                              s, out, lik)
 
     s = jax.lax.while_loop(cond, body, state)
     rows = jnp.arange(max_iters)[:, None]

@@ -98,7 +98,6 @@ class Streamed:
         self.dtype = _target_dtype(array.dtype if dtype is None else dtype)
         self._region = _file_region(array)
         self._lock = threading.Lock()
-        self._pool = None
         self._ahead = None  # (start, size, future) of the block read in the background
         self._stats = None
 
@@ -132,14 +131,26 @@ class Streamed:
             os.close(fd)
         return block.astype(self.dtype, copy=False)
 
+    def _read_in_background(self, start: int, size: int) -> concurrent.futures.Future:
+        """`_read_now` in a thread of its own that ends with the read: no thread outlives a
+        pass (a pool per wrapper would keep one for every wrapper ever made)."""
+        future = concurrent.futures.Future()
+
+        def work():
+            try:
+                future.set_result(self._read_now(start, size))
+            except BaseException as e:  # handed to the pass that waits for the block
+                future.set_exception(e)
+
+        threading.Thread(target=work, daemon=True).start()
+        return future
+
     def read(self, start: int, size: int) -> np.ndarray:
         """Rows start .. start + size as a (size, ...) array of `dtype`; starts reading the
         next block (start + size, or row 0 after the last one) in the background."""
         start, size = int(start), int(size)
         with self._lock:
             ahead, self._ahead = self._ahead, None
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(1)
         if ahead is not None and ahead[:2] == (start, size):
             block = ahead[2].result()
         else:
@@ -151,7 +162,7 @@ class Streamed:
             if self.read_ahead:
                 following = 0 if start + size >= n else min(start + size, n - size)
                 self._ahead = (following, size,
-                               self._pool.submit(self._read_now, following, size))
+                               self._read_in_background(following, size))
         return block
 
     def stats(self) -> Stats:

@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from moejax.streams import Streamed, read_blocks
@@ -110,20 +111,24 @@ def row_count(n: int, weights: jax.Array | None) -> jax.Array | int:
 
 
 def bucket_size(n: int) -> int:
-    """The padded row count for n rows: the smallest multiple of 8 that is at least n and of
-    the form m 2^e with m in 5..8 (at most 25% padding, or 7 rows). Tables whose row counts fall
-    in one bucket share one compiled program."""
-    e = max(int(n - 1).bit_length() - 3, 0)
-    m = -(-n // (1 << e))
-    return max(-(-(m << e) // 8) * 8, 8)
+    """The padded row count for n rows: the smallest of 8, 12, 16, 24, ..., 2^e, 1.5 2^e, ...
+    that is at least n (two buckets per doubling: at most 50% padding, about 20% on average
+    over row counts). Tables whose row counts fall in one bucket share every compiled
+    program of a fit; fewer, wider buckets trade a little work per pass for far fewer
+    compilations (docs/scale.md)."""
+    size = 8
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
 
 
-def pad_rows(n_to: int, *arrays: jax.Array) -> tuple[jax.Array, ...]:
-    """The arrays with zero rows appended up to n_to rows, and the (n_to,) weights: 1 on the
-    original rows, 0 on the padding."""
+def pad_rows(n_to: int, *arrays) -> tuple[np.ndarray, ...]:
+    """On the host: the NumPy arrays with zero rows appended up to n_to rows, and the (n_to,)
+    weights: 1 on the original rows, 0 on the padding (no compiled program per row count)."""
     n = arrays[0].shape[0]
-    padded = tuple(jnp.pad(a, [(0, n_to - n)] + [(0, 0)] * (a.ndim - 1)) for a in arrays)
-    weights = (jnp.arange(n_to) < n).astype(arrays[0].dtype)
+    padded = tuple(np.pad(np.asarray(a), [(0, n_to - n)] + [(0, 0)] * (np.ndim(a) - 1))
+                   for a in arrays)
+    weights = (np.arange(n_to) < n).astype(padded[0].dtype)
     return (*padded, weights)
 
 

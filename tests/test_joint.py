@@ -5,7 +5,7 @@ import pytest
 
 import moejax as mj
 from moejax import joint
-from conftest import NOISE_STD, NUM_EXPERTS, truth_and_data
+from conftest import NOISE_STD, NUM_EXPERTS, enable_x64, truth_and_data
 
 
 def weighted_least_squares(resp, x, y):
@@ -83,21 +83,27 @@ def test_refine_in_chunks_equals_one_block(small_problem, gating_step):
 
 
 def test_newton_gating_steps_reach_the_optimum_that_bohning_steps_stop_short_of():
-    # Airfoil, k = 2, from fit's moment start (docs/solvers.md): EM with Bohning gating steps
-    # stops on the tolerance after 454 iterations, 0.0015 per row below the optimum that the
-    # capped Newton steps reach in 133; both never lower the likelihood.
+    # Airfoil, k = 2, from fit's moment start (docs/solvers.md), in float64: EM with Bohning
+    # gating steps stops on the tolerance after 1377 iterations, 4.1e-4 per row below the
+    # optimum that the capped Newton steps reach in 127; both never lower the likelihood. (In
+    # float32, tol = 1e-8 is below the resolution of L ~ 0.84, so where a run stops on a
+    # plateau is decided by rounding: the comparison is made where the tolerance means it.)
     data = mj.datasets.load_airfoil()
-    x, y = data.features[:1200], data.target[:1200]
-    start = mj.fit(jax.random.key(0), x, y, num_experts=2, refine_iters=0)
-    z, ys = start.design(x), mj.transform_target(start.standardizer, y)
-    params = start.params._replace(noise_std=jnp.broadcast_to(start.params.noise_std, (2,)))
-    out = {step: mj.refine(params, z, ys, num_iters=3000, tol=1e-8, learn_noise_std=True,
-                           gating_step=step)[1] for step in ("bohning", "newton")}
+    with enable_x64(True):
+        x = np.asarray(data.features[:1200], np.float64)
+        y = np.asarray(data.target[:1200], np.float64)
+        start = mj.fit(jax.random.key(0), x, y, num_experts=2, refine_iters=0)
+        z, ys = start.design(x), mj.transform_target(start.standardizer, y)
+        params = start.params._replace(noise_std=jnp.broadcast_to(start.params.noise_std,
+                                                                  (2,)))
+        out = {step: mj.refine(params, z, ys, num_iters=3000, tol=1e-8, learn_noise_std=True,
+                               gating_step=step)[1] for step in ("bohning", "newton")}
+        out = jax.tree.map(np.asarray, out)
     for info in out.values():
-        trace = np.asarray(info.trace[:int(info.num_iters)])
+        trace = info.trace[:int(info.num_iters)]
         assert bool(info.converged)
-        assert np.all(np.diff(trace) >= -1e-6 * (1 + np.abs(trace[:-1])))
-    assert 2 * int(out["newton"].num_iters) < int(out["bohning"].num_iters)
-    assert float(out["newton"].log_likelihood) > float(out["bohning"].log_likelihood) + 5e-4
-    with pytest.raises(ValueError, match="gating_step must be"):
+        assert np.all(np.diff(trace) >= -1e-9 * (1 + np.abs(trace[:-1])))
+    assert 4 * int(out["newton"].num_iters) < int(out["bohning"].num_iters)
+    assert float(out["newton"].log_likelihood) > float(out["bohning"].log_likelihood) + 2e-4
+    with enable_x64(True), pytest.raises(ValueError, match="gating_step must be"):
         mj.refine(params, z, ys, gating_step="irls")
