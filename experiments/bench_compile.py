@@ -9,7 +9,7 @@ r"""What a user's first fit costs in compilation, and what the row buckets and t
    k = --experts - 1; then the first run again with the cache off.
 2. In this process (no persistent cache), counted with `jax.monitoring` (a public listener on
    JAX's compile events): the XLA programs and compile seconds of a first `moejax.fit` on
-   airfoil, of a second fit on 1000 rows (another row bucket), of a fit on 1400 rows (the first
+   airfoil, of the same fit again (warm), of a second fit on 1000 rows (another row bucket), of a fit on 1400 rows (the first
    fit's bucket), of `num_experts="auto"` over k = 1..4, and of `recover` on n = 4999 and
    n = 3000.
 3. With --many > 0: that many fits of 900..1299 rows (k = 2, 50 refinement iterations) in
@@ -117,6 +117,8 @@ def main(argv):
     yr = np.tanh(xr[:, 0]) + 0.1 * rng.normal(size=4999)
     steps = [
         ("first fit, airfoil (1503 rows)", lambda: mj.fit(key, x, y, num_experts=3).params),
+        ("the same fit again (warm: no compilation)",
+         lambda: mj.fit(key, x, y, num_experts=3).params),
         ("second fit, 1000 rows (another bucket)",
          lambda: mj.fit(key, x[:1000], y[:1000], num_experts=3).params),
         ("fit on 1400 rows (the first fit's bucket)",
