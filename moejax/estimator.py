@@ -493,9 +493,10 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     (`select_by="cv"`, six fits per k); `FittedMoE.selection` holds every k's scores and the
     M2 spectrum (`moejax.selection.select_num_experts` computes both criteria).
 
-    Compiled once per bucket of row counts: the data are padded with weight-0 rows to
-    `sums.bucket_size(n)` rows (at most 25% more), so that tables of the same width whose row
-    counts share a bucket reuse one compiled program; the weights make the padding exact.
+    Compiled once per bucket of row counts: the checks and the standardisation run on the
+    host, and the data are padded with weight-0 rows to `sums.bucket_size(n)` rows (at most
+    50% more), so that tables of the same width whose row counts share a bucket reuse one
+    compiled program for steps 2-4 (docs/scale.md); the weights make the padding exact.
 
     Args:
       key: PRNG key (the moment stage, the gating EM's and the random starts).
