@@ -10,8 +10,8 @@ r"""What a user's first fit costs in compilation, and what the row buckets and t
 2. In this process (no persistent cache), counted with `jax.monitoring` (a public listener on
    JAX's compile events): the XLA programs and compile seconds of a first `moejax.fit` on
    airfoil, of the same fit again (warm), of a second fit on 1000 rows (another row bucket),
-   of a fit on 1400 rows (the first fit's bucket), of `num_experts="auto"` over k = 1..4, and of `recover` on n = 4999 and
-   n = 3000.
+   of a fit on 1400 rows (the first fit's bucket), of `num_experts="auto"` over k = 1..4, and of
+   `recover` on n = 4999 and n = 3000.
 3. With --many > 0: that many fits of 900..1299 rows (k = 2, 50 refinement iterations) in
    this process, the programs compiled and the resident memory after each tenth.
 
