@@ -12,26 +12,40 @@ table or model.
 """
 
 import csv
+import functools
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
+import warnings
 
 from absl import app, flags
 import jax
 import numpy as np
 
 from moejax import _files, compilation, estimator, io
+from moejax._version import __version__
 from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import constant_columns
-from moejax.tables import read_table
+from moejax.tables import TableError, read_table
 
 COMMANDS = ("fit", "predict", "summary")
 
-_DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated).")
+_DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated; - "
+                            "reads standard input).")
 _TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
-_EXPERTS = flags.DEFINE_string("experts", None, "fit: number of experts k (2 <= k <= d), or "
-                               "'auto' to choose k in 1..min(4, d) by BIC (k = 1: least squares).")
+_EXPERTS = flags.DEFINE_string("experts", None, "fit: number of experts k (1 <= k <= d; 1 is "
+                               "least squares), or 'auto' to choose k in 1..min(--max_experts, d).")
+_MAX_EXPERTS = flags.DEFINE_integer("max_experts", 4, "fit: the largest k that --experts=auto "
+                                    "tries.")
+_SELECT_BY = flags.DEFINE_enum("select_by", "bic", ["bic", "cv"], "fit: how --experts=auto "
+                               "chooses k: BIC, or 5-fold cross-validated log-likelihood.")
+_STARTS = flags.DEFINE_integer("num_random_starts", 16, "fit: random starts of the refinement "
+                               "besides the moment start.")
+_CHUNK = flags.DEFINE_integer("chunk_size", None, "fit: rows per block of every pass over the "
+                              "data (bounds memory on large tables; default: all rows at once).")
 _NONLIN = flags.DEFINE_enum("nonlinearity", "linear", list(NONLINEARITIES),
                             "fit: the experts' non-linearity g.")
 _NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
@@ -48,7 +62,8 @@ _INTERVAL = flags.DEFINE_float("interval", None, "predict: also write the centra
 _POSTERIORS = flags.DEFINE_bool("posteriors", False, "predict: also write each row's gate "
                                 "probabilities p_1..p_k and, when the table holds the target, "
                                 "its posteriors q_1..q_k and cluster (1-based).")
-_OUT = flags.DEFINE_string("out", None, "fit: model file to write (.npz); predict: CSV to write.")
+_OUT = flags.DEFINE_string("out", None, "fit: model file to write (.npz); predict: CSV to write "
+                           "(- writes standard output, and the report goes to standard error).")
 _DELIM = flags.DEFINE_string("delimiter", None, "Column separator of --data (default: tab for "
                              ".tsv/.tab files, else comma).")
 _CACHE = flags.DEFINE_string(
@@ -79,7 +94,10 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def check_out(out: str, **inputs: str) -> None:
-    """Raises InputError, before any work, if `out` could not be written or names an input."""
+    """Raises InputError, before any work, if `out` could not be written or names an input;
+    "-" (standard output) passes."""
+    if out == "-":
+        return
     for flag, path in inputs.items():
         if path is not None and _same_file(out, path):
             raise InputError(f"--out {out!r} is the same file as --{flag}; writing it would "
@@ -110,10 +128,39 @@ def check_columns(x, names, y, target) -> None:
         raise InputError(f"the target column {target!r} is constant: there is nothing to fit.")
 
 
+def read_data():
+    """read_table of --data, or of standard input for --data=- (comma-separated unless
+    --delimiter says otherwise)."""
+    if _DATA.value != "-":
+        return read_table(_DATA.value, drop_missing=_DROP.value, delimiter=_DELIM.value)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "stdin.csv")
+        with open(path, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f)
+        try:
+            return read_table(path, drop_missing=_DROP.value, delimiter=_DELIM.value)
+        except TableError as e:
+            raise TableError(str(e).replace(repr(path), "standard input")) from None
+
+
+def _fit(x, y, k, feature_names):
+    """`estimator.fit` with the flags' settings."""
+    return estimator.fit(jax.random.key(_SEED.value), x, y, num_experts=k,
+                         nonlinearity=_NONLIN.value, noise_std=_NOISE.value,
+                         whiten=_WHITEN.value, refine_iters=_REFINE.value,
+                         per_expert_noise=_PER_EXPERT.value,
+                         num_random_starts=_STARTS.value, max_experts=_MAX_EXPERTS.value,
+                         select_by=_SELECT_BY.value, chunk_size=_CHUNK.value,
+                         feature_names=feature_names, target_name=_TARGET.value,
+                         progress=lambda m: print("  " + m, flush=True))
+
+
 def fit_command() -> None:
     _require(data=_DATA.value, target=_TARGET.value, experts=_EXPERTS.value, out=_OUT.value)
+    if _OUT.value == "-":
+        raise InputError("--out=-: a model is a binary .npz file; give a file name.")
     check_out(_OUT.value, data=_DATA.value)
-    table, names, _ = read_table(_DATA.value, drop_missing=_DROP.value, delimiter=_DELIM.value)
+    table, names, _ = read_data()
     if _TARGET.value not in names:
         raise InputError(f"--target: column {_TARGET.value!r} is not in {_DATA.value!r}; its "
                          f"columns are {names}.")
@@ -121,14 +168,19 @@ def fit_command() -> None:
     x, y = np.delete(table, t, axis=1), table[:, t]
     feature_names = tuple(n for n in names if n != _TARGET.value)
     n, d = x.shape
-    if d < 2:
-        raise InputError(f"{_DATA.value!r} has {d} feature column(s); an MoE needs at least 2.")
     k = _EXPERTS.value.strip()
     if k != "auto":
-        if not k.isdigit() or not 2 <= int(k) <= d:
-            raise InputError(f"--experts must be 'auto' or an integer between 2 and the number "
+        if not (k.isascii() and k.isdigit()) or not 1 <= int(k) <= d:
+            raise InputError(f"--experts must be 'auto' or an integer between 1 and the number "
                              f"of features d = {d}, got {k!r}.")
         k = int(k)
+    if d < 2 and k != 1:
+        raise InputError(f"{_DATA.value!r} has {d} feature column(s); a mixture needs at least 2 "
+                         "(--experts=1 fits least squares).")
+    for flag in (_MAX_EXPERTS, _STARTS) + ((_CHUNK,) if _CHUNK.value is not None else ()):
+        if flag.value < (0 if flag is _STARTS else 1):
+            raise InputError(f"--{flag.name} must be >= {0 if flag is _STARTS else 1}, got "
+                             f"{flag.value}.")
     if n < d + 2:
         raise InputError(f"{_DATA.value!r} has {n} usable rows; fitting {d} features needs at "
                          f"least d + 2 = {d + 2} (and far more for a useful fit).")
@@ -139,12 +191,11 @@ def fit_command() -> None:
         raise InputError(f"--refine_iters must be >= 0, got {_REFINE.value}.")
     print(f"fitting {k} {_NONLIN.value} experts to {n} rows, {d} features, target "
           f"{_TARGET.value!r}", flush=True)
-    model = estimator.fit(jax.random.key(_SEED.value), x, y, num_experts=k,
-                          nonlinearity=_NONLIN.value, noise_std=_NOISE.value,
-                          whiten=_WHITEN.value, refine_iters=_REFINE.value,
-                          per_expert_noise=_PER_EXPERT.value,
-                          feature_names=feature_names, target_name=_TARGET.value,
-                          progress=lambda m: print("  " + m, flush=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _fit(x, y, k, feature_names)
+    for w in caught:
+        sys.stderr.write(f"moejax fit: warning: {w.message}\n")
     mse = float(np.mean(np.square(np.asarray(model.predict(x)) - y)))
     nll = -float(model.log_likelihood(x, y))
     if not (math.isfinite(mse) and math.isfinite(nll)):
@@ -160,7 +211,8 @@ def fit_command() -> None:
               f"{state}; {int(np.sum(r.continued))} of {len(r.converged)} starts kept after "
               "screening")
     if model.selection is not None:
-        print(f"chose k = {model.num_experts} by BIC:")
+        print(f"chose k = {model.num_experts} by "
+              f"{'BIC' if _SELECT_BY.value == 'bic' else 'cross-validation'}:")
         print(model.selection.table())
     print(f"mixing weights: {weights}")
     print("noise sd: " + ", ".join(f"{v:.4g}" for v in np.atleast_1d(np.asarray(model.noise_std))))
@@ -189,8 +241,7 @@ def predict_command() -> None:
     if level is not None and not 0 < level < 1:
         raise InputError(f"--interval must be a level in (0, 1), e.g. 0.9; got {level}.")
     model = _load_model()
-    table, names, lines = read_table(_DATA.value, drop_missing=_DROP.value,
-                                     delimiter=_DELIM.value)
+    table, names, lines = read_data()
     wanted = model.feature_names or ()
     absent = [c for c in wanted if c not in names]
     if absent or len(wanted) != model.dim:
@@ -219,16 +270,23 @@ def predict_command() -> None:
             writer.writerow([int(line)] + [repr(float(c[i])) if c.dtype.kind == "f"
                                            else int(c[i]) for c in columns])
 
-    _files.atomic_write(_OUT.value, write)
-    print(f"wrote {len(lines)} predictions to {_OUT.value}")
+    if _OUT.value == "-":
+        write(sys.stdout)
+        sys.stdout.flush()
+        report = functools.partial(print, file=sys.stderr)  # standard output holds the table
+    else:
+        _files.atomic_write(_OUT.value, write)
+        report = print
+    report(f"wrote {len(lines)} predictions to "
+           + ("standard output" if _OUT.value == "-" else _OUT.value))
     if y is not None:
         pred = columns[0]
-        print(f"MSE against column {model.target_name!r}: "
+        report(f"MSE against column {model.target_name!r}: "
               f"{float(np.mean(np.square(pred - y))):.4g}; "
               f"NLL: {-float(model.log_likelihood(x, y)):.4f} per row")
         if level is not None:
             inside = np.mean((columns[1] <= y) & (y <= columns[2]))
-            print(f"{level:g} intervals: {100 * inside:.1f}% of rows inside, mean width "
+            report(f"{level:g} intervals: {100 * inside:.1f}% of rows inside, mean width "
                   f"{float(np.mean(columns[2] - columns[1])):.4g}")
 
 
@@ -259,5 +317,40 @@ def main(argv) -> None:
         sys.exit(1)
 
 
+# The flags each command reads (besides the shared table flags), for its --help.
+COMMAND_FLAGS = dict(
+    fit=["data", "target", "experts", "out", "nonlinearity", "noise_std", "per_expert_noise",
+         "refine_iters", "num_random_starts", "max_experts", "select_by", "chunk_size",
+         "whiten", "seed"],
+    predict=["model", "data", "out", "interval", "posteriors"],
+    summary=["model"])
+_TABLE_FLAGS = ["delimiter", "drop_missing", "cache_dir"]
+
+
+def usage(command: str | None) -> str:
+    """The help text: the commands, or one command's flags with their defaults."""
+    lines = ["\n\n".join(__doc__.strip().split("\n\n")[:2]), ""]
+    if command is None:
+        lines += [f"commands: {', '.join(COMMANDS)}; `python -m moejax COMMAND --help` lists "
+                  "a command's flags. --version prints the version."]
+        return "\n".join(lines) + "\n"
+    names = COMMAND_FLAGS[command] + (_TABLE_FLAGS if command != "summary" else [])
+    lines.append(f"python -m moejax {command} flags:")
+    for name in names:
+        flag = flags.FLAGS[name]
+        default = "" if flag.default is None else f" (default: {flag.default})"
+        lines.append(f"  --{name}: {flag.help}{default}")
+    return "\n".join(lines) + "\n"
+
+
 def run() -> None:
+    """The entry point: --help and --version answered before absl parses the flags (exit
+    status 0), then the command."""
+    args = sys.argv[1:]
+    if "--version" in args:
+        print(f"moejax {__version__}")
+        sys.exit(0)
+    if any(a in ("--help", "-h", "--helpshort", "--helpfull", "-?") for a in args):
+        sys.stdout.write(usage(next((a for a in args if a in COMMANDS), None)))
+        sys.exit(0)
     app.run(main)

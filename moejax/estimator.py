@@ -501,14 +501,16 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     Args:
       key: PRNG key (the moment stage, the gating EM's and the random starts).
       x: (n, d) features in any units; y: (n,) target.
-      num_experts: k in [2, d], or "auto".
+      num_experts: k in [2, d]; 1 for least squares (one linear expert, a constant gate,
+        sigma by maximum likelihood unless noise_std is given); or "auto".
       nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()` (so that the
         model can be saved).
       noise_std, per_expert_noise: as above.
       whiten: whiten x (True) or only standardise its columns.
       refine_iters, tol, num_random_starts: the refinement's cap, tolerance and extra starts.
       num_restarts, num_gating_inits, num_em_iters: the moment stage's and gating EM's.
-      feature_names, target_name: optional names, kept with the model.
+      feature_names, target_name: optional names, kept with the model; by default a
+        DataFrame x's columns and a Series y's name.
       max_experts, select_by: for num_experts="auto".
       chunk_size: None, or rows per block of every pass over the data (the moment stage, the
         gating EM and the refinement), so that temporaries do not grow with n.
@@ -542,6 +544,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
                        select_by=select_by, chunk_size=chunk_size,
                        standard_errors=standard_errors).checked()
     progress = progress or (lambda message: None)
+    # A DataFrame's columns and a Series' name, unless names are given (no pandas import).
+    if feature_names is None and not isinstance(x, np.ndarray):
+        feature_names = getattr(x, "columns", None)
+    if target_name is None and not isinstance(y, np.ndarray):
+        target_name = getattr(y, "name", None)
     if config.num_experts == "auto":
         x, y = _validate.data(x, y)
         names = _names(feature_names, target_name, x.shape[1])
@@ -552,6 +559,16 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         scores, models = _select(key, x, y, config, max_experts, folds, names)
         best = scores.best_cv if folds else scores.best_bic
         model = dataclasses.replace(models[best], selection=scores)
+        if best == max_experts and scores.at_largest():
+            warnings.warn(scores.at_largest(), stacklevel=2)
+    elif config.num_experts == 1:
+        x, y = _validate.data(x, y)
+        if x.shape[0] < x.shape[1] + 2:
+            raise ValueError(f"least squares (num_experts=1) needs at least d + 2 = "
+                             f"{x.shape[1] + 2} rows, got {x.shape[0]}.")
+        progress(f"least squares on {x.shape[0]} rows x {x.shape[1]} features")
+        model = _least_squares(x, y, _names(feature_names, target_name, x.shape[1]),
+                               config.noise_std)
     else:
         x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, 1.0,
                                        power=2)
@@ -678,18 +695,23 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, config: 
     return params, report, (top, sigma, info.finite, refine_finite)
 
 
-def _least_squares(x, y, names: dict) -> FittedMoE:
+def _least_squares(x, y, names: dict, noise_std=None) -> FittedMoE:
     """Least squares with Gaussian noise as a one-expert FittedMoE (k = 1: the gate is constant),
-    on the same standardised scale as `fit`'s models; x, y checked."""
+    on the same standardised scale as `fit`'s models; x, y checked. noise_std: sigma in the
+    target's units (fixed), or None for its maximum-likelihood estimate."""
     std = preprocessing._fit_standardizer(x, y)
     xs, ys = _standardised(std, x, y)
     z = np.concatenate([xs, np.ones_like(xs[:, :1])], axis=1)
     beta = np.linalg.lstsq(z, ys, rcond=None)[0]
-    sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
-    dtype = x.dtype
-    params = MoEParams(jnp.asarray(beta[None], dtype), jnp.zeros((1, z.shape[1]), dtype),
-                       jnp.asarray(sigma, dtype), "linear")
-    return FittedMoE(params, std, **names)
+    if noise_std is None:
+        sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
+    else:
+        sigma = np.asarray(_validate.noise_levels(noise_std, 1), np.float64).reshape(()) / float(
+            std.y_scale)
+    # Cast on the host (a cast on the device compiles a program per shape).
+    params = MoEParams(*(jnp.asarray(np.asarray(v, x.dtype)) for v in (
+        beta[None], np.zeros((1, z.shape[1])), sigma)), "linear")
+    return FittedMoE(params, std, noise_learned=noise_std is None, **names)
 
 
 def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, names: dict):

@@ -57,7 +57,21 @@ class KSelection(NamedTuple):
                   f"{self.cv_log_likelihood[i]:.4f} | {self.cv_std[i]:.4f}")
             rows.append(f"| {k}{marks} | {self.num_params[i]} | {self.log_likelihood[i]:.4f} | "
                         f"{self.bic[i]:.1f} | {cv} |")
+        if self.at_largest():
+            rows.append("\n" + self.at_largest())
         return "\n".join(rows)
+
+    def at_largest(self) -> str | None:
+        """A warning when a criterion chose the largest k tried and k could be larger (at
+        most d = len(m2_spectrum)): a larger k might score better still. Else None."""
+        largest = int(self.num_experts[-1])
+        chosen = [name for name, best in (("BIC", self.best_bic), ("cross-validation",
+                                                                   self.best_cv))
+                  if best == largest and 1 < largest < len(self.m2_spectrum)]
+        if not chosen:
+            return None
+        return (f"{' and '.join(chosen)} chose k = {largest}, the largest k tried: a larger k "
+                "may score better still (raise max_experts, at most d).")
 
 
 def m2_spectrum(x, y, nonlinearity: str = "linear") -> np.ndarray:

@@ -77,6 +77,10 @@ def test_predict_writes_predictions_in_column_order_of_model(workdir):
      "2 row(s) with empty, NaN or infinite cells, at lines 12, 13"),
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 3, ["--target=y", "--experts=2"], "has 3 usable rows"),
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 30, ["--target=y", "--experts=4"], "--experts must be"),
+    ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 30, ["--target=y", "--experts=\u00b2"],
+     "--experts must be"),
+    ("t.csv", "a,y\n" + "".join(f"{i},{i % 3}\n" for i in range(20)),
+     ["--target=y", "--experts=2"], "--experts must be 'auto' or an integer between 1 and"),
     ("t.csv", "", ["--target=y", "--experts=2"], "is empty"),
     ("t.csv", "a,b,y\n1,2\n", ["--target=y", "--experts=2"], "line 2 has 2 fields"),
     ("t.csv", "a;b;c;y\n" + "1;2;3;4\n" * 10, ["--target=y", "--experts=2"],
@@ -187,11 +191,44 @@ def test_a_model_saved_from_python_without_names_works_in_the_cli(workdir, tmp_p
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 21
 
 
-def test_help_lists_the_flags(tmp_path):
-    out = moejax("fit", "--help", cwd=tmp_path)  # absl's --help exits with status 1
-    for flag in ("--data", "--target", "--experts", "--out", "--delimiter", "--nonlinearity"):
+def test_help_lists_each_commands_flags_and_exits_0(tmp_path):
+    out = moejax("fit", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for flag in ("--data", "--target", "--experts", "--out", "--delimiter", "--nonlinearity",
+                 "--max_experts", "--select_by", "--num_random_starts", "--chunk_size"):
         assert flag in out.stdout, out.stdout
     assert "leaky_relu" in out.stdout
+    out = moejax("predict", "--help", cwd=tmp_path)
+    assert out.returncode == 0 and "--interval:" in out.stdout and "--target:" not in out.stdout
+    out = moejax("--help", cwd=tmp_path)
+    assert out.returncode == 0 and "fit, predict, summary" in out.stdout
+    out = moejax("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == f"moejax {mj.__version__}"
+
+
+def test_one_expert_from_standard_input_and_predictions_to_standard_output(workdir, tmp_path):
+    _, table, _, _ = workdir
+    rows = "\n".join(",".join(repr(float(v)) for v in r) for r in table[:300])
+    text = ",".join(HEADER) + "\n" + rows + "\n"
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", MOEJAX_CACHE_DIR="")
+    out = subprocess.run([sys.executable, "-m", "moejax", "fit", "--data=-", "--target=target",
+                          "--experts=1", "--out=ls.npz"], cwd=tmp_path, env=env, input=text,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "least squares" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "moejax", "predict", "--model=ls.npz",
+                          "--data=-", "--out=-"], cwd=tmp_path, env=env, input=text,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "line,predicted_target" and len(lines) == 301
+    assert "wrote 300 predictions to standard output" in out.stderr
+    # Least squares in the table's units: the predictions are numpy's lstsq fit.
+    design = np.c_[np.ones(300), table[:300, :-1]]
+    beta = np.linalg.lstsq(design, table[:300, -1], rcond=None)[0]
+    pred = np.array([float(line.split(",")[1]) for line in lines[1:]])
+    np.testing.assert_allclose(pred, design @ beta, rtol=1e-3, atol=1e-2)
+    assert set(os.listdir(tmp_path)) == {"ls.npz"}
 
 
 def test_experts_auto_prints_the_scores_and_writes_the_chosen_model(tmp_path):

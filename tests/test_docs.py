@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["model", "metrics", "baselines", "compilation", "datasets", "estimator", "gating", "io", "joint",
-           "moments", "nonlinearities", "preprocessing", "recover"]
+           "moments", "nonlinearities", "preprocessing", "recover", "sklearn"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -144,3 +144,36 @@ def test_fit_in_chunks_matches_one_block():
     assert float(got.log_likelihood(x, y)) == pytest.approx(float(ref.log_likelihood(x, y)),
                                                             abs=1e-4)
     np.testing.assert_allclose(got.predict(x[:100]), ref.predict(x[:100]), rtol=1e-3, atol=1e-3)
+
+
+def test_one_expert_is_ordinary_least_squares_in_data_units():
+    # fit(num_experts=1): the regression of y on x (numpy's lstsq in float64) and sigma the
+    # maximum-likelihood residual sd; a given sigma is kept and has no standard error.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 3)) * [1.0, 10.0, 0.1] + [0.0, 50.0, -3.0]
+    y = x @ np.array([1.0, 0.2, -4.0]) + 7.0 + 0.5 * rng.normal(size=200)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=1)
+    design = np.c_[np.ones(200), x]
+    beta, rss = np.linalg.lstsq(design, y, rcond=None)[:2]
+    coef = model.coefficients()
+    expert = coef.estimate[coef.block == "expert"]
+    np.testing.assert_allclose(expert, beta, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(float(model.noise_std), np.sqrt(rss[0] / 200), rtol=1e-4)
+    np.testing.assert_allclose(model.predict(x[:5]), design[:5] @ beta, rtol=1e-4)
+    fixed = mj.fit(jax.random.key(0), x, y, num_experts=1, noise_std=0.7)
+    assert float(fixed.noise_std) == pytest.approx(0.7) and not fixed.noise_learned
+    with pytest.raises(ValueError, match="least squares .* at least d \\+ 2 = 5 rows"):
+        mj.fit(jax.random.key(0), x[:4], y[:4], num_experts=1)
+
+
+def test_dataframe_columns_and_series_name_become_the_model_names():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(6)
+    frame = pd.DataFrame(rng.normal(size=(120, 2)), columns=["speed", "angle"])
+    target = pd.Series(frame["speed"] - frame["angle"] + 0.1 * rng.normal(size=120),
+                       name="sound")
+    model = mj.fit(jax.random.key(0), frame, target, num_experts=1)
+    assert model.feature_names == ("speed", "angle") and model.target_name == "sound"
+    named = mj.fit(jax.random.key(0), frame, target, num_experts=1, feature_names=["a", "b"],
+                   target_name="t")
+    assert named.feature_names == ("a", "b") and named.target_name == "t"

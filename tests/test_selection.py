@@ -63,3 +63,25 @@ def test_both_criteria_find_three_experts():
     sel = mj.select_num_experts(jax.random.key(0), x, y, max_experts=3, **FAST)
     _check_table(sel, 3)
     assert sel.best_cv == 3 and sel.best_bic == 3, sel.table()
+
+
+def test_choosing_the_largest_k_tried_is_flagged_where_k_could_be_larger():
+    ks = np.arange(1, 4)
+    base = dict(num_experts=ks, num_params=ks * 9, log_likelihood=np.array([-2.0, -1.5, -1.0]),
+                bic=np.array([30.0, 20.0, 10.0]), cv_log_likelihood=np.full(3, np.nan),
+                cv_std=np.full(3, np.nan), best_bic=3, best_cv=0)
+    warned = mj.selection.KSelection(m2_spectrum=np.ones(5), **base)
+    assert "BIC chose k = 3, the largest k tried" in warned.at_largest()
+    assert warned.at_largest() in warned.table()
+    assert mj.selection.KSelection(m2_spectrum=np.ones(3), **base).at_largest() is None  # k = d
+    assert mj.selection.KSelection(m2_spectrum=np.ones(5), **dict(base, best_bic=2)
+                                   ).at_largest() is None
+    # fit warns when it returns such a k: three regimes, at most two experts tried.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 4))
+    y = np.select([x[:, 0] < -0.5, x[:, 0] < 0.5], [3 * x[:, 1], -3 * x[:, 2]], 3 * x[:, 3])
+    with pytest.warns(UserWarning, match="the largest k tried"):
+        model = mj.fit(jax.random.key(0), x, y + 0.1 * rng.normal(size=400),
+                       num_experts="auto", max_experts=2, refine_iters=50,
+                       num_random_starts=4, standard_errors=False)
+    assert model.num_experts == 2

@@ -1,0 +1,124 @@
+"""`MoERegressor`: `moejax.fit` as a scikit-learn estimator, for `Pipeline`, `cross_val_score`,
+`GridSearchCV` and the rest of scikit-learn (an optional dependency: `pip install
+moejax[sklearn]`).
+
+    from sklearn.model_selection import GridSearchCV
+    from moejax.sklearn import MoERegressor
+    search = GridSearchCV(MoERegressor(random_state=0), {"num_experts": [1, 2, 3]}, cv=5)
+    search.fit(X, y)
+
+What a call costs: the first fit of a table compiles `fit`'s program for its row bucket, d,
+k and settings (about 10 s on a 2-core CPU); every later fit in the same bucket with the same
+d, k and settings reuses it (docs/scale.md, "Compiling once"). The folds of a
+cross-validation have one row count, so a grid search over k compiles once per k, and
+`moejax.enable_compilation_cache()` keeps the programs for the next process.
+"""
+
+import numbers
+
+import jax
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from moejax import estimator
+
+
+class MoERegressor(RegressorMixin, BaseEstimator):
+    """A mixture of experts fitted by `moejax.fit` (moment start, gating EM, joint-EM
+    refinement; docs/algorithm.md), with scikit-learn's interface.
+
+    Args:
+      num_experts: k >= 1 (1 is least squares), at most the number of features, or "auto"
+        to choose k in 1..max_experts by `select_by`.
+      nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()`.
+      num_random_starts, refine_iters, tol: the refinement's extra starts, cap and tolerance.
+      per_expert_noise: one noise sd per expert (else one shared).
+      whiten: whiten the features (else only standardise them).
+      max_experts, select_by: for num_experts="auto" ("bic" or "cv").
+      standard_errors: keep the statistics behind `model_.coefficients()` (one more compiled
+        program per fit; off by default, since cross-validation does not need them).
+      random_state: None, an int or a `numpy.random.RandomState`: the seed of the PRNG key.
+
+    Attributes (after `fit`):
+      model_: the `moejax.FittedMoE` (coefficients, summary, posteriors, ...).
+      n_features_in_: d; feature_names_in_: the column names of a DataFrame X.
+
+    Example:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> X = rng.normal(size=(300, 3))
+      >>> y = np.where(X[:, 0] > 0, 2 * X[:, 1], -X[:, 2]) + 0.1 * rng.normal(size=300)
+      >>> reg = MoERegressor(num_experts=2, refine_iters=100, random_state=0).fit(X, y)
+      >>> reg.predict(X[:4]).shape, bool(reg.score(X, y) > 0.9)
+      ((4,), True)
+    """
+
+    def __init__(self, num_experts=2, *, nonlinearity="linear", num_random_starts=16,
+                 refine_iters=3000, tol=1e-8, per_expert_noise=True, whiten=True,
+                 max_experts=4, select_by="bic", standard_errors=False, random_state=None):
+        self.num_experts = num_experts
+        self.nonlinearity = nonlinearity
+        self.num_random_starts = num_random_starts
+        self.refine_iters = refine_iters
+        self.tol = tol
+        self.per_expert_noise = per_expert_noise
+        self.whiten = whiten
+        self.max_experts = max_experts
+        self.select_by = select_by
+        self.standard_errors = standard_errors
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        """Fits the model to X: (n, d) and y: (n,); returns self. Raises ValueError for bad
+        data or settings (as `moejax.fit`)."""
+        target_name = getattr(y, "name", None) if not isinstance(y, np.ndarray) else None
+        X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        k = self.num_experts
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+            k = int(k)
+            if k > X.shape[1]:
+                raise ValueError(f"num_experts={k} needs at least {k} features (the moment "
+                                 f"method recovers at most d experts), got n_features = "
+                                 f"{X.shape[1]}; use num_experts='auto' or 1.")
+        names = getattr(self, "feature_names_in_", None)
+        self.model_ = estimator.fit(
+            jax.random.key(seed), X, y, num_experts=k, nonlinearity=self.nonlinearity,
+            num_random_starts=self.num_random_starts, refine_iters=self.refine_iters,
+            tol=self.tol, per_expert_noise=self.per_expert_noise, whiten=self.whiten,
+            max_experts=self.max_experts, select_by=self.select_by,
+            standard_errors=self.standard_errors,
+            feature_names=None if names is None else list(names), target_name=target_name)
+        return self
+
+    def predict(self, X, return_std: bool = False):
+        """E[y | x] for each row of X: (n,); with return_std also the predictive standard
+        deviation sqrt(Var[y | x]) (the experts' noise and their spread), (n,)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        mean = np.asarray(self.model_.predict(X), np.float64)
+        if not return_std:
+            return mean
+        return mean, np.sqrt(np.asarray(self.model_.predict_variance(X), np.float64))
+
+    def predict_interval(self, X, level: float = 0.9):
+        """The central `level` predictive interval of y for each row: (lower (n,), upper
+        (n,)), quantiles of the fitted mixture (`FittedMoE.predict_interval`)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        lower, upper = self.model_.predict_interval(X, level)
+        return np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+
+    def gate_probabilities(self, X):
+        """P(expert i | x) for each row: (n, k)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return np.asarray(self.model_.gate_probabilities(X), np.float64)
+
+    def posteriors(self, X, y):
+        """P(expert i | x, y) for each row: (n, k)."""
+        check_is_fitted(self)
+        X, y = validate_data(self, X, y, reset=False, dtype=np.float64)
+        return np.asarray(self.model_.posteriors(X, y), np.float64)

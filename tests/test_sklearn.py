@@ -1,0 +1,71 @@
+"""moejax.sklearn.MoERegressor: scikit-learn's own estimator checks (slow: make test-all) and,
+in the default suite, the uses people reach for first: clone, Pipeline, cross_val_score,
+GridSearchCV over k, DataFrames."""
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.base import clone  # noqa: E402
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from moejax.sklearn import MoERegressor  # noqa: E402
+
+_FAST = dict(refine_iters=100, num_random_starts=4, random_state=0)
+
+
+def _two_regimes(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=n)
+    return x, y
+
+
+@pytest.mark.slow
+def test_passes_scikit_learns_estimator_checks():
+    from sklearn.utils.estimator_checks import check_estimator
+    results = check_estimator(MoERegressor(num_experts=2, refine_iters=20,
+                                           num_random_starts=2, random_state=0), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])) for r in results
+              if r["status"] == "failed"]
+    assert not failed
+
+
+def test_clone_params_fit_predict_score():
+    x, y = _two_regimes()
+    reg = MoERegressor(num_experts=2, **_FAST)
+    assert clone(reg).get_params() == reg.get_params()
+    assert reg.set_params(num_experts=3).num_experts == 3
+    reg.set_params(num_experts=2).fit(x, y)
+    assert reg.n_features_in_ == 3 and reg.model_.num_experts == 2
+    assert reg.score(x, y) > 0.95  # R^2 on two regimes with noise sd 0.1 (measured 0.99)
+    mean, sd = reg.predict(x[:7], return_std=True)
+    assert mean.shape == sd.shape == (7,) and np.all(sd > 0)
+    lower, upper = reg.predict_interval(x[:7], 0.9)
+    assert np.all(lower < mean) and np.all(mean < upper)
+    np.testing.assert_allclose(reg.posteriors(x[:7], y[:7]).sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="n_features = 3"):
+        MoERegressor(num_experts=4).fit(x, y)
+
+
+def test_pipeline_cross_validation_and_grid_search_over_k():
+    x, y = _two_regimes(seed=1)
+    pipe = make_pipeline(StandardScaler(), MoERegressor(num_experts=2, **_FAST))
+    scores = cross_val_score(pipe, x, y, cv=KFold(3, shuffle=True, random_state=0))
+    assert scores.shape == (3,) and np.all(scores > 0.9)
+    search = GridSearchCV(MoERegressor(**_FAST), {"num_experts": [1, 2]},
+                          cv=KFold(3, shuffle=True, random_state=0)).fit(x, y)
+    assert search.best_params_ == {"num_experts": 2}  # least squares cannot fit two regimes
+
+
+def test_dataframe_names_reach_the_model():
+    pd = pytest.importorskip("pandas")
+    x, y = _two_regimes(seed=2)
+    frame = pd.DataFrame(x, columns=["speed", "angle", "chord"])
+    reg = MoERegressor(num_experts=2, **_FAST).fit(frame, pd.Series(y, name="noise"))
+    assert list(reg.feature_names_in_) == ["speed", "angle", "chord"]
+    assert reg.model_.feature_names == ("speed", "angle", "chord")
+    assert reg.model_.target_name == "noise"
+    assert reg.predict(frame.iloc[:5]).shape == (5,)
