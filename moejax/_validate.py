@@ -19,6 +19,15 @@ def _concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
+def host_side(what: str, *values) -> None:
+    """Raises ValueError if any of `values` (pytrees) is traced: `what` runs on the host (it
+    reads concrete values, pads rows, writes files) and cannot be jitted or vmapped."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values)):
+        raise ValueError(f"{what} runs on the host and cannot be traced (jax.jit, jax.vmap): "
+                         "call it outside the transformation (its compiled parts are jitted "
+                         "inside it), or jit the solvers it uses (moejax.refine, recover).")
+
+
 def _eagerly(fn):
     """fn run now, also while an outer function is traced (jit, vmap): a check of concrete
     values that the traced function closes over would otherwise return a tracer, which Python

@@ -29,7 +29,7 @@ from moejax import _files, compilation, estimator, io
 from moejax._version import __version__
 from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import constant_columns
-from moejax.tables import TableError, read_table
+from moejax.tables import NA_VALUES, TableError, read_header, read_table
 
 COMMANDS = ("fit", "predict", "summary")
 
@@ -70,8 +70,14 @@ _CACHE = flags.DEFINE_string(
     "cache_dir", None, "Where compiled XLA programs are kept between runs, so that a second fit "
     "or predict of the same table shape skips compilation (default: $MOEJAX_CACHE_DIR, else "
     "$XDG_CACHE_HOME/moejax or ~/.cache/moejax; '' turns the cache off).")
-_DROP = flags.DEFINE_bool("drop_missing", False, "Drop rows with empty or NaN cells instead of "
-                          "failing on them.")
+_DROP = flags.DEFINE_bool("drop_missing", False, "Drop rows with missing (see --na_values) or "
+                          "infinite cells instead of failing on them.")
+_NA = flags.DEFINE_list("na_values", list(NA_VALUES), "Cells that mean a missing value "
+                        "(comma-separated; an empty cell is always missing).")
+_FEATURES = flags.DEFINE_list("features", None, "fit: the feature columns to use (default: "
+                              "every column but --target and --exclude).")
+_EXCLUDE = flags.DEFINE_list("exclude", [], "fit: columns to leave out (e.g. an id or a text "
+                             "column).")
 
 
 class InputError(Exception):
@@ -128,19 +134,19 @@ def check_columns(x, names, y, target) -> None:
         raise InputError(f"the target column {target!r} is constant: there is nothing to fit.")
 
 
-def read_data():
-    """read_table of --data, or of standard input for --data=- (comma-separated unless
-    --delimiter says otherwise)."""
-    if _DATA.value != "-":
-        return read_table(_DATA.value, drop_missing=_DROP.value, delimiter=_DELIM.value)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "stdin.csv")
-        with open(path, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f)
-        try:
-            return read_table(path, drop_missing=_DROP.value, delimiter=_DELIM.value)
-        except TableError as e:
-            raise TableError(str(e).replace(repr(path), "standard input")) from None
+def read_data(path: str, columns=None):
+    """read_table of the table at `path` (--data, or the copy of standard input), only
+    `columns` if given, with the table flags."""
+    try:
+        return read_table(path, drop_missing=_DROP.value, delimiter=_DELIM.value,
+                          na_values=[""] + _NA.value, columns=columns)
+    except TableError as e:
+        raise TableError(_as_given(str(e), path)) from None
+
+
+def _as_given(message: str, path: str) -> str:
+    """A message about `path` as the user named it: standard input for --data=-."""
+    return message.replace(repr(path), "standard input") if _DATA.value == "-" else message
 
 
 def _fit(x, y, k, feature_names):
@@ -155,18 +161,30 @@ def _fit(x, y, k, feature_names):
                          progress=lambda m: print("  " + m, flush=True))
 
 
-def fit_command() -> None:
+def fit_columns(path: str) -> list[str]:
+    """The feature columns fit reads: --features, else every column but --target and
+    --exclude; InputError naming the flag for a column the table lacks."""
+    names = read_header(path, delimiter=_DELIM.value)
+    for flag, wanted in (("target", [_TARGET.value]), ("features", _FEATURES.value or []),
+                         ("exclude", _EXCLUDE.value)):
+        absent = [c for c in wanted if c not in names]
+        if absent:
+            raise InputError(f"--{flag}: column(s) {absent} are not in {_DATA.value!r}; its "
+                             f"columns are {names}.")
+    if _TARGET.value in (_FEATURES.value or []):
+        raise InputError(f"--features names the target column {_TARGET.value!r}.")
+    features = _FEATURES.value or [c for c in names if c != _TARGET.value]
+    return [c for c in features if c not in _EXCLUDE.value]
+
+
+def fit_command(path: str) -> None:
     _require(data=_DATA.value, target=_TARGET.value, experts=_EXPERTS.value, out=_OUT.value)
     if _OUT.value == "-":
         raise InputError("--out=-: a model is a binary .npz file; give a file name.")
     check_out(_OUT.value, data=_DATA.value)
-    table, names, _ = read_data()
-    if _TARGET.value not in names:
-        raise InputError(f"--target: column {_TARGET.value!r} is not in {_DATA.value!r}; its "
-                         f"columns are {names}.")
-    t = names.index(_TARGET.value)
-    x, y = np.delete(table, t, axis=1), table[:, t]
-    feature_names = tuple(n for n in names if n != _TARGET.value)
+    feature_names = tuple(fit_columns(path))
+    table, _, _ = read_data(path, list(feature_names) + [_TARGET.value])
+    x, y = table[:, :-1], table[:, -1]
     n, d = x.shape
     k = _EXPERTS.value.strip()
     if k != "auto":
@@ -189,6 +207,8 @@ def fit_command() -> None:
         raise InputError(f"--noise_std must be positive, got {_NOISE.value}.")
     if _REFINE.value < 0:
         raise InputError(f"--refine_iters must be >= 0, got {_REFINE.value}.")
+    if not -2**63 <= _SEED.value < 2**63:
+        raise InputError(f"--seed must fit in 64 bits (|seed| < 2^63), got {_SEED.value}.")
     print(f"fitting {k} {_NONLIN.value} experts to {n} rows, {d} features, target "
           f"{_TARGET.value!r}", flush=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -234,21 +254,39 @@ def summary_command() -> None:
     print(_load_model().summary())
 
 
-def predict_command() -> None:
+def _known_target(path: str, name: str, lines) -> np.ndarray | None:
+    """The target column on the rows `lines`, when every one of them holds a number (then
+    the report scores the predictions); else None, with a note on stderr: unknown targets
+    ('?', NA, text) do not stop a prediction."""
+    try:
+        y, _, y_lines = read_table(path, delimiter=_DELIM.value, columns=[name],
+                                   na_values=[""] + _NA.value, drop_missing=True,
+                                   log=lambda message: None)
+    except TableError:
+        y, y_lines = None, ()
+    if y is None or not np.isin(lines, y_lines).all():
+        sys.stderr.write(f"moejax predict: note: column {name!r} is not a number on every row; "
+                         "the predictions are not scored against it.\n")
+        return None
+    return y[np.searchsorted(y_lines, lines), 0]
+
+
+def predict_command(path: str) -> None:
     _require(model=_MODEL.value, data=_DATA.value, out=_OUT.value)
     check_out(_OUT.value, data=_DATA.value, model=_MODEL.value)
     level = _INTERVAL.value
     if level is not None and not 0 < level < 1:
         raise InputError(f"--interval must be a level in (0, 1), e.g. 0.9; got {level}.")
     model = _load_model()
-    table, names, lines = read_data()
-    wanted = model.feature_names or ()
+    names = read_header(path, delimiter=_DELIM.value)
+    wanted = list(model.feature_names or ())
     absent = [c for c in wanted if c not in names]
     if absent or len(wanted) != model.dim:
         raise InputError(f"{_DATA.value!r} does not match the model: the model was fitted on "
-                         f"columns {list(wanted)}; the data lack {absent} (it has {names}).")
-    x = table[:, [names.index(c) for c in wanted]]
-    y = table[:, names.index(model.target_name)] if model.target_name in names else None
+                         f"columns {wanted}; the data lack {absent} (it has {names}).")
+    # Only the model's columns are read: others (an id, text) do not matter.
+    x, _, lines = read_data(path, wanted)
+    y = _known_target(path, model.target_name, lines) if model.target_name in names else None
     header = ["line", f"predicted_{model.target_name or 'y'}"]
     columns = [np.asarray(model.predict(x), dtype=np.float64)]
     if level is not None:
@@ -309,22 +347,29 @@ def main(argv) -> None:
                          f"  (got {argv[1:]}; see --help for the flags)\n")
         sys.exit(2)
     _enable_compilation_cache()
-    try:
-        dict(fit=fit_command, predict=predict_command, summary=summary_command)[argv[1]]()
-    except (InputError, ValueError, OSError) as e:
-        # ValueError: the library's checks (shapes, finiteness, sizes) speak for themselves.
-        sys.stderr.write(f"moejax {argv[1]}: error: {e}\n")
-        sys.exit(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = _DATA.value
+            if path == "-" and argv[1] != "summary":  # read once, into a file
+                path = os.path.join(tmp, "stdin.csv")
+                with open(path, "wb") as f:
+                    shutil.copyfileobj(sys.stdin.buffer, f)
+            dict(fit=fit_command, predict=predict_command,
+                 summary=lambda path: summary_command())[argv[1]](path)
+        except (InputError, ValueError, OSError) as e:
+            # ValueError: the library's checks (shapes, finiteness, sizes) speak for themselves.
+            sys.stderr.write(f"moejax {argv[1]}: error: {_as_given(str(e), path)}\n")
+            sys.exit(1)
 
 
 # The flags each command reads (besides the shared table flags), for its --help.
 COMMAND_FLAGS = dict(
-    fit=["data", "target", "experts", "out", "nonlinearity", "noise_std", "per_expert_noise",
-         "refine_iters", "num_random_starts", "max_experts", "select_by", "chunk_size",
-         "whiten", "seed"],
+    fit=["data", "target", "features", "exclude", "experts", "out", "nonlinearity", "noise_std",
+         "per_expert_noise", "refine_iters", "num_random_starts", "max_experts", "select_by",
+         "chunk_size", "whiten", "seed"],
     predict=["model", "data", "out", "interval", "posteriors"],
     summary=["model"])
-_TABLE_FLAGS = ["delimiter", "drop_missing", "cache_dir"]
+_TABLE_FLAGS = ["delimiter", "na_values", "drop_missing", "cache_dir"]
 
 
 def usage(command: str | None) -> str:

@@ -141,12 +141,14 @@ def noise_std_update(weighted_sq: jax.Array, weights: jax.Array, noise_std: jax.
     """The M-step for sigma from S_i = sum_n q_ni r_ni^2 and N_i = sum_n q_ni: (k,) each,
     r_ni = y_n - g(a_i . x_n) (docs/algorithm.md section 4).
 
-    Shared (noise_std a scalar): sigma^2 = sum_i S_i / sum_i N_i, its exact maximiser.
-    Per expert (noise_std (k,)): sigma_i^2 = S_i / N_i, clipped below at `floor` (the exact
-    maximiser over sigma_i >= floor); an expert with no responsibility keeps its sigma.
+    Shared (noise_std a scalar): sigma^2 = sum_i S_i / sum_i N_i; per expert (noise_std (k,)):
+    sigma_i^2 = S_i / N_i. Either is clipped below at `floor`, the exact maximiser over
+    sigma >= floor, in every method that learns sigma (`fit`, `refine`, `joint_em`,
+    `fit_gating`, `recover`): on data the experts fit exactly the likelihood has no maximum.
+    An expert with no responsibility keeps its sigma.
     """
     if jnp.ndim(noise_std) == 0:
-        return jnp.sqrt(jnp.sum(weighted_sq) / jnp.sum(weights))
+        return jnp.maximum(jnp.sqrt(jnp.sum(weighted_sq) / jnp.sum(weights)), floor)
     tiny = jnp.finfo(weighted_sq.dtype).tiny
     var = jnp.where(weights > tiny, weighted_sq / jnp.maximum(weights, tiny),
                     jnp.square(noise_std))

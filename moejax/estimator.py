@@ -536,6 +536,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     >>> model.predict(x[:5]).shape, model.noise_std.shape
     ((5,), (2,))
     """
+    _validate.host_side("fit", x, y, key, noise_std)
     config = FitConfig(num_experts=num_experts, nonlinearity=nonlinearity, noise_std=noise_std,
                        whiten=whiten, refine_iters=refine_iters, tol=tol,
                        num_random_starts=num_random_starts, num_restarts=num_restarts,
@@ -752,6 +753,7 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
       ValueError: for malformed data, max_experts > d, num_folds < 2, or too few rows for
         the folds; and as `fit`.
     """
+    _validate.host_side("select_num_experts", x, y, key)
     num_folds = _validate.count(num_folds, "num_folds", minimum=2)
     names = {name: fit_kwargs.pop(name, None) for name in ("feature_names", "target_name")}
     config = FitConfig(num_experts="auto", nonlinearity=nonlinearity, max_experts=max_experts,

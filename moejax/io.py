@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 
-from moejax import inference
+from moejax import _validate, inference
 from moejax._version import __version__
 from moejax._files import atomic_write
 from moejax.estimator import FitReport, FittedMoE, _default_names
@@ -39,7 +39,7 @@ def default_feature_names(dim: int) -> tuple[str, ...]:
     return _default_names(dim)
 
 
-def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
+def save(path: str | bytes | os.PathLike, fitted: FittedMoE) -> None:
     """Writes `fitted` to `path` (.npz) atomically (see `atomic_write`).
 
     A model without feature names is saved with `default_feature_names`, so that the command
@@ -62,6 +62,7 @@ def save(path: str | os.PathLike, fitted: FittedMoE) -> None:
     """
     if not isinstance(fitted, FittedMoE):
         raise ValueError(f"save writes a FittedMoE (from moejax.fit), got {type(fitted).__name__}.")
+    _validate.host_side("moejax.io.save", fitted)
     arrays = {name: np.asarray(getattr(getattr(fitted, part), field))
               for name, (part, field) in _ARRAYS.items()}
     names = fitted.feature_names
@@ -135,7 +136,7 @@ def _problem(meta: dict, arrays: dict) -> str | None:
     return None
 
 
-def load(path: str | os.PathLike) -> FittedMoE:
+def load(path: str | bytes | os.PathLike) -> FittedMoE:
     """Reads a model written by `save`.
 
     Raises:
@@ -144,11 +145,13 @@ def load(path: str | os.PathLike) -> FittedMoE:
         file, a truncated or corrupted model, inconsistent contents, or a format written by a
         newer moejax than this one can read.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory, not a moejax model file.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path!r} does not exist.")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"model file {path!r} cannot be read (permission denied).")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path!r} is not a readable moejax model file (not an .npz archive).")
     try:

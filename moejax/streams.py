@@ -220,7 +220,10 @@ def streamed(array, *, read_ahead: bool = True) -> Streamed:
     if isinstance(array, jax.Array):
         raise ValueError("streamed() takes a NumPy array (or np.memmap) that stays on the "
                          "host; this one is a JAX array on a device already: pass it directly.")
-    array = np.asanyarray(array)
+    try:
+        array = np.asanyarray(array)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"streamed() takes a rectangular array of real numbers: {e}") from None
     if array.ndim not in (1, 2):
         raise ValueError(f"a streamed array must be 1-D (y) or 2-D (x), got shape {array.shape}.")
     return Streamed(array, read_ahead=bool(read_ahead))

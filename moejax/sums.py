@@ -140,9 +140,10 @@ def layout_of(x, chunk_size: int | None = None) -> Layout:
       ValueError: for a chunk_size that is not a positive integer, or rows that do not split
         evenly over the devices.
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, (bool, np.bool_)) or not isinstance(
+            chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    chunk_size = None if chunk_size is None else int(chunk_size)  # NumPy integers too
     if isinstance(x, Streamed):
         if chunk_size is None:
             raise ValueError("x is a streamed host array: give chunk_size, the rows read per "

@@ -86,3 +86,15 @@ def test_em_and_gd_report_iterations_and_convergence(small_problem):
     _, gd = mj.joint_gd(jax.random.key(0), x, y, num_experts=NUM_EXPERTS, noise_std=NOISE_STD,
                         num_iters=20)
     assert not bool(gd.converged) and int(gd.num_iters) == 20
+
+
+def test_joint_em_keeps_the_sigma_floor_on_noise_free_data():
+    # Experts that fit the rows exactly: the likelihood has no maximum; the shared sigma
+    # stops at NOISE_FLOOR sd(y), as fit's and refine's per-expert sigmas do.
+    truth = mj.random_params(jax.random.key(0), 4, 2, noise_std=0.1)
+    x = jax.random.normal(jax.random.key(1), (2000, 4))
+    y = x @ truth.experts[0]  # one noise-free linear expert
+    params, info = mj.joint_em(jax.random.key(2), x, y, num_experts=2, num_iters=300)
+    floor = mj.em_steps.NOISE_FLOOR * float(np.std(np.asarray(y)))
+    assert float(params.noise_std) >= floor * (1 - 1e-5)
+    assert bool(info.finite)

@@ -74,7 +74,7 @@ def test_predict_writes_predictions_in_column_order_of_model(workdir):
     ("t.csv", "a,b,c\n1,2,3\n", ["--target=y", "--experts=2"], "column 'y' is not in"),
     ("t.csv", "a,b,c,y\n" + "1,2,x,4\n" * 10, ["--target=y", "--experts=2"], "non-numeric cell"),
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 10 + "1,,3,4\n1,2,nan,4\n", ["--target=y", "--experts=2"],
-     "2 row(s) with empty, NaN or infinite cells, at lines 12, 13"),
+     "2 row(s) with missing or infinite cells, at lines 12, 13"),
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 3, ["--target=y", "--experts=2"], "has 3 usable rows"),
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 30, ["--target=y", "--experts=4"], "--experts must be"),
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 30, ["--target=y", "--experts=\u00b2"],
@@ -288,3 +288,35 @@ def test_enable_compilation_cache_for_library_users(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 0 and bad.stdout.split() == ["None", "4.0"]
     assert sum("no compilation cache" in line for line in bad.stderr.splitlines()) == 1
+
+
+def test_fit_chooses_columns_and_predict_reads_only_the_models(workdir, tmp_path):
+    # An id column of text and an unused column: --exclude leaves the text out, --features
+    # picks columns; predict ignores what the model does not use, including a target column
+    # with unknown ('?') values, which it then does not score.
+    _, table, _, _ = workdir
+    header = ["id"] + HEADER[:3] + ["note", "target"]
+    rows = [[f"r{i}"] + [repr(float(v)) for v in r[:3]] + ["text", repr(float(r[-1]))]
+            for i, r in enumerate(table[:300])]
+    write_csv(tmp_path / "t.csv", header, rows)
+    out = moejax("fit", "--data=t.csv", "--target=target", "--experts=1", "--out=m.npz",
+                 cwd=tmp_path)
+    assert out.returncode == 1 and "--exclude=id,note" in out.stderr, out.stderr
+    out = moejax("fit", "--data=t.csv", "--target=target", "--experts=1", "--out=m.npz",
+                 "--exclude=id,note,f2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert mj.io.load(str(tmp_path / "m.npz")).feature_names == ("f0", "f1")
+    out = moejax("fit", "--data=t.csv", "--target=target", "--experts=1", "--out=m.npz",
+                 "--features=f2,f0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert mj.io.load(str(tmp_path / "m.npz")).feature_names == ("f2", "f0")
+    out = moejax("fit", "--data=t.csv", "--target=target", "--experts=1", "--out=m.npz",
+                 "--features=f0,zz", cwd=tmp_path)
+    assert out.returncode == 1 and "--features: column(s) ['zz']" in out.stderr
+    for row in rows[:5]:
+        row[-1] = "?"
+    write_csv(tmp_path / "new.csv", header, rows)
+    out = moejax("predict", "--model=m.npz", "--data=new.csv", "--out=p.csv", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "not scored" in out.stderr and "MSE" not in out.stdout
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 301

@@ -295,3 +295,25 @@ def test_a_format_1_file_still_loads(tmp_path, fitted):
     assert old.report is None and old.inference is None and old.selection is None
     np.testing.assert_array_equal(old.predict(x), model.predict(x))
     assert "no standard errors" in old.summary()
+
+
+def test_saves_on_long_names_bytes_paths_links_and_refuses_special_files(tmp_path):
+    x = np.random.default_rng(0).normal(size=(60, 3))
+    model = mj.fit(jax.random.key(0), x, x[:, 0] + x[:, 1], num_experts=1)
+    long = tmp_path / ("m" * 240 + ".npz")  # legal (under 255); the temporary is cut to fit
+    mj.io.save(long, model)
+    assert mj.io.load(str(long)).num_experts == 1
+    assert [p.name for p in tmp_path.iterdir()] == [long.name]  # no temporary left behind
+    raw = os.fsencode(tmp_path / "bytes.npz")
+    mj.io.save(raw, model)
+    assert mj.io.load(raw).num_experts == 1
+    target = tmp_path / "target.npz"
+    target.write_bytes(b"old")
+    (tmp_path / "link.npz").symlink_to(target)
+    mj.io.save(tmp_path / "link.npz", model)  # written through the link, the link kept
+    assert (tmp_path / "link.npz").is_symlink() and mj.io.load(target).num_experts == 1
+    with pytest.raises(FileNotFoundError, match="the directory .*nowhere.* does not exist"):
+        mj.io.save(tmp_path / "nowhere" / "m.npz", model)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="not a regular file"):
+        mj.io.save(tmp_path / "fifo", model)

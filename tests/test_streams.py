@@ -149,3 +149,13 @@ def test_streamed_input_checks(tmp_path, on_disk):
         mj.streamed(np.zeros((2, 2, 2)))
     with pytest.raises(ValueError, match="real numbers"):
         mj.streamed(np.array(["a", "b"]))
+
+
+def test_a_ragged_list_and_numpy_integer_chunk_sizes():
+    with pytest.raises(ValueError, match="streamed\\(\\) takes a rectangular array"):
+        mj.streamed([[1.0, 2.0], [3.0]])
+    x = np.random.default_rng(0).normal(size=(300, 3))
+    y = x[:, 0] + 0.1 * np.random.default_rng(1).normal(size=300)
+    a = mj.recover(jax.random.key(0), x, y, num_experts=2, chunk_size=np.int64(100))[0]
+    b = mj.recover(jax.random.key(0), x, y, num_experts=2, chunk_size=100)[0]
+    np.testing.assert_array_equal(a.experts, b.experts)

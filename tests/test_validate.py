@@ -162,3 +162,13 @@ def test_a_composite_entry_point_checks_x_once(entry, monkeypatch):
 def test_every_info_type_begins_with_the_fields_of_fit_info():
     for info in (mj.GatingInfo, mj.RecoverInfo, mj.FitReport):
         assert info._fields[:len(mj.FitInfo._fields)] == mj.FitInfo._fields, info
+
+
+def test_host_side_functions_say_so_under_jit():
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    y = x[:, 0]
+    with pytest.raises(ValueError, match="fit runs on the host and cannot be traced"):
+        jax.jit(lambda x, y: mj.fit(jax.random.key(0), x, y, num_experts=2).params)(x, y)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=1)
+    with pytest.raises(ValueError, match="moejax.io.save runs on the host"):
+        jax.jit(lambda m: mj.io.save("never.npz", m))(model)
