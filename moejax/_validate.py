@@ -126,15 +126,33 @@ def data(x, y, *, dim: int | None = None,
          streams: bool = False) -> tuple[jax.Array, jax.Array]:
     """(x, y) as float arrays of shapes (n, d) and (n,), checked as in `features`."""
     x = features(x, dim=dim, streams=streams)
-    y = _as_float(y, "y", streams)
+    given, y = y, _as_float(y, "y", streams)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D with shape (n,), got shape {y.shape}.")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have one entry per row of x (n = {x.shape[0]}), got "
                          f"{y.shape[0]}.")
     _finite(y, "y")
+    _digits_kept(given, y)
     dtype = jnp.promote_types(x.dtype, y.dtype)
     return x.astype(dtype), y.astype(dtype)
+
+
+def _digits_kept(given, y) -> None:
+    """Raises ValueError if a float64 host y that varies became constant when cast to float32
+    (JAX's default float type): its spread is below float32's resolution at its magnitude."""
+    if isinstance(given, (jax.Array, Streamed)) or not (
+            isinstance(y, np.ndarray) and y.dtype == np.float32 and y.size):
+        return
+    given = np.asarray(given)
+    if given.dtype != np.float64:
+        return
+    if np.max(y) == np.min(y) and np.max(given) != np.min(given):
+        raise ValueError(
+            f"y varies (from {np.min(given):.10g} to {np.max(given):.10g}) but is constant in "
+            "float32, JAX's default float type: its spread is below float32's resolution at "
+            "its magnitude. Subtract a constant (e.g. its mean) first, or enable float64 "
+            "(docs/scale.md).")
 
 
 def _number(value, name: str):
@@ -376,11 +394,30 @@ def noise_scale(noise_std, dtype, *, estimated: bool = False) -> None:
             "Rescale y (and sigma with it) or use float64.")
 
 
-def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit") -> None:
+def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit",
+                  step: tuple[str, float] | None = None) -> None:
     """After a run on concrete inputs: raises ValueError naming the likely cause if the run
-    produced non-finite numbers (`finite` False). Under jit the flag is all the caller gets."""
+    produced non-finite numbers (`finite` False). Under jit the flag is all the caller gets.
+
+    The causes that are cheap to check come first: constant (e.g. all-zero) columns of x, and,
+    for a method with a step size `step` = (its argument's name, value), a diverging step
+    when the data's scale is unremarkable; only then the float type's range."""
     if not _concrete(finite) or bool(np.all(np.asarray(finite))):
         return
+    if not isinstance(x, Streamed) and _concrete(x) and x.ndim == 2 and x.shape[0] > 1:
+        host = np.asarray(x)
+        constant = np.flatnonzero(np.all(host == host[:1], axis=0))
+        if constant.size:
+            raise ValueError(
+                f"{what} produced non-finite numbers: x has constant column(s) "
+                f"{constant.tolist()}" + (" (all zero)" if not np.any(host[:, constant]) else "")
+                + ", which carry no information and make the moments and the Gram matrix "
+                "singular; drop them.")
+    top = max(float(_max_abs(x)), float(_max_abs(y)))
+    if step is not None and top < 1e6:
+        raise ValueError(f"{what} produced non-finite numbers in {x.dtype} with data of "
+                         f"ordinary scale (max |value| {top:.3g}): the steps diverged; lower "
+                         f"{step[0]} (got {step[1]!r}).")
     parts = [f"max |x| = {float(_max_abs(x)):.3g}", f"max |y| = {float(_max_abs(y)):.3g}"]
     if noise_std is not None:
         parts.append(f"noise_std = {np.array2string(np.asarray(noise_std), precision=3)}")

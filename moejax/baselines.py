@@ -180,5 +180,5 @@ def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
                        nonlinearity=nonlinearity)
     out = _joint_gd(init, x, y, num_iters, learning_rate, tol, learn)
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
-                            what="joint_gd")
+                            what="joint_gd", step=("learning_rate", learning_rate))
     return out

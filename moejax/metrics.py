@@ -13,6 +13,9 @@ def _batched(fn, *arrays, names, core_ndim=2):
               for a, name in zip(arrays, names)]
     core = arrays[0].shape[-core_ndim:]
     for a, name in zip(arrays, names):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains NaN or infinite values (a diverged fit?); the "
+                             "matching of experts needs finite numbers.")
         if a.ndim < core_ndim or a.shape[-core_ndim:] != core:
             raise ValueError(f"{name} must have shape (..., k, d) = (..., {core[0]}, {core[1]}) "
                              f"like {names[0]}, got {a.shape}.")

@@ -111,6 +111,10 @@ def get_nonlinearity(nonlinearity: Nonlinearity) -> Callable[[jax.Array], jax.Ar
     >>> get_nonlinearity("relu")(jnp.array([-1.0, 2.0]))
     Array([0., 2.], dtype=float32)
     """
+    if isinstance(nonlinearity, np.ufunc):
+        raise ValueError(f"nonlinearity {nonlinearity.__name__!r} is a NumPy ufunc, which JAX "
+                         f"cannot trace: use jnp.{nonlinearity.__name__} or a name in "
+                         f"{nonlinearity_names()}.")
     if callable(nonlinearity):
         return nonlinearity
     if isinstance(nonlinearity, str) and nonlinearity in _NAMED:

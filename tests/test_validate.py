@@ -172,3 +172,19 @@ def test_host_side_functions_say_so_under_jit():
     model = mj.fit(jax.random.key(0), x, y, num_experts=1)
     with pytest.raises(ValueError, match="moejax.io.save runs on the host"):
         jax.jit(lambda m: mj.io.save("never.npz", m))(model)
+
+
+def test_errors_name_the_actual_cause():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3))
+    y = x[:, 0] + 0.1 * rng.normal(size=500)
+    with pytest.raises(ValueError, match="constant column\\(s\\) \\[0, 1, 2\\] \\(all zero\\)"):
+        mj.recover(jax.random.key(0), np.zeros((500, 3)), y, num_experts=2)
+    with pytest.raises(ValueError, match="steps diverged; lower learning_rate"):
+        mj.joint_gd(jax.random.key(0), x, y, num_experts=2, learning_rate=1e6)
+    with pytest.raises(ValueError, match="constant in float32, JAX's default float type"):
+        mj.fit(jax.random.key(0), x, 1e9 + y, num_experts=2)
+    with pytest.raises(ValueError, match="est_experts contains NaN"):
+        mj.expert_error(np.full((2, 3), np.nan), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="NumPy ufunc, which JAX cannot trace: use jnp.tanh"):
+        mj.recover(jax.random.key(0), x, y, num_experts=2, nonlinearity=np.tanh)
