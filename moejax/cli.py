@@ -339,6 +339,38 @@ def _enable_compilation_cache() -> None:
         compilation.enable_compilation_cache(cache_dir())
 
 
+def _guarded(run, name: str) -> None:
+    """run() with the compilation cache guarded: entries JAX could not read are deleted (one
+    line instead of JAX's warnings, and the next run writes them again), and when the command
+    fails inside JAX with the cache on, which a damaged entry can cause, the cache is emptied
+    and the command run once more without it (one line on stderr)."""
+    directory = cache_dir()
+    if not directory:
+        return run()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run()
+        except (InputError, TableError):
+            raise
+        except Exception as e:
+            if not compilation.raised_inside_jax(e):
+                raise
+            compilation.drop_cache(directory)
+            sys.stderr.write(f"moejax {name}: warning: a program from the compilation cache "
+                             f"{directory!r} failed ({type(e).__name__}); emptied the cache "
+                             "and compiled again.\n")
+            run()
+        finally:
+            damaged = compilation.discard_unreadable(directory, caught)
+            if damaged:
+                sys.stderr.write(f"moejax {name}: warning: unreadable entries in the "
+                                 f"compilation cache {directory!r} ({', '.join(damaged)}) "
+                                 "were deleted and compiled again.\n")
+            for w in caught:
+                sys.stderr.write(f"moejax {name}: warning: {w.message}\n")
+
+
 def main(argv) -> None:
     # JAX logs at INFO that it found no TPU; that is noise on every run.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -347,6 +379,8 @@ def main(argv) -> None:
                          f"  (got {argv[1:]}; see --help for the flags)\n")
         sys.exit(2)
     _enable_compilation_cache()
+    # Whole tracebacks (never shown): the cache guard tells JAX's errors from moejax's by them.
+    jax.config.update("jax_traceback_filtering", "off")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = _DATA.value
@@ -354,8 +388,9 @@ def main(argv) -> None:
                 path = os.path.join(tmp, "stdin.csv")
                 with open(path, "wb") as f:
                     shutil.copyfileobj(sys.stdin.buffer, f)
-            dict(fit=fit_command, predict=predict_command,
-                 summary=lambda path: summary_command())[argv[1]](path)
+            command = dict(fit=fit_command, predict=predict_command,
+                           summary=lambda path: summary_command())[argv[1]]
+            _guarded(lambda: command(path), argv[1])
         except (InputError, ValueError, OSError) as e:
             # ValueError: the library's checks (shapes, finiteness, sizes) speak for themselves.
             sys.stderr.write(f"moejax {argv[1]}: error: {_as_given(str(e), path)}\n")

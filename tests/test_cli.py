@@ -320,3 +320,35 @@ def test_fit_chooses_columns_and_predict_reads_only_the_models(workdir, tmp_path
     assert out.returncode == 0, out.stderr
     assert "not scored" in out.stderr and "MSE" not in out.stdout
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 301
+
+
+@pytest.mark.slow  # four command-line runs, about 50 s
+def test_a_damaged_compilation_cache_is_detected_and_replaced(tmp_path):
+    # Entries swapped between keys (a program of other shapes loaded) and a truncated entry:
+    # one line on stderr each, the fit succeeds, and the next run is clean.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    write_csv(tmp_path / "t.csv", ["a", "b", "c", "y"],
+              np.c_[x, x[:, 0] + 0.1 * rng.normal(size=200)].tolist())
+    cache = tmp_path / "cache"
+    args = ("fit", "--data=t.csv", "--target=y", "--experts=2", "--out=m.npz",
+            "--refine_iters=2")
+    assert moejax(*args, cwd=tmp_path, cache=str(cache)).returncode == 0
+    entries = {p.name.split("-")[0]: p for p in cache.iterdir()}
+    a, b = entries["jit__log_likelihood"], entries["jit__mixing_weights"]
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)
+    out = moejax(*args, cwd=tmp_path, cache=str(cache))
+    assert out.returncode == 0, out.stderr
+    assert "emptied the cache and compiled again" in out.stderr
+    out = moejax(*args, cwd=tmp_path, cache=str(cache))  # fills the emptied cache again
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    entries = {p.name.split("-")[0]: p for p in cache.iterdir()}
+    entries["jit__predict"].write_bytes(entries["jit__predict"].read_bytes()[:100])
+    out = moejax(*args, cwd=tmp_path, cache=str(cache))
+    assert out.returncode == 0, out.stderr
+    assert "unreadable entries" in out.stderr and "_predict" in out.stderr
+    assert out.stderr.count("\n") == 1 and "UserWarning" not in out.stderr
+    out = moejax(*args, cwd=tmp_path, cache=str(cache))
+    assert out.returncode == 0 and out.stderr == "", out.stderr
