@@ -394,6 +394,15 @@ def noise_scale(noise_std, dtype, *, estimated: bool = False) -> None:
             "Rescale y (and sigma with it) or use float64.")
 
 
+def stream_errors(*arrays) -> None:
+    """Raises ValueError with the first read error of the streamed arrays among `arrays`
+    (a block that could not be read, or that changed after the check), clearing them."""
+    errors = [a.take_error() for a in arrays if isinstance(a, Streamed)]
+    errors = [e for e in errors if e]
+    if errors:
+        raise ValueError(errors[0] + ".")
+
+
 def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit",
                   step: tuple[str, float] | None = None) -> None:
     """After a run on concrete inputs: raises ValueError naming the likely cause if the run
@@ -402,6 +411,7 @@ def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit",
     The causes that are cheap to check come first: constant (e.g. all-zero) columns of x, and,
     for a method with a step size `step` = (its argument's name, value), a diverging step
     when the data's scale is unremarkable; only then the float type's range."""
+    stream_errors(x, y)
     if not _concrete(finite) or bool(np.all(np.asarray(finite))):
         return
     if not isinstance(x, Streamed) and _concrete(x) and x.ndim == 2 and x.shape[0] > 1:

@@ -146,7 +146,9 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array, *,
     """
     params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1], streams=True)
-    return _summed_log_likelihood(params, x, y, layout_of(x, chunk_size))
+    out = _summed_log_likelihood(params, x, y, layout_of(x, chunk_size))
+    _validate.stream_errors(x, y)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames="layout")

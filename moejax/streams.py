@@ -87,6 +87,10 @@ class Streamed:
       dtype: the float type the blocks are delivered in.
       read_ahead: whether the next block is read in the background.
       rows_read: rows delivered to passes so far (rows_read / n counts the passes).
+      error: None, or what went wrong in a pass: a block that could not be read (the file
+        truncated, deleted or unreadable) or that held NaN or infinite values (the file
+        changed after its check). The pass goes on with NaN rows and the entry point raises
+        a ValueError with this message (`take_error`).
     """
 
     def __init__(self, array: np.ndarray, dtype=None, read_ahead: bool = True):
@@ -98,6 +102,7 @@ class Streamed:
         self.dtype = _target_dtype(array.dtype if dtype is None else dtype)
         self._region = _file_region(array)
         self._lock = threading.Lock()
+        self.error = None
         self._ahead = None  # (start, size, future) of the block read in the background
         self._stats = None
 
@@ -113,8 +118,20 @@ class Streamed:
             other._stats = self._stats
         return other
 
+    def _name(self) -> str:
+        path = getattr(self.array, "filename", None)
+        return repr(os.fspath(path)) if path else "the streamed array"
+
     def _read_now(self, start: int, size: int) -> np.ndarray:
         if self._region is None:
+            buffer = getattr(self.array, "_mmap", None)
+            if isinstance(buffer, mmap.mmap):
+                # A mapped page past the end of a truncated file raises SIGBUS, which kills
+                # the process: compare the file's size with the mapping first.
+                begin = self.array.offset - self.array.offset % mmap.ALLOCATIONGRANULARITY
+                if buffer.size() < begin + len(buffer):
+                    raise OSError(f"the file is shorter ({buffer.size()} bytes) than when it "
+                                  f"was mapped ({begin + len(buffer)} bytes): truncated")
             return np.array(self.array[start:start + size], dtype=self.dtype)
         path, offset = self._region
         row_bytes = self.array.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
@@ -125,7 +142,7 @@ class Streamed:
             while done < len(view):  # preadv may return fewer bytes than asked
                 got = os.preadv(fd, [view[done:]], offset + start * row_bytes + done)
                 if got <= 0:
-                    raise OSError(f"could not read rows {start}..{start + size} of {path}")
+                    raise OSError("the file ended early (truncated after the check?)")
                 done += got
         finally:
             os.close(fd)
@@ -151,11 +168,21 @@ class Streamed:
         start, size = int(start), int(size)
         with self._lock:
             ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[:2] == (start, size):
-            block = ahead[2].result()
-        else:
-            block = self._read_now(start, size)
         n = self.shape[0]
+        rows = f"rows {start}..{min(start + size, n) - 1} of {self._name()}"
+        try:
+            if ahead is not None and ahead[:2] == (start, size):
+                block = ahead[2].result()
+            else:
+                block = self._read_now(start, size)
+            if not np.all(np.isfinite(block)):
+                self._fail(f"{rows} hold NaN or infinite values: the data changed after "
+                           "their check")
+        except (OSError, ValueError) as e:
+            # Raising here would surface as JAX's callback error and a traceback from its
+            # thread: the pass goes on with NaN rows, and the entry point names this.
+            self._fail(f"could not read {rows}: {e}")
+            block = np.full((size,) + self.shape[1:], np.nan, self.dtype)
         with self._lock:
             # The clamped last block adds only its new rows, so that one pass adds n.
             self.rows_read += min(size, n - start) if start + size < n else n % size or size
@@ -164,6 +191,17 @@ class Streamed:
                 self._ahead = (following, size,
                                self._read_in_background(following, size))
         return block
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            if self.error is None:  # the first cause is the one to report
+                self.error = message
+
+    def take_error(self) -> str | None:
+        """The error of the last passes (see `error`), cleared for the next call."""
+        with self._lock:
+            error, self.error = self.error, None
+        return error
 
     def stats(self) -> Stats:
         """NaN/infinity count, max |value|, min and max, from one pass in blocks of about

@@ -2,6 +2,7 @@
 layout, rows read from the right place of the file, and clear refusals."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -159,3 +160,33 @@ def test_a_ragged_list_and_numpy_integer_chunk_sizes():
     a = mj.recover(jax.random.key(0), x, y, num_experts=2, chunk_size=np.int64(100))[0]
     b = mj.recover(jax.random.key(0), x, y, num_experts=2, chunk_size=100)[0]
     np.testing.assert_array_equal(a.experts, b.experts)
+
+
+def test_a_file_truncated_or_changed_under_a_stream_is_one_clear_error(tmp_path):
+    # No JAX callback error and no traceback from its thread: the pass finishes on NaN rows
+    # and the entry point names the file and the rows. A strided memmap of a truncated file
+    # would raise SIGBUS when read: its size is compared with the mapping first.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.1 * rng.normal(size=4000)).astype(np.float32)
+    for name, strided in (("x.npy", False), ("xs.npy", True)):
+        np.save(tmp_path / name, x)
+        xm = np.load(tmp_path / name, mmap_mode="r")
+        xs = mj.streamed(xm[:, ::2] if strided else xm)
+        ys = mj.streamed(y)
+        xs.stats()  # the check passes on the whole file
+        os.truncate(tmp_path / name, 20000)
+        with pytest.raises(ValueError, match=f"rows [0-9]+..[0-9]+ of '[^']*{name}'.*"
+                                             "(ended early|truncated)"):
+            mj.recover(jax.random.key(0), xs, ys, num_experts=2, chunk_size=512)
+    path = tmp_path / "nan.npy"
+    np.save(path, x)
+    xm = np.load(path, mmap_mode="r+")
+    xs = mj.streamed(xm)
+    xs.stats()
+    xm[1000, 2] = np.nan  # written after the check
+    xm.flush()
+    with pytest.raises(ValueError, match="rows 512..1023 .* NaN or infinite values: the data "
+                                         "changed after their check"):
+        mj.log_likelihood(mj.random_params(jax.random.key(0), 4, 2), xs, mj.streamed(y),
+                          chunk_size=512)
