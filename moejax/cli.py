@@ -169,8 +169,9 @@ def fit_columns(path: str) -> list[str]:
                          ("exclude", _EXCLUDE.value)):
         absent = [c for c in wanted if c not in names]
         if absent:
-            raise InputError(f"--{flag}: column(s) {absent} are not in {_DATA.value!r}; its "
-                             f"columns are {names}.")
+            what = f"column {absent[0]!r} is" if len(absent) == 1 else f"columns {absent} are"
+            raise InputError(f"--{flag}: {what} not in {_DATA.value!r}; its columns are "
+                             f"{names}.")
     if _TARGET.value in (_FEATURES.value or []):
         raise InputError(f"--features names the target column {_TARGET.value!r}.")
     features = _FEATURES.value or [c for c in names if c != _TARGET.value]
