@@ -87,12 +87,32 @@ def _host_nonfinite(a: np.ndarray) -> int:
                for block in (rows[i:i + step] for i in range(0, rows.shape[0], step)))
 
 
+def _overflowed(given, a: np.ndarray, name: str) -> None:
+    """Raises ValueError if casting the host values `given` to a's float type made finite
+    values infinite (a 1e39 in float32), naming the first such entry."""
+    if isinstance(given, (jax.Array, Streamed)):
+        return
+    given = np.asarray(given)
+    if given.dtype.kind != "f" or given.dtype.itemsize <= a.dtype.itemsize:
+        return
+    lost = np.isinf(a) & np.isfinite(given)
+    if np.any(lost):
+        where = tuple(int(i) for i in np.argwhere(lost)[0])
+        raise ValueError(
+            f"{name} has {int(np.sum(lost))} value(s) beyond the range of {a.dtype}, JAX's "
+            f"default float type (largest {float(np.finfo(a.dtype).max):.3g}): "
+            f"{name}[{', '.join(map(str, where))}] = {float(given[where]):.6g}. Rescale "
+            f"{name} or enable float64 (docs/scale.md).")
+
+
 @_eagerly
-def _finite(a: jax.Array, name: str) -> None:
+def _finite(a: jax.Array, name: str, given=None) -> None:
     # No host copy or (n, d) temporary, and it works on sharded arrays.
     if isinstance(a, (Streamed, np.ndarray)):
         bad = a.stats().nonfinite if isinstance(a, Streamed) else _host_nonfinite(a)
         if bad:
+            if isinstance(a, np.ndarray) and given is not None:
+                _overflowed(given, a, name)
             raise ValueError(f"{name} contains {bad} NaN or infinite value(s).")
     elif _concrete(a) and not bool(_all_finite(a)):
         bad = int(jnp.size(a) - jnp.count_nonzero(jnp.isfinite(a)))
@@ -103,13 +123,13 @@ def _finite(a: jax.Array, name: str) -> None:
 def features(x, *, dim: int | None = None, streams: bool = False) -> jax.Array:
     """x as a float (n, d) array; raises ValueError if it is not 2-D, real or finite.
     `streams`: the caller reads rows through `row_sum`, so a `Streamed` x is accepted."""
-    x = _as_float(x, "x", streams)
+    given, x = x, _as_float(x, "x", streams)
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D with shape (n, d), got shape {x.shape}.")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"x must have d = {dim} columns to match the parameters, got "
                          f"{x.shape[1]}.")
-    _finite(x, "x")
+    _finite(x, "x", given)
     return x
 
 
@@ -132,7 +152,7 @@ def data(x, y, *, dim: int | None = None,
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have one entry per row of x (n = {x.shape[0]}), got "
                          f"{y.shape[0]}.")
-    _finite(y, "y")
+    _finite(y, "y", given)
     _digits_kept(given, y)
     dtype = jnp.promote_types(x.dtype, y.dtype)
     return x.astype(dtype), y.astype(dtype)

@@ -166,7 +166,11 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a moejax model file.")
     version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path!r} is corrupted: its format_version is {version!r}, not a "
+                         "positive integer (moejax writes integers; the file was edited or "
+                         "damaged).")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{path!r} uses model format {version!r}, written by moejax "
             f"{meta.get('moejax_version')}; this moejax reads formats up to {FORMAT_VERSION}. "

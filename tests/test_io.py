@@ -317,3 +317,14 @@ def test_saves_on_long_names_bytes_paths_links_and_refuses_special_files(tmp_pat
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(ValueError, match="not a regular file"):
         mj.io.save(tmp_path / "fifo", model)
+
+
+@pytest.mark.parametrize("version", ["1", True, 1.0, 0, None])
+def test_a_damaged_format_version_is_called_damaged_not_new(tmp_path, fitted, version):
+    model, _ = fitted
+    path = tmp_path / "model.npz"
+    mj.io.save(path, model)
+    _rewrite(path, format_version=version)
+    with pytest.raises(ValueError, match="is corrupted: its format_version") as info:
+        mj.io.load(path)
+    assert "Upgrade" not in str(info.value)

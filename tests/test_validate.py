@@ -188,3 +188,13 @@ def test_errors_name_the_actual_cause():
         mj.expert_error(np.full((2, 3), np.nan), np.ones((2, 3)))
     with pytest.raises(ValueError, match="NumPy ufunc, which JAX cannot trace: use jnp.tanh"):
         mj.recover(jax.random.key(0), x, y, num_experts=2, nonlinearity=np.tanh)
+
+
+def test_a_value_beyond_float32_is_named_with_its_position():
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    x[7, 2] = 1e39
+    with pytest.raises(ValueError, match="beyond the range of float32.*x\\[7, 2\\] = 1e\\+39"):
+        mj.fit(jax.random.key(0), x, x[:, 0], num_experts=1)
+    x[7, 2] = np.nan
+    with pytest.raises(ValueError, match="x contains 1 NaN or infinite"):
+        mj.fit(jax.random.key(0), x, x[:, 0], num_experts=1)
