@@ -64,7 +64,8 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
     if host:
         # Host data stay NumPy until a compiled program takes them, in the float type JAX
         # would use: checking and padding a table of a new size then compiles nothing.
-        return np.asarray(a, jax.dtypes.canonicalize_dtype(target))
+        with np.errstate(over="ignore"):  # a value beyond float32 is named by _overflowed
+            return np.asarray(a, jax.dtypes.canonicalize_dtype(target))
     if target != a.dtype:  # integers (counts, codes) and half precision: see compute_dtype
         return jnp.asarray(a, target)
     return a
