@@ -72,8 +72,8 @@ def _entries(path: str, function: str | None = None) -> list[str]:
 def discard_unreadable(path: str, caught) -> list[str]:
     """Deletes the entries JAX reported it could not read (warnings in `caught`, from
     `warnings.catch_warnings(record=True)`: a truncated or corrupted file), so that the next
-    compilation writes them again instead of every later run warning; returns the names of
-    their functions. The other warnings are left in `caught`'s place (returned untouched)."""
+    compilation writes them again instead of every later run warning. Those warnings are
+    removed from `caught` (the others stay); returns the names of their functions."""
     functions = []
     for w in list(caught):
         found = re.search(r"persistent compilation cache entry for '([^']+)'", str(w.message))

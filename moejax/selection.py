@@ -100,10 +100,9 @@ def _m2_spectrum(x, y, nonlinearity):
 @functools.partial(jax.jit, static_argnames="nonlinearity")
 def _m2(std, x, y, weights, nonlinearity):
     """sign(c2) M2 on the standardised data; weights: None, or (n,) with 0 on padding rows."""
+    # Padding rows carry weight 0 in every sum below, whatever their values.
     xs = preprocessing._transform_features(std, x)
     ys = preprocessing._transform_target(std, y)
-    if weights is not None:
-        xs, ys = xs * weights[:, None], ys * weights
     consts = transform_constants(nonlinearity, _initial_noise_std(ys, nonlinearity, weights))
     return jnp.sign(consts.c2) * moments.second_moment(xs, ys, moments.t2_transform(consts),
                                                         weights=weights)

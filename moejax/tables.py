@@ -73,7 +73,10 @@ def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None =
             reader = csv.reader(f, delimiter=delimiter)
             rows = [[]] * skipped
             try:
-                rows += list(reader)
+                for row in reader:
+                    rows.append(row)
+                    if header_only and any(c.strip() for c in row):
+                        break  # the header alone: the rest of the file is not parsed
             except csv.Error as e:
                 line = reader.line_num + skipped
                 hint = " (an unterminated quote?)" if "field larger" in str(e) or (
