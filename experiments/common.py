@@ -24,6 +24,7 @@ LABELS = {
     "ols": "least squares",
     "moejax": "moejax fit (sigma per expert)",
     "moejax_shared": "moejax fit (one sigma)",
+    "moejax_ml": "moejax fit, prior=None (maximum likelihood)",
     "flexmix": "R flexmix, best of 5",
 }
 METHODS = ("moments", "refine", "em", "gd")  # the synthetic ones (`method_fn`)

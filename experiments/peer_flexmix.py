@@ -30,10 +30,9 @@ import time
 from absl import app, flags
 import jax
 import numpy as np
-from scipy.special import logsumexp
 
 import moejax as mj
-from experiments import common
+from experiments import common, flexmix
 
 _SPLITS = flags.DEFINE_integer("num_splits", 10, "Random 80/20 splits (seeds 0..num_splits-1).")
 _KS = flags.DEFINE_list("ks", ["2", "3"], "Numbers of experts.")
@@ -44,78 +43,6 @@ _STARTS = flags.DEFINE_integer("num_random_starts", 16, "moejax: fit's num_rando
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
 METHODS = ("moejax", "moejax_shared", "ols", "flexmix")  # labels: common.LABELS
-
-# Reads train.csv (target column y), fits, and prints the fitted parameters as
-# "name value value ..." lines; all numbers in R's full precision.
-_R_SCRIPT = r"""
-suppressMessages(library(flexmix))
-args <- commandArgs(trailingOnly = TRUE)
-train <- read.csv(args[1])
-k <- as.integer(args[2]); nrep <- as.integer(args[3]); set.seed(as.integer(args[4]))
-seconds <- system.time(
-  m <- stepFlexmix(y ~ ., data = train, k = k, nrep = nrep, model = FLXMRglm(),
-                   concomitant = FLXPmultinom(~ . - y), verbose = FALSE))[["elapsed"]]
-out <- function(name, v) cat(name, format(as.numeric(v), digits = 17), "\n")
-out("seconds", seconds)
-out("components", m@k)
-out("iterations", m@iter)
-out("converged", as.integer(m@converged))
-out("loglik", as.numeric(logLik(m)))
-experts <- parameters(m)  # rows: coef.(Intercept), coef.<feature>..., sigma; one column each
-# as.numeric reads a matrix by columns: one component's coefficients after another.
-out("experts", experts[grep("^coef", rownames(experts)), , drop = FALSE])
-out("sigma", experts["sigma", ])
-gate <- parameters(m, which = "concomitant")  # rows: (Intercept), features; first column 0
-out("gate", gate)
-"""
-
-
-def flexmix_available() -> str | None:
-    """None if Rscript with flexmix can run, else why not."""
-    if not shutil.which("Rscript"):
-        return "Rscript not found (apt-get install r-base-core r-cran-flexmix)"
-    probe = subprocess.run(["Rscript", "-e", "suppressMessages(library(flexmix))"],
-                           capture_output=True, text=True)
-    if probe.returncode:
-        return "R's flexmix package is not installed (apt-get install r-cran-flexmix)"
-    return None
-
-
-def run_flexmix(x, y, k, seed, workdir):
-    """flexmix's fit on (x, y): a dict of its parameters, as arrays with the intercept first."""
-    names = [f"x{i + 1}" for i in range(x.shape[1])]
-    path = os.path.join(workdir, "train.csv")
-    np.savetxt(path, np.c_[x, y], delimiter=",", header=",".join(names + ["y"]), comments="",
-               fmt="%.17g")
-    script = os.path.join(workdir, "fit.R")
-    with open(script, "w") as f:
-        f.write(_R_SCRIPT)
-    out = subprocess.run(["Rscript", script, path, str(k), str(_NREP.value), str(seed)],
-                         capture_output=True, text=True, timeout=3600)
-    if out.returncode:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "R failed")
-    fields = {line.split()[0]: np.array(line.split()[1:], float)
-              for line in out.stdout.splitlines() if line.strip()}
-    kept = int(fields["components"][0])
-    d1 = x.shape[1] + 1
-    return dict(seconds=float(fields["seconds"][0]), components=kept,
-                iterations=int(fields["iterations"][0]),
-                converged=bool(fields["converged"][0]), loglik=float(fields["loglik"][0]),
-                experts=fields["experts"].reshape(kept, d1), sigma=fields["sigma"],
-                gate=fields["gate"].reshape(kept, d1))
-
-
-def mixture_scores(fitted, x, y):
-    """(predictions (n,), mean log-density per row) of a flexmix fit on [1, x], in float64."""
-    z = np.c_[np.ones(len(x)), x]
-    log_gate = z @ fitted["gate"].T
-    log_gate -= logsumexp(log_gate, axis=1, keepdims=True)
-    means, sigma = z @ fitted["experts"].T, fitted["sigma"]
-    log_dens = (-0.5 * np.square((y[:, None] - means) / sigma) - np.log(sigma)
-                - 0.5 * np.log(2 * np.pi))
-    pred = np.sum(np.exp(log_gate) * means, axis=1)
-    return pred, float(np.mean(logsumexp(log_gate + log_dens, axis=1)))
-
 
 def moejax_scores(key, x_tr, y_tr, x_te, y_te, k, per_expert):
     """(test MSE, test NLL, train NLL, seconds, converged) of `mj.fit`."""
@@ -132,7 +59,7 @@ def moejax_scores(key, x_tr, y_tr, x_te, y_te, k, per_expert):
 
 def main(argv):
     del argv
-    why_not = flexmix_available() if _FLEXMIX.value else "--flexmix=false"
+    why_not = flexmix.available() if _FLEXMIX.value else "--flexmix=false"
     if why_not:
         print(f"flexmix not run: {why_not}; writing the moejax and least-squares rows only.")
     data = mj.datasets.load_airfoil()
@@ -160,14 +87,14 @@ def main(argv):
                     continue
                 row = dict(split=split, k=k, method="flexmix")
                 try:
-                    fitted = run_flexmix(x[tr], y[tr], k, split, workdir)
+                    fitted = flexmix.run(x[tr], y[tr], k, split, _NREP.value, workdir)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     rows.append(dict(row, test_mse=np.nan, test_nll=np.nan, train_nll=np.nan,
                                      seconds=np.nan, converged=False, components=0,
                                      error=str(e)[:200], flexmix_reported_train_nll=None))
                     continue
-                pred, test_ll = mixture_scores(fitted, x[te], y[te])
-                _, train_ll = mixture_scores(fitted, x[tr], y[tr])
+                pred, test_ll = flexmix.mixture_scores(fitted, x[te], y[te])
+                _, train_ll = flexmix.mixture_scores(fitted, x[tr], y[tr])
                 # flexmix reports the likelihood of its last E-step, one M-step before the
                 # parameters it returns (and its sigmas divide by n - rank, not n): ours, at
                 # the returned parameters, differs by a little (measured up to 1e-3 per row).
@@ -189,7 +116,7 @@ def main(argv):
     base = os.path.join(_OUT.value, "peer_flexmix")
     common.write_rows(base, rows, dict(
         num_splits=_SPLITS.value, ks=ks, nrep=_NREP.value, refine_iters=_REFINE.value,
-        num_random_starts=_STARTS.value, flexmix=None if why_not else flexmix_version(),
+        num_random_starts=_STARTS.value, flexmix=None if why_not else flexmix.version(),
         flexmix_not_run=why_not, summary=summary))
     print(table(summary))
     series = {}
@@ -206,13 +133,6 @@ def main(argv):
                              title=f"airfoil self-noise, {_SPLITS.value} splits: moejax and "
                                    "flexmix")
     print(f"wrote {base}.csv, .json, .png")
-
-
-def flexmix_version() -> str:
-    out = subprocess.run(["Rscript", "-e", 'cat(as.character(packageVersion("flexmix")), '
-                          'R.version$major, R.version$minor)'], capture_output=True, text=True)
-    flexmix, major, minor = out.stdout.split()
-    return f"flexmix {flexmix}, R {major}.{minor}"
 
 
 def summarise(rows, ks):

@@ -17,6 +17,7 @@ from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target
                                   transform_features, transform_target)
 from moejax._validate import min_samples
 from moejax.params import MoEParams
+from moejax.prior import Prior
 from moejax.recover import ExpertEstimate, RecoverInfo, recover, recover_experts
 from moejax.selection import KSelection
 from moejax.solver import FitInfo
@@ -32,6 +33,7 @@ __all__ = [
     "KSelection",
     "MoEParams",
     "NONLINEARITIES",
+    "Prior",
     "RecoverInfo",
     "Standardizer",
     "Streamed",

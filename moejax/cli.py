@@ -29,6 +29,7 @@ from moejax import _files, compilation, estimator, io
 from moejax._version import __version__
 from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import constant_columns
+from moejax.prior import Prior
 from moejax.tables import NA_VALUES, TableError, read_header, read_table
 
 COMMANDS = ("fit", "predict", "summary")
@@ -55,6 +56,8 @@ _PER_EXPERT = flags.DEFINE_bool("per_expert_noise", True, "fit: learn one noise 
 _REFINE = flags.DEFINE_integer("refine_iters", 3000, "fit: cap on joint-EM refinement "
                                "iterations (0 skips it).")
 _WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
+_PRIOR = flags.DEFINE_bool("prior", True, "fit: the regularised fit with moejax.Prior()'s "
+                           "default strengths (--noprior: maximum likelihood).")
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
 _MODEL = flags.DEFINE_string("model", None, "predict, summary: a model written by `fit`.")
 _INTERVAL = flags.DEFINE_float("interval", None, "predict: also write the central predictive "
@@ -157,6 +160,7 @@ def _fit(x, y, k, feature_names):
                          per_expert_noise=_PER_EXPERT.value,
                          num_random_starts=_STARTS.value, max_experts=_MAX_EXPERTS.value,
                          select_by=_SELECT_BY.value, chunk_size=_CHUNK.value,
+                         prior=Prior() if _PRIOR.value else None,
                          feature_names=feature_names, target_name=_TARGET.value,
                          progress=lambda m: print("  " + m, flush=True))
 
@@ -402,7 +406,7 @@ def main(argv) -> None:
 COMMAND_FLAGS = dict(
     fit=["data", "target", "features", "exclude", "experts", "out", "nonlinearity", "noise_std",
          "per_expert_noise", "refine_iters", "num_random_starts", "max_experts", "select_by",
-         "chunk_size", "whiten", "seed"],
+         "chunk_size", "whiten", "prior", "seed"],
     predict=["model", "data", "out", "interval", "posteriors"],
     summary=["model"])
 _TABLE_FLAGS = ["delimiter", "na_values", "drop_missing", "cache_dir"]

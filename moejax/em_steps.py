@@ -70,18 +70,22 @@ def gate_hessian(gate, x: jax.Array, w) -> jax.Array:
 
 
 def newton_step(gating: jax.Array, grad: jax.Array, hess: jax.Array, gram: jax.Array,
-                max_change: float) -> jax.Array:
+                max_change: float, ridge=None) -> jax.Array:
     """W <- W + s on the k - 1 free rows, s = H^(-1) grad the Newton step on the gating part of
     EM's Q (docs/solvers.md), shortened so that the logits change by at most `max_change` in
     root mean square over the rows: sqrt(sum_i s_i^T C s_i) <= max_change, C = X^T X / n.
 
     grad: (k - 1, d) as in `bohning_step`; hess: (k - 1, d, k - 1, d) from `gate_hessian`,
-    divided by n; gram: C (d, d). Where the Bohning bound B is far above H (sharp gates), the
-    Bohning step is short and EM crawls; the Newton step is not, and the cap keeps it from
-    overshooting where the quadratic model is poor.
+    divided by n; gram: C (d, d); ridge: None, or (d,) a Gaussian prior's precision per
+    column divided by n, already in grad (`moejax.prior`), added to H here. Where the
+    Bohning bound B is far above H (sharp gates), the Bohning step is short and EM crawls;
+    the Newton step is not, and the cap keeps it from overshooting where the quadratic model
+    is poor.
     """
     m = grad.size
     h = hess.reshape(m, m)
+    if ridge is not None:
+        h = h + jnp.diag(jnp.tile(ridge, grad.shape[0]))
     # The ridge makes a saturated gate's flat directions solvable; the cap bounds the result.
     h = h + 1e-6 * jnp.trace(h) / m * jnp.eye(m, dtype=h.dtype)
     step = jnp.linalg.solve(h, grad.reshape(m)).reshape(grad.shape)
@@ -137,20 +141,24 @@ NOISE_FLOOR = 1e-3
 
 
 def noise_std_update(weighted_sq: jax.Array, weights: jax.Array, noise_std: jax.Array,
-                     floor) -> jax.Array:
+                     floor, prior_sq=0.0, prior_count=0.0) -> jax.Array:
     """The M-step for sigma from S_i = sum_n q_ni r_ni^2 and N_i = sum_n q_ni: (k,) each,
     r_ni = y_n - g(a_i . x_n) (docs/algorithm.md section 4).
 
     Shared (noise_std a scalar): sigma^2 = sum_i S_i / sum_i N_i; per expert (noise_std (k,)):
-    sigma_i^2 = S_i / N_i. Either is clipped below at `floor`, the exact maximiser over
-    sigma >= floor, in every method that learns sigma (`fit`, `refine`, `joint_em`,
-    `fit_gating`, `recover`): on data the experts fit exactly the likelihood has no maximum.
-    An expert with no responsibility keeps its sigma.
+    sigma_i^2 = S_i / N_i. With a prior on sigma^2 (`moejax.prior`), prior_sq = nu s^2 and
+    prior_count = nu + 2 are added to the numerator and the denominator: the MAP update.
+    Either is clipped below at `floor`, the exact maximiser over sigma >= floor, in every
+    method that learns sigma (`fit`, `refine`, `joint_em`, `fit_gating`, `recover`): on data
+    the experts fit exactly the likelihood has no maximum. An expert with no responsibility
+    (and no prior) keeps its sigma.
     """
     if jnp.ndim(noise_std) == 0:
-        return jnp.maximum(jnp.sqrt(jnp.sum(weighted_sq) / jnp.sum(weights)), floor)
+        return jnp.maximum(jnp.sqrt((jnp.sum(weighted_sq) + prior_sq)
+                                    / (jnp.sum(weights) + prior_count)), floor)
     tiny = jnp.finfo(weighted_sq.dtype).tiny
-    var = jnp.where(weights > tiny, weighted_sq / jnp.maximum(weights, tiny),
+    count = weights + prior_count
+    var = jnp.where(count > tiny, (weighted_sq + prior_sq) / jnp.maximum(count, tiny),
                     jnp.square(noise_std))
     return jnp.maximum(jnp.sqrt(var), floor)
 

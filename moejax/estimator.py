@@ -11,14 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from moejax import _validate, gating, inference, model, predictive, preprocessing, selection
+from moejax import prior as prior_lib
 from moejax import solver, sums
 from moejax.inference import Inference
 from moejax.baselines import random_init
+from moejax.em_steps import e_step
 from moejax.joint import joint_em_map
+from moejax.model import expert_log_densities
 from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import nonlinearity_names
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
+from moejax.prior import Prior
 from moejax.recover import _recover_experts
 from moejax.selection import KSelection
 
@@ -36,6 +40,13 @@ class FitReport(NamedTuple):
       best: index of the kept start (0 is the moment start, 1.. the random ones).
       continued: (num_starts,) whether each start went on after the screening iterations
         (the others report their state then).
+      effective_rows: (k,) the kept start's posterior weight per expert on the training
+        rows, sum_n P(z = i | x_n, y_n): the rows each expert was fitted on.
+      saturated_rows: the number of training rows on which the kept start's largest gate
+        probability exceeds `SATURATED_GATE` (the gate decides them alone).
+
+    With a prior (`fit`'s default), log_likelihood and trace hold the objective the solver
+    maximised: (log-likelihood + log prior) / n.
     """
 
     log_likelihood: jax.Array
@@ -46,6 +57,8 @@ class FitReport(NamedTuple):
     trace: jax.Array
     best: jax.Array
     continued: jax.Array
+    effective_rows: jax.Array | None = None
+    saturated_rows: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +88,8 @@ class FittedMoE:
         (`moejax.inference.Inference`), or None.
       noise_learned: whether sigma was fitted (False: it was given, and has no standard
         error).
+      prior: the `moejax.Prior` of a regularised (MAP) fit, or None for maximum likelihood
+        (and for least squares and models built by hand).
     """
 
     params: MoEParams
@@ -85,6 +100,7 @@ class FittedMoE:
     selection: KSelection | None = None
     inference: Inference | None = None
     noise_learned: bool = True
+    prior: Prior | None = None
 
     @property
     def nonlinearity(self):
@@ -267,12 +283,39 @@ class FittedMoE:
                      "refine_iters)")
             lines.append(f"fit: kept {start} of {len(r.converged)}, "
                          f"{int(r.num_iters[best])} iterations, {state}")
+            lines.append(_prior_line(self.prior, float(r.log_likelihood[best])))
+            if r.effective_rows is not None:
+                rows = np.asarray(r.effective_rows)
+                n = float(np.sum(rows))
+                lines.append("rows per expert (posterior weight): "
+                             + " ".join(f"{v:.1f}" for v in rows)
+                             + f"; the gate alone decides {int(r.saturated_rows)} of "
+                             f"{n:.0f} rows (probability > {SATURATED_GATE})")
+        lines += [f"WARNING: {problem}" for problem in self.degeneracy()]
         if self.selection is not None:
             lines += ["", "k chosen from:", self.selection.table()]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the table states the problem itself
             lines += ["", self.coefficients().table()]
         return "\n".join(lines)
+
+    def degeneracy(self) -> list[str]:
+        """What makes the fit degenerate, one sentence each (empty when nothing does): an
+        expert fitted on fewer posterior rows than its d + 2 parameters, or a sigma below
+        `DEGENERATE_NOISE` sd(y) (a spike on a few rows). From the fit's report; empty for a
+        model without one."""
+        out = []
+        if self.report is not None and self.report.effective_rows is not None:
+            rows = np.asarray(self.report.effective_rows)
+            out += [f"expert {i} was fitted on {v:.1f} rows of posterior weight, fewer than "
+                    f"its d + 2 = {self.dim + 2} parameters" for i, v in enumerate(rows)
+                    if v < self.dim + 2]
+        if self.report is not None:
+            sigma = np.atleast_1d(np.asarray(self.params.noise_std))  # in units of sd(y)
+            out += [f"expert {i}'s sigma is {v:.2g} sd(y), a spike on a few rows (fit with the "
+                    "default prior)" for i, v in enumerate(np.broadcast_to(
+                        sigma, (self.num_experts,))) if v < DEGENERATE_NOISE]
+        return out
 
     def __repr__(self) -> str:
         fit = "" if self.inference is None else (
@@ -284,7 +327,20 @@ class FittedMoE:
 
 jax.tree_util.register_dataclass(
     FittedMoE, data_fields=["params", "standardizer", "report", "selection", "inference"],
-    meta_fields=["feature_names", "target_name", "noise_learned"])
+    meta_fields=["feature_names", "target_name", "noise_learned", "prior"])
+
+
+# `FittedMoE.degeneracy`: a sigma below this fraction of sd(y) marks a degenerate expert.
+DEGENERATE_NOISE = 0.01
+
+
+def _prior_line(prior, objective: float) -> str:
+    """The summary's line on the prior and the objective the fit maximised."""
+    if prior is None:
+        return f"objective: maximum likelihood (prior=None), {objective:.4f} per row"
+    return (f"objective: penalised log-likelihood {objective:.4f} per row (standardised "
+            f"scale); prior: gate slopes N(0, {prior.gate_scale:g}^2), sigma^2 scaled-inv-chi^2("
+            f"{prior.noise_dof:g}, (sd(y) / k)^2)")
 
 
 def _default_names(dim: int) -> tuple[str, ...]:
@@ -388,12 +444,18 @@ REFINE_KEEP = 4
 NEWTON_GATING_MAX_PARAMS = 128
 
 
+# A gate probability above this decides a row alone (`FitReport.saturated_rows`).
+SATURATED_GATE = 0.999
+
+
 @functools.partial(jax.jit, static_argnames=("num_iters", "learn", "layout"))
 def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
-                   layout=sums.Layout()):
-    """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood."""
+                   layout=sums.Layout(), penalty=None):
+    """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood
+    (by the penalised objective with a `moejax.prior.Penalty`)."""
     newton = (starts.gating.shape[1] - 1) * starts.gating.shape[2] <= NEWTON_GATING_MAX_PARAMS
-    em_map = jax.vmap(joint_em_map(z, y, starts.nonlinearity, learn, weights, layout, newton))
+    em_map = jax.vmap(joint_em_map(z, y, starts.nonlinearity, learn, weights, layout, newton,
+                                   penalty))
     theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
     (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
@@ -401,8 +463,22 @@ def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
     top = solver.first_best(jnp.where(info.finite[kept], info.log_likelihood[kept], -jnp.inf))
     params = MoEParams(experts[top], gatings[top], jnp.exp(log_sigma[top]), starts.nonlinearity)
     continued = jnp.zeros(info.num_iters.shape, bool).at[kept].set(True)
-    report = solver.make_info(FitReport, info, best=kept[top], continued=continued)
+    report = solver.make_info(FitReport, info, best=kept[top], continued=continued,
+                              **_occupancy(params, z, y, weights, layout))
     return params, report, info.finite[kept[top]]
+
+
+def _occupancy(params: MoEParams, z, y, weights, layout) -> dict:
+    """FitReport's effective_rows (k,) and saturated_rows of params on the rows (z, y)."""
+    def block(zb, yb, w):
+        log_dens = expert_log_densities(zb, yb, params.experts, params.noise_std,
+                                        params.nonlinearity)
+        gate, resp, _ = e_step(params.gating, zb, log_dens)
+        top = functools.reduce(jnp.maximum, gate)
+        return jnp.stack(resp) @ w, jnp.sum(w * (top > SATURATED_GATE))
+
+    rows, saturated = sums.row_sum(block, (z, y), layout, weights)
+    return dict(effective_rows=rows, saturated_rows=saturated)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,6 +501,7 @@ class FitConfig:
     select_by: str = "bic"
     chunk_size: int | None = None
     standard_errors: bool = True
+    prior: Prior | None = Prior()
 
     def checked(self) -> "FitConfig":
         """The settings with counts and flags as Python values; ValueError naming the first
@@ -442,6 +519,7 @@ class FitConfig:
         _validate.positive(self.tol, "tol")
         return dataclasses.replace(
             self,
+            prior=prior_lib.check(self.prior),
             whiten=_validate.flag(self.whiten, "whiten"),
             standard_errors=_validate.flag(self.standard_errors, "standard_errors"),
             per_expert_noise=_validate.flag(self.per_expert_noise, "per_expert_noise"),
@@ -460,7 +538,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         num_em_iters: int = 50, per_expert_noise: bool = True, feature_names=None,
         target_name=None, max_experts: int = 4, select_by: str = "bic",
         chunk_size: int | None = None, standard_errors: bool = True,
-        progress=None) -> FittedMoE:
+        prior: Prior | None = Prior(), progress=None) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
@@ -487,6 +565,15 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     `per_expert_noise` (the default) the refinement learns one sigma per expert, as mixtures of
     regressions on real data need (docs/results.md measures it); else one shared sigma.
 
+    prior: by default `fit` is regularised: it maximises the log-likelihood plus the log of a
+    weak prior (`moejax.Prior`: a N(0, 2.5^2) prior on every gate slope per sd of the input,
+    a scaled inverse-chi^2 prior on each sigma^2 worth 5 rows at sd(y) / k), a MAP estimate
+    (docs/algorithm.md section 9), so that no sigma collapses onto a few rows and no gate
+    saturates on separable rows; its EM steps stay monotone in the penalised objective, and
+    the prior's weight fades as n grows. `prior=None` is plain maximum likelihood (the
+    paper's estimator). An expert that ends with fewer posterior rows than its d + 2
+    parameters is dropped, with a warning, and k - 1 experts are fitted instead.
+
     num_experts="auto" fits k = 1, ..., max_experts (at most d; k = 1 is least squares) and
     returns the one with the smallest BIC (`select_by="bic"`, one fit per k), or the one chosen
     by 5-fold cross-validated log-likelihood with the one-standard-error rule
@@ -502,7 +589,10 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
       key: PRNG key (the moment stage, the gating EM's and the random starts).
       x: (n, d) features in any units; y: (n,) target.
       num_experts: k in [2, d]; 1 for least squares (one linear expert, a constant gate,
-        sigma by maximum likelihood unless noise_std is given); or "auto".
+        sigma by maximum likelihood unless noise_std is given); or "auto", which considers
+        only k whose free parameters number at most n / `ROWS_PER_PARAMETER`
+        (`supported_experts`). An explicit k with more free parameters than rows is an
+        error, and one with fewer than `ROWS_PER_PARAMETER` rows per parameter a warning.
       nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()` (so that the
         model can be saved).
       noise_std, per_expert_noise: as above.
@@ -517,6 +607,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
       standard_errors: keep the training statistics behind `FittedMoE.coefficients`'
         standard errors and the information criteria: the observed information at the fit by
         exact autodiff, in float64 (docs/algorithm.md section 7); one more compiled program.
+      prior: a `moejax.Prior` (the default's strengths, or others), or None for maximum
+        likelihood.
       progress: if given, called with a short message as each stage starts (the command
         line prints them).
 
@@ -525,8 +617,9 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
 
     Raises:
       ValueError: for malformed, non-finite or constant data, constant or collinear
-        feature columns (with whiten), k outside [2, d], n <= d, an unknown non-linearity
-        or setting, or a refinement that produced non-finite numbers (named cause).
+        feature columns (with whiten), k outside [2, d], n <= d, more free parameters than
+        rows, an unknown non-linearity or setting (or prior), or a refinement that produced
+        non-finite numbers (named cause).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -543,7 +636,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
                        num_gating_inits=num_gating_inits, num_em_iters=num_em_iters,
                        per_expert_noise=per_expert_noise, max_experts=max_experts,
                        select_by=select_by, chunk_size=chunk_size,
-                       standard_errors=standard_errors).checked()
+                       standard_errors=standard_errors, prior=prior).checked()
     progress = progress or (lambda message: None)
     # A DataFrame's columns and a Series' name, unless names are given (no pandas import).
     if feature_names is None and not isinstance(x, np.ndarray):
@@ -553,10 +646,14 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     if config.num_experts == "auto":
         x, y = _validate.data(x, y)
         names = _names(feature_names, target_name, x.shape[1])
-        max_experts = min(config.max_experts, x.shape[1])
+        supported = supported_experts(*x.shape, config.per_expert_noise)
+        max_experts = min(config.max_experts, x.shape[1], supported)
         folds = 5 if config.select_by == "cv" else 0
         progress(f"choosing k in 1..{max_experts} by "
-                 + ("5-fold cross-validation" if folds else "BIC"))
+                 + ("5-fold cross-validation" if folds else "BIC")
+                 + (f" ({x.shape[0]} rows support at most k = {supported}: "
+                    f"{ROWS_PER_PARAMETER} rows per parameter)"
+                    if supported < min(config.max_experts, x.shape[1]) else ""))
         scores, models = _select(key, x, y, config, max_experts, folds, names)
         best = scores.best_cv if folds else scores.best_bic
         model = dataclasses.replace(models[best], selection=scores)
@@ -573,6 +670,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     else:
         x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, 1.0,
                                        power=2)
+        _check_rows(*x.shape, config)
         model = _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]),
                      progress)
     if not config.standard_errors:
@@ -588,7 +686,7 @@ def _training_statistics(model: "FittedMoE", x, y) -> Inference:
     z = np.concatenate([xs, np.ones_like(xs[:, :1])], axis=1)
     z, ys, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), z, ys)
     return inference.statistics(model.params, z, ys, weights, model.standardizer.y_scale,
-                                model.noise_learned)
+                                model.noise_learned, model.prior)
 
 
 def _names(feature_names, target_name, dim: int) -> dict:
@@ -605,10 +703,52 @@ def _names(feature_names, target_name, dim: int) -> dict:
                 target_name=None if target_name is None else str(target_name))
 
 
-def _fit(key, x, y, config: FitConfig, names: dict, progress) -> FittedMoE:
+# `num_experts="auto"` considers k only when the rows number at least this many per free
+# parameter (`supported_experts`); an explicit k gets a warning below it.
+ROWS_PER_PARAMETER = 5
+
+
+def _num_params(num_experts: int, dim: int, per_expert_noise: bool) -> int:
+    """k (d + 1) expert and (k - 1)(d + 1) gate coefficients, and the sigmas."""
+    k = num_experts
+    return (2 * k - 1) * (dim + 1) + (k if per_expert_noise and k > 1 else 1)
+
+
+def supported_experts(num_rows: int, dim: int, per_expert_noise: bool = True) -> int:
+    """The largest k (at least 1) whose free parameters the rows support, at least
+    `ROWS_PER_PARAMETER` rows per parameter: the largest k `num_experts="auto"` considers."""
+    k = 1
+    while ROWS_PER_PARAMETER * _num_params(k + 1, dim, per_expert_noise) <= num_rows:
+        k += 1
+    return k
+
+
+def _check_rows(num_rows: int, d: int, config: FitConfig) -> None:
+    """ValueError when an explicit k has more free parameters than there are rows; a warning
+    when it has more than a `ROWS_PER_PARAMETER`-th of them (the fit will overfit)."""
+    k = config.num_experts
+    params = _num_params(k, d, config.per_expert_noise)
+    if num_rows < params:
+        raise ValueError(f"num_experts={k} has {params} free parameters on d = {d} features, "
+                         f"more than the {num_rows} rows: the fit would interpolate them. "
+                         f"Use fewer experts (the rows support k = "
+                         f"{supported_experts(num_rows, d, config.per_expert_noise)}) or "
+                         "num_experts='auto'.")
+    if num_rows < ROWS_PER_PARAMETER * params:
+        warnings.warn(f"num_experts={k} has {params} free parameters for {num_rows} rows, "
+                      f"fewer than {ROWS_PER_PARAMETER} rows per parameter: expect the fit "
+                      "to overfit (num_experts='auto' considers k up to "
+                      f"{supported_experts(num_rows, d, config.per_expert_noise)}).",
+                      stacklevel=3)
+
+
+def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = False
+         ) -> FittedMoE:
     """`fit` for one k on checked host data (x, y) with checked settings: the standardisation
     and the padding to the row bucket on the host, stages 2-4 in one compiled program
-    (`_fit_program`), then the checks of what it reports."""
+    (`_fit_program`), then the checks of what it reports. An expert left with fewer
+    posterior rows than its d + 2 parameters is dropped and k - 1 experts are fitted instead
+    (least squares for k = 1), with a warning unless `quiet`."""
     num_experts, learn = config.num_experts, config.noise_std is None
     noise_std = None if learn else _validate.noise_levels(config.noise_std,
                                                           num_experts).astype(x.dtype)
@@ -620,10 +760,12 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress) -> FittedMoE:
              + (f", joint-EM refinement (the moment start and {config.num_random_starts} "
                 f"random starts, at most {config.refine_iters} iterations each)"
                 if config.refine_iters else ""))
+    penalty = (None if config.prior is None else
+               prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
     params, report, checks = _fit_program(
         key, xp, yp, weights, std, noise_std, jnp.asarray(config.tol, x.dtype),
         _Stages(**{name: getattr(config, name) for name in _Stages._fields}),
-        sums.Layout(config.chunk_size))
+        sums.Layout(config.chunk_size), penalty)
     top, sigma, gating_finite, refine_finite = jax.device_get(checks)
     if top > _validate.scale_limit(x.shape[0], x.dtype, power=3):
         _validate.scales(*_standardised(std, x, y), power=3)  # raises, naming x or y
@@ -632,7 +774,21 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress) -> FittedMoE:
         xs, ys = _standardised(std, x, y)
         _validate.finite_result(gating_finite, xs, ys, noise_std=None if learn else sigma)
         _validate.finite_result(refine_finite, xs, ys, what="fit's refinement")
-    return FittedMoE(params, std, report=report, noise_learned=learn, **names)
+    model = FittedMoE(params, std, report=report, noise_learned=learn, prior=config.prior,
+                      **names)
+    rows = None if report is None else np.asarray(report.effective_rows)
+    if rows is None or rows.min() >= x.shape[1] + 2 or not learn:
+        return model
+    i = int(np.argmin(rows))
+    if not quiet:
+        warnings.warn(f"expert {i} of {num_experts} was fitted on {rows[i]:.1f} rows of "
+                      f"posterior weight, fewer than its d + 2 = {x.shape[1] + 2} parameters: "
+                      f"it is dropped and {num_experts - 1} expert(s) are fitted instead.",
+                      stacklevel=3)
+    if num_experts == 2:
+        return _least_squares(x, y, names, config.noise_std)
+    return _fit(key, x, y, dataclasses.replace(config, num_experts=num_experts - 1), names,
+                progress, quiet)
 
 
 def _standardised(std: Standardizer, x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -658,10 +814,11 @@ class _Stages(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("config", "layout"))
 def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, config: _Stages,
-                 layout: sums.Layout):
+                 layout: sums.Layout, penalty=None):
     """Stages 2-4 of `fit` as one compiled program, for x: (rows, d) and y: (rows,) padded
     with weight-0 rows (`weights`: (rows,), 1 on the data's rows) and standardised here.
-    noise_std: the given sigma in the target's units, or None to learn it. Returns the
+    noise_std: the given sigma in the target's units, or None to learn it; penalty: the
+    prior's `moejax.prior.Penalty` for the refinement, or None. Returns the
     parameters, the refinement's FitReport (None without refinement) and what the host
     checks afterwards: (max(|x_std| sqrt(d), |y_std|) for the overflow check, sigma's start,
     whether the gating EM and the refinement stayed finite)."""
@@ -692,7 +849,7 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, config: 
             jax.random.split(key_starts, config.num_random_starts))
         starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
         params, report, refine_finite = _refine_starts(starts, z, ys, config.refine_iters, tol,
-                                                       learn, weights, layout)
+                                                       learn, weights, layout, penalty)
     return params, report, (top, sigma, info.finite, refine_finite)
 
 
@@ -721,7 +878,7 @@ def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, name
         if k == 1:
             return _least_squares(x, y, names)
         return _fit(key, x, y, dataclasses.replace(config, num_experts=k), names,
-                    lambda message: None)
+                    lambda message: None, quiet=True)
 
     return selection.score(key, x, y, max_experts=max_experts, num_folds=num_folds,
                            nonlinearity=config.nonlinearity, fit_k=fit_k,

@@ -27,6 +27,8 @@ import numpy as np
 from moejax.model import _joint_log_probs
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
+from moejax.prior import Prior, log_prior
+from moejax.prior import penalty as penalty_of
 from moejax.sums import Layout, row_sum
 
 # theta is more than this many information-weighted units from the maximum (its Newton
@@ -101,7 +103,7 @@ _BLOCK_ROWS = 4096
 
 
 @functools.partial(jax.jit, static_argnames="learn_sigma")
-def _statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma):
+def _statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma, penalty=None):
     theta = pack(params, learn_sigma)
 
     def rows(theta, zb, yb):  # log p(y | x) of a block's rows
@@ -122,6 +124,13 @@ def _statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma):
 
     sums = row_sum(block, (z, y), Layout(_BLOCK_ROWS), weights)
     information = sums["information"]
+    if penalty is not None:  # the MAP fit's objective: its curvature and gradient
+        def prior(theta):
+            p = unpack(theta, params, learn_sigma)
+            return log_prior(penalty, p.gating, p.noise_std, learn_sigma)
+
+        sums["score"] = sums["score"] + jax.grad(prior)(theta)
+        information = information - jax.hessian(prior)(theta)
     return Inference(
         num_rows=sums["count"],
         log_likelihood=sums["log_likelihood"] - sums["count"] * jnp.log(y_scale),
@@ -130,11 +139,17 @@ def _statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma):
         outer=sums["outer"])
 
 
-def statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma: bool) -> Inference:
+def statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma: bool,
+               prior: Prior | None = None) -> Inference:
     """The `Inference` of params on the design z (n, d + 1) and standardised y (n,) with row
-    weights (n,) (0 on padding rows), computed in float64; host (NumPy) arrays."""
+    weights (n,) (0 on padding rows), computed in float64; host (NumPy) arrays. With the
+    `prior` of a MAP fit, score and information are those of the penalised objective
+    (log-likelihood + log prior), whose maximum the fit is; log_likelihood is not penalised."""
     with x64():
-        out = _statistics(_float64(params), *_float64((z, y, weights, y_scale)), learn_sigma)
+        k, d1 = params.experts.shape
+        penalty = None if prior is None else penalty_of(prior, k, d1 - 1, jnp.float64)
+        out = _statistics(_float64(params), *_float64((z, y, weights, y_scale)), learn_sigma,
+                          penalty)
         return Inference(*(np.asarray(v, np.float64) for v in out))
 
 

@@ -10,12 +10,14 @@ import zipfile
 import numpy as np
 
 from moejax import _validate, inference
+from moejax import prior as prior_lib
 from moejax._version import __version__
 from moejax._files import atomic_write
 from moejax.estimator import FitReport, FittedMoE, _default_names
 from moejax.nonlinearities import nonlinearity_names
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
+from moejax.prior import Prior
 from moejax.selection import KSelection
 
 FORMAT = "moejax-model"
@@ -71,12 +73,13 @@ def save(path: str | bytes | os.PathLike, fitted: FittedMoE) -> None:
     meta = dict(format=FORMAT, format_version=FORMAT_VERSION, moejax_version=__version__,
                 nonlinearity=fitted.nonlinearity,
                 feature_names=None if names is None else list(names),
-                target_name=fitted.target_name, noise_learned=bool(fitted.noise_learned))
+                target_name=fitted.target_name, noise_learned=bool(fitted.noise_learned),
+                prior=None if fitted.prior is None else fitted.prior._asdict())
     for part in _PARTS:
         value = getattr(fitted, part)
         if value is not None:
             arrays.update({f"{part}.{field}": np.asarray(v)
-                           for field, v in value._asdict().items()})
+                           for field, v in value._asdict().items() if v is not None})
     problem = _problem(meta, arrays)
     if problem:
         raise ValueError(f"cannot save this model: {problem}.")
@@ -122,10 +125,20 @@ def _problem(meta: dict, arrays: dict) -> str | None:
         return f"target_name must be a string, got {target!r}"
     if not isinstance(meta.get("noise_learned", True), bool):
         return f"noise_learned must be true or false, got {meta['noise_learned']!r}"
+    prior = meta.get("prior")
+    if prior is not None:
+        try:
+            if not isinstance(prior, dict):
+                raise ValueError
+            prior_lib.check(Prior(**prior))
+        except (TypeError, ValueError):
+            return f"prior must be null or the fields of a moejax.Prior, got {prior!r}"
     for part, cls in _PARTS.items():
+        # Fields with a default were added later: files without them still load.
+        required = [f for f in cls._fields if f not in cls._field_defaults]
         present = [f for f in cls._fields if f"{part}.{f}" in arrays]
-        if present and len(present) != len(cls._fields):
-            return f"the {part} lacks fields {sorted(set(cls._fields) - set(present))}"
+        if present and not set(required) <= set(present):
+            return f"the {part} lacks fields {sorted(set(required) - set(present))}"
     if "inference.information" in arrays:
         p = inference.num_params(MoEParams(experts, arrays["gating"], arrays["noise_std"]),
                                  meta.get("noise_learned", True))
@@ -188,11 +201,13 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
     parts = {}
     for part, cls in _PARTS.items():
         if f"{part}.{cls._fields[0]}" in arrays:
-            fields = {f: arrays[f"{part}.{f}"] for f in cls._fields}
+            fields = {f: arrays[f"{part}.{f}"] for f in cls._fields if f"{part}.{f}" in arrays}
             if cls is KSelection:  # the chosen k are Python integers
                 fields.update(best_bic=int(fields["best_bic"]), best_cv=int(fields["best_cv"]))
             parts[part] = cls(**fields)
     return FittedMoE(
         MoEParams(arrays["experts"], arrays["gating"], arrays["noise_std"], meta["nonlinearity"]),
         Standardizer(arrays["x_mean"], arrays["x_map"], arrays["y_mean"], arrays["y_scale"]),
-        names, meta.get("target_name"), noise_learned=meta.get("noise_learned", True), **parts)
+        names, meta.get("target_name"), noise_learned=meta.get("noise_learned", True),
+        prior=None if meta.get("prior") is None else prior_lib.check(Prior(**meta["prior"])),
+        **parts)

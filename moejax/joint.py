@@ -19,6 +19,7 @@ from moejax.model import expert_log_densities
 from moejax.moments import response_std
 from moejax.nonlinearities import get_nonlinearity
 from moejax.params import MoEParams
+from moejax.prior import Penalty, log_prior
 from moejax.solver import FitInfo
 from moejax.sums import Layout, layout_of, row_count, row_sum
 
@@ -52,20 +53,28 @@ NEWTON_MAX_CHANGE = 3.0
 
 
 def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout(),
-                  newton_gating=False):
+                  newton_gating=False, penalty: Penalty | None = None):
     """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem, one pass
     over the rows (`row_sum`: in one block, in chunks, or over devices); weights: None or (n,)
     row weights (0 on padding rows). newton_gating: the gating's M-step is a capped Newton step
-    (`em_steps.newton_step`, (k - 1)^2 d^2 more work per row) instead of the Bohning step."""
+    (`em_steps.newton_step`, (k - 1)^2 d^2 more work per row) instead of the Bohning step.
+
+    penalty: None (maximum likelihood), or a `moejax.prior.Penalty`: then L is the penalised
+    objective (log-likelihood + log prior) / n and F its MAP-EM map: the gating step ascends
+    the penalised Q (the Bohning bound grows by k ridge (x) I, which bounds the ridge's
+    curvature on the k - 1 free rows, so the step stays monotone), sigma's M-step adds the
+    prior's pseudo-rows (docs/algorithm.md section 9)."""
     g = get_nonlinearity(nonlinearity)
     gram_x = gram_matrix(x, layout, weights)
-    solve = gram_solver(gram_x)
     floor = NOISE_FLOOR * response_std(y, layout, weights)
     count = row_count(x.shape[0], weights)
+    ridge = None if penalty is None else penalty.gate_ridge / count
+    solve = gram_solver(gram_x) if penalty is None else None  # else it depends on k
 
     def em_map(theta):
         experts, gating, log_sigma = theta
         sigma = jnp.exp(log_sigma)
+        k = experts.shape[0]
 
         def block(xb, yb, w):
             log_dens = expert_log_densities(xb, yb, experts, sigma, nonlinearity)
@@ -78,11 +87,17 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
 
         grad, log_lik, gram, rhs, sq, resp_sum, *hess = row_sum(block, (x, y), layout,
                                                                  weights)
+        grad = grad / count
+        if penalty is not None:
+            grad = grad - ridge * gating[:-1]
+            log_lik = log_lik + log_prior(penalty, gating, sigma, learn_noise_std)
         if newton_gating:
-            new_gating = newton_step(gating, grad / count, hess[0] / count, gram_x,
-                                     NEWTON_MAX_CHANGE)
+            new_gating = newton_step(gating, grad, hess[0] / count, gram_x, NEWTON_MAX_CHANGE,
+                                     ridge)
         else:
-            new_gating = bohning_step(gating, grad / count, solve)
+            # (I - 1 1^T / k) >= I / k on the free rows: k ridge bounds the ridge's curvature.
+            new_gating = bohning_step(gating, grad, solve if penalty is None else
+                                      gram_solver(gram_x + 2 * k * jnp.diag(ridge)))
         delta = expert_step(gram, rhs, count)
         if learn_noise_std:
             # sigma's exact maximiser given the new experts (ECM order), without another pass:
@@ -90,8 +105,10 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
             # g (s = 1) and the Gauss-Newton model's residual otherwise.
             new_sq = sq - 2 * jnp.sum(delta * rhs, axis=1) + jnp.einsum(
                 "kd,kde,ke->k", delta, gram, delta)
+            prior = (() if penalty is None else
+                     (penalty.noise_dof * penalty.noise_scale, penalty.noise_dof + 2))
             log_sigma = jnp.log(noise_std_update(jnp.maximum(new_sq, 0.0), resp_sum, sigma,
-                                                 floor))
+                                                 floor, *prior))
         return (experts + delta, new_gating, log_sigma), log_lik / count
 
     return em_map

@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moejax import estimator
+from moejax.prior import Prior
 
 
 class MoERegressor(RegressorMixin, BaseEstimator):
@@ -39,6 +40,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
       max_experts, select_by: for num_experts="auto" ("bic" or "cv").
       standard_errors: keep the statistics behind `model_.coefficients()` (one more compiled
         program per fit; off by default, since cross-validation does not need them).
+      prior: `moejax.Prior()` (the default regularised fit) or None (maximum likelihood).
       random_state: None, an int or a `numpy.random.RandomState`: the seed of the PRNG key.
 
     Attributes (after `fit`):
@@ -57,7 +59,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
 
     def __init__(self, num_experts=2, *, nonlinearity="linear", num_random_starts=16,
                  refine_iters=3000, tol=1e-8, per_expert_noise=True, whiten=True,
-                 max_experts=4, select_by="bic", standard_errors=False, random_state=None):
+                 max_experts=4, select_by="bic", standard_errors=False, prior=Prior(),
+                 random_state=None):
         self.num_experts = num_experts
         self.nonlinearity = nonlinearity
         self.num_random_starts = num_random_starts
@@ -68,6 +71,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         self.max_experts = max_experts
         self.select_by = select_by
         self.standard_errors = standard_errors
+        self.prior = prior
         self.random_state = random_state
 
     def fit(self, X, y):
@@ -89,7 +93,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
             num_random_starts=self.num_random_starts, refine_iters=self.refine_iters,
             tol=self.tol, per_expert_noise=self.per_expert_noise, whiten=self.whiten,
             max_experts=self.max_experts, select_by=self.select_by,
-            standard_errors=self.standard_errors,
+            standard_errors=self.standard_errors, prior=self.prior,
             feature_names=None if names is None else list(names), target_name=target_name)
         return self
 

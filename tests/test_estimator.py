@@ -58,8 +58,8 @@ def test_fitted_model_is_a_pytree_through_jit():
     model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names=list("abcdefghij"))
     jitted = jax.jit(lambda m, x: m.predict(x))(model, x[:10])
     np.testing.assert_allclose(jitted, model.predict(x[:10]), rtol=1e-5)
-    # params (3), standardizer (4), the refinement's report (8), training statistics (7).
-    assert jax.tree_util.tree_structure(model).num_leaves == 22
+    # params (3), standardizer (4), the refinement's report (10), training statistics (7).
+    assert jax.tree_util.tree_structure(model).num_leaves == 24
 
 
 def test_fit_rejects_bad_arguments():
@@ -87,11 +87,14 @@ def test_fit_keeps_the_best_start_and_reports_convergence():
     dropped = ~np.asarray(report.continued)
     assert np.all(np.asarray(report.num_iters)[dropped] <= mj.estimator.REFINE_SCREEN_ITERS)
     assert int(np.min(np.asarray(report.num_iters)[~dropped])) > 0
-    # The reported likelihood is that of the returned parameters (standardised scale).
+    # The reported objective is that of the returned parameters (standardised scale): the
+    # log-likelihood plus the default prior's log density, per row.
     z = mj.estimator.design_matrix(model.standardizer, x)
     ys = mj.transform_target(model.standardizer, y)
-    assert float(mj.log_likelihood(model.params, z, ys)) == pytest.approx(
-        float(report.log_likelihood[best]), abs=1e-5)
+    pen = mj.prior.penalty(model.prior, 3, x.shape[1], jnp.float32)
+    log_prior = mj.prior.log_prior(pen, model.params.gating, model.params.noise_std, True)
+    assert float(mj.log_likelihood(model.params, z, ys)) + float(log_prior) / len(y) == (
+        pytest.approx(float(report.log_likelihood[best]), abs=1e-5))
 
 
 def test_fit_works_in_tiny_and_huge_units():

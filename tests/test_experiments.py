@@ -155,13 +155,13 @@ def test_peer_flexmix_without_r(tmp_path):
 _SCORES = """
 import numpy as np, pytest
 import moejax as mj
-from experiments import peer_flexmix
+from experiments import flexmix
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(300, 3)), rng.normal(size=300)
 experts, gate = rng.normal(size=(2, 4)), rng.normal(size=(2, 4))
 gate[0] = 0.0
 sigma = np.array([0.5, 1.5])
-pred, ll = peer_flexmix.mixture_scores(dict(experts=experts, gate=gate, sigma=sigma), x, y)
+pred, ll = flexmix.mixture_scores(dict(experts=experts, gate=gate, sigma=sigma), x, y)
 last = lambda a: np.c_[a[:, 1:], a[:, :1]]  # intercept column to the end
 params = mj.MoEParams(last(experts), last(gate - gate[1]), sigma)
 z = np.c_[x, np.ones(len(x))]

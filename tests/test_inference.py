@@ -30,8 +30,9 @@ def fitted():
     return mj.fit(jax.random.key(0), x, y, num_experts=2, feature_names=["a", "b"]), x, y
 
 
-def _numpy_total_log_likelihood(theta, model, x, y):
-    """sum_n log p(y_n | x_n) in float64 NumPy, from theta as `inference.pack` lays it out."""
+def _numpy_objective(theta, model, x, y):
+    """sum_n log p(y_n | x_n) (+ log prior for a MAP fit) in float64 NumPy, from theta as
+    `inference.pack` lays it out."""
     std = model.standardizer
     k, d1 = model.params.experts.shape
     z = np.c_[(x - np.asarray(std.x_mean, np.float64)) @ np.asarray(std.x_map, np.float64),
@@ -41,13 +42,18 @@ def _numpy_total_log_likelihood(theta, model, x, y):
     gating = np.r_[theta[k * d1:(2 * k - 1) * d1].reshape(k - 1, d1), np.zeros((1, d1))]
     sigma = np.exp(theta[(2 * k - 1) * d1:])
     log_dens = -0.5 * ((ys[:, None] - z @ experts.T) / sigma) ** 2 - np.log(sigma * np.sqrt(2 * np.pi))
-    return np.sum(logsumexp(log_softmax(z @ gating.T, axis=1) + log_dens, axis=1))
+    total = np.sum(logsumexp(log_softmax(z @ gating.T, axis=1) + log_dens, axis=1))
+    if model.prior is not None:  # the MAP fit's objective (docs/algorithm.md section 9)
+        tau, nu, s2 = model.prior.gate_scale, model.prior.noise_dof, 1.0 / k**2
+        total += (-0.5 * np.sum(gating[:, :-1] ** 2) / tau**2
+                  + np.sum(-(nu / 2 + 1) * np.log(sigma**2) - nu * s2 / (2 * sigma**2)))
+    return total
 
 
 def test_observed_information_matches_a_finite_difference_hessian(fitted):
     model, x, y = fitted
     theta = np.asarray(inference.pack(model.params, True), np.float64)
-    f = lambda t: _numpy_total_log_likelihood(t, model, x, y)
+    f = lambda t: _numpy_objective(t, model, x, y)
     p, h = theta.size, 1e-4
     hess = np.zeros((p, p))
     for i in range(p):

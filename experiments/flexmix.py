@@ -1,0 +1,115 @@
+"""R's flexmix (Gruen and Leisch) as a peer, without flags: whether it can run, one fit through
+Rscript, and its fitted parameters scored in float64 here, or as a `moejax.FittedMoE` in the
+data's units (so that moejax's intervals and posteriors apply to flexmix's fits too).
+
+flexmix fits the same model class as `moejax.fit` by EM: Gaussian linear experts with one sigma
+each and a multinomial-logit gate,
+    stepFlexmix(y ~ ., k = K, nrep = NREP, model = FLXMRglm(),
+                concomitant = FLXPmultinom(~ . - y))
+(`~ .` alone would put y into the gate), keeping the best of NREP random starts by likelihood.
+It removes a component whose prior weight falls below 0.05 during EM (its `minprior`), so a fit
+may return fewer than K components. R is optional: `apt-get install r-base-core r-cran-flexmix`.
+"""
+
+import os
+import shutil
+import subprocess
+
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import logsumexp
+
+import moejax as mj
+
+# Reads train.csv (target column y), fits, and prints the fitted parameters as
+# "name value value ..." lines; all numbers in R's full precision.
+_R_SCRIPT = r"""
+suppressMessages(library(flexmix))
+args <- commandArgs(trailingOnly = TRUE)
+train <- read.csv(args[1])
+k <- as.integer(args[2]); nrep <- as.integer(args[3]); set.seed(as.integer(args[4]))
+seconds <- system.time(
+  m <- stepFlexmix(y ~ ., data = train, k = k, nrep = nrep, model = FLXMRglm(),
+                   concomitant = FLXPmultinom(~ . - y), verbose = FALSE))[["elapsed"]]
+out <- function(name, v) cat(name, format(as.numeric(v), digits = 17), "\n")
+out("seconds", seconds)
+out("components", m@k)
+out("iterations", m@iter)
+out("converged", as.integer(m@converged))
+out("loglik", as.numeric(logLik(m)))
+experts <- parameters(m)  # rows: coef.(Intercept), coef.<feature>..., sigma; one column each
+# as.numeric reads a matrix by columns: one component's coefficients after another.
+out("experts", experts[grep("^coef", rownames(experts)), , drop = FALSE])
+out("sigma", experts["sigma", ])
+gate <- parameters(m, which = "concomitant")  # rows: (Intercept), features; first column 0
+out("gate", gate)
+"""
+
+
+def available() -> str | None:
+    """None if Rscript with flexmix can run, else why not."""
+    if not shutil.which("Rscript"):
+        return "Rscript not found (apt-get install r-base-core r-cran-flexmix)"
+    probe = subprocess.run(["Rscript", "-e", "suppressMessages(library(flexmix))"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        return "R's flexmix package is not installed (apt-get install r-cran-flexmix)"
+    return None
+
+
+def version() -> str:
+    out = subprocess.run(["Rscript", "-e", 'cat(as.character(packageVersion("flexmix")), '
+                          'R.version$major, R.version$minor)'], capture_output=True, text=True)
+    flexmix, major, minor = out.stdout.split()
+    return f"flexmix {flexmix}, R {major}.{minor}"
+
+
+def run(x, y, k, seed, nrep, workdir):
+    """flexmix's fit on (x, y): a dict of its parameters, as arrays with the intercept first
+    (experts (kept, d + 1), gate (kept, d + 1) with a zero first row, sigma (kept,)).
+    Raises RuntimeError with R's last error line, or subprocess.TimeoutExpired."""
+    names = [f"x{i + 1}" for i in range(x.shape[1])]
+    path = os.path.join(workdir, "train.csv")
+    np.savetxt(path, np.c_[x, y], delimiter=",", header=",".join(names + ["y"]), comments="",
+               fmt="%.17g")
+    script = os.path.join(workdir, "fit.R")
+    with open(script, "w") as f:
+        f.write(_R_SCRIPT)
+    out = subprocess.run(["Rscript", script, path, str(k), str(nrep), str(seed)],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "R failed")
+    fields = {line.split()[0]: np.array(line.split()[1:], float)
+              for line in out.stdout.splitlines() if line.strip()}
+    kept = int(fields["components"][0])
+    d1 = x.shape[1] + 1
+    return dict(seconds=float(fields["seconds"][0]), components=kept,
+                iterations=int(fields["iterations"][0]),
+                converged=bool(fields["converged"][0]), loglik=float(fields["loglik"][0]),
+                experts=fields["experts"].reshape(kept, d1), sigma=fields["sigma"],
+                gate=fields["gate"].reshape(kept, d1))
+
+
+def mixture_scores(fitted, x, y):
+    """(predictions (n,), mean log-density per row) of a flexmix fit on [1, x], in float64."""
+    z = np.c_[np.ones(len(x)), x]
+    log_gate = z @ fitted["gate"].T
+    log_gate -= logsumexp(log_gate, axis=1, keepdims=True)
+    means, sigma = z @ fitted["experts"].T, fitted["sigma"]
+    log_dens = (-0.5 * np.square((y[:, None] - means) / sigma) - np.log(sigma)
+                - 0.5 * np.log(2 * np.pi))
+    pred = np.sum(np.exp(log_gate) * means, axis=1)
+    return pred, float(np.mean(logsumexp(log_gate + log_dens, axis=1)))
+
+
+def as_fitted(fitted) -> mj.FittedMoE:
+    """A flexmix fit as a FittedMoE on the data's own units (an identity standardizer; the
+    intercept column moved last and the gate taken relative to its last row)."""
+    last = lambda a: np.c_[a[:, 1:], a[:, :1]]
+    gate = fitted["gate"] - fitted["gate"][-1]
+    d = fitted["experts"].shape[1] - 1
+    params = mj.MoEParams(jnp.asarray(last(fitted["experts"]), jnp.float32),
+                          jnp.asarray(last(gate), jnp.float32),
+                          jnp.asarray(fitted["sigma"], jnp.float32), "linear")
+    identity = mj.Standardizer(jnp.zeros(d), jnp.eye(d), jnp.asarray(0.0), jnp.asarray(1.0))
+    return mj.FittedMoE(params, identity)
