@@ -181,3 +181,33 @@ def split(seed: int, n: int):
     key_split, key_fit = jax.random.split(jax.random.key(seed))
     perm = np.asarray(jax.random.permutation(key_split, n))
     return key_fit, perm[n // 5:], perm[:n // 5]
+
+
+def generalisation_table(summary) -> str:
+    """experiments.generalisation's summary as a markdown table."""
+    lines = ["| table | method | k | test NLL | test MSE | 90% coverage | train NLL | "
+             "NLL - flexmix | MSE / flexmix | degenerate | MSE > 3x OLS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        gap, ratio = s.get("test_nll_minus_flexmix"), s.get("test_mse_over_flexmix")
+        lines.append(
+            f"| {s['table']} | {s['method']} | {s['k']} | {s['test_nll']:.4f} | "
+            f"{s['test_mse']:.4g} | {s['coverage']:.3f} | {s['train_nll']:.4f} | "
+            f"{'-' if gap is None else f'{gap:+.4f}'} | "
+            f"{'-' if ratio is None else f'{ratio:.3f}'} | {s['degenerate']}/{s['fits']} | "
+            f"{s['above_3x_ols']} |")
+    return "\n".join(lines)
+
+
+def prior_small_n_table(summary) -> str:
+    """experiments.prior_small_n's summary as a markdown table."""
+    lines = ["| n | rows / parameter | method | test NLL - truth's (mean / median / max) | "
+             "expert error (median) | degenerate | fewer experts |",
+             "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        err = "-" if s["expert_error"] is None else f"{s['expert_error']:.3f}"
+        lines.append(f"| {s['n']} | {s['rows_per_parameter']:.1f} | {s['method']} | "
+                     f"{s['excess_nll']:.3f} / {s['excess_nll_median']:.3f} / "
+                     f"{s['excess_nll_max']:.3f} | {err} | {s['degenerate']}/{s['seeds']} | "
+                     f"{s['fewer_experts']} |")
+    return "\n".join(lines)

@@ -111,7 +111,7 @@ def main(argv):
         num_splits=_SPLITS.value, ks=[int(k) for k in _KS.value], nrep=_NREP.value,
         level=LEVEL, flexmix=None if why_not else flexmix.version(), flexmix_not_run=why_not,
         skipped=skipped, summary=summary))
-    print(table_text(summary))
+    print(common.generalisation_table(summary))
     plot(base + ".png", summary)
     print(f"wrote {base}.csv, .json, .png")
 
@@ -147,21 +147,6 @@ def summarise(rows) -> list[dict]:
                         [r["train_nll"] - f["train_nll"] for r, f in paired]))
                 summary.append(out)
     return summary
-
-
-def table_text(summary) -> str:
-    lines = ["| table | method | k | test NLL | test MSE | 90% coverage | train NLL | "
-             "NLL - flexmix | MSE / flexmix | degenerate | MSE > 3x OLS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in summary:
-        gap, ratio = s.get("test_nll_minus_flexmix"), s.get("test_mse_over_flexmix")
-        lines.append(
-            f"| {s['table']} | {s['method']} | {s['k']} | {s['test_nll']:.4f} | "
-            f"{s['test_mse']:.4g} | {s['coverage']:.3f} | {s['train_nll']:.4f} | "
-            f"{'-' if gap is None else f'{gap:+.4f}'} | "
-            f"{'-' if ratio is None else f'{ratio:.3f}'} | {s['degenerate']}/{s['fits']} | "
-            f"{s['above_3x_ols']} |")
-    return "\n".join(lines)
 
 
 def plot(path, summary) -> None:

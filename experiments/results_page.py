@@ -189,9 +189,20 @@ def intervals(r) -> str:
     return "\n".join(lines)
 
 
+def generalisation(r) -> str:
+    """Held-out scores per public table and k: the default (prior) fit, maximum likelihood,
+    least squares and flexmix (experiments.generalisation's own table)."""
+    return common.generalisation_table(r["summary"])
+
+
+def prior_small_n(r) -> str:
+    """Excess test NLL over the truth's by rows per parameter (experiments.prior_small_n)."""
+    return common.prior_small_n_table(r["summary"])
+
+
 RENDERERS = {f.__name__: f for f in (error_table, failure_rates, synthetic_sweep, bench_sweep,
                                      airfoil, peer_flexmix, failure_map, refine_screening,
-                                     calibration, intervals)}
+                                     calibration, intervals, generalisation, prior_small_n)}
 # A block may be empty (a new table) but never runs into the next block.
 _BLOCK = re.compile(r"(<!-- table: ([\w/]+) -->\n)((?:(?!<!-- table:).)*?)\n?<!-- end table -->",
                     re.S)

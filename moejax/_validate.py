@@ -425,13 +425,14 @@ def stream_errors(*arrays) -> None:
 
 
 def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit",
-                  step: tuple[str, float] | None = None) -> None:
+                  step: tuple[str, float] | None = None, nonlinearity=None) -> None:
     """After a run on concrete inputs: raises ValueError naming the likely cause if the run
     produced non-finite numbers (`finite` False). Under jit the flag is all the caller gets.
 
-    The causes that are cheap to check come first: constant (e.g. all-zero) columns of x, and,
-    for a method with a step size `step` = (its argument's name, value), a diverging step
-    when the data's scale is unremarkable; only then the float type's range."""
+    The causes that are cheap to check come first: constant (e.g. all-zero) columns of x, a
+    `nonlinearity` that is not finite somewhere on the range of pre-activations the data
+    reach, and, for a method with a step size `step` = (its argument's name, value), a
+    diverging step when the data's scale is unremarkable; only then the float type's range."""
     stream_errors(x, y)
     if not _concrete(finite) or bool(np.all(np.asarray(finite))):
         return
@@ -444,6 +445,8 @@ def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit",
                 f"{constant.tolist()}" + (" (all zero)" if not np.any(host[:, constant]) else "")
                 + ", which carry no information and make the moments and the Gram matrix "
                 "singular; drop them.")
+    if nonlinearity is not None and not isinstance(x, Streamed) and _concrete(x):
+        _nonlinearity_finite(nonlinearity, x, what)
     top = max(float(_max_abs(x)), float(_max_abs(y)))
     if step is not None and top < 1e6:
         raise ValueError(f"{what} produced non-finite numbers in {x.dtype} with data of "
@@ -456,3 +459,20 @@ def finite_result(finite, x, y, *, noise_std=None, what: str = "the fit",
         f"{what} produced non-finite numbers in {x.dtype} ({', '.join(parts)}): the data or "
         "sigma are at a scale the float type cannot hold in the likelihood. Standardise x and "
         "y, or use float64.")
+
+
+def _nonlinearity_finite(nonlinearity, x, what: str) -> None:
+    """ValueError if g is not finite somewhere on [-R, R], R = max(10, max_n ||x_n||): the
+    pre-activations a . x of unit-norm experts on these rows (checked on a grid)."""
+    reach = max(10.0, float(np.sqrt(np.max(np.sum(np.square(np.asarray(x, np.float64)),
+                                                         axis=1)))))
+    grid = np.linspace(-reach, reach, 2001).astype(np.asarray(x).dtype)
+    values = np.asarray(get_nonlinearity(nonlinearity)(jnp.asarray(grid)))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        name = repr(nonlinearity if isinstance(nonlinearity, str)
+                    else getattr(nonlinearity, "__name__", "function"))
+        raise ValueError(f"{what} produced non-finite numbers: the non-linearity {name} is not "
+                         f"finite at u = {float(grid[bad[0]]):.4g} (and {bad.size - 1} more of "
+                         f"2001 points in [-{reach:.3g}, {reach:.3g}], the range of a . x on "
+                         "these data); it must be finite on the whole line.")

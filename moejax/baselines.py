@@ -139,7 +139,7 @@ def joint_em(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
                        nonlinearity=nonlinearity)
     out = joint._refine(init, x, y, num_iters, tol, learn, accelerate, layout)
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
-                            what="joint_em")
+                            what="joint_em", nonlinearity=nonlinearity)
     return out
 
 
@@ -180,5 +180,6 @@ def joint_gd(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
                        nonlinearity=nonlinearity)
     out = _joint_gd(init, x, y, num_iters, learning_rate, tol, learn)
     _validate.finite_result(out[1].finite, x, y, noise_std=None if learn else noise_std,
-                            what="joint_gd", step=("learning_rate", learning_rate))
+                            what="joint_gd", step=("learning_rate", learning_rate),
+                            nonlinearity=nonlinearity)
     return out

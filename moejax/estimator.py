@@ -772,8 +772,10 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     _validate.noise_scale(sigma, x.dtype, estimated=learn)
     if not (gating_finite and refine_finite):
         xs, ys = _standardised(std, x, y)
-        _validate.finite_result(gating_finite, xs, ys, noise_std=None if learn else sigma)
-        _validate.finite_result(refine_finite, xs, ys, what="fit's refinement")
+        _validate.finite_result(gating_finite, xs, ys, noise_std=None if learn else sigma,
+                                nonlinearity=config.nonlinearity)
+        _validate.finite_result(refine_finite, xs, ys, what="fit's refinement",
+                                nonlinearity=config.nonlinearity)
     model = FittedMoE(params, std, report=report, noise_learned=learn, prior=config.prior,
                       **names)
     rows = None if report is None else np.asarray(report.effective_rows)

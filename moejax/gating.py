@@ -200,5 +200,6 @@ def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *
                           nonlinearity, num_inits, num_iters, init_scale, learn_noise_std,
                           layout, matrix_free, tol, accelerate, SCREEN_ITERS,
                           None if weights is None else weights.astype(x.dtype))
-    _validate.finite_result(info.finite, x, y, noise_std=None if learn_noise_std else noise_std)
+    _validate.finite_result(info.finite, x, y, noise_std=None if learn_noise_std else noise_std,
+                            nonlinearity=nonlinearity)
     return w, info

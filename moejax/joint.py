@@ -192,5 +192,6 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
     out = _refine(params, x, y, num_iters, tol, learn_noise_std, accelerate, layout,
                     None if weights is None else weights.astype(x.dtype),
                     gating_step == "newton")
-    _validate.finite_result(out[1].finite, x, y, noise_std=params.noise_std, what="refine")
+    _validate.finite_result(out[1].finite, x, y, noise_std=params.noise_std, what="refine",
+                            nonlinearity=params.nonlinearity)
     return out

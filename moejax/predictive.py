@@ -27,8 +27,21 @@ def gate_probabilities(params: MoEParams, x: jax.Array) -> jax.Array:
 
 
 def posteriors(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """P(z = i | x, y): (n, k), rows summing to 1."""
-    return jax.nn.softmax(_joint_log_probs(params, x, y), axis=-1)
+    """P(z = i | x, y): (n, k), rows summing to 1, also where y lies so far from every expert
+    that each joint density underflows (their limit, not NaN)."""
+    p, mu, sigma = _components(params, x)
+    t = (y[:, None] - mu) / sigma
+    # softmax_i(log p_i - log sigma_i - t_i^2 / 2), with the t_i^2 compared as
+    # m^2 ((t_i / m)^2 - min_j (t_j / m)^2), m = max_j |t_j|, and the smallest term set to
+    # exactly 0: the row keeps a finite entry where m^2 overflows.
+    m = jnp.maximum(jnp.max(jnp.abs(t), axis=-1, keepdims=True), 1.0)
+    root = jnp.sqrt(m)  # t / m in two steps: 1 / m can be subnormal, which XLA flushes to 0
+    u = jnp.square(t / root / root)
+    excess = jnp.maximum(u - jnp.min(u, axis=-1, keepdims=True), 0.0)
+    nearest = jax.nn.one_hot(jnp.argmin(u, axis=-1), u.shape[-1], dtype=bool)
+    gap = jnp.where(nearest, 0.0, -0.5 * (m * excess) * m)
+    log_gate = jax.nn.log_softmax(x @ params.gating.T, axis=-1)
+    return jax.nn.softmax(log_gate - jnp.log(sigma) + gap, axis=-1)
 
 
 def log_density(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:

@@ -211,11 +211,13 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     key_tensor, key_gating = jax.random.split(key)
     est = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
                            num_restarts, num_power_iters, subspace_iters, layout, weights)
-    _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), x, y, what="the moment stage")
+    _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), x, y, what="the moment stage",
+                            nonlinearity=nonlinearity)
     w, info = gating._fit_gating(key_gating, x, y, est.experts, noise_std, nonlinearity,
                                  num_gating_inits, num_em_iters, 1.0, learn, layout,
                                  subspace_iters is not None, em_tol, weights=weights)
-    _validate.finite_result(info.finite, x, y, noise_std=None if learn else noise_std)
+    _validate.finite_result(info.finite, x, y, noise_std=None if learn else noise_std,
+                            what="recover", nonlinearity=nonlinearity)
     return (MoEParams(est.experts, w, info.noise_std, nonlinearity),
             solver.make_info(RecoverInfo, info, mixing_weights=est.mixing_weights,
                              norms=est.norms))

@@ -152,6 +152,35 @@ def test_peer_flexmix_without_r(tmp_path):
     assert (tmp_path / "peer_flexmix.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # make test-all
+def test_generalisation_without_r(tmp_path):
+    out = run("experiments.generalisation", "--tables=diabetes", "--num_splits=1", "--ks=2",
+              "--flexmix=false", f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    rows = read_csv(tmp_path / "generalisation.csv")
+    assert [r["method"] for r in rows] == ["ols", "moejax", "moejax_ml"]
+    assert all(0 <= float(r["coverage"]) <= 1 and float(r["test_mse"]) > 0 for r in rows)
+    summary = json.loads((tmp_path / "generalisation.json").read_text())["summary"]
+    assert {(s["method"], s["k"]) for s in summary} == {("ols", 1), ("moejax", 2),
+                                                        ("moejax_ml", 2)}
+    assert "| diabetes | moejax | 2 |" in out.stdout
+    assert (tmp_path / "generalisation.png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # make test-all
+def test_prior_small_n(tmp_path):
+    out = run("experiments.prior_small_n", "--ns=40,400", "--num_seeds=1", "--dim=3",
+              f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "prior_small_n.json").read_text())["summary"]
+    assert [(s["n"], s["method"]) for s in summary] == [
+        (n, m) for n in (40, 400) for m in ("ols", "moejax", "moejax_ml")]
+    # 400 rows of a k = 2 truth: the mixtures beat least squares on held-out rows.
+    big = {s["method"]: s["excess_nll"] for s in summary if s["n"] == 400}
+    assert big["moejax"] < big["ols"] and big["moejax_ml"] < big["ols"]
+    assert (tmp_path / "prior_small_n.png").stat().st_size > 1000
+
+
 _SCORES = """
 import numpy as np, pytest
 import moejax as mj

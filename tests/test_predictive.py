@@ -78,6 +78,17 @@ def test_posteriors_clusters_and_densities_agree(known):
     assert gates.shape == (500, 3) and np.allclose(gates.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_posteriors_of_targets_far_from_every_expert_are_their_limit(known):
+    # Every joint density underflows; the posterior tends to the expert with the largest
+    # sigma (expert 1, sigma 0.5), not NaN.
+    x = _rows(4, 7)
+    y = np.array([1e20, -1e30, 1e35, -3e38])
+    post = np.asarray(known.posteriors(x, y))
+    assert np.all(np.isfinite(post)) and np.allclose(post.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(post.argmax(axis=1), 1)
+    np.testing.assert_array_equal(np.asarray(known.clusters(x, y)), 1)
+
+
 def test_bad_levels_and_inputs_are_refused(known):
     x = _rows(5, 7)
     for level in (0.0, 1.0, 1.5, -0.2, "0.9"):

@@ -188,6 +188,12 @@ def test_errors_name_the_actual_cause():
         mj.expert_error(np.full((2, 3), np.nan), np.ones((2, 3)))
     with pytest.raises(ValueError, match="NumPy ufunc, which JAX cannot trace: use jnp.tanh"):
         mj.recover(jax.random.key(0), x, y, num_experts=2, nonlinearity=np.tanh)
+    # A non-linearity that is NaN beyond u = 12, on rows whose a . x reach 23: named, not the
+    # data's scale.
+    cliff = lambda u: jnp.where(u < 12, jnp.tanh(u), jnp.nan)
+    with pytest.raises(ValueError, match="the non-linearity '<lambda>' is not finite at "
+                                         "u = 12 "):
+        mj.joint_em(jax.random.key(0), 5 * x, y, num_experts=2, nonlinearity=cliff)
 
 
 def test_a_value_beyond_float32_is_named_with_its_position():
