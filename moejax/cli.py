@@ -137,6 +137,21 @@ def check_columns(x, names, y, target) -> None:
         raise InputError(f"the target column {target!r} is constant: there is nothing to fit.")
 
 
+def check_range(table, names, lines, path) -> None:
+    """Raises InputError naming the line and column of the first cell beyond the range of
+    JAX's float type (float32 unless float64 is enabled): it would become infinite."""
+    limit = float(np.finfo(jax.dtypes.canonicalize_dtype(np.float64)).max)
+    over = np.argwhere(np.abs(table) > limit)
+    if over.size:
+        row, col = over[0]
+        raise InputError(f"{_as_given(repr(path), path)} line {int(lines[row])}, column "
+                         f"{names[col]!r}: {table[row, col]:.6g} is beyond the range of "
+                         f"{jax.dtypes.canonicalize_dtype(np.float64).name}, JAX's float type "
+                         f"(largest {limit:.3g})"
+                         + (f", and {over.shape[0] - 1} more cell(s)" if over.shape[0] > 1 else "")
+                         + "; rescale the column, or enable float64 (docs/scale.md).")
+
+
 def read_data(path: str, columns=None):
     """read_table of the table at `path` (--data, or the copy of standard input), only
     `columns` if given, with the table flags."""
@@ -188,7 +203,8 @@ def fit_command(path: str) -> None:
         raise InputError("--out=-: a model is a binary .npz file; give a file name.")
     check_out(_OUT.value, data=_DATA.value)
     feature_names = tuple(fit_columns(path))
-    table, _, _ = read_data(path, list(feature_names) + [_TARGET.value])
+    table, _, lines = read_data(path, list(feature_names) + [_TARGET.value])
+    check_range(table, list(feature_names) + [_TARGET.value], lines, path)
     x, y = table[:, :-1], table[:, -1]
     n, d = x.shape
     k = _EXPERTS.value.strip()
@@ -291,6 +307,7 @@ def predict_command(path: str) -> None:
                          f"columns {wanted}; the data lack {absent} (it has {names}).")
     # Only the model's columns are read: others (an id, text) do not matter.
     x, _, lines = read_data(path, wanted)
+    check_range(x, wanted, lines, path)
     y = _known_target(path, model.target_name, lines) if model.target_name in names else None
     header = ["line", f"predicted_{model.target_name or 'y'}"]
     columns = [np.asarray(model.predict(x), dtype=np.float64)]

@@ -91,6 +91,11 @@ def test_predict_writes_predictions_in_column_order_of_model(workdir):
      ["--target=y", "--experts=2"], "duplicated feature columns 'a' = 'c'"),
     ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{i % 5},7\n" for i in range(20)),
      ["--target=y", "--experts=2"], "target column 'y' is constant"),
+    ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{1e39 if i == 7 else i % 5},{i % 3}\n"
+                                    for i in range(20)),
+     ["--target=y", "--experts=2"], "line 9, column 'c': 1e+39 is beyond the range of float32"),
+    ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{(i * 7) % 5},{i % 3}\n" for i in range(8)),
+     ["--target=y", "--experts=2"], "more than the 8 rows"),
 ])
 def test_fit_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, name, content, flags, message):
     if content is not None:
