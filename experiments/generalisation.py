@@ -36,9 +36,20 @@ _SPLITS = flags.DEFINE_integer("num_splits", 10, "Random 80/20 splits (seeds 0..
 _KS = flags.DEFINE_list("ks", ["2", "3"], "Numbers of experts (each at most the table's d).")
 _FLEXMIX = flags.DEFINE_bool("flexmix", True, "Run R flexmix when Rscript and flexmix exist.")
 _NREP = flags.DEFINE_integer("nrep", 5, "flexmix random starts (stepFlexmix's nrep).")
+_PRIORS = flags.DEFINE_list("priors", [], "More priors to compare, as gate_scale:noise_dof "
+                            "pairs (e.g. 1:3,2.5:10); each is a method 'prior G:N'.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
 METHODS = ("ols", "moejax", "moejax_ml", "flexmix")
+
+
+def priors() -> dict:
+    """The moejax methods: name -> prior (the default, maximum likelihood, and --priors)."""
+    out = {"moejax": mj.Prior(), "moejax_ml": None}
+    for pair in _PRIORS.value:
+        gate, dof = (float(v) for v in pair.split(":"))
+        out[f"prior {gate:g}:{dof:g}"] = mj.Prior(gate_scale=gate, noise_dof=dof)
+    return out
 LEVEL = 0.9
 
 
@@ -81,7 +92,7 @@ def main(argv):
                 rows.append(dict(base, k=1, method="ols", seconds=0.0, error="",
                                  **scores(ols, x[tr], y[tr], x[te], y[te])))
                 for k in ks:
-                    for method, prior in (("moejax", mj.Prior()), ("moejax_ml", None)):
+                    for method, prior in priors().items():
                         tic = time.perf_counter()
                         model = mj.fit(key, x[tr], y[tr], num_experts=k, prior=prior)
                         rows.append(dict(base, k=k, method=method, error="",
@@ -123,7 +134,7 @@ def summarise(rows) -> list[dict]:
     for table in dict.fromkeys(r["table"] for r in rows):
         mine = [r for r in rows if r["table"] == table]
         ols = {r["split"]: r for r in mine if r["method"] == "ols"}
-        for method in METHODS:
+        for method in dict.fromkeys([*METHODS, *(r["method"] for r in mine)]):
             for k in sorted({r["k"] for r in mine if r["method"] == method}):
                 cell = [r for r in mine if r["method"] == method and r["k"] == k]
                 ok = [r for r in cell if not r["error"]]
@@ -137,7 +148,7 @@ def summarise(rows) -> list[dict]:
                 flex = {r["split"]: r for r in mine if r["method"] == "flexmix"
                         and r["k"] == k and not r["error"]}
                 paired = [(r, flex[r["split"]]) for r in ok if r["split"] in flex]
-                if paired and method.startswith("moejax"):
+                if paired and method not in ("ols", "flexmix"):
                     out["test_nll_minus_flexmix"] = float(np.mean(
                         [r["test_nll"] - f["test_nll"] for r, f in paired]))
                     out["test_mse_over_flexmix"] = float(
@@ -151,15 +162,16 @@ def summarise(rows) -> list[dict]:
 
 def plot(path, summary) -> None:
     """Mean test NLL minus least squares' per table and k, one bar per method."""
-    groups, series = [], {common.LABELS[m]: ([], None) for m in METHODS[1:]}
+    methods = [m for m in dict.fromkeys(s["method"] for s in summary) if m != "ols"]
+    groups, series = [], {common.LABELS.get(m, m): ([], None) for m in methods}
     for table in dict.fromkeys(s["table"] for s in summary):
         ols = next(s for s in summary if s["table"] == table and s["method"] == "ols")
         for k in sorted({s["k"] for s in summary if s["table"] == table and s["k"] > 1}):
             groups.append(f"{table}\nk = {k}")
-            for m in METHODS[1:]:
+            for m in methods:
                 cell = next((s for s in summary if s["table"] == table and s["method"] == m
                              and s["k"] == k), None)
-                series[common.LABELS[m]][0].append(
+                series[common.LABELS.get(m, m)][0].append(
                     np.nan if cell is None or cell["test_nll"] is None
                     else cell["test_nll"] - ols["test_nll"])
     common.plot_grouped_bars(path, groups, series, ylabel="test NLL - least squares'",
