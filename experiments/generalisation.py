@@ -19,6 +19,7 @@ to flexmix (the issue's goals: mean test NLL at most 0.01 above flexmix's, mean 
 within 1.1x). Writes generalisation.{json,csv,png} to --output_dir and prints a markdown table.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +40,8 @@ _NREP = flags.DEFINE_integer("nrep", 5, "flexmix random starts (stepFlexmix's nr
 _PRIORS = flags.DEFINE_list("priors", [], "More priors to compare, as gate_scale:noise_dof "
                             "pairs (e.g. 1:3,2.5:10); each is a method 'prior G:N'.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
+_FROM = flags.DEFINE_string("from_json", None, "Fit nothing: print the tables of a results "
+                            "file this binary wrote (e.g. an earlier run's).")
 
 METHODS = ("ols", "moejax", "moejax_ml", "flexmix")
 
@@ -63,6 +66,7 @@ def scores(model: mj.FittedMoE, x_tr, y_tr, x_te, y_te) -> dict:
                 train_nll=-float(model.log_likelihood(x_tr, y_tr)),
                 coverage=float(np.mean((y_te >= lower) & (y_te <= upper))),
                 min_rows=float(rows.min()), min_sigma_sd=float(sigma.min() / np.std(y_tr)),
+                min_rows_per_parameter=float(rows.min()) / (x_tr.shape[1] + 2),
                 degenerate=bool(rows.min() < x_tr.shape[1] + 2
                                 or sigma.min() < 0.01 * np.std(y_tr)),
                 components=model.num_experts)
@@ -70,6 +74,12 @@ def scores(model: mj.FittedMoE, x_tr, y_tr, x_te, y_te) -> dict:
 
 def main(argv):
     del argv
+    if _FROM.value:
+        with open(_FROM.value) as f:
+            rows = json.load(f)["rows"]
+        print(common.generalisation_table(summarise(rows)))
+        print(smallest_expert_table(rows))
+        return
     why_not = flexmix.available() if _FLEXMIX.value else "--flexmix=false"
     if why_not:
         print(f"flexmix not run: {why_not}.")
@@ -117,6 +127,7 @@ def main(argv):
         shutil.rmtree(workdir, ignore_errors=True)
 
     summary = summarise(rows)
+    print(smallest_expert_table(rows))
     base = os.path.join(_OUT.value, "generalisation")
     common.write_rows(base, rows, dict(
         num_splits=_SPLITS.value, ks=[int(k) for k in _KS.value], nrep=_NREP.value,
@@ -158,6 +169,37 @@ def summarise(rows) -> list[dict]:
                         [r["train_nll"] - f["train_nll"] for r, f in paired]))
                 summary.append(out)
     return summary
+
+
+# Bins of the smallest expert's posterior rows per parameter of its own (d + 2).
+_BINS = (0.0, 1.5, 2.0, 3.0, 5.0, float("inf"))
+
+
+def smallest_expert_table(rows) -> str:
+    """Per mixture method and bin of the smallest expert's rows per parameter: how many fits
+    beat least squares on the same split's test NLL, and by how much on average."""
+    dims = {}
+
+    def per_parameter(r):
+        if "min_rows_per_parameter" in r:
+            return r["min_rows_per_parameter"]
+        if r["table"] not in dims:  # results written before the field existed
+            dims[r["table"]] = public_tables.load(r["table"])[0].shape[1]
+        return r["min_rows"] / (dims[r["table"]] + 2)
+
+    ols = {(r["table"], r["split"]): r["test_nll"] for r in rows if r["method"] == "ols"}
+    lines = ["| method | smallest expert: rows per parameter | fits | beat least squares | "
+             "mean test NLL - least squares' |", "|---|---|---|---|---|"]
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "ols"):
+        mine = [r for r in rows if r["method"] == method and not r.get("error")
+                and r["k"] > 1]
+        for lo, hi in zip(_BINS, _BINS[1:]):
+            diffs = [r["test_nll"] - ols[(r["table"], r["split"])] for r in mine
+                     if lo <= per_parameter(r) < hi]
+            if diffs:
+                lines.append(f"| {method} | [{lo:g}, {hi:g}) | {len(diffs)} | "
+                             f"{sum(v < 0 for v in diffs)} | {np.mean(diffs):+.3f} |")
+    return "\n".join(lines)
 
 
 def plot(path, summary) -> None:
