@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 
 from absl import app, flags
 import numpy as np
@@ -40,6 +41,8 @@ _NREP = flags.DEFINE_integer("nrep", 5, "flexmix random starts (stepFlexmix's nr
 _PRIORS = flags.DEFINE_list("priors", [], "More priors to compare, as gate_scale:noise_dof "
                             "pairs (e.g. 1:3,2.5:10); each is a method 'prior G:N'.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
+_AUTO = flags.DEFINE_bool("auto", False, "Also fit num_experts='auto' (BIC over k = 1..4, "
+                          "with its rows rule) on every split: method 'auto', k = the chosen k.")
 _FROM = flags.DEFINE_string("from_json", None, "Fit nothing: print the tables of a results "
                             "file this binary wrote (e.g. an earlier run's).")
 
@@ -101,6 +104,15 @@ def main(argv):
                 ols = mj.fit(key, x[tr], y[tr], num_experts=1)
                 rows.append(dict(base, k=1, method="ols", seconds=0.0, error="",
                                  **scores(ols, x[tr], y[tr], x[te], y[te])))
+                if _AUTO.value:
+                    tic = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # "chose the largest k tried"
+                        model = mj.fit(key, x[tr], y[tr], num_experts="auto",
+                                       standard_errors=False)
+                    rows.append(dict(base, k=model.num_experts, method="auto", error="",
+                                     seconds=time.perf_counter() - tic,
+                                     **scores(model, x[tr], y[tr], x[te], y[te])))
                 for k in ks:
                     for method, prior in priors().items():
                         tic = time.perf_counter()
