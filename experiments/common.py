@@ -186,8 +186,8 @@ def split(seed: int, n: int):
 def generalisation_table(summary) -> str:
     """experiments.generalisation's summary as a markdown table."""
     lines = ["| table | method | k | test NLL | test MSE | 90% coverage | train NLL | "
-             "NLL - flexmix | MSE / flexmix | degenerate | MSE > 3x OLS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "NLL - flexmix | MSE / flexmix | degenerate | MSE > 3x OLS | warm s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         gap, ratio = s.get("test_nll_minus_flexmix"), s.get("test_mse_over_flexmix")
         lines.append(
@@ -195,7 +195,9 @@ def generalisation_table(summary) -> str:
             f"{s['test_mse']:.4g} | {s['coverage']:.3f} | {s['train_nll']:.4f} | "
             f"{'-' if gap is None else f'{gap:+.4f}'} | "
             f"{'-' if ratio is None else f'{ratio:.3f}'} | {s['degenerate']}/{s['fits']} | "
-            f"{s['above_3x_ols']} |")
+            f"{s['above_3x_ols']} | "
+            + ("-" if s.get("warm_seconds") is None or s["method"] == "ols"
+               else f"{s['warm_seconds']:.2f}") + " |")
     return "\n".join(lines)
 
 
