@@ -51,7 +51,7 @@ def main(argv):
             base = dict(n=n, seed=seed, rows_per_parameter=n / params, truth_test_nll=best)
             ols = mj.fit(key_fit, x, y, num_experts=1)
             rows.append(dict(base, method="ols", test_nll=-float(ols.log_likelihood(x_te, y_te)),
-                             expert_error=np.nan, experts=1, degenerate=False))
+                             expert_error=np.nan, experts=1, degenerate=False, warned=False))
             for method, prior in METHODS.items():
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
