@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Prior(NamedTuple):
@@ -46,11 +47,12 @@ class Penalty(NamedTuple):
 
 
 def penalty(prior: Prior, num_experts: int, dim: int, dtype) -> Penalty:
-    """The `Penalty` of `prior` for k experts on the design [x_std, 1] of d = dim features."""
-    ridge = jnp.concatenate([jnp.full((dim,), 1.0 / prior.gate_scale ** 2, dtype),
-                             jnp.zeros((1,), dtype)])
-    return Penalty(ridge, jnp.asarray(prior.noise_dof, dtype),
-                   jnp.asarray(1.0 / num_experts ** 2, dtype))
+    """The `Penalty` of `prior` for k experts on the design [x_std, 1] of d = dim features,
+    as host (NumPy) arrays: built on the host, it compiles nothing."""
+    dtype = np.dtype(dtype)
+    ridge = np.concatenate([np.full((dim,), 1.0 / prior.gate_scale ** 2), [0.0]]).astype(dtype)
+    return Penalty(ridge, np.asarray(prior.noise_dof, dtype),
+                   np.asarray(1.0 / num_experts ** 2, dtype))
 
 
 def log_prior(pen: Penalty, gating: jax.Array, noise_std, learn_noise_std: bool) -> jax.Array:
