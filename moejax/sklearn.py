@@ -15,6 +15,7 @@ cross-validation have one row count, so a grid search over k compiles once per k
 """
 
 import numbers
+import warnings
 
 import jax
 import numpy as np
@@ -87,6 +88,15 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"num_experts={k} needs at least {k} features (the moment "
                                  f"method recovers at most d experts), got n_features = "
                                  f"{X.shape[1]}; use num_experts='auto' or 1.")
+            params = estimator._num_params(k, X.shape[1], self.per_expert_noise)
+            if k > 1 and X.shape[0] < params:
+                # A fold of a cross-validation may be too small for k: fit what its rows
+                # support rather than fail the whole search (moejax.fit refuses instead).
+                supported = estimator.supported_experts(*X.shape, self.per_expert_noise)
+                warnings.warn(f"num_experts={k} has {params} free parameters, more than the "
+                              f"{X.shape[0]} rows: fitted num_experts={supported} instead.",
+                              stacklevel=2)
+                k = supported
         names = getattr(self, "feature_names_in_", None)
         self.model_ = estimator.fit(
             jax.random.key(seed), X, y, num_experts=k, nonlinearity=self.nonlinearity,

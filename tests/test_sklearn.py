@@ -50,6 +50,13 @@ def test_clone_params_fit_predict_score():
         MoERegressor(num_experts=4).fit(x, y)
 
 
+def test_too_few_rows_for_k_fit_what_the_rows_support():
+    x, y = _two_regimes(n=15)  # k = 2 on d = 3: 14 parameters, fine; 12 rows are not
+    with pytest.warns(UserWarning, match="14 free parameters, more than the 12 rows"):
+        reg = MoERegressor(num_experts=2, **_FAST).fit(x[:12], y[:12])
+    assert reg.model_.num_experts == 1 and reg.predict(x).shape == (15,)
+
+
 def test_pipeline_cross_validation_and_grid_search_over_k():
     x, y = _two_regimes(seed=1)
     pipe = make_pipeline(StandardScaler(), MoERegressor(num_experts=2, **_FAST))
