@@ -41,7 +41,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
       max_experts, select_by: for num_experts="auto" ("bic" or "cv").
       standard_errors: keep the statistics behind `model_.coefficients()` (one more compiled
         program per fit; off by default, since cross-validation does not need them).
-      prior: `moejax.Prior()` (the default regularised fit) or None (maximum likelihood).
+      prior: "default" (`moejax.Prior()`, the regularised fit), a `moejax.Prior`, or None
+        (maximum likelihood).
       random_state: None, an int or a `numpy.random.RandomState`: the seed of the PRNG key.
 
     Attributes (after `fit`):
@@ -60,7 +61,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
 
     def __init__(self, num_experts=2, *, nonlinearity="linear", num_random_starts=16,
                  refine_iters=3000, tol=1e-8, per_expert_noise=True, whiten=True,
-                 max_experts=4, select_by="bic", standard_errors=False, prior=Prior(),
+                 max_experts=4, select_by="bic", standard_errors=False, prior="default",
                  random_state=None):
         self.num_experts = num_experts
         self.nonlinearity = nonlinearity
@@ -89,7 +90,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                                  f"method recovers at most d experts), got n_features = "
                                  f"{X.shape[1]}; use num_experts='auto' or 1.")
             params = estimator._num_params(k, X.shape[1], self.per_expert_noise)
-            if k > 1 and X.shape[0] < params:
+            if k > 1 and X.shape[1] + 2 <= X.shape[0] < params:
                 # A fold of a cross-validation may be too small for k: fit what its rows
                 # support rather than fail the whole search (moejax.fit refuses instead).
                 supported = estimator.supported_experts(*X.shape, self.per_expert_noise)
@@ -103,7 +104,9 @@ class MoERegressor(RegressorMixin, BaseEstimator):
             num_random_starts=self.num_random_starts, refine_iters=self.refine_iters,
             tol=self.tol, per_expert_noise=self.per_expert_noise, whiten=self.whiten,
             max_experts=self.max_experts, select_by=self.select_by,
-            standard_errors=self.standard_errors, prior=self.prior,
+            standard_errors=self.standard_errors,
+            prior=Prior() if isinstance(self.prior, str) and self.prior == "default"
+            else self.prior,
             feature_names=None if names is None else list(names), target_name=target_name)
         return self
 
