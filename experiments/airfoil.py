@@ -5,7 +5,7 @@ r"""The real-data check on NASA airfoil self-noise: test MSE and NLL over random
 Methods, each on whitened features with a per-expert intercept (`moejax.fit`'s preprocessing),
 one sigma shared by the experts and learned (the model of the reference below; `fit`'s
 default of one sigma per expert is measured against R's flexmix in experiments/peer_flexmix.py):
-  moments: moment method + gating EM (`fit(refine_iters=0)`);
+  moments: moment method + gating EM (`fit(num_refine_iters=0)`);
   refine:  `fit` with its defaults: joint-EM refinement of the moment start and 16 random
            starts, each to convergence, the best kept;
   em:      random-start joint EM, best of --num_starts starts by training likelihood;
@@ -67,7 +67,7 @@ def fit_method(method, key, x, y, k, g):
     """A FittedMoE fitted on the training split."""
     if method in ("moments", "refine"):
         return mj.fit(key, x, y, num_experts=k, nonlinearity=g, per_expert_noise=False,
-                      **({} if method == "refine" else dict(refine_iters=0)))
+                      **({} if method == "refine" else dict(num_refine_iters=0)))
     std = mj.fit_standardizer(x, y)
     z = mj.estimator.design_matrix(std, jnp.asarray(x, jnp.float32))
     ys = mj.transform_target(std, jnp.asarray(y, jnp.float32))

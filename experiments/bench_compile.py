@@ -142,7 +142,7 @@ def main(argv):
         sizes = 900 + np.random.default_rng(1).permutation(400)[:_MANY.value]
         start = compiles.count
         for i, n in enumerate(sizes):
-            mj.fit(jax.random.key(i), x[:n], y[:n], num_experts=2, refine_iters=50)
+            mj.fit(jax.random.key(i), x[:n], y[:n], num_experts=2, num_refine_iters=50)
             if (i + 1) % 10 == 0:
                 many_rows.append(dict(fits=i + 1, programs=compiles.count - start,
                                       rss_mb=_rss_mb()))

@@ -158,8 +158,8 @@ def child(n, d, k):
     common = dict(num_experts=k, nonlinearity="linear", noise_std=0.1)
     key = jax.random.key(1)
     row["expert_s"], row["expert_compile_s"], experts = _time(
-        lambda: mj.recover_experts(key, x, y, chunk_size=chunk, subspace_iters=sub,
-                                   **common).experts, _REPEATS.value)
+        lambda: mj.recover_experts(key, x, y, chunk_size=chunk, num_subspace_iters=sub,
+                                   **common)[0].experts, _REPEATS.value)
     row["expert_error"] = float(mj.expert_error(experts, truth.experts))
 
     # One EM pass is one evaluation of the fused sums for the one start recover runs (the
@@ -192,7 +192,7 @@ def child(n, d, k):
     row["recover_derived_s"] = derived
     if derived < _MAX_DIRECT.value or (n, d, k) in GOAL:
         row["recover_s"], row["recover_compile_s"], _ = _time(
-            lambda: mj.recover(key, x, y, chunk_size=chunk, subspace_iters=sub,
+            lambda: mj.recover(key, x, y, chunk_size=chunk, num_subspace_iters=sub,
                                **common)[0].gating, _REPEATS.value)
         if (n, d, k) in GOAL:  # the same in one block, for comparison
             row["recover_one_block_s"], _, _ = _time(
@@ -240,7 +240,7 @@ def memory_child(n, d, k, chunk):
     data_peak = _device_peak_mb()
     run = lambda: jax.block_until_ready(mj.recover(
         jax.random.key(1), x, y, num_experts=k, noise_std=0.1, chunk_size=chunk or None,
-        num_em_iters=1))
+        num_gating_iters=1))
     run()
     base = _settle()
     _reset_peak()

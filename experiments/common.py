@@ -59,10 +59,10 @@ def method_fn(method: str, s: Setting) -> Callable:
         return params, info.num_passes, info.converged
 
     if method == "moments":
-        return lambda key, x, y: report(mj.recover(key, x, y, em_tol=s.tol, **common))
+        return lambda key, x, y: report(mj.recover(key, x, y, gating_tol=s.tol, **common))
     if method == "refine":
         return lambda key, x, y: report(mj.refine(
-            mj.recover(key, x, y, em_tol=s.tol, **common)[0], x, y, num_iters=s.em_iters,
+            mj.recover(key, x, y, gating_tol=s.tol, **common)[0], x, y, num_iters=s.em_iters,
             tol=s.tol))
     if method == "em":
         return lambda key, x, y: report(mj.joint_em(key, x, y, num_iters=s.em_iters, tol=s.tol,

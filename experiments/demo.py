@@ -27,10 +27,10 @@ _GATE_NORM = flags.DEFINE_float("gating_norm", 2.0, "Norm of each true gating ro
 _ORTHOGONAL = flags.DEFINE_bool("orthogonal_gating", True,
                                 "Draw gating rows orthogonal to the experts (the theory's case).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
-_RESTARTS = flags.DEFINE_integer("num_restarts", 10, "Tensor power method restarts.")
+_RESTARTS = flags.DEFINE_integer("num_power_inits", 10, "Tensor power method restarts.")
 _POWER_ITERS = flags.DEFINE_integer("num_power_iters", 100, "Power steps per restart.")
 _INITS = flags.DEFINE_integer("num_gating_inits", 4, "Random starts of the gating EM.")
-_EM_ITERS = flags.DEFINE_integer("num_em_iters", 50, "Gating EM iterations.")
+_EM_ITERS = flags.DEFINE_integer("num_gating_iters", 50, "Gating EM iterations.")
 _MAX_EXPERT = flags.DEFINE_float("max_expert_error", 0.2, "Fail above this expert error.")
 _MAX_GATING = flags.DEFINE_float("max_gating_error", 0.3, "Fail above this gating error.")
 _OUT = flags.DEFINE_string("output_json", None, "Optional path for the results as JSON.")
@@ -45,9 +45,9 @@ def main(argv):
                              orthogonal_gating=_ORTHOGONAL.value, nonlinearity=g)
     x, y = mj.sample(key_train, truth, _N.value)
     x_test, y_test = mj.sample(key_test, truth, _N_TEST.value)
-    config = dict(num_experts=_EXPERTS.value, nonlinearity=g, num_restarts=_RESTARTS.value,
+    config = dict(num_experts=_EXPERTS.value, nonlinearity=g, num_power_inits=_RESTARTS.value,
                   num_power_iters=_POWER_ITERS.value, num_gating_inits=_INITS.value,
-                  num_em_iters=_EM_ITERS.value)
+                  num_gating_iters=_EM_ITERS.value)
     print(f"moejax demo: d={_DIM.value} k={_EXPERTS.value} g={g} n={_N.value} "
           f"sigma={_SIGMA.value} on {jax.devices()[0].platform}", flush=True)
 

@@ -27,7 +27,7 @@ _SIGMA = flags.DEFINE_float("noise_std", 0.1, "Noise standard deviation.")
 _ORTH = flags.DEFINE_bool("orthogonal_gating", True, "Gating rows orthogonal to the experts "
                           "(the method's assumption), or drawn freely.")
 _INITS = flags.DEFINE_integer("num_gating_inits", 4, "Random starts of the gating EM.")
-_EM_ITERS = flags.DEFINE_integer("num_em_iters", 50, "Gating EM iterations.")
+_EM_ITERS = flags.DEFINE_integer("num_gating_iters", 50, "Gating EM iterations.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
 
@@ -42,7 +42,7 @@ def run_setting(g: str, n: int, seeds: int):
         x, y = mj.sample(key_x, truth, n)
         est, _ = mj.recover(key_fit, x, y, num_experts=_EXPERTS.value, nonlinearity=g,
                          noise_std=_SIGMA.value, num_gating_inits=_INITS.value,
-                         num_em_iters=_EM_ITERS.value)
+                         num_gating_iters=_EM_ITERS.value)
         return truth, est
 
     truth, est = jax.jit(jax.vmap(one))(keys)
@@ -68,7 +68,7 @@ def main(argv):
     config = dict(dim=_DIM.value, num_experts=_EXPERTS.value, noise_std=_SIGMA.value,
                   num_seeds=_SEEDS.value, num_gating_inits=_INITS.value,
                   orthogonal_gating=_ORTH.value,
-                  num_em_iters=_EM_ITERS.value)
+                  num_gating_iters=_EM_ITERS.value)
     common.write_rows(base, rows, {"config": config})
 
     def medians(g, key):

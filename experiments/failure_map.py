@@ -146,7 +146,7 @@ def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters:
                                num_iters=5 * max_iters, tol=tol, learning_rate=0.01)
         out["gd_1"] = (ll(gd), err(gd), info.num_passes, info.converged)
         sigma0 = mj.initial_noise_std(y, g)
-        est = mj.recover_experts(key_m1, x, y, num_experts=cell.k, nonlinearity=g,
+        est, _ = mj.recover_experts(key_m1, x, y, num_experts=cell.k, nonlinearity=g,
                                  noise_std=sigma0)
         w, ginfo = mj.fit_gating(key_m2, x, y, est.experts, noise_std=sigma0, nonlinearity=g,
                                  num_iters=max_iters, tol=tol, learn_noise_std=True)

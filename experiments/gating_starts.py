@@ -43,8 +43,9 @@ def main(argv):
             truth = mj.random_params(key_p, d, k, noise_std=sigma, gating_norm=norm,
                                      nonlinearity=g)
             x, y = mj.sample(key_x, truth, n)
-            experts = mj.recover_experts(key_fit, x, y, num_experts=k, nonlinearity=g,
-                                         noise_std=sigma).experts
+            est, _ = mj.recover_experts(key_fit, x, y, num_experts=k, nonlinearity=g,
+                                        noise_std=sigma)
+            experts = est.experts
             lls, errs, passes = [], [], []
             for i in range(_INITS.value):
                 w, info = mj.fit_gating(jax.random.fold_in(key_fit, i), x, y, experts,

@@ -16,12 +16,12 @@ def moments_numpy(x, y, b, a1, a2):
     return m2, t3
 
 
-def power_method(t, k, rng, num_restarts=10, num_iters=100):
+def power_method(t, k, rng, num_power_inits=10, num_iters=100):
     """Robust tensor power method with deflation: eigenvalues (k,), eigenvectors (k, k)."""
     lams, vecs = [], []
     for _ in range(k):
         best = None
-        for _ in range(num_restarts):
+        for _ in range(num_power_inits):
             v = rng.standard_normal(t.shape[0])
             v /= np.linalg.norm(v)
             for _ in range(num_iters):

@@ -38,8 +38,8 @@ _SPLITS = flags.DEFINE_integer("num_splits", 10, "Random 80/20 splits (seeds 0..
 _KS = flags.DEFINE_list("ks", ["2", "3"], "Numbers of experts.")
 _FLEXMIX = flags.DEFINE_bool("flexmix", True, "Run R flexmix when Rscript and flexmix exist.")
 _NREP = flags.DEFINE_integer("nrep", 5, "flexmix random starts (stepFlexmix's nrep).")
-_REFINE = flags.DEFINE_integer("refine_iters", 3000, "moejax: fit's refine_iters.")
-_STARTS = flags.DEFINE_integer("num_random_starts", 16, "moejax: fit's num_random_starts.")
+_REFINE = flags.DEFINE_integer("num_refine_iters", 3000, "moejax: fit's num_refine_iters.")
+_STARTS = flags.DEFINE_integer("num_refine_inits", 16, "moejax: fit's num_refine_inits.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
 METHODS = ("moejax", "moejax_shared", "ols", "flexmix")  # labels: common.LABELS
@@ -49,7 +49,7 @@ def moejax_scores(key, x_tr, y_tr, x_te, y_te, k, per_expert):
     tic = time.perf_counter()
     model = jax.block_until_ready(mj.fit(
         key, x_tr, y_tr, num_experts=k, per_expert_noise=per_expert,
-        refine_iters=_REFINE.value, num_random_starts=_STARTS.value))
+        num_refine_iters=_REFINE.value, num_refine_inits=_STARTS.value))
     seconds = time.perf_counter() - tic
     pred = np.asarray(model.predict(x_te), np.float64)
     converged = bool(model.report.converged[model.report.best]) if model.report else True
@@ -115,8 +115,8 @@ def main(argv):
     summary = summarise(rows, ks)
     base = os.path.join(_OUT.value, "peer_flexmix")
     common.write_rows(base, rows, dict(
-        num_splits=_SPLITS.value, ks=ks, nrep=_NREP.value, refine_iters=_REFINE.value,
-        num_random_starts=_STARTS.value, flexmix=None if why_not else flexmix.version(),
+        num_splits=_SPLITS.value, ks=ks, nrep=_NREP.value, num_refine_iters=_REFINE.value,
+        num_refine_inits=_STARTS.value, flexmix=None if why_not else flexmix.version(),
         flexmix_not_run=why_not, summary=summary))
     print(table(summary))
     series = {}

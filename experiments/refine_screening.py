@@ -3,7 +3,7 @@ r"""How long must `fit`'s refinement starts run together before the best few can
     python -m experiments.refine_screening
 
 On the airfoil data (the 80/20 training splits of `experiments.airfoil`), for k = 2, 3, 4,
-`fit`'s starts (the moment start and --num_random_starts random ones) are each refined by
+`fit`'s starts (the moment start and --num_refine_inits random ones) are each refined by
 joint EM to a tight tolerance (--tol, cap --max_iters). Screening after S iterations and
 keeping the K starts with the highest likelihood then, would lose the best final likelihood
 minus the best final likelihood among the K kept: the table gives its largest value over
@@ -28,7 +28,7 @@ from experiments import common  # noqa: E402
 
 _SPLITS = flags.DEFINE_integer("num_splits", 10, "Training splits (seeds 0..num_splits-1).")
 _KS = flags.DEFINE_list("ks", ["2", "3", "4"], "Numbers of experts.")
-_STARTS = flags.DEFINE_integer("num_random_starts", 16, "Random starts besides the moment one.")
+_STARTS = flags.DEFINE_integer("num_refine_inits", 16, "Random starts besides the moment one.")
 _TOL = flags.DEFINE_float("tol", 1e-9, "Tolerance of the full runs.")
 _MAX = flags.DEFINE_integer("max_iters", 3000, "Cap of the full runs.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
@@ -47,7 +47,7 @@ def main(argv):
         key_fit, train, _ = common.split(split, n)  # as experiments.airfoil
         x, y = x_all[train], y_all[train]
         for k in (int(v) for v in _KS.value):
-            moment = mj.fit(key_fit, x, y, num_experts=k, refine_iters=0)
+            moment = mj.fit(key_fit, x, y, num_experts=k, num_refine_iters=0)
             z = moment.design(x)
             ys = mj.transform_target(moment.standardizer, y)
             key_starts = jax.random.split(key_fit, 3)[2]
@@ -76,7 +76,7 @@ def main(argv):
              for s in SCREENS}
     os.makedirs(_OUT.value, exist_ok=True)
     with open(os.path.join(_OUT.value, "refine_screening.json"), "w") as f:
-        json.dump(dict(num_random_starts=_STARTS.value, tol=_TOL.value,
+        json.dump(dict(num_refine_inits=_STARTS.value, tol=_TOL.value,
                        max_iters=_MAX.value, worst=worst, rows=rows), f, indent=1)
     print("\nlargest loss of the best final L per row (standardised scale), over "
           f"{len(rows)} splits x k:\n")

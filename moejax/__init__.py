@@ -22,6 +22,7 @@ from moejax.recover import ExpertEstimate, RecoverInfo, recover, recover_experts
 from moejax.selection import KSelection
 from moejax.solver import FitInfo
 from moejax.streams import Streamed, streamed
+from moejax.tensor import PowerInfo
 
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "KSelection",
     "MoEParams",
     "NONLINEARITIES",
+    "PowerInfo",
     "Prior",
     "RecoverInfo",
     "Standardizer",

@@ -13,6 +13,7 @@ table or model.
 
 import csv
 import functools
+import importlib
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import numpy as np
 
 from moejax import _files, compilation, estimator, io
 from moejax._version import __version__
-from moejax.nonlinearities import NONLINEARITIES
+from moejax.nonlinearities import NONLINEARITIES, nonlinearity_names
 from moejax.preprocessing import constant_columns
 from moejax.prior import Prior
 from moejax.tables import NA_VALUES, TableError, read_header, read_table
@@ -43,18 +44,21 @@ _MAX_EXPERTS = flags.DEFINE_integer("max_experts", 4, "fit: the largest k that -
                                     "tries.")
 _SELECT_BY = flags.DEFINE_enum("select_by", "bic", ["bic", "cv"], "fit: how --experts=auto "
                                "chooses k: BIC, or 5-fold cross-validated log-likelihood.")
-_STARTS = flags.DEFINE_integer("num_random_starts", 16, "fit: random starts of the refinement "
+_STARTS = flags.DEFINE_integer("num_refine_inits", 16, "fit: random starts of the refinement "
                                "besides the moment start.")
 _CHUNK = flags.DEFINE_integer("chunk_size", None, "fit: rows per block of every pass over the "
                               "data (bounds memory on large tables; default: all rows at once).")
-_NONLIN = flags.DEFINE_enum("nonlinearity", "linear", list(NONLINEARITIES),
-                            "fit: the experts' non-linearity g.")
+_NONLIN = flags.DEFINE_string("nonlinearity", "linear", "fit: the experts' non-linearity g: "
+                              f"one of {', '.join(NONLINEARITIES)}, or a name registered by "
+                              "an --import module.")
 _NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
                             "(default: estimated).")
 _PER_EXPERT = flags.DEFINE_bool("per_expert_noise", True, "fit: learn one noise sd per expert "
                                  "(else one shared by all).")
-_REFINE = flags.DEFINE_integer("refine_iters", 3000, "fit: cap on joint-EM refinement "
+_REFINE = flags.DEFINE_integer("num_refine_iters", 3000, "fit: cap on joint-EM refinement "
                                "iterations (0 skips it).")
+# The 0.1 name, kept for one version (moejax/_renamed.py).
+flags.DEFINE_alias("refine_iters", "num_refine_iters")
 _WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
 _PRIOR = flags.DEFINE_bool("prior", True, "fit: the regularised fit with moejax.Prior()'s "
                            "default strengths (--noprior: maximum likelihood).")
@@ -77,6 +81,9 @@ _DROP = flags.DEFINE_bool("drop_missing", False, "Drop rows with missing (see --
                           "infinite cells instead of failing on them.")
 _NA = flags.DEFINE_list("na_values", list(NA_VALUES), "Cells that mean a missing value "
                         "(comma-separated; an empty cell is always missing).")
+_IMPORT = flags.DEFINE_list("import", [], "Python modules to import first (comma-separated; "
+                            "looked up on PYTHONPATH and in the current directory), e.g. one "
+                            "that calls moejax.register_nonlinearity for a model's g.")
 _FEATURES = flags.DEFINE_list("features", None, "fit: the feature columns to use (default: "
                               "every column but --target and --exclude).")
 _EXCLUDE = flags.DEFINE_list("exclude", [], "fit: columns to leave out (e.g. an id or a text "
@@ -171,9 +178,9 @@ def _fit(x, y, k, feature_names):
     """`estimator.fit` with the flags' settings."""
     return estimator.fit(jax.random.key(_SEED.value), x, y, num_experts=k,
                          nonlinearity=_NONLIN.value, noise_std=_NOISE.value,
-                         whiten=_WHITEN.value, refine_iters=_REFINE.value,
+                         whiten=_WHITEN.value, num_refine_iters=_REFINE.value,
                          per_expert_noise=_PER_EXPERT.value,
-                         num_random_starts=_STARTS.value, max_experts=_MAX_EXPERTS.value,
+                         num_refine_inits=_STARTS.value, max_experts=_MAX_EXPERTS.value,
                          select_by=_SELECT_BY.value, chunk_size=_CHUNK.value,
                          prior=Prior() if _PRIOR.value else None,
                          feature_names=feature_names, target_name=_TARGET.value,
@@ -202,6 +209,9 @@ def fit_command(path: str) -> None:
     if _OUT.value == "-":
         raise InputError("--out=-: a model is a binary .npz file; give a file name.")
     check_out(_OUT.value, data=_DATA.value)
+    if _NONLIN.value not in nonlinearity_names():
+        raise InputError(f"--nonlinearity must be one of {nonlinearity_names()} (or a name "
+                         f"that an --import module registers), got {_NONLIN.value!r}.")
     feature_names = tuple(fit_columns(path))
     table, _, lines = read_data(path, list(feature_names) + [_TARGET.value])
     check_range(table, list(feature_names) + [_TARGET.value], lines, path)
@@ -227,7 +237,7 @@ def fit_command(path: str) -> None:
     if _NOISE.value is not None and not _NOISE.value > 0:
         raise InputError(f"--noise_std must be positive, got {_NOISE.value}.")
     if _REFINE.value < 0:
-        raise InputError(f"--refine_iters must be >= 0, got {_REFINE.value}.")
+        raise InputError(f"--num_refine_iters must be >= 0, got {_REFINE.value}.")
     if not -2**63 <= _SEED.value < 2**63:
         raise InputError(f"--seed must fit in 64 bits (|seed| < 2^63), got {_SEED.value}.")
     print(f"fitting {k} {_NONLIN.value} experts to {n} rows, {d} features, target "
@@ -247,7 +257,7 @@ def fit_command(path: str) -> None:
         best = int(r.best)
         start = "the moment start" if best == 0 else f"random start {best}"
         state = ("converged" if bool(r.converged[best])
-                 else "NOT converged (raise --refine_iters)")
+                 else "NOT converged (raise --num_refine_iters)")
         print(f"kept {start} of {len(r.converged)}: {int(r.num_iters[best])} iterations, "
               f"{state}; {int(np.sum(r.continued))} of {len(r.converged)} starts kept after "
               "screening")
@@ -400,6 +410,14 @@ def main(argv) -> None:
         sys.stderr.write(f"usage: python -m moejax {{{','.join(COMMANDS)}}} --flag=value ...\n"
                          f"  (got {argv[1:]}; see --help for the flags)\n")
         sys.exit(2)
+    if flags.FLAGS["refine_iters"].present:
+        sys.stderr.write("moejax: warning: --refine_iters is now called --num_refine_iters; the "
+                         "old name will be removed in moejax 0.3.\n")
+    try:
+        import_modules(_IMPORT.value)
+    except InputError as e:
+        sys.stderr.write(f"moejax {argv[1]}: error: {e}\n")
+        sys.exit(1)
     _enable_compilation_cache()
     # Whole tracebacks (never shown): the cache guard tells JAX's errors from moejax's by them.
     jax.config.update("jax_traceback_filtering", "off")
@@ -419,14 +437,31 @@ def main(argv) -> None:
             sys.exit(1)
 
 
+def import_modules(names) -> None:
+    """Imports each module of --import (for the non-linearities they register), the current
+    directory first on the path as for `python -m`; InputError naming the module that fails."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise InputError(f"--import={name}: {e} (the module must be on PYTHONPATH or in "
+                             "the current directory).") from None
+        except Exception as e:  # the module's own error, whatever it is: say where it came from
+            raise InputError(f"--import={name}: importing it raised {type(e).__name__}: "
+                             f"{e}") from None
+
+
 # The flags each command reads (besides the shared table flags), for its --help.
 COMMAND_FLAGS = dict(
     fit=["data", "target", "features", "exclude", "experts", "out", "nonlinearity", "noise_std",
-         "per_expert_noise", "refine_iters", "num_random_starts", "max_experts", "select_by",
+         "per_expert_noise", "num_refine_iters", "num_refine_inits", "max_experts", "select_by",
          "chunk_size", "whiten", "prior", "seed"],
     predict=["model", "data", "out", "interval", "posteriors"],
     summary=["model"])
 _TABLE_FLAGS = ["delimiter", "na_values", "drop_missing", "cache_dir"]
+_SHARED_FLAGS = ["import"]
 
 
 def usage(command: str | None) -> str:
@@ -436,7 +471,8 @@ def usage(command: str | None) -> str:
         lines += [f"commands: {', '.join(COMMANDS)}; `python -m moejax COMMAND --help` lists "
                   "a command's flags. --version prints the version."]
         return "\n".join(lines) + "\n"
-    names = COMMAND_FLAGS[command] + (_TABLE_FLAGS if command != "summary" else [])
+    names = (COMMAND_FLAGS[command] + (_TABLE_FLAGS if command != "summary" else [])
+             + _SHARED_FLAGS)
     lines.append(f"python -m moejax {command} flags:")
     for name in names:
         flag = flags.FLAGS[name]

@@ -22,6 +22,7 @@ from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import nonlinearity_names
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
+from moejax._renamed import FIT_RENAMED, accepts_old_names
 from moejax.prior import Prior
 from moejax.recover import _recover_experts
 from moejax.selection import KSelection
@@ -33,7 +34,7 @@ class FitReport(NamedTuple):
     Attributes:
       log_likelihood, num_iters, num_passes, converged, finite, trace: as in
         `moejax.FitInfo`, one entry per start (leading axis num_starts; trace
-        (refine_iters, num_starts)): the final training mean log-likelihood on the
+        (num_refine_iters, num_starts)): the final training mean log-likelihood on the
         standardised scale, the refinement iterations, the passes over the data of all starts
         together, whether each met the stopping rule within the cap, stayed finite, and its L
         before each iteration.
@@ -280,7 +281,7 @@ class FittedMoE:
             r, best = self.report, int(self.report.best)
             start = "the moment start" if best == 0 else f"random start {best}"
             state = ("converged" if bool(r.converged[best]) else "NOT converged (raise "
-                     "refine_iters)")
+                     "num_refine_iters)")
             lines.append(f"fit: kept {start} of {len(r.converged)}, "
                          f"{int(r.num_iters[best])} iterations, {state}")
             lines.append(_prior_line(self.prior, float(r.log_likelihood[best])))
@@ -490,12 +491,12 @@ class FitConfig:
     nonlinearity: str = "linear"
     noise_std: object = None
     whiten: bool = True
-    refine_iters: int = 3000
-    tol: float = 1e-8
-    num_random_starts: int = 16
-    num_restarts: int = 10
+    num_refine_iters: int = 3000
+    refine_tol: float = 1e-8
+    num_refine_inits: int = 16
+    num_power_inits: int = 10
     num_gating_inits: int = 1
-    num_em_iters: int = 50
+    num_gating_iters: int = 50
     per_expert_noise: bool = True
     max_experts: int = 4
     select_by: str = "bic"
@@ -516,26 +517,28 @@ class FitConfig:
                              f"{self.num_experts!r}.")
         if self.select_by not in ("bic", "cv"):
             raise ValueError(f"select_by must be 'bic' or 'cv', got {self.select_by!r}.")
-        _validate.positive(self.tol, "tol")
+        _validate.positive(self.refine_tol, "refine_tol")
         return dataclasses.replace(
             self,
             prior=prior_lib.check(self.prior),
             whiten=_validate.flag(self.whiten, "whiten"),
             standard_errors=_validate.flag(self.standard_errors, "standard_errors"),
             per_expert_noise=_validate.flag(self.per_expert_noise, "per_expert_noise"),
-            refine_iters=_validate.count(self.refine_iters, "refine_iters", minimum=0),
-            num_random_starts=_validate.count(self.num_random_starts, "num_random_starts",
+            num_refine_iters=_validate.count(self.num_refine_iters, "num_refine_iters", minimum=0),
+            num_refine_inits=_validate.count(self.num_refine_inits, "num_refine_inits",
                                               minimum=0),
-            num_restarts=_validate.count(self.num_restarts, "num_restarts"),
+            num_power_inits=_validate.count(self.num_power_inits, "num_power_inits"),
             num_gating_inits=_validate.count(self.num_gating_inits, "num_gating_inits"),
-            num_em_iters=_validate.count(self.num_em_iters, "num_em_iters"),
+            num_gating_iters=_validate.count(self.num_gating_iters, "num_gating_iters"),
             max_experts=_validate.count(self.max_experts, "max_experts"))
 
 
+@accepts_old_names(*FIT_RENAMED, renamed=FIT_RENAMED)
 def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "linear",
-        noise_std=None, whiten: bool = True, refine_iters: int = 3000, tol: float = 1e-8,
-        num_random_starts: int = 16, num_restarts: int = 10, num_gating_inits: int = 1,
-        num_em_iters: int = 50, per_expert_noise: bool = True, feature_names=None,
+        noise_std=None, whiten: bool = True, num_refine_iters: int = 3000,
+        refine_tol: float = 1e-8,
+        num_refine_inits: int = 16, num_power_inits: int = 10, num_gating_inits: int = 1,
+        num_gating_iters: int = 50, per_expert_noise: bool = True, feature_names=None,
         target_name=None, max_experts: int = 4, select_by: str = "bic",
         chunk_size: int | None = None, standard_errors: bool = True,
         prior: Prior | None = Prior(), progress=None) -> FittedMoE:
@@ -547,10 +550,10 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
        small tensor eigenvalue makes them blow up.)
     3. Gating by EM with the experts fixed (`fit_gating`): the moment start.
     4. Joint-EM refinement on [x_std, 1], which also estimates an intercept per expert and
-       per gate, from the moment start and from `num_random_starts` random starts
+       per gate, from the moment start and from `num_refine_inits` random starts
        (`random_init`), all in one vmap: every start runs `REFINE_SCREEN_ITERS` iterations,
        then the `REFINE_KEEP` with the highest likelihood run on until it rises by at most
-       tol * (1 + |L|) per iteration, or for `refine_iters` iterations in all (0 skips
+       refine_tol * (1 + |L|) per iteration, or for `num_refine_iters` iterations in all (0 skips
        step 4). The gating's M-step is a capped Newton step when the gating has at most
        `NEWTON_GATING_MAX_PARAMS` free parameters, else the Bohning step (docs/solvers.md:
        on sharp gates the Newton step converges in far fewer iterations, and to the optimum
@@ -599,8 +602,9 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         model can be saved).
       noise_std, per_expert_noise: as above.
       whiten: whiten x (True) or only standardise its columns.
-      refine_iters, tol, num_random_starts: the refinement's cap, tolerance and extra starts.
-      num_restarts, num_gating_inits, num_em_iters: the moment stage's and gating EM's.
+      num_refine_iters, refine_tol, num_refine_inits: the refinement's cap, tolerance and
+        extra random starts.
+      num_power_inits, num_gating_inits, num_gating_iters: the moment stage's and gating EM's.
       feature_names, target_name: optional names, kept with the model; by default a
         DataFrame x's columns and a Series y's name.
       max_experts, select_by: for num_experts="auto".
@@ -627,15 +631,15 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(500, 3))
     >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=500)
-    >>> model = fit(jax.random.key(0), x, y, num_experts=2, refine_iters=200)
+    >>> model = fit(jax.random.key(0), x, y, num_experts=2, num_refine_iters=200)
     >>> model.predict(x[:5]).shape, model.noise_std.shape
     ((5,), (2,))
     """
     _validate.host_side("fit", x, y, key, noise_std)
     config = FitConfig(num_experts=num_experts, nonlinearity=nonlinearity, noise_std=noise_std,
-                       whiten=whiten, refine_iters=refine_iters, tol=tol,
-                       num_random_starts=num_random_starts, num_restarts=num_restarts,
-                       num_gating_inits=num_gating_inits, num_em_iters=num_em_iters,
+                       whiten=whiten, num_refine_iters=num_refine_iters, refine_tol=refine_tol,
+                       num_refine_inits=num_refine_inits, num_power_inits=num_power_inits,
+                       num_gating_inits=num_gating_inits, num_gating_iters=num_gating_iters,
                        per_expert_noise=per_expert_noise, max_experts=max_experts,
                        select_by=select_by, chunk_size=chunk_size,
                        standard_errors=standard_errors, prior=prior).checked()
@@ -763,14 +767,14 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     std = preprocessing._fit_standardizer(x, y, whiten=config.whiten)
     xp, yp, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), x, y)
     progress(f"moment stage ({num_experts} experts), gating EM ({config.num_gating_inits} "
-             f"starts, at most {config.num_em_iters} iterations)"
-             + (f", joint-EM refinement (the moment start and {config.num_random_starts} "
-                f"random starts, at most {config.refine_iters} iterations each)"
-                if config.refine_iters else ""))
+             f"starts, at most {config.num_gating_iters} iterations)"
+             + (f", joint-EM refinement (the moment start and {config.num_refine_inits} "
+                f"random starts, at most {config.num_refine_iters} iterations each)"
+                if config.num_refine_iters else ""))
     penalty = (None if config.prior is None else
                prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
     params, report, checks = _fit_program(
-        key, xp, yp, weights, std, noise_std, jnp.asarray(config.tol, x.dtype),
+        key, xp, yp, weights, std, noise_std, jnp.asarray(config.refine_tol, x.dtype),
         _Stages(**{name: getattr(config, name) for name in _Stages._fields}),
         sums.Layout(config.chunk_size), penalty)
     top, sigma, gating_finite, refine_finite = jax.device_get(checks)
@@ -815,11 +819,11 @@ class _Stages(NamedTuple):
     num_experts: int
     nonlinearity: str
     per_expert_noise: bool
-    num_restarts: int
+    num_power_inits: int
     num_gating_inits: int
-    num_em_iters: int
-    refine_iters: int
-    num_random_starts: int
+    num_gating_iters: int
+    num_refine_iters: int
+    num_refine_inits: int
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layout"))
@@ -841,10 +845,10 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, config: 
     sigma = (_initial_noise_std(ys, g, weights) if learn else noise_std / std.y_scale)
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
     # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
-    est = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))), k, g,
-                           config.num_restarts, 100, None, layout, weights)
+    est, _ = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))), k, g,
+                              config.num_power_inits, 100, 1e-6, None, layout, weights)
     w, info = gating._fit_gating(key_gating, xs, ys, est.experts, sigma, g,
-                                 config.num_gating_inits, config.num_em_iters, 1.0, learn,
+                                 config.num_gating_inits, config.num_gating_iters, 1.0, learn,
                                  layout, weights=weights)
     pad = jnp.zeros((k, 1), xs.dtype)
     start_sigma = info.noise_std
@@ -853,12 +857,12 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, config: 
     params = MoEParams(jnp.concatenate([est.experts, pad], 1), jnp.concatenate([w, pad], 1),
                        start_sigma, g)
     report, refine_finite = None, jnp.asarray(True)
-    if config.refine_iters:
+    if config.num_refine_iters:
         randoms = jax.vmap(lambda key: random_init(key, z.shape[1], k, start_sigma, z.dtype,
                                                    nonlinearity=g))(
-            jax.random.split(key_starts, config.num_random_starts))
+            jax.random.split(key_starts, config.num_refine_inits))
         starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
-        params, report, refine_finite = _refine_starts(starts, z, ys, config.refine_iters, tol,
+        params, report, refine_finite = _refine_starts(starts, z, ys, config.num_refine_iters, tol,
                                                        learn, weights, layout, penalty)
     return params, report, (top, sigma, info.finite, refine_finite)
 
@@ -896,6 +900,7 @@ def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, name
                                                                    reduce=True))
 
 
+@accepts_old_names(*FIT_RENAMED, renamed=FIT_RENAMED)
 def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
                        nonlinearity: str = "linear", num_folds: int = 5,
                        **fit_kwargs) -> KSelection:
@@ -910,7 +915,7 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
       max_experts: the largest k, at most d.
       nonlinearity: the experts' g (a name).
       num_folds: F >= 2 cross-validation folds.
-      **fit_kwargs: passed to every `fit` (e.g. refine_iters, per_expert_noise).
+      **fit_kwargs: passed to every `fit` (e.g. num_refine_iters, per_expert_noise).
 
     Returns:
       KSelection: every k's parameter count, training log-likelihood, BIC, cross-validated

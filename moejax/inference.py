@@ -166,7 +166,7 @@ def problem(inference: Inference | None) -> str | None:
     if eigvals[0] < -tiny:
         return (f"no standard errors: the fit is not at a maximum of the likelihood (the "
                 f"observed information has a negative eigenvalue, {eigvals[0]:.3g}: raise "
-                "refine_iters, or refine_iters=0 was used)")
+                "num_refine_iters, or num_refine_iters=0 was used)")
     if eigvals[0] <= tiny or eigvals[-1] <= 0:
         return (f"no standard errors: the observed information is singular (eigenvalues "
                 f"{eigvals[0]:.3g} .. {eigvals[-1]:.3g}; a gate is saturated, or an expert has "
@@ -174,7 +174,8 @@ def problem(inference: Inference | None) -> str | None:
     decrement = float(inference.score @ np.linalg.solve(info, inference.score))
     if decrement > MAX_NEWTON_DECREMENT:
         return (f"no standard errors: the fit is not at a maximum of the likelihood (Newton "
-                f"decrement {decrement:.3g}: raise refine_iters, or refine_iters=0 was used)")
+                f"decrement {decrement:.3g}: raise num_refine_iters, or num_refine_iters=0 was "
+                "used)")
     return None
 
 

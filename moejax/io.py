@@ -191,7 +191,8 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
     g = meta.get("nonlinearity")
     if isinstance(g, str) and g and g not in nonlinearity_names():
         raise ValueError(f"{path!r} uses the non-linearity {g!r}, which is not registered in "
-                         f"this process: call moejax.register_nonlinearity({g!r}, fn) first.")
+                         f"this process: call moejax.register_nonlinearity({g!r}, fn) first "
+                         "(on the command line: --import=MODULE, a module that registers it).")
     problem = _problem(meta, arrays)
     if problem:
         raise ValueError(f"{path!r} is corrupted: {problem}.")

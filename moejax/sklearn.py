@@ -35,7 +35,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
       num_experts: k >= 1 (1 is least squares), at most the number of features, or "auto"
         to choose k in 1..max_experts by `select_by`.
       nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()`.
-      num_random_starts, refine_iters, tol: the refinement's extra starts, cap and tolerance.
+      num_refine_inits, num_refine_iters, refine_tol: the refinement's extra random starts, cap
+        and tolerance.
       per_expert_noise: one noise sd per expert (else one shared).
       whiten: whiten the features (else only standardise them).
       max_experts, select_by: for num_experts="auto" ("bic" or "cv").
@@ -54,20 +55,20 @@ class MoERegressor(RegressorMixin, BaseEstimator):
       >>> rng = np.random.default_rng(0)
       >>> X = rng.normal(size=(300, 3))
       >>> y = np.where(X[:, 0] > 0, 2 * X[:, 1], -X[:, 2]) + 0.1 * rng.normal(size=300)
-      >>> reg = MoERegressor(num_experts=2, refine_iters=100, random_state=0).fit(X, y)
+      >>> reg = MoERegressor(num_experts=2, num_refine_iters=100, random_state=0).fit(X, y)
       >>> reg.predict(X[:4]).shape, bool(reg.score(X, y) > 0.9)
       ((4,), True)
     """
 
-    def __init__(self, num_experts=2, *, nonlinearity="linear", num_random_starts=16,
-                 refine_iters=3000, tol=1e-8, per_expert_noise=True, whiten=True,
+    def __init__(self, num_experts=2, *, nonlinearity="linear", num_refine_inits=16,
+                 num_refine_iters=3000, refine_tol=1e-8, per_expert_noise=True, whiten=True,
                  max_experts=4, select_by="bic", standard_errors=False, prior="default",
                  random_state=None):
         self.num_experts = num_experts
         self.nonlinearity = nonlinearity
-        self.num_random_starts = num_random_starts
-        self.refine_iters = refine_iters
-        self.tol = tol
+        self.num_refine_inits = num_refine_inits
+        self.num_refine_iters = num_refine_iters
+        self.refine_tol = refine_tol
         self.per_expert_noise = per_expert_noise
         self.whiten = whiten
         self.max_experts = max_experts
@@ -101,8 +102,9 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         names = getattr(self, "feature_names_in_", None)
         self.model_ = estimator.fit(
             jax.random.key(seed), X, y, num_experts=k, nonlinearity=self.nonlinearity,
-            num_random_starts=self.num_random_starts, refine_iters=self.refine_iters,
-            tol=self.tol, per_expert_noise=self.per_expert_noise, whiten=self.whiten,
+            num_refine_inits=self.num_refine_inits, num_refine_iters=self.num_refine_iters,
+            refine_tol=self.refine_tol, per_expert_noise=self.per_expert_noise,
+            whiten=self.whiten,
             max_experts=self.max_experts, select_by=self.select_by,
             standard_errors=self.standard_errors,
             prior=Prior() if isinstance(self.prior, str) and self.prior == "default"

@@ -5,9 +5,26 @@ step 4).
 Knows nothing of mixtures of experts."""
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+
+class PowerInfo(NamedTuple):
+    """How the power method stopped, per component (in order of discovery). The fields are
+    those of `moejax.FitInfo` that apply to a method without a likelihood, in its order.
+
+    Attributes:
+      num_iters: (num_components,) power steps of the polishing run (from the best start).
+      converged: (num_components,) whether the polishing run's last step moved the unit
+        component by at most `tol` (up to sign) within the cap `num_iters`.
+      finite: (num_components,) whether the component and its weight are finite.
+    """
+
+    num_iters: jax.Array
+    converged: jax.Array
+    finite: jax.Array
 
 
 def contract(tensor: jax.Array, v: jax.Array) -> jax.Array:
@@ -15,45 +32,64 @@ def contract(tensor: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.einsum("ijl,j,l->i", tensor, v, v)
 
 
-def _power_steps(tensor: jax.Array, v: jax.Array, num_iters: int) -> jax.Array:
-    def step(_, u):
-        u = contract(tensor, u)
-        return u / jnp.linalg.norm(u)
+def _power_steps(tensor: jax.Array, v: jax.Array, max_iters: int,
+                 tol: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """v <- T(I, v, v) / ||T(I, v, v)|| until a step moves v by at most tol (up to sign: T(I,
+    v, v) is even in v) or `max_iters` steps: (v, steps, converged)."""
 
-    return jax.lax.fori_loop(0, num_iters, step, v)
+    def step(state):
+        u, _, i = state
+        w = contract(tensor, u)
+        w = w / jnp.linalg.norm(w)
+        moved = jnp.linalg.norm(w - jnp.where(w @ u < 0, -u, u))
+        return w, moved, i + 1
+
+    def more(state):
+        # A NaN step (a zero tensor) compares False and stops the run.
+        return (state[2] < max_iters) & (state[1] > tol)
+
+    inf = jnp.asarray(jnp.inf, v.dtype)
+    v, moved, steps = jax.lax.while_loop(more, step, (v, inf, jnp.asarray(0, jnp.int32)))
+    return v, steps, moved <= tol
 
 
-def _top_component(key: jax.Array, tensor: jax.Array, num_restarts: int,
-                   num_iters: int) -> tuple[jax.Array, jax.Array]:
-    """The restart with the largest T(v, v, v) after `num_iters` steps, polished by as many more."""
+def _top_component(key: jax.Array, tensor: jax.Array, num_inits: int, num_iters: int,
+                   tol: float) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The start with the largest T(v, v, v) after its power run, polished by another run."""
     k = tensor.shape[0]
-    starts = jax.random.normal(key, (num_restarts, k), tensor.dtype)
+    starts = jax.random.normal(key, (num_inits, k), tensor.dtype)
     starts = starts / jnp.linalg.norm(starts, axis=1, keepdims=True)
-    ends = jax.vmap(_power_steps, in_axes=(None, 0, None))(tensor, starts, num_iters)
+    ends, _, _ = jax.vmap(_power_steps, in_axes=(None, 0, None, None))(tensor, starts,
+                                                                       num_iters, tol)
     values = jax.vmap(lambda u: contract(tensor, u) @ u)(ends)
-    v = _power_steps(tensor, ends[jnp.argmax(values)], num_iters)
-    return contract(tensor, v) @ v, v
+    v, steps, converged = _power_steps(tensor, ends[jnp.argmax(values)], num_iters, tol)
+    return contract(tensor, v) @ v, v, steps, converged
 
 
-@functools.partial(jax.jit, static_argnames=("num_components", "num_restarts", "num_iters"))
-def decompose(key: jax.Array, tensor: jax.Array, num_components: int, *, num_restarts: int = 10,
-              num_iters: int = 100) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnames=("num_components", "num_inits", "num_iters"))
+def decompose(key: jax.Array, tensor: jax.Array, num_components: int, *, num_inits: int = 10,
+              num_iters: int = 100, tol: float = 1e-6) -> tuple[jax.Array, jax.Array, PowerInfo]:
     """Decomposes T ~ sum_i lam_i v_i (x) v_i (x) v_i by power iterations and deflation.
 
     Args:
-      key: PRNG key for the random restarts.
+      key: PRNG key for the random starts.
       tensor: (k, k, k) symmetric.
       num_components: how many components to extract, in order of discovery.
-      num_restarts: random starts per component (run together with vmap).
-      num_iters: power steps v <- T(I, v, v) / ||T(I, v, v)|| per start, and again to polish.
+      num_inits: random starts per component (run together with vmap).
+      num_iters: cap on the power steps v <- T(I, v, v) / ||T(I, v, v)|| per start, and again
+        to polish the best.
+      tol: a run stops when a step moves v by at most tol (Euclidean, up to sign).
 
     Returns:
-      (lam, v): weights (num_components,) and unit components as rows (num_components, k).
+      (lam, v, info): weights (num_components,), unit components as rows
+      (num_components, k), and how each component's polishing run stopped (`PowerInfo`).
     """
 
     def body(t, key):
-        lam, v = _top_component(key, t, num_restarts, num_iters)
-        return t - lam * jnp.einsum("i,j,l->ijl", v, v, v), (lam, v)
+        lam, v, steps, converged = _top_component(key, t, num_inits, num_iters, tol)
+        return t - lam * jnp.einsum("i,j,l->ijl", v, v, v), (lam, v, steps, converged)
 
-    _, (lam, v) = jax.lax.scan(body, tensor, jax.random.split(key, num_components))
-    return lam, v
+    _, (lam, v, steps, converged) = jax.lax.scan(body, tensor,
+                                                 jax.random.split(key, num_components))
+    finite = jnp.isfinite(lam) & jnp.all(jnp.isfinite(v), axis=1)
+    return lam, v, PowerInfo(num_iters=steps, converged=converged, finite=finite)

@@ -14,8 +14,20 @@ from conftest import truth_and_data
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def moejax(*args, cwd, cache=""):
-    # No compilation cache unless a test asks for one: runs stay independent of each other.
+# The compilation cache these tests share (as a user's runs do), so that a table shape another
+# test compiled is not compiled again; tests of the cache itself pass their own (or "").
+_SHARED_CACHE = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    _SHARED_CACHE.append(str(tmp_path_factory.mktemp("cli_cache")))
+    yield
+    _SHARED_CACHE.pop()
+
+
+def moejax(*args, cwd, cache=None):
+    cache = _SHARED_CACHE[-1] if cache is None else cache
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", MOEJAX_CACHE_DIR=cache)
     return subprocess.run([sys.executable, "-m", "moejax", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -40,7 +52,7 @@ def workdir(tmp_path_factory):
     oracle_mse = 100 * float(np.mean(np.square(np.asarray(mj.predict(truth, x)) - np.asarray(y))))
     write_csv(d / "train.csv", HEADER, table.tolist())
     out = moejax("fit", "--data=train.csv", "--target=target", "--experts=3", "--out=model.npz",
-                 "--refine_iters=20", cwd=d)
+                 "--num_refine_iters=20", cwd=d)
     assert out.returncode == 0, out.stderr
     return d, table, out.stdout, oracle_mse
 
@@ -115,7 +127,7 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
     write_csv(tmp_path / "t.csv", HEADER, rows)
     cache = tmp_path / "cache"
     out = moejax("fit", "--data=t.csv", "--target=target", "--experts=3", "--out=m.npz",
-                 "--refine_iters=2", "--drop_missing", cwd=tmp_path, cache=str(cache))
+                 "--num_refine_iters=2", "--drop_missing", cwd=tmp_path, cache=str(cache))
     assert out.returncode == 0, out.stderr
     assert len(list(cache.iterdir())) > 10  # the compiled programs, for the next run
     assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout
@@ -187,7 +199,7 @@ def test_unusable_out_or_data_paths_fail_before_any_work(workdir, tmp_path):
 def test_a_model_saved_from_python_without_names_works_in_the_cli(workdir, tmp_path):
     _, table, _, _ = workdir
     x, y = table[:600, :-1], table[:600, -1]
-    model = mj.fit(__import__("jax").random.key(0), x, y, num_experts=3, refine_iters=2)
+    model = mj.fit(__import__("jax").random.key(0), x, y, num_experts=3, num_refine_iters=2)
     assert model.feature_names is None
     mj.io.save(tmp_path / "m.npz", model)
     write_csv(tmp_path / "new.csv", [f"x{i + 1}" for i in range(10)], x[:20].tolist())
@@ -200,7 +212,7 @@ def test_help_lists_each_commands_flags_and_exits_0(tmp_path):
     out = moejax("fit", "--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     for flag in ("--data", "--target", "--experts", "--out", "--delimiter", "--nonlinearity",
-                 "--max_experts", "--select_by", "--num_random_starts", "--chunk_size"):
+                 "--max_experts", "--select_by", "--num_refine_inits", "--chunk_size"):
         assert flag in out.stdout, out.stdout
     assert "leaky_relu" in out.stdout
     out = moejax("predict", "--help", cwd=tmp_path)
@@ -242,7 +254,7 @@ def test_experts_auto_prints_the_scores_and_writes_the_chosen_model(tmp_path):
     y = x @ [2.0, -1.0] + 3 + 0.5 * rng.normal(size=800)  # one linear regression: k = 1
     write_csv(tmp_path / "t.csv", ["a", "b", "y"], np.c_[x, y].tolist())
     out = moejax("fit", "--data=t.csv", "--target=y", "--experts=auto", "--out=m.npz",
-                 "--refine_iters=100", cwd=tmp_path)
+                 "--num_refine_iters=100", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "chose k = 1" in out.stdout and "| k | parameters |" in out.stdout
     assert mj.io.load(tmp_path / "m.npz").num_experts == 1
@@ -333,11 +345,12 @@ def test_a_damaged_compilation_cache_is_detected_and_replaced(tmp_path):
     # one line on stderr each, the fit succeeds, and the next run is clean.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 3))
-    write_csv(tmp_path / "t.csv", ["a", "b", "c", "y"],
-              np.c_[x, x[:, 0] + 0.1 * rng.normal(size=200)].tolist())
+    # Two regimes, so that the fit keeps both experts and prints no warning.
+    y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=200)
+    write_csv(tmp_path / "t.csv", ["a", "b", "c", "y"], np.c_[x, y].tolist())
     cache = tmp_path / "cache"
     args = ("fit", "--data=t.csv", "--target=y", "--experts=2", "--out=m.npz",
-            "--refine_iters=2")
+            "--num_refine_iters=2")
     assert moejax(*args, cwd=tmp_path, cache=str(cache)).returncode == 0
     entries = {p.name.split("-")[0]: p for p in cache.iterdir()}
     a, b = entries["jit__log_likelihood"], entries["jit__mixing_weights"]
@@ -357,3 +370,32 @@ def test_a_damaged_compilation_cache_is_detected_and_replaced(tmp_path):
     assert out.stderr.count("\n") == 1 and "UserWarning" not in out.stderr
     out = moejax(*args, cwd=tmp_path, cache=str(cache))
     assert out.returncode == 0 and out.stderr == "", out.stderr
+
+
+def test_import_registers_a_nonlinearity_for_fit_and_predict(tmp_path):
+    # A model with a registered g is usable from the command line through --import; the 0.1
+    # flag name --refine_iters still works, with a warning.
+    (tmp_path / "my_g.py").write_text(
+        "import jax.numpy as jnp\nimport moejax\n"
+        "moejax.register_nonlinearity('half_tanh', lambda t: 2 * jnp.tanh(t / 2))\n")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = np.where(x[:, 0] > 0, 2 * np.tanh(x[:, 1]), -np.tanh(x[:, 2])) + 0.1 * rng.normal(size=400)
+    write_csv(tmp_path / "t.csv", ["a", "b", "c", "y"], np.c_[x, y].tolist())
+    out = moejax("fit", "--data=t.csv", "--target=y", "--experts=2", "--out=m.npz",
+                 "--nonlinearity=half_tanh", "--import=my_g", "--refine_iters=10", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "--refine_iters is now called --num_refine_iters" in out.stderr
+    assert "10 iterations" in out.stdout  # the old flag's value was used
+    out = moejax("predict", "--model=m.npz", "--data=t.csv", "--out=p.csv", cwd=tmp_path)
+    assert out.returncode == 1 and "--import=MODULE" in out.stderr, out.stderr
+    out = moejax("predict", "--model=m.npz", "--data=t.csv", "--out=p.csv", "--import=my_g",
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "p.csv").is_file()
+    out = moejax("fit", "--data=t.csv", "--target=y", "--experts=2", "--out=m2.npz",
+                 "--import=no_such_module_here", cwd=tmp_path)
+    assert out.returncode == 1 and "--import=no_such_module_here" in out.stderr
+    out = moejax("fit", "--data=t.csv", "--target=y", "--experts=2", "--out=m2.npz",
+                 "--nonlinearity=half_tanh", cwd=tmp_path)
+    assert out.returncode == 1 and "--import module registers" in out.stderr

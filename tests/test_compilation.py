@@ -35,7 +35,7 @@ def _table(n, d=3, seed=0):
     return x, y
 
 
-_KW = dict(num_experts=2, refine_iters=30, num_random_starts=3)
+_KW = dict(num_experts=2, num_refine_iters=30, num_refine_inits=3)
 
 
 def test_first_fit_is_a_few_programs_and_a_new_row_count_in_its_bucket_compiles_none():
@@ -92,10 +92,10 @@ def test_many_fits_of_varying_size_keep_a_bounded_set_of_programs():
 def test_selection_compiles_per_bucket_not_per_fold():
     x, y = _table(240, seed=3)
     mj.select_num_experts(jax.random.key(0), x, y, max_experts=2, num_folds=2,
-                          refine_iters=20, num_random_starts=2)
+                          num_refine_iters=20, num_refine_inits=2)
     count, _ = _count(lambda: mj.select_num_experts(
-        jax.random.key(1), x[:230], y[:230], max_experts=2, num_folds=2, refine_iters=20,
-        num_random_starts=2).bic)
+        jax.random.key(1), x[:230], y[:230], max_experts=2, num_folds=2, num_refine_iters=20,
+        num_refine_inits=2).bic)
     assert count == 0
 
 

@@ -16,7 +16,7 @@ def _affine(seed, n, nonlinearity="linear"):
 
 def test_fit_on_shifted_scaled_data_predicts_in_original_units():
     truth, x, y = _affine(0, 50_000)
-    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_random_starts=2)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_inits=2)
     z_test, y_test = mj.sample(jax.random.key(99), truth, 5000)  # held out, same truth
     x_test, y_test = 3.0 * z_test + 7.0, 50.0 + 4.0 * y_test
     # Oracle: the true model on the model-scale inputs.
@@ -37,7 +37,7 @@ def test_intercepts_are_estimated():
     z_assign = jnp.argmax(mj.posteriors(truth, z, y_model), axis=1)
     b = jnp.array([1.0, -1.0, 0.5])
     y = y_model + b[z_assign]
-    model = mj.fit(jax.random.key(1), z, y, num_experts=3, whiten=False, refine_iters=200)
+    model = mj.fit(jax.random.key(1), z, y, num_experts=3, whiten=False, num_refine_iters=200)
     scale = float(model.standardizer.y_scale)
     found = np.sort(np.asarray(model.params.experts[:, -1]) * scale + float(model.standardizer.y_mean))
     np.testing.assert_allclose(found, np.sort(np.asarray(b)), atol=0.1)
@@ -45,7 +45,7 @@ def test_intercepts_are_estimated():
 
 def test_log_likelihood_is_in_original_units():
     _, x, y = _affine(2, 5000)
-    model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=10, num_random_starts=1)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_iters=10, num_refine_inits=1)
     # Changing the target's units by 10 moves the density by -log 10 per row.
     shifted = mj.FittedMoE(model.params, model.standardizer._replace(
         y_mean=model.standardizer.y_mean * 10, y_scale=model.standardizer.y_scale * 10))
@@ -55,7 +55,7 @@ def test_log_likelihood_is_in_original_units():
 
 def test_fitted_model_is_a_pytree_through_jit():
     _, x, y = _affine(3, 5000)
-    model = mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=5, feature_names=list("abcdefghij"))
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_iters=5, feature_names=list("abcdefghij"))
     jitted = jax.jit(lambda m, x: m.predict(x))(model, x[:10])
     np.testing.assert_allclose(jitted, model.predict(x[:10]), rtol=1e-5)
     # params (3), standardizer (4), the refinement's report (10), training statistics (7).
@@ -66,8 +66,8 @@ def test_fit_rejects_bad_arguments():
     _, x, y = _affine(0, 500)
     with pytest.raises(ValueError, match="nonlinearity"):
         mj.fit(jax.random.key(0), x, y, num_experts=3, nonlinearity=jnp.tanh)
-    with pytest.raises(ValueError, match="refine_iters"):
-        mj.fit(jax.random.key(0), x, y, num_experts=3, refine_iters=-1)
+    with pytest.raises(ValueError, match="num_refine_iters"):
+        mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_iters=-1)
     with pytest.raises(ValueError, match="feature_names"):
         mj.fit(jax.random.key(0), x, y, num_experts=3, feature_names=["a"])
     with pytest.raises(ValueError, match="num_experts"):
@@ -77,7 +77,7 @@ def test_fit_rejects_bad_arguments():
 def test_fit_keeps_the_best_start_and_reports_convergence():
     truth, x, y = _affine(4, 20_000)
     # 8 starts: all are screened, REFINE_KEEP = 4 go on to convergence.
-    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_random_starts=7)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_inits=7)
     report = model.report
     assert report.log_likelihood.shape == (8,) and report.converged.shape == (8,)
     assert int(np.sum(report.continued)) == mj.estimator.REFINE_KEEP
@@ -101,7 +101,7 @@ def test_fit_works_in_tiny_and_huge_units():
     # Standardisation is computed on rescaled columns: units of 1e-20 or 1e15 in y give the
     # same predictions, in those units, as the plain data.
     _, x, y = _affine(5, 4000)
-    kw = dict(num_experts=3, refine_iters=50, num_random_starts=0)
+    kw = dict(num_experts=3, num_refine_iters=50, num_refine_inits=0)
     plain = mj.fit(jax.random.key(0), x, y, **kw).predict(x[:100])
     for unit in (1e-20, 1e15):
         scaled = mj.fit(jax.random.key(0), x, y * unit, **kw).predict(x[:100])
@@ -116,7 +116,7 @@ def test_a_new_row_count_in_the_same_bucket_does_not_recompile(monkeypatch):
     estimator, gating, recover = (importlib.import_module(f"moejax.{m}")
                                   for m in ("estimator", "gating", "recover"))
     stages = ((estimator, "_recover_experts", recover._recover_experts, (
-                  "num_experts", "nonlinearity", "num_restarts", "num_iters", "subspace_iters",
+                  "num_experts", "nonlinearity", "num_power_inits", "num_iters", "num_subspace_iters",
                   "layout")),
               (gating, "_fit_gating", gating._fit_gating, (
                   "nonlinearity", "num_inits", "num_iters", "learn_noise_std", "layout",
@@ -127,7 +127,7 @@ def test_a_new_row_count_in_the_same_bucket_does_not_recompile(monkeypatch):
         monkeypatch.setattr(module, name, jax.jit(
             chex.assert_max_traces(jitted.__wrapped__, n=1), static_argnames=static))
     _, x, y = _affine(4, 700)
-    kw = dict(num_experts=2, refine_iters=20, num_random_starts=2)
+    kw = dict(num_experts=2, num_refine_iters=20, num_refine_inits=2)
     first = mj.fit(jax.random.key(0), x, y, **kw)
     second = mj.fit(jax.random.key(0), x[:650], y[:650], **kw)  # a second trace would raise
     assert np.isfinite(float(second.log_likelihood(x[:650], y[:650])))
@@ -140,7 +140,7 @@ def test_fit_in_chunks_matches_one_block():
     # chunk_size reaches every pass (moment stage, gating EM, refinement); only the summation
     # order changes, so the same start wins and the fits agree to float32 rounding.
     _, x, y = _affine(4, 3000)
-    kw = dict(num_experts=3, refine_iters=20, num_random_starts=2)
+    kw = dict(num_experts=3, num_refine_iters=20, num_refine_inits=2)
     ref = mj.fit(jax.random.key(0), x, y, **kw)
     got = mj.fit(jax.random.key(0), x, y, chunk_size=512, **kw)
     assert int(got.report.best) == int(ref.report.best)

@@ -35,7 +35,7 @@ def test_demo_succeeds_and_writes_json(tmp_path):
 
 @pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_demo_exits_nonzero_when_recovery_fails():
-    out = run("experiments.demo", "--n=200", "--n_test=100", "--num_em_iters=2",
+    out = run("experiments.demo", "--n=200", "--n_test=100", "--num_gating_iters=2",
               "--max_expert_error=0.01")
     assert out.returncode == 1 and "recovery FAILED" in out.stdout
 
@@ -87,7 +87,7 @@ def test_bench_sweep(tmp_path):
 @pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_error_table(tmp_path):
     out = run("experiments.error_table", "--nonlinearities=tanh", "--ns=500",
-              "--num_seeds=2", "--num_em_iters=3", f"--output_dir={tmp_path}")
+              "--num_seeds=2", "--num_gating_iters=3", f"--output_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     assert len(read_csv(tmp_path / "error_table.csv")) == 2
     assert "| tanh |" in out.stdout
@@ -140,8 +140,8 @@ def test_bench_recover_tables_from_saved_rows():
 
 @pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
 def test_peer_flexmix_without_r(tmp_path):
-    out = run("experiments.peer_flexmix", "--num_splits=1", "--ks=2", "--refine_iters=5",
-              "--num_random_starts=1", "--flexmix=false", f"--output_dir={tmp_path}")
+    out = run("experiments.peer_flexmix", "--num_splits=1", "--ks=2", "--num_refine_iters=5",
+              "--num_refine_inits=1", "--flexmix=false", f"--output_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     assert "flexmix not run: --flexmix=false" in out.stdout
     rows = read_csv(tmp_path / "peer_flexmix.csv")

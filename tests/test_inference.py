@@ -115,7 +115,7 @@ def test_coefficients_in_data_units_reproduce_predict(nonlinearity, fitted):
     else:
         x, y = _data(1, 400)
         model = mj.fit(jax.random.key(1), x, y, num_experts=2, nonlinearity=nonlinearity,
-                       refine_iters=300)
+                       num_refine_iters=300)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # only the estimates matter here
         coef = model.coefficients()
@@ -134,7 +134,7 @@ def test_coefficients_in_data_units_reproduce_predict(nonlinearity, fitted):
 
 def test_missing_or_unusable_standard_errors_are_reported_never_silent(fitted):
     model, x, y = fitted
-    short = mj.fit(jax.random.key(0), x, y, num_experts=2, refine_iters=0)  # moment start only
+    short = mj.fit(jax.random.key(0), x, y, num_experts=2, num_refine_iters=0)  # moment start only
     with pytest.warns(UserWarning, match="not at a maximum"):
         coef = short.coefficients()
     assert np.all(np.isnan(coef.std_error)) and "not at a maximum" in coef.problem

@@ -14,7 +14,7 @@ from conftest import truth_and_data
 def fitted():
     _, x, y = truth_and_data(0, 3000, "tanh")
     names = tuple(f"x{i}" for i in range(x.shape[1]))
-    return mj.fit(jax.random.key(0), x, y, num_experts=3, nonlinearity="tanh", refine_iters=5,
+    return mj.fit(jax.random.key(0), x, y, num_experts=3, nonlinearity="tanh", num_refine_iters=5,
                   feature_names=names, target_name="y"), x
 
 
@@ -268,7 +268,7 @@ def test_save_and_load_keep_the_report_and_the_standard_errors(tmp_path, fitted)
 def test_save_and_load_keep_the_report_the_selection_and_the_standard_errors(tmp_path):
     _, x, y = truth_and_data(1, 600)
     model = mj.fit(jax.random.key(0), x[:, :3], y, num_experts="auto", max_experts=2,
-                   refine_iters=50, num_random_starts=2)
+                   num_refine_iters=50, num_refine_inits=2)
     assert model.selection is not None and model.inference is not None
     mj.io.save(tmp_path / "m.npz", model)
     loaded = mj.io.load(tmp_path / "m.npz")

@@ -92,7 +92,7 @@ def test_newton_gating_steps_reach_the_optimum_that_bohning_steps_stop_short_of(
     with enable_x64(True):
         x = np.asarray(data.features[:1200], np.float64)
         y = np.asarray(data.target[:1200], np.float64)
-        start = mj.fit(jax.random.key(0), x, y, num_experts=2, refine_iters=0)
+        start = mj.fit(jax.random.key(0), x, y, num_experts=2, num_refine_iters=0)
         z, ys = start.design(x), mj.transform_target(start.standardizer, y)
         params = start.params._replace(noise_std=jnp.broadcast_to(start.params.noise_std,
                                                                   (2,)))

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, DIM, K, REFINE_ITERS = 8000, 8, 3, 8
 # refine runs plain EM for a fixed number of iterations (tol far below float32's resolution),
 # so every run takes the same steps and the comparison is of sums, not of stopping decisions.
-COMMON = [f"--n={N}", f"--dim={DIM}", f"--num_experts={K}", f"--refine_iters={REFINE_ITERS}",
+COMMON = [f"--n={N}", f"--dim={DIM}", f"--num_experts={K}", f"--num_refine_iters={REFINE_ITERS}",
           "--refine_tol=1e-30", "--noaccelerate"]
 
 

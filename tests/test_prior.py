@@ -122,7 +122,7 @@ def test_rows_bound_the_number_of_experts():
         mj.fit(jax.random.key(0), x[:8], y[:8], num_experts=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mj.fit(jax.random.key(0), x[:40], y[:40], num_experts=2, refine_iters=20,
+        mj.fit(jax.random.key(0), x[:40], y[:40], num_experts=2, num_refine_iters=20,
                standard_errors=False)
     assert any("fewer than 5 rows per parameter" in str(w.message) for w in caught)
     assert mj.estimator.supported_experts(69, 3) == 1
@@ -152,7 +152,7 @@ def test_the_prior_is_saved_and_old_reports_load(tmp_path):
     z, y, _ = _problem(0)
     x = z[:, :-1]
     model = mj.fit(jax.random.key(0), x, y, num_experts=2, prior=mj.Prior(gate_scale=1.0),
-                   refine_iters=50, standard_errors=False)
+                   num_refine_iters=50, standard_errors=False)
     io.save(tmp_path / "m.npz", model)
     loaded = io.load(tmp_path / "m.npz")
     assert loaded.prior == mj.Prior(gate_scale=1.0)

@@ -27,7 +27,7 @@ def expert_errors(nonlinearity: str, n: int):
     errors, weights = [], []
     for seed in SEEDS:
         params, x, y = truth_and_data(seed, n, nonlinearity)
-        est = mj.recover_experts(jax.random.key(100 + seed), x, y, num_experts=NUM_EXPERTS,
+        est, _ = mj.recover_experts(jax.random.key(100 + seed), x, y, num_experts=NUM_EXPERTS,
                                  nonlinearity=nonlinearity, noise_std=NOISE_STD)
         perm = mj.match_experts(est.experts, params.experts)
         true_pi = jnp.mean(jax.nn.softmax(x @ params.gating.T, axis=-1), axis=0)
@@ -68,7 +68,7 @@ def test_gating_error_with_recovered_experts():
 
 
 RECOVER = functools.partial(mj.recover, num_experts=NUM_EXPERTS, noise_std=NOISE_STD,
-                            num_em_iters=30, num_gating_inits=4)
+                            num_gating_iters=30, num_gating_inits=4)
 
 
 def test_jit_and_vmap_over_keys_match_eager_calls(small_problem):
@@ -93,7 +93,7 @@ def test_vmap_over_datasets_and_traced_noise_std():
     ys = jnp.stack([d[2] for d in data])
     keys = jax.random.split(jax.random.key(4), 3)
     batched, _ = jax.vmap(lambda k, x, y, s: mj.recover(
-        k, x, y, num_experts=NUM_EXPERTS, noise_std=s, num_em_iters=30, num_gating_inits=4))(
+        k, x, y, num_experts=NUM_EXPERTS, noise_std=s, num_gating_iters=30, num_gating_inits=4))(
             keys, xs, ys, jnp.full(3, NOISE_STD))
     for i, (params, x, y) in enumerate(data):
         single, _ = RECOVER(keys[i], x, y)
@@ -118,6 +118,10 @@ def test_output_structure(small_problem):
     assert info.mixing_weights.shape == info.norms.shape == (NUM_EXPERTS,)
     assert float(jnp.sum(info.mixing_weights)) == pytest.approx(1.0, abs=0.2)
     np.testing.assert_allclose(info.norms, 1.0, atol=0.3)
+    # The power method met its tolerance for every expert, well within its cap of 100 steps.
+    assert isinstance(info.power, mj.PowerInfo) and info.power.num_iters.shape == (NUM_EXPERTS,)
+    assert np.all(np.asarray(info.power.converged)) and np.all(np.asarray(info.power.finite))
+    assert np.all(np.asarray(info.power.num_iters) < 100), info.power.num_iters
 
 
 def test_integer_inputs_are_cast(small_problem):
@@ -140,7 +144,7 @@ def test_high_dimension_never_forms_a_cube():
     key_p, key_x = jax.random.split(jax.random.key(8))
     params = mj.random_params(key_p, 2000, 5)
     x, y = mj.sample(key_x, params, 20_000)
-    est, _ = mj.recover(jax.random.key(9), x, y, num_experts=5, noise_std=0.1, num_em_iters=10,
+    est, _ = mj.recover(jax.random.key(9), x, y, num_experts=5, noise_std=0.1, num_gating_iters=10,
                      num_gating_inits=2)
     assert est.experts.shape == (5, 2000)
     assert np.all(np.isfinite(est.experts)) and np.all(np.isfinite(est.gating))

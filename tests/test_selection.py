@@ -4,7 +4,7 @@ import pytest
 
 import moejax as mj
 
-FAST = dict(refine_iters=300, num_random_starts=4)
+FAST = dict(num_refine_iters=300, num_refine_inits=4)
 
 
 def _data(k, n, seed):
@@ -82,6 +82,6 @@ def test_choosing_the_largest_k_tried_is_flagged_where_k_could_be_larger():
     y = np.select([x[:, 0] < -0.5, x[:, 0] < 0.5], [3 * x[:, 1], -3 * x[:, 2]], 3 * x[:, 3])
     with pytest.warns(UserWarning, match="the largest k tried"):
         model = mj.fit(jax.random.key(0), x, y + 0.1 * rng.normal(size=400),
-                       num_experts="auto", max_experts=2, refine_iters=50,
-                       num_random_starts=4, standard_errors=False)
+                       num_experts="auto", max_experts=2, num_refine_iters=50,
+                       num_refine_inits=4, standard_errors=False)
     assert model.num_experts == 2

@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from moejax.sklearn import MoERegressor  # noqa: E402
 
-_FAST = dict(refine_iters=100, num_random_starts=4, random_state=0)
+_FAST = dict(num_refine_iters=100, num_refine_inits=4, random_state=0)
 
 
 def _two_regimes(n=300, seed=0):
@@ -26,8 +26,8 @@ def _two_regimes(n=300, seed=0):
 @pytest.mark.slow
 def test_passes_scikit_learns_estimator_checks():
     from sklearn.utils.estimator_checks import check_estimator
-    results = check_estimator(MoERegressor(num_experts=2, refine_iters=20,
-                                           num_random_starts=2, random_state=0), on_fail=None)
+    results = check_estimator(MoERegressor(num_experts=2, num_refine_iters=20,
+                                           num_refine_inits=2, random_state=0), on_fail=None)
     failed = [(r["check_name"], str(r["exception"])) for r in results
               if r["status"] == "failed"]
     assert not failed

@@ -56,8 +56,8 @@ def test_zero_weight_padding_is_exact():
     truth, x, y = truth_and_data(2, 5000)
     xp, yp, w = mj.sums.pad_rows(mj.sums.bucket_size(5000) + 300, x, y)
     kw = dict(num_experts=3, noise_std=NOISE_STD)
-    ref = mj.recover_experts(jax.random.key(0), x, y, **kw)
-    got = mj.recover_experts(jax.random.key(0), xp, yp, weights=w, **kw)
+    ref, _ = mj.recover_experts(jax.random.key(0), x, y, **kw)
+    got, _ = mj.recover_experts(jax.random.key(0), xp, yp, weights=w, **kw)
     np.testing.assert_allclose(got.experts, ref.experts, atol=1e-5)
     gkw = dict(noise_std=jnp.full(3, 0.3), learn_noise_std=True, num_iters=100)
     w_ref, info_ref = mj.fit_gating(jax.random.key(1), x, y, truth.experts, **gkw)
@@ -95,7 +95,7 @@ def test_recover_chunked_equals_in_memory(nonlinearity):
         # The gating EM stops on a tolerance, and a different summation order can stop it one
         # iteration apart (seen with jax 0.11.2: 2.4e-4): gating within 1e-3, far below its
         # statistical error (~0.05 here), and likelihoods within a few stopping tolerances
-        # (em_tol (1 + |L|) = 1.2e-6 per iteration; measured gap 4e-6).
+        # (gating_tol (1 + |L|) = 1.2e-6 per iteration; measured gap 4e-6).
         assert rel(got.gating, ref.gating) < 1e-3
         assert float(mj.log_likelihood(got, x, y)) == pytest.approx(
             float(mj.log_likelihood(ref, x, y)), abs=2e-5)
@@ -108,8 +108,9 @@ def test_implicit_whitening_matches_dense():
     truth = mj.random_params(key_p, 40, 3, noise_std=0.1)
     x, y = mj.sample(key_x, truth, 30_000)
     kw = dict(num_experts=3, noise_std=0.1)
-    dense = mj.recover_experts(jax.random.key(0), x, y, **kw)
-    implicit = mj.recover_experts(jax.random.key(0), x, y, subspace_iters=4, chunk_size=5000, **kw)
+    dense, _ = mj.recover_experts(jax.random.key(0), x, y, **kw)
+    implicit, _ = mj.recover_experts(jax.random.key(0), x, y, num_subspace_iters=4,
+                                     chunk_size=5000, **kw)
     assert float(mj.expert_error(implicit.experts, dense.experts)) < 1e-3
     np.testing.assert_allclose(np.sort(implicit.mixing_weights), np.sort(dense.mixing_weights),
                                rtol=1e-3)

@@ -39,28 +39,28 @@ def test_half_precision_data_are_computed_in_float32(dtype):
 
 def test_numpy_scalars_are_accepted():
     a, _ = mj.recover(KEY, X, Y, num_experts=np.int64(2), noise_std=np.float32(0.3),
-                      num_em_iters=np.int32(20))
-    b, _ = mj.recover(KEY, X, Y, num_experts=2, noise_std=0.3, num_em_iters=20)
+                      num_gating_iters=np.int32(20))
+    b, _ = mj.recover(KEY, X, Y, num_experts=2, noise_std=0.3, num_gating_iters=20)
     np.testing.assert_array_equal(a.experts, b.experts)
 
 
 def test_traced_num_experts_says_configuration_is_static():
     with pytest.raises(ValueError, match="num_experts .* bind it with functools.partial"):
         jax.jit(mj.recover)(KEY, X, Y, num_experts=2)
-    with pytest.raises(ValueError, match="num_em_iters .* bind it with functools.partial"):
-        jax.jit(functools.partial(mj.recover, num_experts=2))(KEY, X, Y, num_em_iters=5)
+    with pytest.raises(ValueError, match="num_gating_iters .* bind it with functools.partial"):
+        jax.jit(functools.partial(mj.recover, num_experts=2))(KEY, X, Y, num_gating_iters=5)
     fine, info = jax.jit(functools.partial(mj.recover, num_experts=2, noise_std=0.3))(KEY, X, Y)
     assert fine.experts.shape == (2, 5) and fine.nonlinearity == "linear"
     assert info.mixing_weights.shape == (2,)
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_restarts=-2), "num_restarts must be an integer >= 1, got -2"),
-    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_restarts=0), "num_restarts"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_power_inits=-2), "num_power_inits must be an integer >= 1, got -2"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_power_inits=0), "num_power_inits"),
     (lambda: mj.recover(KEY, X, Y, num_experts=2, num_power_iters=-1), "num_power_iters"),
-    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_em_iters=0), "num_em_iters must be"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, num_gating_iters=0), "num_gating_iters must be"),
     (lambda: mj.recover(KEY, X, Y, num_experts=2, num_gating_inits=2.5), "num_gating_inits"),
-    (lambda: mj.recover(KEY, X, Y, num_experts=2, em_tol=float("nan")), "em_tol must be"),
+    (lambda: mj.recover(KEY, X, Y, num_experts=2, gating_tol=float("nan")), "gating_tol must be"),
     (lambda: mj.recover(KEY, X, Y, num_experts=2, noise_std="0.1"), "noise_std must be a number, got '0.1'"),
     (lambda: mj.recover(KEY, X, Y, num_experts=2, noise_std=True), "noise_std must be a number"),
     (lambda: mj.fit_gating(KEY, X, Y, TRUTH.experts, noise_std=0.3, num_inits=2.5), "num_inits"),
@@ -137,12 +137,12 @@ def test_data_closed_over_by_a_jitted_function_are_checked():
 
 
 @pytest.mark.parametrize("entry", [
-    lambda x, y: mj.recover(KEY, x, y, num_experts=2, num_em_iters=3),
-    lambda x, y: mj.fit(KEY, x, y, num_experts=2, refine_iters=2, num_random_starts=1),
-    lambda x, y: mj.fit(KEY, x, y, num_experts="auto", max_experts=2, refine_iters=2,
-                        num_random_starts=1),
+    lambda x, y: mj.recover(KEY, x, y, num_experts=2, num_gating_iters=3),
+    lambda x, y: mj.fit(KEY, x, y, num_experts=2, num_refine_iters=2, num_refine_inits=1),
+    lambda x, y: mj.fit(KEY, x, y, num_experts="auto", max_experts=2, num_refine_iters=2,
+                        num_refine_inits=1),
     pytest.param(lambda x, y: mj.select_num_experts(KEY, x, y, max_experts=2, num_folds=2,
-                                                    refine_iters=2, num_random_starts=1),
+                                                    num_refine_iters=2, num_refine_inits=1),
                  marks=pytest.mark.slow),  # make test-all
 ], ids=["recover", "fit", "fit_auto", "select_num_experts"])
 def test_a_composite_entry_point_checks_x_once(entry, monkeypatch):
