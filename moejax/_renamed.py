@@ -1,7 +1,8 @@
 """Old argument names kept working for one version (docs/api.md, "Names")."""
 
 import functools
-import warnings
+
+from moejax import _validate
 
 # The names of 0.1 and the names that replaced them in 0.2 (one name per idea: random starts
 # `num_<stage>_inits`, caps `num_<stage>_iters`, tolerances `<stage>_tol` in a function of
@@ -18,7 +19,7 @@ RENAMED = {
 FIT_RENAMED = {**RENAMED, "tol": "refine_tol"}
 
 
-def translate(kwargs: dict, renamed: dict, where: str, stacklevel: int = 3) -> dict:
+def translate(kwargs: dict, renamed: dict, where: str) -> dict:
     """`kwargs` with every old name (a key of `renamed`) replaced by its new one, each with a
     DeprecationWarning; TypeError if both names of one idea are given."""
     kwargs = dict(kwargs)
@@ -27,8 +28,8 @@ def translate(kwargs: dict, renamed: dict, where: str, stacklevel: int = 3) -> d
             if new in kwargs:
                 raise TypeError(f"{where}() got both {old!r} and its new name {new!r}; "
                                 f"pass only {new!r}.")
-            warnings.warn(f"{where}: {old!r} is now called {new!r}; the old name will be "
-                          "removed in moejax 0.3.", DeprecationWarning, stacklevel=stacklevel)
+            _validate.warn(f"{where}: {old!r} is now called {new!r}; the old name will be "
+                           "removed in moejax 0.3.", DeprecationWarning)
             kwargs[new] = kwargs.pop(old)
     return kwargs
 
@@ -42,7 +43,7 @@ def accepts_old_names(*names, renamed=RENAMED):
         @functools.wraps(fn)
         def call(*args, **kwargs):
             if not renamed.keys().isdisjoint(kwargs):
-                kwargs = translate(kwargs, renamed, fn.__name__, stacklevel=3)
+                kwargs = translate(kwargs, renamed, fn.__name__)
             return fn(*args, **kwargs)
 
         return call

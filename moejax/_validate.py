@@ -2,6 +2,8 @@
 jit/vmap tracing only shapes and dtypes are checked (a traced value cannot raise)."""
 
 import functools
+import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,15 @@ from moejax.streams import Streamed, compute_dtype
 
 # The entry points that read data in blocks from the host (`moejax.streamed`).
 STREAMING = "recover, recover_experts, fit_gating, refine, joint_em and log_likelihood"
+
+
+def warn(message: str, category=UserWarning) -> None:
+    """warnings.warn attributed to the first caller outside moejax (the user's line), however
+    deep inside the library it is issued."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: warn's caller
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "moejax":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _concrete(a) -> bool:
@@ -285,7 +296,20 @@ def _valid_weights(weights: jax.Array) -> bool:
 
 
 def min_samples(dim: int) -> int:
-    """Fewest samples the estimators accept: more than d, so that M2 and X^T X are estimable."""
+    """Fewest samples the estimators accept: more than d, so that M2 and X^T X are estimable.
+
+    Args:
+      dim: d, the number of features.
+
+    Returns:
+      d + 1.
+
+    Raises:
+      Nothing.
+
+    >>> min_samples(10)
+    11
+    """
     return dim + 1
 
 

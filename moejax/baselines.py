@@ -31,12 +31,18 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
     Returns:
       MoEParams with experts (k, d), gating (k, d) and noise_std shaped like the input.
 
+    Raises:
+      ValueError: for dim or num_experts that is not a positive integer (noise_std is not
+        checked: it may be traced).
+
     >>> p = random_init(jax.random.key(0), 4, 3, 0.5)
     >>> [round(float(v), 5) for v in jnp.linalg.norm(p.experts, axis=1)]
     [1.0, 1.0, 1.0]
     >>> bool(jnp.all(p.gating[-1] == 0))
     True
     """
+    dim = _validate.count(dim, "dim")
+    num_experts = _validate.count(num_experts, "num_experts")
     dtype = dtype or jnp.result_type(float)
     key_a, key_w = jax.random.split(key)
     experts = jax.random.normal(key_a, (num_experts, dim), dtype)

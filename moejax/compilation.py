@@ -44,6 +44,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
       The directory in use, or None if it could not be created, in which case one line on
       stderr says why and compilation goes on without a cache.
 
+    Raises:
+      Nothing: a directory that cannot be used is reported on stderr (see Returns).
+
     Example (first thing in a script; it changes this process's JAX configuration):
 
         import moejax as mj

@@ -91,6 +91,15 @@ class FittedMoE:
         error).
       prior: the `moejax.Prior` of a regularised (MAP) fit, or None for maximum likelihood
         (and for least squares and models built by hand).
+
+    Example (the methods' examples use this `model`, `x` and `y`):
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> x = rng.normal(size=(400, 3))
+      >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=400)
+      >>> model = fit(jax.random.key(0), x, y, num_experts=2)
+      >>> model
+      FittedMoE(k=2, d=3, nonlinearity='linear', n=400, log_likelihood=..., bic=...)
     """
 
     params: MoEParams
@@ -123,8 +132,20 @@ class FittedMoE:
         return self.params.noise_std * self.standardizer.y_scale
 
     def design(self, x) -> jax.Array:
-        """[standardize(x), 1]: (n, d + 1), the model's input, for x: (n, d) in the data's
-        units. Raises ValueError for x that is not a finite (n, d) array."""
+        """The model's input z = [standardize(x), 1] (docs/algorithm.md section 5).
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n, d + 1) array.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.design(x[:2]).shape
+        (2, 4)
+        """
         x = _validate.features(x, dim=self.dim)
         return design_matrix(self.standardizer, x)
 
@@ -139,6 +160,9 @@ class FittedMoE:
 
         Raises:
           ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.predict(x[:3]).shape
+        (3,)
         """
         return _on_rows(self, _predict, self._checked(x))
 
@@ -154,11 +178,28 @@ class FittedMoE:
 
         Raises:
           ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> bool(model.log_likelihood(x, y) > 0)  # sigma about 0.1: a density above 1
+        True
         """
         return _on_rows(self, _log_likelihood, *self._checked(x, y), reduce=True)
 
     def mixing_weights(self, x) -> jax.Array:
-        """Mean gate probabilities (1/n) sum_n softmax(W z_n): (k,), for x: (n, d)."""
+        """Mean gate probabilities (1/n) sum_n softmax(W z_n).
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (k,) weights summing to 1.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> w = np.asarray(model.mixing_weights(x))  # about the share of rows with x1 > 0
+        >>> w.shape, round(float(w.sum()), 4)
+        ((2,), 1.0)
+        """
         return _on_rows(self, _mixing_weights, self._checked(x), reduce=True)
 
     def _checked(self, x, y=None):
@@ -167,35 +208,112 @@ class FittedMoE:
         return _validate.data(x, y, dim=self.dim)
 
     def gate_probabilities(self, x) -> jax.Array:
-        """P(z = i | x) = softmax(W z)_i for each row: (n, k), for x: (n, d) in the data's
-        units. Raises ValueError for x that is not a finite (n, d) array."""
+        """P(z = i | x) = softmax(W z)_i for each row: the gate alone, before y is seen.
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n, k) probabilities, rows summing to 1.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.gate_probabilities(x[:3]).shape
+        (3, 2)
+        """
         return _on_rows(self, _gate_probabilities, self._checked(x))
 
     def posteriors(self, x, y) -> jax.Array:
-        """P(z = i | x, y) for each row: (n, k), rows summing to 1 (flexmix's `posterior`).
-        Raises ValueError for malformed x or y."""
+        """P(z = i | x, y) for each row: which expert produced it (flexmix's `posterior`).
+
+        Args:
+          x: (n, d) features; y: (n,) targets, in the data's units.
+
+        Returns:
+          (n, k) probabilities, rows summing to 1.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> np.asarray(model.posteriors(x[:3], y[:3])).sum(axis=1).round(4)
+        array([1., 1., 1.], dtype=float32)
+        """
         return _on_rows(self, _posteriors, *self._checked(x, y))
 
     def clusters(self, x, y) -> jax.Array:
-        """The most probable expert of each row given x and y: (n,) in 0..k-1 (flexmix's
-        `clusters`, 0-based)."""
+        """The most probable expert of each row given x and y (flexmix's `clusters`, 0-based).
+
+        Args:
+          x: (n, d) features; y: (n,) targets, in the data's units.
+
+        Returns:
+          (n,) integers in 0..k-1, the argmax of `posteriors`.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> sorted(set(np.asarray(model.clusters(x, y)).tolist()))
+        [0, 1]
+        """
         return _on_rows(self, _clusters, *self._checked(x, y))
 
     def log_density(self, x, y) -> jax.Array:
-        """log p(y_n | x_n) for each row: (n,), a density per unit of y (its mean is
-        `log_likelihood`)."""
+        """log p(y_n | x_n) for each row, a density per unit of y (its mean is
+        `log_likelihood`).
+
+        Args:
+          x: (n, d) features; y: (n,) targets, in the data's units.
+
+        Returns:
+          (n,) log-densities.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> bool(np.isclose(np.mean(model.log_density(x, y)), model.log_likelihood(x, y)))
+        True
+        """
         return _on_rows(self, _log_density, *self._checked(x, y))
 
     def predict_variance(self, x) -> jax.Array:
-        """Var[y | x] for each row: (n,), in squared target units: the noise of each expert
-        plus the spread of the experts' means around `predict(x)`."""
+        """Var[y | x] for each row, in squared target units: the noise of each expert plus
+        the spread of the experts' means around `predict(x)`.
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n,) variances.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> bool(np.all(np.asarray(model.predict_variance(x[:5])) > 0))
+        True
+        """
         return _on_rows(self, _predict_variance, self._checked(x))
 
     def predict_interval(self, x, level: float = 0.9):
-        """The central `level` predictive interval of y given each row of x: (lower (n,),
-        upper (n,)), the (1 - level) / 2 and (1 + level) / 2 quantiles of the mixture's
-        predictive distribution, found by bisection on its CDF (docs/algorithm.md section 6),
-        not a normal approximation. Raises ValueError for level outside (0, 1)."""
+        """The central `level` predictive interval of y given each row of x: the
+        (1 - level) / 2 and (1 + level) / 2 quantiles of the mixture's predictive
+        distribution, found by bisection on its CDF (docs/algorithm.md section 6), not a
+        normal approximation.
+
+        Args:
+          x: (n, d) features in the data's units.
+          level: the interval's probability, in (0, 1).
+
+        Returns:
+          (lower, upper), each (n,), in the target's units.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array, or level outside (0, 1).
+
+        >>> lower, upper = model.predict_interval(x[:3], 0.9)
+        >>> lower.shape, bool(np.all(lower < upper))
+        ((3,), True)
+        """
         level = _validate.positive(level, "level")
         if not 0 < float(level) < 1:
             raise ValueError(f"level must be in (0, 1), got {level!r}.")
@@ -204,7 +322,21 @@ class FittedMoE:
         return _on_rows(self, functools.partial(_interval, probs=probs), self._checked(x))
 
     def sample(self, key: jax.Array, x) -> jax.Array:
-        """One draw of y from the fitted model for each row of x: (n,) in target units."""
+        """One draw of y from the fitted model for each row of x.
+
+        Args:
+          key: PRNG key.
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n,) draws in the target's units.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.sample(jax.random.key(1), x[:4]).shape
+        (4,)
+        """
         return _on_rows(self, functools.partial(_sample, key=key), self._checked(x))
 
     def _stats(self) -> "inference.Inference":
@@ -221,17 +353,52 @@ class FittedMoE:
         return inference.num_params(self.params, self.noise_learned)
 
     def aic(self) -> float:
-        """-2 log-likelihood + 2 num_params, on the training rows (smaller is better)."""
+        """Akaike's criterion -2 log-likelihood + 2 num_params, on the training rows.
+
+        Returns:
+          A float; smaller is better.
+
+        Raises:
+          ValueError: for a model without training statistics (fitted with
+            standard_errors=False, or built by hand).
+
+        >>> model.aic() < model.bic()  # log(400) > 2
+        True
+        """
         return float(-2 * self._stats().log_likelihood + 2 * self.num_params)
 
     def bic(self) -> float:
-        """-2 log-likelihood + num_params log n, on the training rows."""
+        """The Bayesian information criterion -2 log-likelihood + num_params log n, on the
+        training rows.
+
+        Returns:
+          A float; smaller is better.
+
+        Raises:
+          ValueError: for a model without training statistics (as `aic`).
+
+        >>> model.num_params  # 2 experts x 4 and 1 gate x 4 coefficients, 2 sigmas
+        14
+        >>> bool(np.isclose(model.bic(), model.aic() + 14 * (np.log(400) - 2)))
+        True
+        """
         s = self._stats()
         return float(-2 * s.log_likelihood + self.num_params * np.log(s.num_rows))
 
     def icl(self) -> float:
-        """BIC + 2 * the entropy of the training posteriors (Biernacki, Celeux and Govaert
-        2000): BIC penalised for experts that overlap."""
+        """The integrated completed likelihood BIC + 2 * the entropy of the training
+        posteriors (Biernacki, Celeux and Govaert 2000): BIC penalised for experts that
+        overlap.
+
+        Returns:
+          A float, at least `bic()`; smaller is better.
+
+        Raises:
+          ValueError: for a model without training statistics (as `aic`).
+
+        >>> model.icl() >= model.bic()
+        True
+        """
         return self.bic() + 2 * float(self._stats().entropy)
 
     def coefficients(self) -> "inference.Coefficients":
@@ -246,18 +413,38 @@ class FittedMoE:
 
         Returns:
           `moejax.inference.Coefficients` (with `.table()` for a printout).
+
+        Raises:
+          Nothing: missing standard errors are NaN, with a warning (see above).
+
+        >>> c = model.coefficients()
+        >>> len(c.estimate) == model.num_params, bool(np.all(c.std_error > 0))
+        (True, True)
         """
         out = inference.coefficients(self.params, self.standardizer, self.inference,
                                      self.feature_names or _default_names(self.dim),
                                      self.noise_learned)
         if out.problem:
-            warnings.warn(out.problem, stacklevel=2)
+            _validate.warn(out.problem)
         return out
 
     def coefficient_covariance(self, robust: bool = False) -> np.ndarray:
-        """The covariance matrix of `coefficients().estimate` (statsmodels' `cov_params`):
-        (m, m), from the observed information, or with `robust` from the sandwich. Raises
-        ValueError when the standard errors are unavailable (`coefficients().problem`)."""
+        """The covariance matrix of `coefficients().estimate` (statsmodels' `cov_params`).
+
+        Args:
+          robust: False for the inverse observed information, True for the sandwich.
+
+        Returns:
+          (m, m) covariance, m = num_params, in the data's units.
+
+        Raises:
+          ValueError: when the standard errors are unavailable (`coefficients().problem`
+            says why), or robust is not a bool.
+
+        >>> cov = model.coefficient_covariance()
+        >>> bool(np.allclose(np.sqrt(np.diag(cov)), model.coefficients().std_error))
+        True
+        """
         why = inference.problem(self.inference)
         if why:
             raise ValueError(why + ".")
@@ -266,7 +453,18 @@ class FittedMoE:
 
     def summary(self) -> str:
         """A printable summary: the data, the likelihood and information criteria, how the
-        fit stopped, and every coefficient with its standard error, z and p-value."""
+        fit stopped, the prior, degeneracies, and every coefficient with its standard error,
+        z and p-value.
+
+        Returns:
+          The text, lines separated by newlines.
+
+        Raises:
+          Nothing: what is unavailable is said in the text.
+
+        >>> print(model.summary().splitlines()[0])
+        Mixture of 2 experts, g = linear; target y on x1, x2, x3
+        """
         g = self.nonlinearity
         names = self.feature_names or _default_names(self.dim)
         lines = [f"Mixture of {self.num_experts} experts, g = {g}; target "
@@ -301,10 +499,19 @@ class FittedMoE:
         return "\n".join(lines)
 
     def degeneracy(self) -> list[str]:
-        """What makes the fit degenerate, one sentence each (empty when nothing does): an
-        expert fitted on fewer posterior rows than its d + 2 parameters, or a sigma below
-        `DEGENERATE_NOISE` sd(y) (a spike on a few rows). From the fit's report; empty for a
-        model without one."""
+        """What makes the fit degenerate: an expert fitted on fewer posterior rows than its
+        d + 2 parameters, or a sigma below `DEGENERATE_NOISE` sd(y) (a spike on a few rows).
+
+        Returns:
+          One sentence per problem; empty when there is none, and for a model without a
+          fit report.
+
+        Raises:
+          Nothing.
+
+        >>> model.degeneracy()
+        []
+        """
         out = []
         if self.report is not None and self.report.effective_rows is not None:
             rows = np.asarray(self.report.effective_rows)
@@ -664,7 +871,7 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
         best = scores.best_cv if folds else scores.best_bic
         model = dataclasses.replace(models[best], selection=scores)
         if best == max_experts and scores.at_largest():
-            warnings.warn(scores.at_largest(), stacklevel=2)
+            _validate.warn(scores.at_largest())
     elif config.num_experts == 1:
         x, y = _validate.data(x, y)
         if x.shape[0] < x.shape[1] + 2:
@@ -746,11 +953,10 @@ def _check_rows(num_rows: int, d: int, config: FitConfig) -> None:
                          f"{supported_experts(num_rows, d, config.per_expert_noise)}) or "
                          "num_experts='auto'.")
     if num_rows < ROWS_PER_PARAMETER * params:
-        warnings.warn(f"num_experts={k} has {params} free parameters for {num_rows} rows, "
-                      f"fewer than {ROWS_PER_PARAMETER} rows per parameter: expect the fit "
-                      "to overfit (num_experts='auto' considers k up to "
-                      f"{supported_experts(num_rows, d, config.per_expert_noise)}).",
-                      stacklevel=3)
+        _validate.warn(f"num_experts={k} has {params} free parameters for {num_rows} rows, "
+                       f"fewer than {ROWS_PER_PARAMETER} rows per parameter: expect the fit "
+                       "to overfit (num_experts='auto' considers k up to "
+                       f"{supported_experts(num_rows, d, config.per_expert_noise)}).")
 
 
 def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = False
@@ -795,10 +1001,10 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
         return model
     i = int(np.argmin(rows))
     if not quiet:
-        warnings.warn(f"expert {i} of {num_experts} was fitted on {rows[i]:.1f} rows of "
-                      f"posterior weight, fewer than {MIN_ROWS_PER_EXPERT_PARAMETER} per each "
-                      f"of its d + 2 = {x.shape[1] + 2} parameters: it is dropped and "
-                      f"{num_experts - 1} expert(s) are fitted instead.", stacklevel=3)
+        _validate.warn(f"expert {i} of {num_experts} was fitted on {rows[i]:.1f} rows of "
+                       f"posterior weight, fewer than {MIN_ROWS_PER_EXPERT_PARAMETER} per each "
+                       f"of its d + 2 = {x.shape[1] + 2} parameters: it is dropped and "
+                       f"{num_experts - 1} expert(s) are fitted instead.")
     if num_experts == 2:
         return _least_squares(x, y, names, config.noise_std)
     return _fit(key, x, y, dataclasses.replace(config, num_experts=num_experts - 1), names,
@@ -924,6 +1130,14 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     Raises:
       ValueError: for malformed data, max_experts > d, num_folds < 2, or too few rows for
         the folds; and as `fit`.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(400, 3))
+    >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=400)
+    >>> scores = select_num_experts(jax.random.key(0), x, y, max_experts=2, num_folds=3)
+    >>> scores.num_experts.tolist(), scores.best_bic, scores.best_cv
+    ([1, 2], 2, 2)
     """
     _validate.host_side("select_num_experts", x, y, key)
     num_folds = _validate.count(num_folds, "num_folds", minimum=2)

@@ -37,7 +37,20 @@ _ARRAYS = {
 
 
 def default_feature_names(dim: int) -> tuple[str, ...]:
-    """The names a model without feature names is saved with: x1, ..., xd."""
+    """The names a model without feature names is saved with: x1, ..., xd.
+
+    Args:
+      dim: d.
+
+    Returns:
+      A tuple of d names.
+
+    Raises:
+      Nothing.
+
+    >>> default_feature_names(3)
+    ('x1', 'x2', 'x3')
+    """
     return _default_names(dim)
 
 
@@ -45,9 +58,22 @@ def save(path: str | bytes | os.PathLike, fitted: FittedMoE) -> None:
     """Writes `fitted` to `path` (.npz) atomically (see `atomic_write`).
 
     A model without feature names is saved with `default_feature_names`, so that the command
-    line can match it to a table's columns. Raises ValueError, and writes nothing, for a model
-    that `load` would refuse (inconsistent shapes, non-finite values, sigma or the target
-    scale not positive, an unknown non-linearity, names that do not fit).
+    line can match it to a table's columns.
+
+    Args:
+      path: the file to write (str, bytes or os.PathLike); an existing file is replaced
+        only once the new one is complete, a symbolic link is written through.
+      fitted: the model (`moejax.fit`'s result, or one built by hand).
+
+    Returns:
+      None.
+
+    Raises:
+      ValueError: and writes nothing, for a model that `load` would refuse (inconsistent
+        shapes, non-finite values, sigma or the target scale not positive, an unknown
+        non-linearity, names that do not fit), or a path that is a directory, FIFO, socket
+        or device; and when called under jit or vmap.
+      OSError: for a missing directory (FileNotFoundError, naming it) or one not writable.
 
     >>> import os, tempfile, jax.numpy as jnp
     >>> from moejax.preprocessing import fit_standardizer
@@ -150,7 +176,15 @@ def _problem(meta: dict, arrays: dict) -> str | None:
 
 
 def load(path: str | bytes | os.PathLike) -> FittedMoE:
-    """Reads a model written by `save`.
+    """Reads a model written by `save`. Example: `save`'s example writes a model and loads
+    it back.
+
+    Args:
+      path: the file (str, bytes or os.PathLike).
+
+    Returns:
+      The `FittedMoE`, with its feature and target names, report, selection, inference and
+      prior as saved.
 
     Raises:
       FileNotFoundError: if `path` does not exist.

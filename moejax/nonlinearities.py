@@ -37,6 +37,9 @@ def register_nonlinearity(name: str, fn: Callable[[jax.Array], jax.Array]) -> No
       name: a non-empty string, not one of the built-in `NONLINEARITIES`.
       fn: an elementwise JAX function of one array (checked on a grid: finite, same shape).
 
+    Returns:
+      None.
+
     Raises:
       ValueError: for a built-in name, a name already taken by another function, a name
         that is not a non-empty string, or an fn that is not callable or not elementwise.
@@ -59,7 +62,17 @@ def register_nonlinearity(name: str, fn: Callable[[jax.Array], jax.Array]) -> No
 
 
 def nonlinearity_names() -> tuple[str, ...]:
-    """The names usable wherever a non-linearity is named: built-in, then registered ones."""
+    """The names usable wherever a non-linearity is named: built-in, then registered ones.
+
+    Returns:
+      A tuple of names, the built-in `NONLINEARITIES` first.
+
+    Raises:
+      Nothing.
+
+    >>> nonlinearity_names()[:2]
+    ('linear', 'relu')
+    """
     return tuple(_NAMED)
 
 # Quadrature for E[f(Z)], Z ~ N(0, 1): composite Gauss-Legendre on [-12, 12] (the mass outside

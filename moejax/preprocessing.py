@@ -119,10 +119,22 @@ def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Sta
 
 
 def transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
-    """(x - x_mean) @ x_map: (n, d) for x: (n, d) (see `fit_standardizer`).
+    """The standardised features (x - x_mean) @ x_map (see `fit_standardizer`).
+
+    Args:
+      s: the Standardizer; x: (n, d) features in the data's units.
+
+    Returns:
+      (n, d): mean 0 and identity covariance on the rows s was fitted on (if whitened).
 
     Raises:
       ValueError: for malformed or non-finite x, or d not matching.
+
+    >>> x = np.random.default_rng(0).normal(size=(100, 2)) * [1.0, 10.0]
+    >>> s = fit_standardizer(x, np.arange(100.0))
+    >>> z = np.asarray(transform_features(s, x), np.float64)
+    >>> bool(np.allclose(np.cov(z.T, bias=True), np.eye(2), atol=1e-4))
+    True
     """
     return _transform_features(s, _validate.features(x, dim=s.x_mean.shape[0]))
 
@@ -133,7 +145,13 @@ def _transform_features(s: Standardizer, x: jax.Array) -> jax.Array:
 
 
 def transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
-    """(y - y_mean) / y_scale: (n,) for y: (n,).
+    """The standardised target (y - y_mean) / y_scale.
+
+    Args:
+      s: the Standardizer; y: (n,) targets in the data's units.
+
+    Returns:
+      (n,) standardised targets.
 
     Raises:
       ValueError: for malformed or non-finite y.
@@ -151,6 +169,20 @@ def _transform_target(s: Standardizer, y: jax.Array) -> jax.Array:
 
 
 def inverse_target(s: Standardizer, y_std: jax.Array) -> jax.Array:
-    """y_mean + y_scale * y_std: back to original units, any shape (`transform_target`'s
-    inverse)."""
+    """y_mean + y_scale * y_std: standardised targets back in the data's units
+    (`transform_target`'s inverse).
+
+    Args:
+      s: the Standardizer; y_std: standardised values, any shape.
+
+    Returns:
+      An array of y_std's shape.
+
+    Raises:
+      Nothing (values are not checked: this runs inside compiled code too).
+
+    >>> s = fit_standardizer(np.eye(3), np.array([1.0, 2.0, 3.0]), whiten=False)
+    >>> inverse_target(s, jnp.zeros(2))
+    Array([2., 2.], dtype=float32)
+    """
     return s.y_mean + s.y_scale * y_std

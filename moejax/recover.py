@@ -128,6 +128,14 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
 
     Raises:
       ValueError: as `recover`, and for weights of the wrong shape, negative, or summing to 0.
+
+    >>> from moejax.model import random_params, sample
+    >>> from moejax.metrics import expert_error
+    >>> truth = random_params(jax.random.key(0), dim=6, num_experts=2, noise_std=0.1)
+    >>> x, y = sample(jax.random.key(1), truth, 100_000)
+    >>> est, info = recover_experts(jax.random.key(2), x, y, num_experts=2, noise_std=0.1)
+    >>> bool(expert_error(est.experts, truth.experts) < 0.1), info.converged.tolist()
+    (True, [True, True])
     """
     x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
                                            streams=True, power=3)

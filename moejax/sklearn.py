@@ -15,7 +15,6 @@ cross-validation have one row count, so a grid search over k compiles once per k
 """
 
 import numbers
-import warnings
 
 import jax
 import numpy as np
@@ -23,7 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from moejax import estimator
+from moejax import _validate, estimator
 from moejax.prior import Prior
 
 
@@ -49,6 +48,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
     Attributes (after `fit`):
       model_: the `moejax.FittedMoE` (coefficients, summary, posteriors, ...).
       n_features_in_: d; feature_names_in_: the column names of a DataFrame X.
+
+    The methods' examples use the `reg`, `X` and `y` of this example.
 
     Example:
       >>> import numpy as np
@@ -78,8 +79,21 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y):
-        """Fits the model to X: (n, d) and y: (n,); returns self. Raises ValueError for bad
-        data or settings (as `moejax.fit`)."""
+        """Fits the model by `moejax.fit` with this estimator's settings.
+
+        Args:
+          X: (n, d) features (an array or a DataFrame, whose columns name the features).
+          y: (n,) targets (a Series' name names the target).
+
+        Returns:
+          self, fitted: `model_` holds the `moejax.FittedMoE`.
+
+        Raises:
+          ValueError: for bad data or settings (as `moejax.fit`).
+
+        >>> reg.fit(X, y).model_.num_experts
+        2
+        """
         target_name = getattr(y, "name", None) if not isinstance(y, np.ndarray) else None
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -95,9 +109,9 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                 # A fold of a cross-validation may be too small for k: fit what its rows
                 # support rather than fail the whole search (moejax.fit refuses instead).
                 supported = estimator.supported_experts(*X.shape, self.per_expert_noise)
-                warnings.warn(f"num_experts={k} has {params} free parameters, more than the "
-                              f"{X.shape[0]} rows: fitted num_experts={supported} instead.",
-                              stacklevel=2)
+                _validate.warn(f"num_experts={k} has {params} free parameters, more than "
+                               f"the {X.shape[0]} rows: fitted num_experts={supported} "
+                               "instead.")
                 k = supported
         names = getattr(self, "feature_names_in_", None)
         self.model_ = estimator.fit(
@@ -113,8 +127,24 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X, return_std: bool = False):
-        """E[y | x] for each row of X: (n,); with return_std also the predictive standard
-        deviation sqrt(Var[y | x]) (the experts' noise and their spread), (n,)."""
+        """E[y | x] for each row of X, and with return_std the predictive standard deviation
+        sqrt(Var[y | x]) (the experts' noise and their spread; `FittedMoE.predict_variance`).
+
+        Args:
+          X: (n, d) features.
+          return_std: also return the standard deviations.
+
+        Returns:
+          (n,) means, or (means, stds) with return_std.
+
+        Raises:
+          ValueError: for X that does not match the fitted features; NotFittedError before
+            `fit`.
+
+        >>> mean, std = reg.predict(X[:3], return_std=True)
+        >>> mean.shape, bool(np.all(std > 0))
+        ((3,), True)
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         mean = np.asarray(self.model_.predict(X), np.float64)
@@ -123,21 +153,65 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         return mean, np.sqrt(np.asarray(self.model_.predict_variance(X), np.float64))
 
     def predict_interval(self, X, level: float = 0.9):
-        """The central `level` predictive interval of y for each row: (lower (n,), upper
-        (n,)), quantiles of the fitted mixture (`FittedMoE.predict_interval`)."""
+        """The central `level` predictive interval of y for each row: quantiles of the
+        fitted mixture (`FittedMoE.predict_interval`).
+
+        Args:
+          X: (n, d) features.
+          level: the interval's probability, in (0, 1).
+
+        Returns:
+          (lower, upper), each (n,).
+
+        Raises:
+          ValueError: for X that does not match the fitted features, or level outside
+            (0, 1); NotFittedError before `fit`.
+
+        >>> lower, upper = reg.predict_interval(X[:3], 0.8)
+        >>> lower.shape, bool(np.all(lower < upper))
+        ((3,), True)
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         lower, upper = self.model_.predict_interval(X, level)
         return np.asarray(lower, np.float64), np.asarray(upper, np.float64)
 
     def gate_probabilities(self, X):
-        """P(expert i | x) for each row: (n, k)."""
+        """P(expert i | x) for each row (`FittedMoE.gate_probabilities`).
+
+        Args:
+          X: (n, d) features.
+
+        Returns:
+          (n, k) probabilities, rows summing to 1.
+
+        Raises:
+          ValueError: for X that does not match the fitted features; NotFittedError before
+            `fit`.
+
+        >>> reg.gate_probabilities(X[:3]).shape
+        (3, 2)
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         return np.asarray(self.model_.gate_probabilities(X), np.float64)
 
     def posteriors(self, X, y):
-        """P(expert i | x, y) for each row: (n, k)."""
+        """P(expert i | x, y) for each row (`FittedMoE.posteriors`).
+
+        Args:
+          X: (n, d) features; y: (n,) targets.
+
+        Returns:
+          (n, k) probabilities, rows summing to 1.
+
+        Raises:
+          ValueError: for X or y that do not match the fitted features or each other;
+            NotFittedError before `fit`.
+
+        >>> reg.posteriors(X[:3], y[:3]).sum(axis=1).round(4)
+        array([1., 1., 1.])
+        """
         check_is_fitted(self)
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64)
         return np.asarray(self.model_.posteriors(X, y), np.float64)

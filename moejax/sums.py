@@ -80,14 +80,29 @@ def _chunked(fn, arrays, chunk_size, weights=None):
 
 def row_sum(fn: Callable[..., Any], arrays: tuple, layout: Layout = Layout(),
             weights: jax.Array | None = None) -> Any:
-    """sum over rows r of fn(arrays[r], weight[r]), as fn sees it on blocks of rows.
+    """sum over rows r of fn(arrays[r], weight[r]), as fn sees it on blocks of rows: the one
+    pass over the data that every estimator's sums go through (in memory, in chunks, sharded
+    over devices or streamed from the host; docs/scale.md).
 
-    fn(*blocks, weight) -> pytree: `blocks` are the arrays' rows of one block (same leading
-    size c), `weight` (c,) is the row's weight (`weights`, or 1) for rows to count and 0 for
-    rows to ignore; fn must return sums over the block's rows with every row's term multiplied
-    by its weight. arrays: tuple of arrays with the same leading dimension n; weights: None or
-    (n,), e.g. 0 on rows that only pad the data to a fixed shape (`pad_rows`). fn may close
-    over small replicated arrays.
+    Args:
+      fn: fn(*blocks, weight) -> pytree. `blocks` are the arrays' rows of one block (same
+        leading size c), `weight` (c,) is each row's weight (`weights`, or 1) for rows to
+        count and 0 for rows to ignore; fn returns sums over the block's rows with every
+        row's term multiplied by its weight. fn may close over small replicated arrays.
+      arrays: tuple of arrays with the same leading dimension n.
+      layout: how to traverse the rows (`layout_of`).
+      weights: None or (n,), e.g. 0 on rows that only pad the data to a fixed shape
+        (`pad_rows`).
+
+    Returns:
+      The pytree fn returns, summed over all blocks (and devices).
+
+    Raises:
+      Nothing itself: the layout was checked by `layout_of`.
+
+    >>> x = jnp.arange(12.0).reshape(6, 2)
+    >>> row_sum(lambda xb, w: w @ xb, (x,), Layout(chunk_size=4))  # rows padded to 8
+    Array([30., 36.], dtype=float32)
     """
     if layout.mesh is None:
         return _chunked(fn, arrays, layout.chunk_size, weights)
@@ -106,7 +121,20 @@ def row_sum(fn: Callable[..., Any], arrays: tuple, layout: Layout = Layout(),
 
 
 def row_count(n: int, weights: jax.Array | None) -> jax.Array | int:
-    """The number of rows the sums count: n, or the sum of the weights."""
+    """The number of rows the sums count.
+
+    Args:
+      n: the rows of the arrays; weights: None or (n,) row weights.
+
+    Returns:
+      n, or the sum of the weights.
+
+    Raises:
+      Nothing.
+
+    >>> row_count(5, None), float(row_count(5, jnp.array([1.0, 1.0, 1.0, 0.0, 0.0])))
+    (5, 3.0)
+    """
     return n if weights is None else jnp.sum(weights)
 
 
@@ -115,7 +143,20 @@ def bucket_size(n: int) -> int:
     that is at least n (two buckets per doubling: at most 50% padding, about 20% on average
     over row counts). Tables whose row counts fall in one bucket share every compiled
     program of a fit; fewer, wider buckets trade a little work per pass for far fewer
-    compilations (docs/scale.md)."""
+    compilations (docs/scale.md).
+
+    Args:
+      n: a row count.
+
+    Returns:
+      The bucket, an int >= max(n, 8).
+
+    Raises:
+      Nothing.
+
+    >>> [bucket_size(n) for n in (5, 100, 1000, 1503)]
+    [8, 128, 1024, 1536]
+    """
     size = 8
     while size < n:
         size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
@@ -123,8 +164,24 @@ def bucket_size(n: int) -> int:
 
 
 def pad_rows(n_to: int, *arrays) -> tuple[np.ndarray, ...]:
-    """On the host: the NumPy arrays with zero rows appended up to n_to rows, and the (n_to,)
-    weights: 1 on the original rows, 0 on the padding (no compiled program per row count)."""
+    """On the host: the NumPy arrays with zero rows appended up to n_to rows, and the row
+    weights, so that one compiled program serves every row count up to n_to.
+
+    Args:
+      n_to: the padded row count, at least the arrays' n (e.g. `bucket_size(n)`).
+      *arrays: arrays with the same leading dimension n.
+
+    Returns:
+      (*padded, weights): each array with n_to rows, and (n_to,) weights, 1 on the
+      original rows and 0 on the padding.
+
+    Raises:
+      ValueError: (NumPy's) for n_to < n.
+
+    >>> x, w = pad_rows(4, np.ones((3, 2)))
+    >>> x.shape, w.tolist()
+    ((4, 2), [1.0, 1.0, 1.0, 0.0])
+    """
     n = arrays[0].shape[0]
     padded = tuple(np.pad(np.asarray(a), [(0, n_to - n)] + [(0, 0)] * (np.ndim(a) - 1))
                    for a in arrays)
@@ -136,9 +193,19 @@ def layout_of(x, chunk_size: int | None = None) -> Layout:
     """The layout for data x: chunked if `chunk_size`, and data-parallel when x is a concrete
     array sharded along its rows over a mesh axis (`NamedSharding` with spec (axis, ...)).
 
+    Args:
+      x: (n, d) data: an array, a sharded `jax.Array`, or a `moejax.streamed` host array.
+      chunk_size: None, or rows per block (required for streamed data).
+
+    Returns:
+      Layout(chunk_size, mesh, axis) for `row_sum`.
+
     Raises:
       ValueError: for a chunk_size that is not a positive integer, or rows that do not split
         evenly over the devices.
+
+    >>> layout_of(jnp.zeros((10, 2)), chunk_size=4)
+    Layout(chunk_size=4, mesh=None, axis=None)
     """
     if chunk_size is not None and (isinstance(chunk_size, (bool, np.bool_)) or not isinstance(
             chunk_size, (int, np.integer)) or chunk_size < 1):

@@ -116,7 +116,7 @@ def test_a_new_row_count_in_the_same_bucket_does_not_recompile(monkeypatch):
     estimator, gating, recover = (importlib.import_module(f"moejax.{m}")
                                   for m in ("estimator", "gating", "recover"))
     stages = ((estimator, "_recover_experts", recover._recover_experts, (
-                  "num_experts", "nonlinearity", "num_power_inits", "num_iters", "num_subspace_iters",
+                  "num_experts", "nonlinearity", "num_inits", "num_iters", "num_subspace_iters",
                   "layout")),
               (gating, "_fit_gating", gating._fit_gating, (
                   "nonlinearity", "num_inits", "num_iters", "learn_noise_std", "layout",

@@ -80,8 +80,9 @@ def test_choosing_the_largest_k_tried_is_flagged_where_k_could_be_larger():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 4))
     y = np.select([x[:, 0] < -0.5, x[:, 0] < 0.5], [3 * x[:, 1], -3 * x[:, 2]], 3 * x[:, 3])
-    with pytest.warns(UserWarning, match="the largest k tried"):
+    with pytest.warns(UserWarning, match="the largest k tried") as caught:
         model = mj.fit(jax.random.key(0), x, y + 0.1 * rng.normal(size=400),
                        num_experts="auto", max_experts=2, num_refine_iters=50,
                        num_refine_inits=4, standard_errors=False)
     assert model.num_experts == 2
+    assert caught[0].filename == __file__  # attributed to the caller's line, not moejax's
