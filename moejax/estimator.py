@@ -1135,7 +1135,7 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(400, 3))
     >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=400)
-    >>> scores = select_num_experts(jax.random.key(0), x, y, max_experts=2, num_folds=3)
+    >>> scores = select_num_experts(jax.random.key(0), x, y, max_experts=2, num_folds=2)
     >>> scores.num_experts.tolist(), scores.best_bic, scores.best_cv
     ([1, 2], 2, 2)
     """
