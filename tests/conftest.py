@@ -1,32 +1,10 @@
 """Shared fixtures: the synthetic ground truth of the core issue (d = 10, k = 3, sigma = 0.1,
 orthonormal experts, gating rows of norm 2 orthogonal to the experts)."""
 
-import os
-import shutil
-import tempfile
-
 import jax
 import pytest
 
 import moejax as mj
-
-# One persistent compilation cache for the whole test run, shared by the xdist workers and the
-# command lines the tests start: most of the suite's time is XLA compiling the same fit
-# programs in several processes. Made by the first process to configure (the controller, or
-# the only process), inherited by the workers through the environment, removed at the end.
-_CACHE_ENV = "MOEJAX_TEST_CACHE"
-
-
-def pytest_configure(config):
-    if _CACHE_ENV not in os.environ:
-        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="moejax-test-cache-")
-        config._moejax_cache_owner = True
-    mj.enable_compilation_cache(os.environ[_CACHE_ENV])
-
-
-def pytest_unconfigure(config):
-    if getattr(config, "_moejax_cache_owner", False):
-        shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
 
 DIM, NUM_EXPERTS, NOISE_STD = 10, 3, 0.1
 

@@ -14,10 +14,20 @@ from conftest import truth_and_data
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The compilation cache these tests share (as a user's runs do), so that a table shape another
+# test compiled is not compiled again; tests of the cache itself pass their own (or "").
+_SHARED_CACHE = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    _SHARED_CACHE.append(str(tmp_path_factory.mktemp("cli_cache")))
+    yield
+    _SHARED_CACHE.pop()
+
+
 def moejax(*args, cwd, cache=None):
-    # By default the test run's compilation cache (conftest), shared as a user's runs share
-    # theirs; tests of the cache itself pass their own directory (or "" for none).
-    cache = os.environ.get("MOEJAX_TEST_CACHE", "") if cache is None else cache
+    cache = _SHARED_CACHE[-1] if cache is None else cache
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", MOEJAX_CACHE_DIR=cache)
     return subprocess.run([sys.executable, "-m", "moejax", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -21,15 +21,6 @@ def _listen(event, duration, **kwargs):
 jax.monitoring.register_event_duration_secs_listener(_listen)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_persistent_cache():
-    # These tests count compilations: a program another test wrote to the run's persistent
-    # cache (conftest) would load without compiling and hide what is counted.
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", True)
-
-
 def _count(fn):
     """The number of XLA programs compiled while fn runs, and its result."""
     before = len(_compiles)
