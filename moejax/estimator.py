@@ -97,7 +97,7 @@ class FittedMoE:
       >>> rng = np.random.default_rng(0)
       >>> x = rng.normal(size=(400, 3))
       >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=400)
-      >>> model = fit(jax.random.key(0), x, y, num_experts=2)
+      >>> model = fit(jax.random.key(0), x, y, num_experts=2, num_refine_iters=200)
       >>> model
       FittedMoE(k=2, d=3, nonlinearity='linear', n=400, log_likelihood=..., bic=...)
     """
@@ -941,6 +941,49 @@ def supported_experts(num_rows: int, dim: int, per_expert_noise: bool = True) ->
     return k
 
 
+# One refinement pass (all starts) above this many multiply-adds gets a warning before the fit
+# starts: a whole warm fit ran at about 1e9 of them per second on a 2-core CPU (n = 5000,
+# d = 20, k = 3), so such a pass takes minutes there.
+LARGE_PASS = 1e11
+
+
+def refinement_cost(num_rows: int, dim: int, num_experts: int, num_starts: int,
+                    chunk_size: int | None, itemsize: int) -> tuple[float, float]:
+    """What one joint-EM pass of `fit`'s refinement costs, for `num_starts` starts at once (the
+    screening iterations run them all): (multiply-adds, bytes of the pass's temporaries).
+
+    Per row, start and expert: the expert's and the gate's z . w (2 (d + 1)) and the weighted
+    outer product z z^T of the expert's normal equations ((d + 1)^2); per start, about eight
+    (rows of a block, k) arrays and k (d + 1, d + 1) normal equations."""
+    d1 = dim + 1
+    block = num_rows if chunk_size is None else min(chunk_size, num_rows)
+    work = float(num_starts) * num_rows * num_experts * (2 * d1 + d1 * d1)
+    memory = float(itemsize) * num_starts * num_experts * (8 * block + d1 * d1)
+    return work, memory
+
+
+def _announce_cost(num_rows: int, dim: int, config: FitConfig, itemsize: int,
+                   progress) -> None:
+    """Says what the refinement will cost before it starts (progress), and warns when one
+    pass is beyond `LARGE_PASS` multiply-adds: such a fit takes hours, not seconds."""
+    if not config.num_refine_iters:
+        return
+    starts = 1 + config.num_refine_inits
+    work, memory = refinement_cost(num_rows, dim, config.num_experts, starts,
+                                   config.chunk_size, itemsize)
+    progress(f"refinement cost: {work:.2g} multiply-adds and {memory / 2**20:.0f} MiB of "
+             f"temporaries per pass of its {starts} starts, at most "
+             f"{2 * config.num_refine_iters} passes")
+    if work > LARGE_PASS:
+        _validate.warn(
+            f"this fit is large: one refinement pass of its {starts} starts costs about "
+            f"{work:.2g} multiply-adds (k = {config.num_experts} experts on {num_rows} rows of "
+            f"{dim} features; minutes per pass on a CPU) and up to "
+            f"{2 * config.num_refine_iters} passes may run. Fewer experts, fewer starts "
+            "(num_refine_inits), a lower num_refine_iters, or a GPU make it faster; "
+            "chunk_size bounds its memory.")
+
+
 def _check_rows(num_rows: int, d: int, config: FitConfig) -> None:
     """ValueError when an explicit k has more free parameters than there are rows; a warning
     when it has more than a `ROWS_PER_PARAMETER`-th of them (the fit will overfit)."""
@@ -977,6 +1020,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
              + (f", joint-EM refinement (the moment start and {config.num_refine_inits} "
                 f"random starts, at most {config.num_refine_iters} iterations each)"
                 if config.num_refine_iters else ""))
+    _announce_cost(x.shape[0], x.shape[1], config, x.dtype.itemsize, progress)
     penalty = (None if config.prior is None else
                prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
     params, report, checks = _fit_program(
@@ -1135,7 +1179,8 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(400, 3))
     >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=400)
-    >>> scores = select_num_experts(jax.random.key(0), x, y, max_experts=2, num_folds=2)
+    >>> scores = select_num_experts(jax.random.key(0), x, y, max_experts=2, num_folds=2,
+    ...                             num_refine_iters=200)
     >>> scores.num_experts.tolist(), scores.best_bic, scores.best_cv
     ([1, 2], 2, 2)
     """

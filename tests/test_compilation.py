@@ -99,7 +99,7 @@ def test_selection_compiles_per_bucket_not_per_fold():
     assert count == 0
 
 
-@pytest.mark.parametrize("read_ahead", [True, False])
+@pytest.mark.parametrize("read_ahead", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_streamed_pass_leaves_no_thread_behind(read_ahead):
     x, y = _table(2000, seed=4)
     before = set(threading.enumerate())

@@ -1,3 +1,5 @@
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,7 @@ def _affine(seed, n, nonlinearity="linear"):
     return truth, 3.0 * z + 7.0, 50.0 + 4.0 * y
 
 
+@pytest.mark.slow  # 50,000 rows, about 28 s; test_fit_works_in_tiny_and_huge_units and test_log_likelihood_is_in_original_units cover units
 def test_fit_on_shifted_scaled_data_predicts_in_original_units():
     truth, x, y = _affine(0, 50_000)
     model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_inits=2)
@@ -31,6 +34,7 @@ def test_fit_on_shifted_scaled_data_predicts_in_original_units():
     assert float(jnp.max(jnp.abs(model.params.experts[:, -1]))) < 0.05
 
 
+@pytest.mark.slow  # 50,000 rows, about 25 s; test_one_expert_is_ordinary_least_squares_in_data_units checks intercepts in the default suite
 def test_intercepts_are_estimated():
     # y = g(a_i . x) + b_i with b = (1, -1, 0.5) per expert: the refinement must find them.
     truth, z, y_model = truth_and_data(1, 50_000)
@@ -108,6 +112,7 @@ def test_fit_works_in_tiny_and_huge_units():
         np.testing.assert_allclose(np.asarray(scaled) / unit, plain, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.slow  # about 24 s; test_compilation counts the same in the default suite
 def test_a_new_row_count_in_the_same_bucket_does_not_recompile(monkeypatch):
     # 700 and 650 rows share the bucket of 768 rows: the second fit reuses the compiled moment
     # stage, gating EM and refinement.
@@ -180,3 +185,25 @@ def test_dataframe_columns_and_series_name_become_the_model_names():
     named = mj.fit(jax.random.key(0), frame, target, num_experts=1, feature_names=["a", "b"],
                    target_name="t")
     assert named.feature_names == ("a", "b") and named.target_name == "t"
+
+
+def test_a_huge_fit_says_what_it_costs_before_it_starts():
+    # k = 300 experts on a million rows of 300 features (the audit's hang): the cost of one
+    # refinement pass is announced, and a warning says it is large, before any compilation.
+    from moejax.estimator import FitConfig, _announce_cost, refinement_cost
+    work, memory = refinement_cost(1_000_000, 300, 300, 17, None, 4)
+    assert work == 17 * 1_000_000 * 300 * (2 * 301 + 301 ** 2)
+    assert memory == 4 * 17 * 300 * (8 * 1_000_000 + 301 ** 2)
+    assert refinement_cost(1_000_000, 300, 300, 17, 4096, 4)[1] < memory / 50  # chunks bound it
+    lines = []
+    config = FitConfig(num_experts=300).checked()
+    with pytest.warns(UserWarning, match="this fit is large") as caught:
+        _announce_cost(1_000_000, 300, config, 4, lines.append)
+    assert caught[0].filename == __file__
+    assert lines == [f"refinement cost: {work:.2g} multiply-adds and {memory / 2**20:.0f} MiB of "
+                     "temporaries per pass of its 17 starts, at most 6000 passes"]
+    small = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a table-sized fit announces its cost, no warning
+        _announce_cost(1500, 5, FitConfig(num_experts=2).checked(), 4, small.append)
+    assert len(small) == 1

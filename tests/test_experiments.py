@@ -209,6 +209,7 @@ def test_flexmix_parameters_are_scored_as_the_same_model():
     assert out.returncode == 0 and "SCORES OK" in out.stdout, out.stderr
 
 
+@pytest.mark.slow  # about 25 s of experiment
 def test_failure_map_runs_and_resumes(tmp_path):
     args = ("experiments.failure_map", "--num_seeds=1", "--num_starts=2", "--max_iters=10",
             "--cells=k4_d12_c0.5_s0.3_w2.0_linear_n10000", f"--output_dir={tmp_path}")

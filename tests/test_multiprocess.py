@@ -78,6 +78,7 @@ def _assert_same(result, reference):
             assert rel < 1e-5, (stage, field, rel)
 
 
+@pytest.mark.slow  # four processes, about 50 s; the dead-process test keeps the multi-process path in the default suite
 def test_two_processes_with_uneven_shares_get_the_single_process_result(tmp_path, reference):
     # 1/4 and 3/4 of the rows: the smaller share is padded with weight-0 rows.
     runs = launch(tmp_path, 2, f"--shares={N // 4},{N - N // 4}", "--chunk_size=1000")

@@ -139,6 +139,7 @@ def test_float64():
         assert mj.expert_error(est.experts, params.experts) < 0.15
 
 
+@pytest.mark.slow  # about 25 s; test_sums covers the matrix-free whitening
 def test_high_dimension_never_forms_a_cube():
     # d = 2000: a (d, d, d) float32 tensor would need 32 GB; the pipeline needs O(d^2 + n d).
     key_p, key_x = jax.random.split(jax.random.key(8))
@@ -280,6 +281,7 @@ def test_under_jit_a_non_finite_run_is_flagged_not_raised():
     assert not bool(run(jnp.float32(1e-30))[1].finite)
 
 
+@pytest.mark.slow  # about 30 s; test_vmap_over_datasets_and_traced_noise_std covers vmap over datasets
 def test_vmap_over_64_datasets_finishes():
     # A batched eigendecomposition in the gating step made this exact call hang XLA:CPU
     # (jaxlib 0.10.2, 2 cores): run it in a subprocess with a deadline instead of hanging CI.

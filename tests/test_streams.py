@@ -44,6 +44,7 @@ def test_streamed_recover_equals_in_memory_chunks(on_disk, noise_std):
     assert bool(got[1].converged)
 
 
+@pytest.mark.slow  # about 30 s; the streamed recover tests keep the streamed pass in the default suite
 def test_streamed_solvers_equal_in_memory_chunks(on_disk):
     truth, x, y, xm, ym = on_disk
     xs, ys = mj.streamed(xm), mj.streamed(ym)
