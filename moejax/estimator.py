@@ -927,9 +927,9 @@ MIN_ROWS_PER_EXPERT_PARAMETER = 2
 
 
 def _num_params(num_experts: int, dim: int, per_expert_noise: bool) -> int:
-    """k (d + 1) expert and (k - 1)(d + 1) gate coefficients, and the sigmas."""
+    """`inference.parameter_count` of a fit that learns sigma (one per expert, or shared)."""
     k = num_experts
-    return (2 * k - 1) * (dim + 1) + (k if per_expert_noise and k > 1 else 1)
+    return inference.parameter_count(k, dim, k if per_expert_noise and k > 1 else 1)
 
 
 def supported_experts(num_rows: int, dim: int, per_expert_noise: bool = True) -> int:

@@ -89,10 +89,17 @@ def unpack(theta: jax.Array, like: MoEParams, learn_sigma: bool) -> MoEParams:
     return MoEParams(experts, gating, sigma, like.nonlinearity)
 
 
+def parameter_count(num_experts: int, dim: int, num_sigmas: int) -> int:
+    """Free parameters of a k-expert model on d features: k (d + 1) expert and (k - 1)(d + 1)
+    gate coefficients (intercepts included; the last gate is 0), and the learned sigmas. The
+    one count behind `num_params`, BIC, k selection and the rules on rows."""
+    return (2 * num_experts - 1) * (dim + 1) + num_sigmas
+
+
 def num_params(params: MoEParams, learn_sigma: bool) -> int:
-    """The length of theta: k (d + 1) + (k - 1)(d + 1) + the number of learned sigmas."""
+    """The length of theta: `parameter_count` of params (design width d + 1)."""
     k, d1 = params.experts.shape
-    return (2 * k - 1) * d1 + (int(np.size(params.noise_std)) if learn_sigma else 0)
+    return parameter_count(k, d1 - 1, int(np.size(params.noise_std)) if learn_sigma else 0)
 
 
 # Rows per block of the sums below: the Hessian's forward-over-reverse pass holds p tangents of

@@ -164,8 +164,7 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
         train_ll.append(float(log_likelihood(models[int(k)], x, y)))
     cv = np.array(cv) if num_folds else np.full((len(ks), 1), np.nan)
     train_ll = np.array(train_ll)
-    params = ks * (d + 1) + (ks - 1) * (d + 1) + np.array(
-        [np.size(models[int(k)].params.noise_std) for k in ks])
+    params = np.array([models[int(k)].num_params for k in ks])
     bic = -2 * n * train_ll + params * np.log(n)
     selection = KSelection(ks, params, train_ll, bic, cv.mean(axis=1), cv.std(axis=1),
                            _m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),
