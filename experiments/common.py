@@ -190,10 +190,11 @@ def generalisation_table(summary) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         gap, ratio = s.get("test_nll_minus_flexmix"), s.get("test_mse_over_flexmix")
+        se = s.get("test_nll_minus_flexmix_se")
         lines.append(
             f"| {s['table']} | {s['method']} | {s['k']} | {s['test_nll']:.4f} | "
             f"{s['test_mse']:.4g} | {s['coverage']:.3f} | {s['train_nll']:.4f} | "
-            f"{'-' if gap is None else f'{gap:+.4f}'} | "
+            f"{'-' if gap is None else f'{gap:+.4f}'}{'' if se is None else f' ± {se:.4f}'} | "
             f"{'-' if ratio is None else f'{ratio:.3f}'} | {s['degenerate']}/{s['fits']} | "
             f"{s['above_3x_ols']} | "
             + ("-" if s.get("warm_seconds") is None or s["method"] == "ols"

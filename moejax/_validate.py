@@ -336,7 +336,10 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = Fa
                          "fit.")
     if power is not None:
         scales(x, y, power=power)
-    return x, y, jnp.asarray(noise_std, x.dtype)
+    if isinstance(noise_std, jax.core.Tracer):
+        return x, y, jnp.asarray(noise_std, x.dtype)
+    # A concrete sigma stays on the host: jnp.asarray would compile a program per shape.
+    return x, y, np.asarray(noise_std, x.dtype)
 
 
 def _constant(y) -> jax.Array:

@@ -253,7 +253,7 @@ def fit_command(path: str) -> None:
         raise InputError("the fit diverged (non-finite training error); nothing was written.")
     weights = ", ".join(f"{v:.3f}" for v in np.asarray(model.mixing_weights(x)))
     if model.report is not None:
-        r = model.report
+        r = jax.device_get(model.report)  # on the host: indexing would compile programs
         best = int(r.best)
         start = "the moment start" if best == 0 else f"random start {best}"
         state = ("converged" if bool(r.converged[best])

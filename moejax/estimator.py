@@ -476,7 +476,9 @@ class FittedMoE:
             lines.append(f"AIC: {self.aic():.2f}   BIC: {self.bic():.2f}   ICL: {self.icl():.2f}")
             lines.append("mixing weights: " + " ".join(f"{v:.3f}" for v in s.mixing_weights))
         if self.report is not None:
-            r, best = self.report, int(self.report.best)
+            # On the host: indexing device arrays compiles a small program per index.
+            r = jax.device_get(self.report)
+            best = int(r.best)
             start = "the moment start" if best == 0 else f"random start {best}"
             state = ("converged" if bool(r.converged[best]) else "NOT converged (raise "
                      "num_refine_iters)")
@@ -1024,7 +1026,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     penalty = (None if config.prior is None else
                prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
     params, report, checks = _fit_program(
-        key, xp, yp, weights, std, noise_std, jnp.asarray(config.refine_tol, x.dtype),
+        key, xp, yp, weights, std, noise_std, np.asarray(config.refine_tol, x.dtype),
         _Stages(**{name: getattr(config, name) for name in _Stages._fields}),
         sums.Layout(config.chunk_size), penalty)
     top, sigma, gating_finite, refine_finite = jax.device_get(checks)
@@ -1131,7 +1133,7 @@ def _least_squares(x, y, names: dict, noise_std=None) -> FittedMoE:
         sigma = np.asarray(_validate.noise_levels(noise_std, 1), np.float64).reshape(()) / float(
             std.y_scale)
     # Cast on the host (a cast on the device compiles a program per shape).
-    params = MoEParams(*(jnp.asarray(np.asarray(v, x.dtype)) for v in (
+    params = MoEParams(*(jax.device_put(np.asarray(v, x.dtype)) for v in (
         beta[None], np.zeros((1, z.shape[1])), sigma)), "linear")
     return FittedMoE(params, std, noise_learned=noise_std is None, **names)
 

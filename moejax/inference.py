@@ -277,18 +277,24 @@ class Coefficients(NamedTuple):
 
 
 def _float64(tree):
-    """Every leaf of a pytree as a float64 JAX array (inside `x64`)."""
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float64)), tree)
+    """Every leaf of a pytree as a float64 NumPy array, for a jitted function inside `x64` (a
+    cast by jnp.asarray would compile a program per shape)."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
 
 
 def _data_units_and_jacobian(params: MoEParams, std: Standardizer, learn_sigma: bool):
     """(f(theta), df/dtheta) in float64: the coefficients in data units and the delta
     method's Jacobian J."""
     with x64():
-        like, std64 = _float64(params), _float64(std)
-        f = lambda t: data_units(t, like, std64, learn_sigma)
-        theta = pack(like, learn_sigma)
-        return np.asarray(f(theta)), np.asarray(jax.jacfwd(f)(theta))
+        return jax.device_get(_units_jacobian(_float64(params), _float64(std), learn_sigma))
+
+
+@functools.partial(jax.jit, static_argnames="learn_sigma")
+def _units_jacobian(like: MoEParams, std: Standardizer, learn_sigma: bool):
+    # One compiled program: run eagerly, jacfwd's small operations compiled ~100 programs.
+    f = lambda t: data_units(t, like, std, learn_sigma)
+    theta = pack(like, learn_sigma)
+    return f(theta), jax.jacfwd(f)(theta)
 
 
 def data_covariance(params: MoEParams, std: Standardizer, inference: Inference,

@@ -112,8 +112,9 @@ def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Sta
     if not y_scale > max(resolution * y_unit, 0.0) or not np.isfinite(y_scale):
         raise ValueError(f"y's spread (max |y| = {y_unit:.3g}) is below what {dtype} "
                          "resolves: rescale y or use float64.")
-    # Cast on the host: a cast on the device would compile a program per shape.
-    x_mean, x_map, y_mean, y_scale = (jnp.asarray(np.asarray(v, dtype))
+    # Cast on the host and device_put: a cast on the device (or jnp.asarray) would compile a
+    # program per shape.
+    x_mean, x_map, y_mean, y_scale = (jax.device_put(np.asarray(v, dtype))
                                       for v in (x_mean, x_map, y_mean, y_scale))
     return Standardizer(x_mean, x_map, y_mean, y_scale)
 

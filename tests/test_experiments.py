@@ -154,8 +154,8 @@ def test_peer_flexmix_without_r(tmp_path):
 
 @pytest.mark.slow  # make test-all
 def test_generalisation_without_r(tmp_path):
-    out = run("experiments.generalisation", "--tables=diabetes", "--num_splits=1", "--ks=2",
-              "--flexmix=false", f"--output_dir={tmp_path}")
+    out = run("experiments.generalisation", "--tables=diabetes", "--num_splits=1",
+              "--min_test_rows=0", "--ks=2", "--flexmix=false", f"--output_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     rows = read_csv(tmp_path / "generalisation.csv")
     assert [r["method"] for r in rows] == ["ols", "moejax", "moejax_ml"]
