@@ -17,7 +17,8 @@ on its fitted parameters), and whether the fit is degenerate: an expert carries 
 posterior rows than its d + 2 parameters, or a sigma below 0.01 sd(y). The summary adds, per
 table and k, the splits whose test MSE exceeds 3x least squares', and the paired differences
 to flexmix with the standard error of the mean NLL difference (the issue's goals: mean test
-NLL at most 0.01 above flexmix's, mean test MSE within 1.1x). Writes generalisation.{json,csv,png} to --output_dir and prints a markdown table.
+NLL at most 0.01 above flexmix's, mean test MSE within 1.1x). Writes
+generalisation.{json,csv,png} to --output_dir and prints a markdown table.
 """
 
 import json

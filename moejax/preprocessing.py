@@ -4,7 +4,6 @@ fitted model takes and returns original units."""
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from moejax import _validate
