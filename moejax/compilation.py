@@ -1,15 +1,26 @@
 """JAX's persistent compilation cache, set up for moejax: most of a small table's first fit is XLA
 compilation, and a cache on disk lets a later process skip it (docs/scale.md)."""
 
+import collections
+import functools
 import glob
+import hashlib
+import importlib
 import os
+import pickle
 import re
 import shutil
 import sys
+import tempfile
 import traceback
 
 import jax
+import jax.numpy as jnp
 from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+
+# The persistent cache's subdirectory of exported programs (`cached_call`).
+EXPORTS = "moejax-exports"
 
 
 def default_cache_dir() -> str:
@@ -35,7 +46,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
     entry by the program, the jax and jaxlib versions, the backend and device kind and the
     compile options, so one directory serves several versions and machines without mixing them
     up. Every program is kept (JAX's default keeps only those that took over a second to
-    compile, which leaves out most of a fit's).
+    compile, which leaves out most of a fit's). A fit's two large programs are also kept
+    exported (`cached_call`), so that a later process does not even trace them.
 
     Args:
       path: the directory (created if needed); None for `default_cache_dir()`.
@@ -107,11 +119,169 @@ def raised_inside_jax(error: BaseException) -> bool:
 def drop_cache(path: str) -> None:
     """Empties the cache directory and turns the persistent cache off for this process (the
     in-memory programs are dropped too), so that what runs next compiles afresh."""
-    for entry in _entries(path):
+    for entry in _entries(path) + [os.path.join(path, EXPORTS)]:
         try:
             os.remove(entry) if os.path.isfile(entry) else shutil.rmtree(entry)
         except OSError:
             pass
     jax.config.update("jax_enable_compilation_cache", False)
+    _LOADED.clear()
     compilation_cache.reset_cache()
     jax.clear_caches()
+
+
+def cached_call(jitted, args: tuple, **static):
+    """`jitted(*args, **static)`, through an exported program kept in the persistent cache's
+    directory when the cache is on (`enable_compilation_cache`, the command line).
+
+    JAX's cache skips XLA's compilation but not the tracing and lowering before it, about 2 s
+    of a warm command-line fit. The program exported once (`jax.export`, a serialized StableHLO
+    module) is loaded instead in a later process: nothing is traced. An entry is keyed by
+    everything that shapes the program: moejax's source, the jax and jaxlib versions, the
+    backend, x64, the function, its static arguments and the shapes and dtypes of `args`. An
+    entry that cannot be read is deleted and written again; without the cache, or without
+    the `flatbuffers` package that serialization needs, this is `jitted(*args, **static)`.
+
+    Args:
+      jitted: a jitted function; args: its traced arguments (a pytree each); **static: its
+        static arguments.
+
+    Returns:
+      What `jitted` returns.
+
+    Raises:
+      What `jitted` raises.
+    """
+    path = _export_path(jitted, args, static)
+    if path is None:
+        return jitted(*args, **static)
+    if path not in _LOADED:
+        _LOADED[path] = _read(path) or _export(jitted, args, static, path)
+        while len(_LOADED) > _MAX_LOADED:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(path)
+    if _LOADED[path] is None:  # this program could not be exported here
+        return jitted(*args, **static)
+    exported, out_tree = _LOADED[path]
+    _load_lapack()
+    # The same Exported object again runs its compiled program: it is kept for that.
+    return jax.tree_util.tree_unflatten(
+        out_tree, exported.call(*_plain(jax.tree_util.tree_leaves(args))[0]))
+
+
+# The exports this process has loaded or made, most recently used last: at most this many.
+_MAX_LOADED = 32
+_LOADED: collections.OrderedDict = collections.OrderedDict()
+
+
+def _read(path: str):
+    """(Exported, output treedef) of an entry, or None if there is none; a damaged entry
+    (truncated, or written by another version) is deleted."""
+    try:
+        with open(path, "rb") as f:
+            out_tree, blob = pickle.load(f)
+        return jax.export.deserialize(bytearray(blob)), out_tree
+    except FileNotFoundError:
+        return None
+    except Exception:
+        _remove(path)
+        return None
+
+
+def _export(jitted, args, static, path: str):
+    """(the jax.export.Exported of jitted on the flat leaves of args, its output's treedef),
+    written to the entry `path`; None if jax cannot export or serialize it."""
+    leaves, in_tree = jax.tree_util.tree_flatten(args)
+    plain, impls = _plain(leaves)
+    out_tree = []
+
+    def flat(*plain):
+        leaves = [v if impl is None else jax.random.wrap_key_data(v, impl=impl)
+                  for v, impl in zip(plain, impls)]
+        out, tree = jax.tree_util.tree_flatten(
+            jitted(*jax.tree_util.tree_unflatten(in_tree, leaves), **static))
+        out_tree.append(tree)
+        return out
+
+    flat.__name__ = flat.__qualname__ = jitted.__name__  # the name in JAX's logs and the cache
+    try:
+        exported = jax.export.export(jax.jit(flat))(*plain)
+        blob = bytes(exported.serialize())
+    except Exception:  # e.g. an operation this jax cannot serialize: run it as it is
+        return None
+    _write(path, pickle.dumps((out_tree[0], blob)))
+    return exported, out_tree[0]
+
+
+@functools.cache
+def _load_lapack() -> None:
+    """Lowers one LAPACK call, which loads jaxlib's LAPACK kernels: older jaxlib loads them
+    only there, and a process that runs an exported program lowers none of its own (jax 0.4.30
+    to 0.7 crashed with SIGSEGV calling an export that factorizes a matrix)."""
+    jax.jit(jnp.linalg.cholesky).lower(np.eye(2, dtype=np.float32))
+
+
+def _plain(leaves) -> tuple[list, list]:
+    """PRNG key leaves as their raw data (older jax cannot serialize key types), and each
+    leaf's key implementation (None for other leaves)."""
+    impls = [jax.random.key_impl(v) if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)
+             else None for v in leaves]
+    return [v if impl is None else jax.random.key_data(v)
+            for v, impl in zip(leaves, impls)], impls
+
+
+def _export_path(jitted, args, static) -> str | None:
+    """The entry of this call in the cache's exports, or None when there is no cache or
+    exports cannot be serialized here."""
+    directory = jax.config.jax_compilation_cache_dir
+    if not directory or not jax.config.jax_enable_compilation_cache or not _can_serialize():
+        return None
+    leaves, in_tree = jax.tree_util.tree_flatten(args)
+    key = hashlib.sha256()
+    for part in (_source_digest(), jax.__version__, jax.lib.__version__, jax.default_backend(),
+                 jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision,
+                 jitted.__name__, repr(sorted(static.items())), in_tree,
+                 *((np.shape(v), str(v.dtype)) for v in leaves)):
+        key.update(repr(part).encode() + b"\0")
+    return os.path.join(directory, EXPORTS, f"{jitted.__name__}-{key.hexdigest()[:40]}")
+
+
+@functools.cache
+def _can_serialize() -> bool:
+    try:
+        import flatbuffers  # noqa: F401  (jax.export's serialization imports it)
+        importlib.import_module("jax.export")  # not imported by `import jax` in older jax
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A digest of moejax's source files: an export of another moejax is never loaded."""
+    key = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(glob.glob(os.path.join(glob.escape(root), "**", "*.py"), recursive=True)):
+        with open(name, "rb") as f:
+            key.update(os.path.relpath(name, root).encode() + b"\0" + f.read())
+    return key.hexdigest()
+
+
+def _write(path: str, blob: bytes) -> None:
+    """Writes an entry whole or not at all (a temporary file renamed: processes sharing the
+    cache never read half an entry); an unwritable cache is skipped silently, since
+    `enable_compilation_cache` already said so."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as f:
+            f.write(blob)
+        os.replace(f.name, path)
+    except OSError:
+        pass
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax import _validate, gating, inference, model, predictive, preprocessing, selection
+from moejax import _validate, compilation, gating, inference, model, predictive, preprocessing
+from moejax import selection
 from moejax import prior as prior_lib
 from moejax import solver, sums
 from moejax.inference import Inference
@@ -1025,10 +1026,11 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     _announce_cost(x.shape[0], x.shape[1], config, x.dtype.itemsize, progress)
     penalty = (None if config.prior is None else
                prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
-    params, report, checks = _fit_program(
-        key, xp, yp, weights, std, noise_std, np.asarray(config.refine_tol, x.dtype),
-        _Stages(**{name: getattr(config, name) for name in _Stages._fields}),
-        sums.Layout(config.chunk_size), penalty)
+    params, report, checks = compilation.cached_call(
+        _fit_program,
+        (key, xp, yp, weights, std, noise_std, np.asarray(config.refine_tol, x.dtype), penalty),
+        config=_Stages(**{name: getattr(config, name) for name in _Stages._fields}),
+        layout=sums.Layout(config.chunk_size))
     top, sigma, gating_finite, refine_finite = jax.device_get(checks)
     if top > _validate.scale_limit(x.shape[0], x.dtype, power=3):
         _validate.scales(*_standardised(std, x, y), power=3)  # raises, naming x or y
@@ -1079,8 +1081,8 @@ class _Stages(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layout"))
-def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, config: _Stages,
-                 layout: sums.Layout, penalty=None):
+def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
+                 config: _Stages, layout: sums.Layout):
     """Stages 2-4 of `fit` as one compiled program, for x: (rows, d) and y: (rows,) padded
     with weight-0 rows (`weights`: (rows,), 1 on the data's rows) and standardised here.
     noise_std: the given sigma in the target's units, or None to learn it; penalty: the

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moejax.compilation import cached_call
 from moejax.model import _joint_log_probs
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
@@ -110,7 +111,7 @@ _BLOCK_ROWS = 4096
 
 
 @functools.partial(jax.jit, static_argnames="learn_sigma")
-def _statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma, penalty=None):
+def _statistics(params: MoEParams, z, y, weights, y_scale, penalty, learn_sigma):
     theta = pack(params, learn_sigma)
 
     def rows(theta, zb, yb):  # log p(y | x) of a block's rows
@@ -155,8 +156,8 @@ def statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma: bool,
     with x64():
         k, d1 = params.experts.shape
         penalty = None if prior is None else penalty_of(prior, k, d1 - 1, jnp.float64)
-        out = _statistics(_float64(params), *_float64((z, y, weights, y_scale)), learn_sigma,
-                          penalty)
+        out = cached_call(_statistics, (_float64(params), *_float64((z, y, weights, y_scale)),
+                                        penalty), learn_sigma=learn_sigma)
         return Inference(*(np.asarray(v, np.float64) for v in out))
 
 

@@ -130,9 +130,10 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
     out = moejax("fit", "--data=t.csv", "--target=target", "--experts=3", "--out=m.npz",
                  "--num_refine_iters=2", "--drop_missing", cwd=tmp_path, cache=str(cache))
     assert out.returncode == 0, out.stderr
-    # The compiled programs, for the next run: the fit's and the standard errors' among them.
-    kept = {p.name.split("-")[0] for p in cache.iterdir()}
-    assert {"jit__fit_program", "jit__statistics"} <= kept, kept
+    # For the next run: the fit's and the standard errors' programs exported, and compiled.
+    exports = {p.name.split("-")[0] for p in (cache / mj.compilation.EXPORTS).iterdir()}
+    assert exports == {"_fit_program", "_statistics"}
+    assert sum(p.name.startswith("jit_call_exported") for p in cache.iterdir()) == 2
     assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout
     assert "libtpu" not in out.stderr  # no INFO noise from JAX's backend search
     assert "398 rows" in out.stdout

@@ -109,3 +109,54 @@ def test_a_streamed_pass_leaves_no_thread_behind(read_ahead):
     for thread in set(threading.enumerate()) - before:  # the last read-ahead may be finishing
         thread.join(timeout=10)
     assert set(threading.enumerate()) <= before
+
+
+_EXPORT_SCRIPT = """
+import sys, jax, numpy as np, moejax as mj
+mj.enable_compilation_cache(sys.argv[1])
+jax.config.update("jax_log_compiles", True)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(300, 3))
+y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=300)
+m = mj.fit(jax.random.key(0), x, y, num_experts=2, num_refine_iters=30, num_refine_inits=3)
+np.save(sys.argv[2], np.concatenate([np.ravel(v) for v in (
+    m.params.experts, m.params.gating, m.params.noise_std, m.inference.information)]))
+"""
+
+
+def test_a_later_process_loads_the_exported_programs_instead_of_tracing_them(tmp_path):
+    # Fresh processes sharing a cache directory (the cache is process state). The first traces
+    # the fit's program and the standard errors' and keeps both exported; the second traces
+    # neither (JAX's compile log names every function it traces) and gives bit-identical
+    # numbers; an entry truncated as by a full disk is traced and written again.
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    cache = tmp_path / "cache"
+
+    def run(name):
+        out = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(cache),
+                              str(tmp_path / name)], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        traced = set(re.findall(r"Finished tracing.*? (_fit_program|_statistics) for",
+                                out.stderr))
+        return traced, np.load(tmp_path / f"{name}.npy")
+
+    traced, first = run("first")
+    assert traced == {"_fit_program", "_statistics"}
+    entries = sorted((cache / mj.compilation.EXPORTS).iterdir())
+    assert [e.name.split("-")[0] for e in entries] == ["_fit_program", "_statistics"]
+    traced, second = run("second")
+    assert traced == set()
+    np.testing.assert_array_equal(second, first)
+    size = entries[0].stat().st_size
+    entries[0].write_bytes(entries[0].read_bytes()[:100])
+    traced, third = run("third")
+    assert traced == {"_fit_program"}
+    np.testing.assert_array_equal(third, first)
+    assert entries[0].stat().st_size == size
