@@ -571,15 +571,16 @@ def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):
     rows on the host, as NumPy arrays, so that a new row count compiles nothing (even moving
     an array of a new shape to the device compiles a program); with `reduce`, fn also takes
     the row weights (0 on padding) and returns a weighted mean. JAX arrays (on a device, or
-    traced) go as they are, and give JAX arrays."""
+    traced) go as they are, and give JAX arrays. With the persistent cache on, host rows go
+    through the exported program (`compilation.cached_call`), which a later process need not
+    trace."""
     if not all(isinstance(a, np.ndarray) for a in arrays):
         return fn(model.params, model.standardizer, *arrays)
     n = arrays[0].shape[0]
     *padded, weights = sums.pad_rows(sums.bucket_size(n), *arrays)
-    if reduce:
-        return fn(model.params, model.standardizer, *padded, weights)
-    out = fn(model.params, model.standardizer, *padded)
-    return jax.tree.map(lambda v: np.asarray(v)[:n], out)
+    args = (model.params, model.standardizer, *padded, *([weights] if reduce else []))
+    out = compilation.cached_call(fn, args)
+    return out if reduce else jax.tree.map(lambda v: np.asarray(v)[:n], out)
 
 
 # One compiled program per row bucket for each method (rather than one per operation).
