@@ -130,6 +130,53 @@ def drop_cache(path: str) -> None:
     jax.clear_caches()
 
 
+# XLA CPU's legacy loop emitters instead of its newer fusion emitters: measured on airfoil
+# (k = 3, jax 0.10.2, 2 cores) the fit's program compiles in 6.0-6.5 s instead of 10.0-10.7 s,
+# and the warm fit takes as long (0.15-0.17 s median 0.18-0.19 s, both ways); other backends
+# ignore the option. docs/scale.md has the command.
+COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+@functools.cache
+def compiler_options() -> dict | None:
+    """`COMPILER_OPTIONS` where this jax takes them and XLA knows them, else None (jax before
+    0.4.36 has no jit(compiler_options=), and older XLA no such option)."""
+    try:  # ahead of time: this may run while a function is being traced
+        jax.jit(lambda a: a + 1, compiler_options=COMPILER_OPTIONS).lower(
+            np.float32(0)).compile()
+    except Exception:
+        return None
+    return COMPILER_OPTIONS
+
+
+class jit:  # noqa: N801  (a decorator, named like the jax.jit it stands for)
+    """`jax.jit(fn, **kwargs)` with `compiler_options()`, resolved at the first call (so that
+    importing moejax starts no backend): the decorator of the programs that `cached_call`
+    runs."""
+
+    def __init__(self, fn=None, **kwargs):
+        self.fn, self.kwargs, self._jitted = fn, kwargs, None
+        if fn is not None:
+            functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        if self.fn is None:  # used as @jit(static_argnames=...)
+            return jit(args[0], **self.kwargs)
+        return self.jitted(*args, **kwargs)
+
+    @property
+    def jitted(self):
+        """The jax.jit function (built once)."""
+        if self._jitted is None:
+            options = compiler_options()
+            extra = {} if options is None else {"compiler_options": options}
+            self._jitted = jax.jit(self.fn, **self.kwargs, **extra)
+        return self._jitted
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
+
+
 def cached_call(jitted, args: tuple, **static):
     """`jitted(*args, **static)`, through an exported program kept in the persistent cache's
     directory when the cache is on (`enable_compilation_cache`, the command line).
@@ -162,11 +209,9 @@ def cached_call(jitted, args: tuple, **static):
     _LOADED.move_to_end(path)
     if _LOADED[path] is None:  # this program could not be exported here
         return jitted(*args, **static)
-    exported, out_tree = _LOADED[path]
+    run, out_tree = _LOADED[path]
     _load_lapack()
-    # The same Exported object again runs its compiled program: it is kept for that.
-    return jax.tree_util.tree_unflatten(
-        out_tree, exported.call(*_plain(jax.tree_util.tree_leaves(args))[0]))
+    return jax.tree_util.tree_unflatten(out_tree, run(*_plain(jax.tree_util.tree_leaves(args))[0]))
 
 
 # The exports this process has loaded or made, most recently used last: at most this many.
@@ -174,13 +219,20 @@ _MAX_LOADED = 32
 _LOADED: collections.OrderedDict = collections.OrderedDict()
 
 
+def _runner(exported):
+    """The exported program as a jitted function of its flat arguments, compiled with
+    `compiler_options()`; the same object again runs its compiled program."""
+    options = compiler_options()
+    return jax.jit(exported.call, **({} if options is None else {"compiler_options": options}))
+
+
 def _read(path: str):
-    """(Exported, output treedef) of an entry, or None if there is none; a damaged entry
+    """(runner, output treedef) of an entry, or None if there is none; a damaged entry
     (truncated, or written by another version) is deleted."""
     try:
         with open(path, "rb") as f:
             out_tree, blob = pickle.load(f)
-        return jax.export.deserialize(bytearray(blob)), out_tree
+        return _runner(jax.export.deserialize(bytearray(blob))), out_tree
     except FileNotFoundError:
         return None
     except Exception:
@@ -189,17 +241,20 @@ def _read(path: str):
 
 
 def _export(jitted, args, static, path: str):
-    """(the jax.export.Exported of jitted on the flat leaves of args, its output's treedef),
-    written to the entry `path`; None if jax cannot export or serialize it."""
+    """(runner of the jax.export.Exported of jitted on the flat leaves of args, its output's
+    treedef), the export written to the entry `path`; None if jax cannot export or serialize
+    it."""
     leaves, in_tree = jax.tree_util.tree_flatten(args)
     plain, impls = _plain(leaves)
     out_tree = []
+    # The function itself: compile options belong to the outermost jit only (the runner's).
+    inner = jitted.fn if isinstance(jitted, jit) else jitted
 
     def flat(*plain):
         leaves = [v if impl is None else jax.random.wrap_key_data(v, impl=impl)
                   for v, impl in zip(plain, impls)]
         out, tree = jax.tree_util.tree_flatten(
-            jitted(*jax.tree_util.tree_unflatten(in_tree, leaves), **static))
+            inner(*jax.tree_util.tree_unflatten(in_tree, leaves), **static))
         out_tree.append(tree)
         return out
 
@@ -210,7 +265,9 @@ def _export(jitted, args, static, path: str):
     except Exception:  # e.g. an operation this jax cannot serialize: run it as it is
         return None
     _write(path, pickle.dumps((out_tree[0], blob)))
-    return exported, out_tree[0]
+    # Run what a later process will load: a deserialized export lowers to another module (and
+    # so another compilation cache key) than the one just made.
+    return _runner(jax.export.deserialize(bytearray(blob))), out_tree[0]
 
 
 @functools.cache

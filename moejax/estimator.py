@@ -1081,7 +1081,7 @@ class _Stages(NamedTuple):
     num_refine_inits: int
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layout"))
+@compilation.jit(static_argnames=("config", "layout"))
 def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
                  config: _Stages, layout: sums.Layout):
     """Stages 2-4 of `fit` as one compiled program, for x: (rows, d) and y: (rows,) padded

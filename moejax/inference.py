@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax.compilation import cached_call
+from moejax.compilation import cached_call, jit
 from moejax.model import _joint_log_probs
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
@@ -110,7 +110,7 @@ def num_params(params: MoEParams, learn_sigma: bool) -> int:
 _BLOCK_ROWS = 4096
 
 
-@functools.partial(jax.jit, static_argnames="learn_sigma")
+@jit(static_argnames="learn_sigma")
 def _statistics(params: MoEParams, z, y, weights, y_scale, penalty, learn_sigma):
     theta = pack(params, learn_sigma)
 
