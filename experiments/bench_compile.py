@@ -6,7 +6,8 @@ r"""What a user's first fit costs in compilation, and what the row buckets and t
    `python -c "import jax; jax.jit(lambda a: a + 1)(1.0)"` process first (the unit of the
    goals), then `python -m moejax fit` (k = --experts) on the airfoil table with an empty
    compilation cache, again (the cache warm), on tables of 999 and 1250 of its rows, and with
-   k = --experts - 1; then the first run again with the cache off.
+   k = --experts - 1; then the first run again with the cache off, and once more with XLA's
+   default compile options instead of moejax's ($MOEJAX_COMPILER_OPTIONS=0).
 2. In this process (no persistent cache), counted with `jax.monitoring` (a public listener on
    JAX's compile events): the XLA programs and compile seconds of a first `moejax.fit` on
    airfoil, of the same fit again (warm), of a second fit on 1000 rows (another row bucket),
@@ -63,9 +64,9 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _timed(args) -> float:
+def _timed(args, env=None) -> float:
     tic = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, text=True)
+    out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(out.stderr)
     return time.perf_counter() - tic
@@ -81,10 +82,10 @@ def _command_line(x, y) -> list[dict]:
                        comments="", fmt="%.10g")
             return path
 
-        def cli(n, k, cache):
+        def cli(n, k, cache, env=None):
             return _timed([sys.executable, "-m", "moejax", "fit", f"--data={table(n)}",
                            "--target=y", f"--experts={k}", f"--out={tmp}/m.npz",
-                           f"--cache_dir={cache}"])
+                           f"--cache_dir={cache}"], env=env)
 
         bare = _timed([sys.executable, "-c", "import jax; jax.jit(lambda a: a + 1)(1.0)"])
         rows.append(dict(run="bare jax process", seconds=bare))
@@ -97,6 +98,9 @@ def _command_line(x, y) -> list[dict]:
                 (f"fit k={k - 1}, {n} rows, after k={k}", n, k - 1, cache),
                 (f"fit k={k}, {n} rows, no cache", n, k, "")]:
             rows.append(dict(run=label, seconds=cli(rows_, k_, cache_)))
+        # XLA's default emitters instead of moejax's compiler options (compilation.py).
+        rows.append(dict(run=f"fit k={k}, {n} rows, no cache, XLA's default options",
+                         seconds=cli(n, k, "", dict(os.environ, MOEJAX_COMPILER_OPTIONS="0"))))
         for r in rows:
             r["ratio_to_bare"] = r["seconds"] / bare
             print(f"command line: {r['run']}: {r['seconds']:.1f} s "

@@ -140,7 +140,10 @@ COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 @functools.cache
 def compiler_options() -> dict | None:
     """`COMPILER_OPTIONS` where this jax takes them and XLA knows them, else None (jax before
-    0.4.36 has no jit(compiler_options=), and older XLA no such option)."""
+    0.4.36 has no jit(compiler_options=), and older XLA no such option); None too with
+    $MOEJAX_COMPILER_OPTIONS=0, XLA's own defaults (to compare, or to rule the options out)."""
+    if os.environ.get("MOEJAX_COMPILER_OPTIONS") == "0":
+        return None
     try:  # ahead of time: this may run while a function is being traced
         jax.jit(lambda a: a + 1, compiler_options=COMPILER_OPTIONS).lower(
             np.float32(0)).compile()
@@ -187,7 +190,8 @@ def cached_call(jitted, args: tuple, **static):
     everything that shapes the program: moejax's source, the jax and jaxlib versions, the
     backend, x64, the function, its static arguments and the shapes and dtypes of `args`. An
     entry that cannot be read is deleted and written again; without the cache, or without
-    the `flatbuffers` package that serialization needs, this is `jitted(*args, **static)`.
+    the `flatbuffers` package that serialization needs, or for a `functools.partial` (which
+    may carry arrays the key would not see), this is `jitted(*args, **static)`.
 
     Args:
       jitted: a jitted function; args: its traced arguments (a pytree each); **static: its
@@ -199,7 +203,8 @@ def cached_call(jitted, args: tuple, **static):
     Raises:
       What `jitted` raises.
     """
-    path = _export_path(jitted, args, static)
+    # A functools.partial has no name, and may carry arrays that the key would not see.
+    path = _export_path(jitted, args, static) if hasattr(jitted, "__name__") else None
     if path is None:
         return jitted(*args, **static)
     if path not in _LOADED:

@@ -182,7 +182,7 @@ def inverse_target(s: Standardizer, y_std: jax.Array) -> jax.Array:
       Nothing (values are not checked: this runs inside compiled code too).
 
     >>> s = fit_standardizer(np.eye(3), np.array([1.0, 2.0, 3.0]), whiten=False)
-    >>> inverse_target(s, jnp.zeros(2))
+    >>> inverse_target(s, jax.numpy.zeros(2))
     Array([2., 2.], dtype=float32)
     """
     return s.y_mean + s.y_scale * y_std

@@ -133,7 +133,7 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
     # For the next run: the fit's and the standard errors' programs exported, and compiled.
     exports = {p.name.split("-")[0] for p in (cache / mj.compilation.EXPORTS).iterdir()}
     assert {"_fit_program", "_statistics", "_predict"} <= exports, exports
-    assert sum(p.name.startswith("jit_call_exported") for p in cache.iterdir()) == len(exports)
+    assert sum(p.name.startswith("jit_call-") for p in cache.iterdir()) == len(exports)
     assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout
     assert "libtpu" not in out.stderr  # no INFO noise from JAX's backend search
     assert "398 rows" in out.stdout
