@@ -130,10 +130,9 @@ def drop_cache(path: str) -> None:
     jax.clear_caches()
 
 
-# XLA CPU's legacy loop emitters instead of its newer fusion emitters: measured on airfoil
-# (k = 3, jax 0.10.2, 2 cores) the fit's program compiles in 6.0-6.5 s instead of 10.0-10.7 s,
-# and the warm fit takes as long (0.15-0.17 s median 0.18-0.19 s, both ways); other backends
-# ignore the option. docs/scale.md has the command.
+# XLA CPU's loop emitters instead of its newer fusion emitters: a first fit on airfoil (k = 3,
+# jax 0.10.2, 2 cores) compiles about 4 s less, and the warm fit is no slower
+# (experiments/bench_compile.py, docs/scale.md "Compiling once"); other backends ignore it.
 COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
