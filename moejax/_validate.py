@@ -336,7 +336,7 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = Fa
                          "fit.")
     if power is not None:
         scales(x, y, power=power)
-    if isinstance(noise_std, jax.core.Tracer):
+    if not _concrete(noise_std):
         return x, y, jnp.asarray(noise_std, x.dtype)
     # A concrete sigma stays on the host: jnp.asarray would compile a program per shape.
     return x, y, np.asarray(noise_std, x.dtype)

@@ -170,13 +170,14 @@ class jit:  # noqa: N801  (a decorator, named like the jax.jit it stands for)
     def jitted(self):
         """The jax.jit function (built once)."""
         if self._jitted is None:
-            options = compiler_options()
-            extra = {} if options is None else {"compiler_options": options}
-            self._jitted = jax.jit(self.fn, **self.kwargs, **extra)
+            self._jitted = _jit_with_options(self.fn, **self.kwargs)
         return self._jitted
 
-    def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
+
+def _jit_with_options(fn, **kwargs):
+    """jax.jit(fn, **kwargs) with `compiler_options()` when there are any."""
+    options = compiler_options()
+    return jax.jit(fn, **kwargs, **({} if options is None else {"compiler_options": options}))
 
 
 def cached_call(jitted, args: tuple, **static):
@@ -202,20 +203,22 @@ def cached_call(jitted, args: tuple, **static):
     Raises:
       What `jitted` raises.
     """
+    leaves, in_tree = jax.tree_util.tree_flatten(args)
     # A functools.partial has no name, and may carry arrays that the key would not see.
-    path = _export_path(jitted, args, static) if hasattr(jitted, "__name__") else None
+    path = (_export_path(jitted, leaves, in_tree, static) if hasattr(jitted, "__name__")
+            else None)
     if path is None:
         return jitted(*args, **static)
     if path not in _LOADED:
-        _LOADED[path] = _read(path) or _export(jitted, args, static, path)
+        _LOADED[path] = (_read(path, jitted.__name__)
+                         or _export(jitted, leaves, in_tree, static, path))
         while len(_LOADED) > _MAX_LOADED:
             _LOADED.popitem(last=False)
     _LOADED.move_to_end(path)
     if _LOADED[path] is None:  # this program could not be exported here
         return jitted(*args, **static)
     run, out_tree = _LOADED[path]
-    _load_lapack()
-    return jax.tree_util.tree_unflatten(out_tree, run(*_plain(jax.tree_util.tree_leaves(args))[0]))
+    return jax.tree_util.tree_unflatten(out_tree, run(*_plain(leaves)[0]))
 
 
 # The exports this process has loaded or made, most recently used last: at most this many.
@@ -223,20 +226,28 @@ _MAX_LOADED = 32
 _LOADED: collections.OrderedDict = collections.OrderedDict()
 
 
-def _runner(exported):
-    """The exported program as a jitted function of its flat arguments, compiled with
-    `compiler_options()`; the same object again runs its compiled program."""
-    options = compiler_options()
-    return jax.jit(exported.call, **({} if options is None else {"compiler_options": options}))
+def _runner(blob: bytes, name: str):
+    """The serialized export `blob` as a jitted function of its flat arguments, compiled with
+    `compiler_options()` and named `name` (<function>_exported: in JAX's logs and its cache's
+    entries, which the command line's cache guard names); the same object again runs its
+    compiled program."""
+    _load_lapack()
+    call = jax.export.deserialize(bytearray(blob)).call
+
+    def run(*leaves):
+        return call(*leaves)
+
+    run.__name__ = run.__qualname__ = name
+    return _jit_with_options(run)
 
 
-def _read(path: str):
+def _read(path: str, name: str):
     """(runner, output treedef) of an entry, or None if there is none; a damaged entry
     (truncated, or written by another version) is deleted."""
     try:
         with open(path, "rb") as f:
             out_tree, blob = pickle.load(f)
-        return _runner(jax.export.deserialize(bytearray(blob))), out_tree
+        return _runner(blob, f"{name}_exported"), out_tree
     except FileNotFoundError:
         return None
     except Exception:
@@ -244,11 +255,10 @@ def _read(path: str):
         return None
 
 
-def _export(jitted, args, static, path: str):
-    """(runner of the jax.export.Exported of jitted on the flat leaves of args, its output's
-    treedef), the export written to the entry `path`; None if jax cannot export or serialize
-    it."""
-    leaves, in_tree = jax.tree_util.tree_flatten(args)
+def _export(jitted, leaves, in_tree, static, path: str):
+    """(runner of the jax.export.Exported of jitted on the flat arguments `leaves` (of the
+    pytree `in_tree`), its output's treedef), the export written to the entry `path`; None if
+    jax cannot export or serialize it."""
     plain, impls = _plain(leaves)
     out_tree = []
     # The function itself: compile options belong to the outermost jit only (the runner's).
@@ -271,7 +281,7 @@ def _export(jitted, args, static, path: str):
     _write(path, pickle.dumps((out_tree[0], blob)))
     # Run what a later process will load: a deserialized export lowers to another module (and
     # so another compilation cache key) than the one just made.
-    return _runner(jax.export.deserialize(bytearray(blob))), out_tree[0]
+    return _runner(blob, f"{jitted.__name__}_exported"), out_tree[0]
 
 
 @functools.cache
@@ -291,13 +301,12 @@ def _plain(leaves) -> tuple[list, list]:
             for v, impl in zip(leaves, impls)], impls
 
 
-def _export_path(jitted, args, static) -> str | None:
-    """The entry of this call in the cache's exports, or None when there is no cache or
-    exports cannot be serialized here."""
+def _export_path(jitted, leaves, in_tree, static) -> str | None:
+    """The entry of this call (flat arguments `leaves` of the pytree `in_tree`) in the cache's
+    exports, or None when there is no cache or exports cannot be serialized here."""
     directory = jax.config.jax_compilation_cache_dir
     if not directory or not jax.config.jax_enable_compilation_cache or not _can_serialize():
         return None
-    leaves, in_tree = jax.tree_util.tree_flatten(args)
     key = hashlib.sha256()
     for part in (_source_digest(), jax.__version__, jax.lib.__version__, jax.default_backend(),
                  jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision,

@@ -133,7 +133,8 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
     # For the next run: the fit's and the standard errors' programs exported, and compiled.
     exports = {p.name.split("-")[0] for p in (cache / mj.compilation.EXPORTS).iterdir()}
     assert {"_fit_program", "_statistics", "_predict"} <= exports, exports
-    assert sum(p.name.startswith("jit_call-") for p in cache.iterdir()) == len(exports)
+    compiled = {p.name.split("-")[0] for p in cache.iterdir()}
+    assert {f"jit_{name}_exported" for name in exports} <= compiled, compiled
     assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout
     assert "libtpu" not in out.stderr  # no INFO noise from JAX's backend search
     assert "398 rows" in out.stdout
@@ -358,7 +359,8 @@ def test_a_damaged_compilation_cache_is_detected_and_replaced(tmp_path):
             "--num_refine_iters=2")
     assert moejax(*args, cwd=tmp_path, cache=str(cache)).returncode == 0
     entries = {p.name.split("-")[0]: p for p in cache.iterdir()}
-    a, b = entries["jit__log_likelihood"], entries["jit__mixing_weights"]
+    # The per-row programs, run from their exports (compilation.cached_call).
+    a, b = entries["jit__log_likelihood_exported"], entries["jit__mixing_weights_exported"]
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
     a.write_bytes(b_bytes)
     b.write_bytes(a_bytes)
@@ -368,7 +370,8 @@ def test_a_damaged_compilation_cache_is_detected_and_replaced(tmp_path):
     out = moejax(*args, cwd=tmp_path, cache=str(cache))  # fills the emptied cache again
     assert out.returncode == 0 and out.stderr == "", out.stderr
     entries = {p.name.split("-")[0]: p for p in cache.iterdir()}
-    entries["jit__predict"].write_bytes(entries["jit__predict"].read_bytes()[:100])
+    entry = entries["jit__predict_exported"]
+    entry.write_bytes(entry.read_bytes()[:100])
     out = moejax(*args, cwd=tmp_path, cache=str(cache))
     assert out.returncode == 0, out.stderr
     assert "unreadable entries" in out.stderr and "_predict" in out.stderr
