@@ -13,7 +13,10 @@ r"""What a user's first fit costs in compilation, and what the row buckets and t
    airfoil, of the same fit again (warm), of a second fit on 1000 rows (another row bucket),
    of a fit on 1400 rows (the first fit's bucket), of `num_experts="auto"` over k = 1..4, and of
    `recover` on n = 4999 and n = 3000.
-3. With --many > 0: that many fits of 900..1299 rows (k = 2, 50 refinement iterations) in
+3. The warm fit (the airfoil fit of part 2 again, the median of --warm_fits in a process,
+   after one fit that compiles), in --warm_rounds fresh processes alternating moejax's
+   compile options and XLA's defaults: what the options cost or save once compiled.
+4. With --many > 0: that many fits of 900..1299 rows (k = 2, 50 refinement iterations) in
    this process, the programs compiled and the resident memory after each tenth.
 
 Writes bench_compile.json to --output_dir and prints the tables.
@@ -36,6 +39,8 @@ _EXPERTS = flags.DEFINE_integer("experts", 3, "Number of experts of the command-
 _MANY = flags.DEFINE_integer("many", 100, "Fits of 900..1299 rows in one process (0: none).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 _TAG = flags.DEFINE_string("tag", "", "Suffix of the output file (e.g. 'before').")
+_WARM_FITS = flags.DEFINE_integer("warm_fits", 15, "Warm fits timed in each warm process.")
+_WARM_ROUNDS = flags.DEFINE_integer("warm_rounds", 3, "Processes per compile-option setting.")
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -108,11 +113,44 @@ def _command_line(x, y) -> list[dict]:
     return rows
 
 
+# A process that fits airfoil once (compiling), then times that fit --warm_fits more times.
+_WARM_SCRIPT = """
+import sys, time
+import jax, numpy as np, moejax as mj
+data = mj.datasets.load_airfoil()
+x, y, key = np.asarray(data.features), np.asarray(data.target), jax.random.key(0)
+mj.fit(key, x, y, num_experts=3)
+times = []
+for _ in range(int(sys.argv[1])):
+    tic = time.perf_counter()
+    jax.block_until_ready(mj.fit(key, x, y, num_experts=3).params)
+    times.append(time.perf_counter() - tic)
+print(np.median(times))
+"""
+
+
+def _warm_fits() -> list[dict]:
+    """The median warm fit of each process, alternating moejax's options and XLA's."""
+    rows = []
+    for round_ in range(_WARM_ROUNDS.value):
+        for options, env in [("moejax's", None), ("XLA's defaults", "0")]:
+            out = subprocess.run(
+                [sys.executable, "-c", _WARM_SCRIPT, str(_WARM_FITS.value)],
+                capture_output=True, text=True, check=True,
+                env=dict(os.environ, **({"MOEJAX_COMPILER_OPTIONS": env} if env else {})))
+            rows.append(dict(options=options, round=round_,
+                             median_s=float(out.stdout.split()[-1])))
+            print(f"warm fit, {options} compile options: median {rows[-1]['median_s']:.3f} s",
+                  flush=True)
+    return rows
+
+
 def main(argv):
     del argv
     data = mj.datasets.load_airfoil()
     x, y = np.asarray(data.features), np.asarray(data.target)
     cli_rows = _command_line(x, y)
+    warm_rows = _warm_fits()
 
     compiles = _Compiles()
     key = jax.random.key(0)
@@ -159,13 +197,18 @@ def main(argv):
     with open(path, "w") as f:
         json.dump(dict(experts=_EXPERTS.value, jax=jax.__version__, moejax=mj.__version__,
                        device=str(jax.devices()[0].device_kind), command_line=cli_rows,
-                       one_process=process_rows, many_fits=many_rows), f, indent=1)
+                       one_process=process_rows, warm_fits=warm_rows, many_fits=many_rows),
+                  f, indent=1)
     print("\n| command line | seconds | x bare jax |\n|---|---|---|")
     for r in cli_rows:
         print(f"| {r['run']} | {r['seconds']:.1f} | {r['ratio_to_bare']:.1f} |")
     print("\n| in one process | programs | compiling (s) | wall (s) |\n|---|---|---|---|")
     for r in process_rows:
         print(f"| {r['step']} | {r['programs']} | {r['compile_s']:.1f} | {r['wall_s']:.2f} |")
+    print("\n| warm airfoil fit (k = 3), median per process | seconds |\n|---|---|")
+    for r in warm_rows:
+        print(f"| {r['options']} compile options, process {r['round'] + 1} | "
+              f"{r['median_s']:.3f} |")
     if many_rows:
         print("\n| fits of 900..1299 rows | programs | resident MB |\n|---|---|---|")
         for r in many_rows:

@@ -130,18 +130,20 @@ def drop_cache(path: str) -> None:
     jax.clear_caches()
 
 
-# XLA CPU's loop emitters instead of its newer fusion emitters: a first fit on airfoil (k = 3,
-# jax 0.10.2, 2 cores) compiles about 4 s less, and the warm fit is no slower
-# (experiments/bench_compile.py, docs/scale.md "Compiling once"); other backends ignore it.
-COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# LLVM at its -O1 instead of -O3 for XLA CPU's machine code: a first fit on airfoil (k = 3,
+# jax 0.10.2, 2 cores) compiles about 20% less, and the warm fit is no slower
+# (experiments/bench_compile.py, docs/scale.md "Compiling once"). Stop 33's choice,
+# xla_cpu_use_fusion_emitters=False, compiled as fast but made the warm fit 40% slower.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 @functools.cache
 def compiler_options() -> dict | None:
-    """`COMPILER_OPTIONS` where this jax takes them and XLA knows them, else None (jax before
-    0.4.36 has no jit(compiler_options=), and older XLA no such option); None too with
-    $MOEJAX_COMPILER_OPTIONS=0, XLA's own defaults (to compare, or to rule the options out)."""
-    if os.environ.get("MOEJAX_COMPILER_OPTIONS") == "0":
+    """`COMPILER_OPTIONS` where this jax takes them and XLA knows them, on the CPU, else None
+    (jax before 0.4.36 has no jit(compiler_options=), older XLA may lack the option, and
+    accelerators were not measured); None too with $MOEJAX_COMPILER_OPTIONS=0, XLA's own
+    defaults (to compare, or to rule the options out)."""
+    if os.environ.get("MOEJAX_COMPILER_OPTIONS") == "0" or jax.default_backend() != "cpu":
         return None
     try:  # ahead of time: this may run while a function is being traced
         jax.jit(lambda a: a + 1, compiler_options=COMPILER_OPTIONS).lower(
