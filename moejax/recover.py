@@ -6,8 +6,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from moejax import _validate, gating, moments, solver, tensor
+from moejax import _validate, gating, moments, solver, sums, tensor
 from moejax._renamed import accepts_old_names
 from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import Nonlinearity, transform_constants
@@ -85,6 +86,23 @@ def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_inits,
     return ExpertEstimate(raw / norms[:, None], pi, norms), power
 
 
+def _bucketed(x, y, weights, layout: Layout):
+    """NumPy rows padded with weight-0 rows to their row bucket (`sums.bucket_size`), so that a
+    new row count in a bucket already compiled compiles nothing; the weights make the padding
+    exact. Arrays on a device, tracers, streams and sharded data are returned as they are."""
+    host = (x, y) + (() if weights is None else (weights,))
+    if layout.mesh is not None or not all(isinstance(a, np.ndarray) for a in host):
+        return x, y, weights
+    *padded, pad = sums.pad_rows(sums.bucket_size(x.shape[0]), *host)
+    return padded[0], padded[1], (pad if weights is None else padded[2]).astype(x.dtype)
+
+
+# y's noise level for the moment stage, compiled once per row bucket (eagerly, its few
+# operations would each compile per row count).
+_initial_noise_std_program = jax.jit(_initial_noise_std, static_argnames=("nonlinearity",
+                                                                          "layout"))
+
+
 def _check_subspace_iters(num_subspace_iters):
     if num_subspace_iters is not None and (isinstance(num_subspace_iters, bool)
                                            or not isinstance(num_subspace_iters, int)
@@ -146,6 +164,7 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
     _validate.positive(power_tol, "power_tol")
     weights = _validate.row_weights(weights, x.shape[0])
     layout = layout_of(x, chunk_size)
+    x, y, weights = _bucketed(x, y, weights, layout)
     return _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_power_inits,
                             num_power_iters, power_tol, num_subspace_iters, layout,
                             None if weights is None else weights.astype(x.dtype))
@@ -222,8 +241,13 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     if weights is not None:
         weights = weights.astype(x.dtype)
     layout = layout_of(x, chunk_size)
+    given = x, y  # for the diagnosis of a failure
+    x, y, weights = _bucketed(x, y, weights, layout)
     if learn:
-        noise_std = _initial_noise_std(y, nonlinearity, weights, layout)
+        # A streamed y is read in blocks on the host, outside any compiled program.
+        noise_fn = (_initial_noise_std_program if isinstance(y, (np.ndarray, jax.Array))
+                    else _initial_noise_std)
+        noise_std = noise_fn(y, nonlinearity, weights, layout)
     _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(num_subspace_iters)
     num_power_inits = _validate.count(num_power_inits, "num_power_inits")
@@ -236,12 +260,12 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     est, power = _recover_experts(key_tensor, x, y, noise_std, num_experts, nonlinearity,
                                   num_power_inits, num_power_iters, power_tol,
                                   num_subspace_iters, layout, weights)
-    _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), x, y, what="the moment stage",
-                            nonlinearity=nonlinearity)
+    _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), *given,
+                            what="the moment stage", nonlinearity=nonlinearity)
     w, info = gating._fit_gating(key_gating, x, y, est.experts, noise_std, nonlinearity,
                                  num_gating_inits, num_gating_iters, 1.0, learn, layout,
                                  num_subspace_iters is not None, gating_tol, weights=weights)
-    _validate.finite_result(info.finite, x, y, noise_std=None if learn else noise_std,
+    _validate.finite_result(info.finite, *given, noise_std=None if learn else noise_std,
                             what="recover", nonlinearity=nonlinearity)
     return (MoEParams(est.experts, w, info.noise_std, nonlinearity),
             solver.make_info(RecoverInfo, info, mixing_weights=est.mixing_weights,

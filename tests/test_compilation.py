@@ -99,6 +99,31 @@ def test_selection_compiles_per_bucket_not_per_fold():
     assert count == 0
 
 
+def test_recover_on_numpy_compiles_nothing_for_a_new_row_count_in_its_bucket():
+    # NumPy rows are padded to the bucket (385..512 rows) with weight-0 rows, sigma learned
+    # and given; the padded estimate equals the one on the rows as JAX arrays (no padding).
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(512, 4))
+    y = np.tanh(x @ np.array([1.0, -0.5, 0.3, 0.0])) + 0.1 * rng.normal(size=512)
+    for noise_std in (None, 0.1):
+        kw = dict(num_experts=2, noise_std=noise_std)
+        mj.recover(jax.random.key(0), x[:400], y[:400], **kw)
+        for n in (401, 457, 512):
+            count, (params, info) = _count(lambda: mj.recover(jax.random.key(n), x[:n], y[:n],
+                                                              **kw))
+            assert count == 0, (noise_std, n)
+        ref, _ = mj.recover(jax.random.key(1), jax.numpy.asarray(x[:457]),
+                            jax.numpy.asarray(y[:457]), **kw)
+        got, _ = mj.recover(jax.random.key(1), x[:457], y[:457], **kw)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+    count, _ = _count(lambda: mj.recover_experts(jax.random.key(0), x[:420], y[:420],
+                                                 num_experts=2, noise_std=0.1))
+    count, _ = _count(lambda: mj.recover_experts(jax.random.key(0), x[:499], y[:499],
+                                                 num_experts=2, noise_std=0.1))
+    assert count == 0
+
+
 @pytest.mark.parametrize("read_ahead", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_a_streamed_pass_leaves_no_thread_behind(read_ahead):
     x, y = _table(2000, seed=4)
