@@ -18,6 +18,9 @@ r"""What a user's first fit costs in compilation, and what the row buckets and t
    compile options and XLA's defaults: what the options cost or save once compiled.
 4. With --many > 0: that many fits of 900..1299 rows (k = 2, 50 refinement iterations) in
    this process, the programs compiled and the resident memory after each tenth.
+5. With --streamed > 0: that many `recover` calls on a 20000 x 5 memmap file, each through
+   new `streamed()` wrappers, the programs compiled, resident memory and threads after each
+   tenth.
 
 Writes bench_compile.json to --output_dir and prints the tables.
 """
@@ -27,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from absl import app, flags
@@ -39,6 +43,7 @@ _EXPERTS = flags.DEFINE_integer("experts", 3, "Number of experts of the command-
 _MANY = flags.DEFINE_integer("many", 100, "Fits of 900..1299 rows in one process (0: none).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 _TAG = flags.DEFINE_string("tag", "", "Suffix of the output file (e.g. 'before').")
+_STREAMED = flags.DEFINE_integer("streamed", 50, "Streamed recover calls (0: none).")
 _WARM_FITS = flags.DEFINE_integer("warm_fits", 15, "Warm fits timed in each warm process.")
 _WARM_ROUNDS = flags.DEFINE_integer("warm_rounds", 3, "Processes per compile-option setting.")
 
@@ -191,13 +196,35 @@ def main(argv):
                 print(f"{i + 1} fits of 900..1299 rows: {many_rows[-1]['programs']} programs, "
                       f"resident {many_rows[-1]['rss_mb']:.0f} MB", flush=True)
 
+    streamed_rows = []
+    if _STREAMED.value:
+        xs_ = rng.normal(size=(20000, 5))
+        ys_ = np.tanh(xs_[:, 0]) * xs_[:, 1] + 0.1 * rng.normal(size=20000)
+        start = compiles.count
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, a in (("x", xs_), ("y", ys_)):
+                np.save(os.path.join(tmp, f"{name}.npy"), a.astype(np.float32))
+            for i in range(_STREAMED.value):
+                xm, ym = (mj.streamed(np.load(os.path.join(tmp, f"{name}.npy"), mmap_mode="r"))
+                          for name in ("x", "y"))
+                jax.block_until_ready(mj.recover(jax.random.key(i), xm, ym, num_experts=2,
+                                                 chunk_size=4096)[0].experts)
+                if (i + 1) % 10 == 0:
+                    streamed_rows.append(dict(calls=i + 1, programs=compiles.count - start,
+                                              rss_mb=_rss_mb(),
+                                              threads=threading.active_count()))
+                    r = streamed_rows[-1]
+                    print(f"{i + 1} streamed recover calls: {r['programs']} programs, resident "
+                          f"{r['rss_mb']:.0f} MB, {r['threads']} threads", flush=True)
+
     os.makedirs(_OUT.value, exist_ok=True)
     name = "bench_compile" + (f"_{_TAG.value}" if _TAG.value else "") + ".json"
     path = os.path.join(_OUT.value, name)
     with open(path, "w") as f:
         json.dump(dict(experts=_EXPERTS.value, jax=jax.__version__, moejax=mj.__version__,
                        device=str(jax.devices()[0].device_kind), command_line=cli_rows,
-                       one_process=process_rows, warm_fits=warm_rows, many_fits=many_rows),
+                       one_process=process_rows, warm_fits=warm_rows, many_fits=many_rows,
+                       streamed=streamed_rows),
                   f, indent=1)
     print("\n| command line | seconds | x bare jax |\n|---|---|---|")
     for r in cli_rows:
@@ -213,6 +240,11 @@ def main(argv):
         print("\n| fits of 900..1299 rows | programs | resident MB |\n|---|---|---|")
         for r in many_rows:
             print(f"| {r['fits']} | {r['programs']} | {r['rss_mb']:.0f} |")
+    if streamed_rows:
+        print("\n| streamed recover calls (new wrappers) | programs | resident MB | threads |\n"
+              "|---|---|---|---|")
+        for r in streamed_rows:
+            print(f"| {r['calls']} | {r['programs']} | {r['rss_mb']:.0f} | {r['threads']} |")
     print(f"wrote {path}")
 
 

@@ -98,7 +98,7 @@ def _bucketed(x, y, weights, layout: Layout):
 
 
 # y's noise level for the moment stage, compiled once per row bucket (eagerly, its few
-# operations would each compile per row count).
+# operations would each compile per row count, and a streamed y's pass per wrapper).
 _initial_noise_std_program = jax.jit(_initial_noise_std, static_argnames=("nonlinearity",
                                                                           "layout"))
 
@@ -244,10 +244,7 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     given = x, y  # for the diagnosis of a failure
     x, y, weights = _bucketed(x, y, weights, layout)
     if learn:
-        # A streamed y is read in blocks on the host, outside any compiled program.
-        noise_fn = (_initial_noise_std_program if isinstance(y, (np.ndarray, jax.Array))
-                    else _initial_noise_std)
-        noise_std = noise_fn(y, nonlinearity, weights, layout)
+        noise_std = _initial_noise_std_program(y, nonlinearity, weights, layout)
     _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(num_subspace_iters)
     num_power_inits = _validate.count(num_power_inits, "num_power_inits")

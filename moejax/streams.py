@@ -6,8 +6,10 @@ data (`sums.row_sum`) asks for one block of `chunk_size` rows at a time through
 `jax.pure_callback`, and accumulates the same sums as the in-memory chunked layout, in the
 same order, so results agree to float rounding.
 
-A wrapped array is a pytree with no leaves: it travels through `jax.jit` as static structure
-(compared by identity), so its values are never traced or transferred. Rows of an `np.memmap`
+A wrapped array is a pytree with no leaves: it travels through `jax.jit` as static structure,
+compared by what it reads (`Streamed.source`: the file region, or the memory, with shape and
+type), so its values are never traced or transferred, and a new wrapper of the same rows
+reuses the compiled program. Rows of an `np.memmap`
 are read with `os.preadv` into a fresh buffer: the file's pages stay in the kernel's cache and
 never count towards the process's resident memory, and the read releases the GIL, which lets
 one background thread fetch block i + 1 while the device works on block i.
@@ -18,6 +20,7 @@ import mmap
 import os
 import threading
 from typing import NamedTuple
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +111,15 @@ class Streamed:
 
     def __repr__(self):
         return f"Streamed(shape={self.shape}, dtype={self.dtype.name})"
+
+    @property
+    def source(self) -> tuple:
+        """What the blocks are read from, hashable: the file's path and the rows' byte offset
+        for a contiguous np.memmap, else the array's memory address and strides; with the
+        shape and both types. Two wrappers with the same source deliver the same blocks."""
+        where = (("file",) + self._region if self._region is not None else
+                 ("memory", self.array.__array_interface__["data"][0], self.array.strides))
+        return where + (self.shape, self.array.dtype.str, self.dtype.str)
 
     def astype(self, dtype) -> "Streamed":
         """The same host array delivered in another float type."""
@@ -224,8 +236,19 @@ class Streamed:
         return self._stats
 
 
-# No leaves: jit sees a streamed array as static structure, hashed and compared by identity.
-jax.tree_util.register_pytree_node(Streamed, lambda s: ((), s), lambda s, _: s)
+# No leaves: jit sees a streamed array as static structure, its `source`, so that a new
+# wrapper of the same rows reuses a compiled program. The programs' host callbacks read from
+# the wrapper last passed in for that source (`_ACTIVE`), whose `error` and `rows_read` the
+# caller then reads; a dead wrapper's entry goes away with it.
+_ACTIVE: "weakref.WeakValueDictionary[tuple, Streamed]" = weakref.WeakValueDictionary()
+
+
+def _flatten(s: Streamed):
+    _ACTIVE[s.source] = s
+    return (), s.source
+
+
+jax.tree_util.register_pytree_node(Streamed, _flatten, lambda source, _: _ACTIVE[source])
 
 
 def streamed(array, *, read_ahead: bool = True) -> Streamed:
@@ -272,7 +295,13 @@ def read_blocks(arrays: tuple, start: jax.Array, size: int) -> list:
     (one host callback for all of them); other entries are None."""
     hosts = [a for a in arrays if isinstance(a, Streamed)]
     shapes = [jax.ShapeDtypeStruct((size,) + a.shape[1:], a.dtype) for a in hosts]
+    # The sources, not the wrappers: a compiled program outlives the wrapper it was traced
+    # with and reads through the one passed in now (`_ACTIVE`).
+    sources = [a.source for a in hosts]
+    for a in hosts:  # traced here, not passed in (an eager pass): the one to read from
+        _ACTIVE[a.source] = a
     # A pure callback: the same start always gives the same rows. (An io_callback may not run
     # inside a while_loop whose predicate is batched, as under vmap over keys.)
-    fetched = iter(jax.pure_callback(lambda s: [a.read(s, size) for a in hosts], shapes, start))
+    fetched = iter(jax.pure_callback(
+        lambda s: [_ACTIVE[source].read(s, size) for source in sources], shapes, start))
     return [next(fetched) if isinstance(a, Streamed) else None for a in arrays]

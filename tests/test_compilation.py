@@ -128,12 +128,44 @@ def test_recover_on_numpy_compiles_nothing_for_a_new_row_count_in_its_bucket():
 def test_a_streamed_pass_leaves_no_thread_behind(read_ahead):
     x, y = _table(2000, seed=4)
     before = set(threading.enumerate())
-    for _ in range(2):  # each a new wrapper (and, for now, a new program)
+    for _ in range(2):  # each a new wrapper
         mj.recover(jax.random.key(0), mj.streamed(x, read_ahead=read_ahead),
                    mj.streamed(y, read_ahead=read_ahead), num_experts=2, chunk_size=512)
     for thread in set(threading.enumerate()) - before:  # the last read-ahead may be finishing
         thread.join(timeout=10)
     assert set(threading.enumerate()) <= before
+
+
+def test_a_new_wrapper_of_the_same_rows_reuses_the_program_and_reports_its_own_errors(
+        tmp_path):
+    # Fresh streamed() wrappers of one memmap file: the first call compiles, the next compile
+    # nothing and give the same estimate; each wrapper counts its own rows. A wrapper of
+    # another file (same shape) reads that file's rows, not the first one's.
+    x, y = _table(1500, seed=6)
+    files = []
+    for i, (a, b) in enumerate([(x, y), (x[::-1].copy(), y[::-1].copy())]):
+        np.save(tmp_path / f"x{i}.npy", a.astype(np.float32))
+        np.save(tmp_path / f"y{i}.npy", b.astype(np.float32))
+        files.append((np.load(tmp_path / f"x{i}.npy", mmap_mode="r"),
+                      np.load(tmp_path / f"y{i}.npy", mmap_mode="r")))
+
+    def run(i):
+        xs, ys = (mj.streamed(a) for a in files[i])
+        params, _ = mj.recover(jax.random.key(0), xs, ys, num_experts=2, chunk_size=512)
+        return params, xs.rows_read
+
+    _, first_rows = run(0)
+    counts, results = zip(*[_count(lambda: run(0)) for _ in range(3)])
+    assert counts == (0, 0, 0)
+    assert all(rows == first_rows for _, rows in results)
+    for params, _ in results[1:]:
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(results[0][0])):
+            np.testing.assert_array_equal(a, b)
+    # The reversed rows: same moments up to summation order, so the same estimate to rounding,
+    # but read from the other file: a stale wrapper would count no rows of its own.
+    other, other_rows = run(1)
+    assert other_rows == first_rows
+    np.testing.assert_allclose(other.experts, results[0][0].experts, atol=1e-4)
 
 
 _EXPORT_SCRIPT = """
