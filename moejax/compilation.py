@@ -130,55 +130,61 @@ def drop_cache(path: str) -> None:
     jax.clear_caches()
 
 
-# LLVM at its -O1 instead of -O3 for XLA CPU's machine code: a first fit on airfoil (k = 3,
-# jax 0.10.2, 2 cores) compiles about 20% less, and the warm fit is no slower
-# (experiments/bench_compile.py, docs/scale.md "Compiling once"). Stop 33's choice,
-# xla_cpu_use_fusion_emitters=False, compiled as fast but made the warm fit 40% slower.
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+# XLA CPU options per kind of program (docs/scale.md "Compiling once"; measured on airfoil,
+# k = 3, jax 0.10.2, 2 cores, experiments/bench_compile.py). "iterative", a program whose
+# loops run many passes over the rows (the fit's): LLVM at -O1 instead of -O3 compiles about
+# 20% less, and its code is no slower. "single_pass", a program that makes one pass per call
+# (the standard errors'): XLA's older loop emitters too, which halve its compilation (0.96 ->
+# 0.47 s) for about a millisecond more per call; on the fit's program they made warm fits
+# 40% slower (stop 33 used them there).
+COMPILER_OPTIONS = {
+    "iterative": {"xla_backend_optimization_level": 1},
+    "single_pass": {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False},
+}
 
 
 @functools.cache
-def compiler_options() -> dict | None:
-    """`COMPILER_OPTIONS` where this jax takes them and XLA knows them, on the CPU, else None
-    (jax before 0.4.36 has no jit(compiler_options=), older XLA may lack the option, and
+def compiler_options(kind: str = "iterative") -> dict | None:
+    """`COMPILER_OPTIONS[kind]` where this jax takes them and XLA knows them, on the CPU, else
+    None (jax before 0.4.36 has no jit(compiler_options=), older XLA may lack an option, and
     accelerators were not measured); None too with $MOEJAX_COMPILER_OPTIONS=0, XLA's own
     defaults (to compare, or to rule the options out)."""
     if os.environ.get("MOEJAX_COMPILER_OPTIONS") == "0" or jax.default_backend() != "cpu":
         return None
     try:  # ahead of time: this may run while a function is being traced
-        jax.jit(lambda a: a + 1, compiler_options=COMPILER_OPTIONS).lower(
+        jax.jit(lambda a: a + 1, compiler_options=COMPILER_OPTIONS[kind]).lower(
             np.float32(0)).compile()
     except Exception:
         return None
-    return COMPILER_OPTIONS
+    return COMPILER_OPTIONS[kind]
 
 
 class jit:  # noqa: N801  (a decorator, named like the jax.jit it stands for)
-    """`jax.jit(fn, **kwargs)` with `compiler_options()`, resolved at the first call (so that
-    importing moejax starts no backend): the decorator of the programs that `cached_call`
+    """`jax.jit(fn, **kwargs)` with `compiler_options(kind)`, resolved at the first call (so
+    that importing moejax starts no backend): the decorator of the programs that `cached_call`
     runs."""
 
-    def __init__(self, fn=None, **kwargs):
-        self.fn, self.kwargs, self._jitted = fn, kwargs, None
+    def __init__(self, fn=None, *, kind: str = "iterative", **kwargs):
+        self.fn, self.kind, self.kwargs, self._jitted = fn, kind, kwargs, None
         if fn is not None:
             functools.update_wrapper(self, fn)
 
     def __call__(self, *args, **kwargs):
         if self.fn is None:  # used as @jit(static_argnames=...)
-            return jit(args[0], **self.kwargs)
+            return jit(args[0], kind=self.kind, **self.kwargs)
         return self.jitted(*args, **kwargs)
 
     @property
     def jitted(self):
         """The jax.jit function (built once)."""
         if self._jitted is None:
-            self._jitted = _jit_with_options(self.fn, **self.kwargs)
+            self._jitted = _jit_with_options(self.fn, self.kind, **self.kwargs)
         return self._jitted
 
 
-def _jit_with_options(fn, **kwargs):
-    """jax.jit(fn, **kwargs) with `compiler_options()` when there are any."""
-    options = compiler_options()
+def _jit_with_options(fn, kind: str, **kwargs):
+    """jax.jit(fn, **kwargs) with `compiler_options(kind)` when there are any."""
+    options = compiler_options(kind)
     return jax.jit(fn, **kwargs, **({} if options is None else {"compiler_options": options}))
 
 
@@ -212,8 +218,9 @@ def cached_call(jitted, args: tuple, **static):
     if path is None:
         return jitted(*args, **static)
     if path not in _LOADED:
-        _LOADED[path] = (_read(path, jitted.__name__)
-                         or _export(jitted, leaves, in_tree, static, path))
+        kind = jitted.kind if isinstance(jitted, jit) else "iterative"
+        _LOADED[path] = (_read(path, jitted.__name__, kind)
+                         or _export(jitted, leaves, in_tree, static, path, kind))
         while len(_LOADED) > _MAX_LOADED:
             _LOADED.popitem(last=False)
     _LOADED.move_to_end(path)
@@ -228,9 +235,9 @@ _MAX_LOADED = 32
 _LOADED: collections.OrderedDict = collections.OrderedDict()
 
 
-def _runner(blob: bytes, name: str):
+def _runner(blob: bytes, name: str, kind: str):
     """The serialized export `blob` as a jitted function of its flat arguments, compiled with
-    `compiler_options()` and named `name` (<function>_exported: in JAX's logs and its cache's
+    `compiler_options(kind)` and named `name` (<function>_exported: in JAX's logs and its cache's
     entries, which the command line's cache guard names); the same object again runs its
     compiled program."""
     _load_lapack()
@@ -240,16 +247,16 @@ def _runner(blob: bytes, name: str):
         return call(*leaves)
 
     run.__name__ = run.__qualname__ = name
-    return _jit_with_options(run)
+    return _jit_with_options(run, kind)
 
 
-def _read(path: str, name: str):
+def _read(path: str, name: str, kind: str):
     """(runner, output treedef) of an entry, or None if there is none; a damaged entry
     (truncated, or written by another version) is deleted."""
     try:
         with open(path, "rb") as f:
             out_tree, blob = pickle.load(f)
-        return _runner(blob, f"{name}_exported"), out_tree
+        return _runner(blob, f"{name}_exported", kind), out_tree
     except FileNotFoundError:
         return None
     except Exception:
@@ -257,7 +264,7 @@ def _read(path: str, name: str):
         return None
 
 
-def _export(jitted, leaves, in_tree, static, path: str):
+def _export(jitted, leaves, in_tree, static, path: str, kind: str):
     """(runner of the jax.export.Exported of jitted on the flat arguments `leaves` (of the
     pytree `in_tree`), its output's treedef), the export written to the entry `path`; None if
     jax cannot export or serialize it."""
@@ -283,7 +290,7 @@ def _export(jitted, leaves, in_tree, static, path: str):
     _write(path, pickle.dumps((out_tree[0], blob)))
     # Run what a later process will load: a deserialized export lowers to another module (and
     # so another compilation cache key) than the one just made.
-    return _runner(blob, f"{jitted.__name__}_exported"), out_tree[0]
+    return _runner(blob, f"{jitted.__name__}_exported", kind), out_tree[0]
 
 
 @functools.cache
