@@ -671,7 +671,7 @@ def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
     theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
     (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
-        keep=REFINE_KEEP)
+        keep=REFINE_KEEP, value_dtype=z.dtype)
     top = solver.first_best(jnp.where(info.finite[kept], info.log_likelihood[kept], -jnp.inf))
     params = MoEParams(experts[top], gatings[top], jnp.exp(log_sigma[top]), starts.nonlinearity)
     continued = jnp.zeros(info.num_iters.shape, bool).at[kept].set(True)

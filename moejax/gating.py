@@ -117,7 +117,7 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
              jnp.broadcast_to(jnp.log(noise_std), (num_inits,) + noise_std.shape))
     (gatings, log_sigmas), kept, info = solver.iterate_screened(
         em_map, theta, tol=tol, max_iters=num_iters, screen_iters=screen_iters, keep=1,
-        accelerate=accelerate)
+        accelerate=accelerate, value_dtype=x.dtype)
     return gatings[0], solver.make_info(GatingInfo, info, kept[0],
                                         start_log_likelihood=info.log_likelihood,
                                         best=kept[0], noise_std=jnp.exp(log_sigmas[0]))

@@ -123,7 +123,8 @@ def _refine(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accele
     theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
     (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
                                                         max_iters=num_iters,
-                                                        accelerate=accelerate)
+                                                        accelerate=accelerate,
+                                                        value_dtype=x.dtype)
     return init._replace(experts=experts[0], gating=gating[0],
                          noise_std=jnp.exp(log_sigma[0])), solver.make_info(FitInfo, info, 0)
 

@@ -112,7 +112,7 @@ def _scale(c, leaf):
 
 
 def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
-            accelerate: bool = True) -> tuple[object, FitInfo]:
+            accelerate: bool = True, value_dtype=None) -> tuple[object, FitInfo]:
     """Iterates `em_map` from `params` until the likelihood stops rising; see the module doc.
 
     Args:
@@ -123,6 +123,8 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
       tol: stop when L rose by at most tol * (1 + |L|) in an iteration (tol may be traced).
       max_iters: cap on iterations (static).
       accelerate: SQUAREM (True) or the plain EM iteration (False).
+      value_dtype: the dtype of L, if the caller knows it; None traces em_map once more to
+        find it.
 
     Returns:
       (the last accepted iterate, FitInfo with leading axis m). Under vmap the loop runs
@@ -132,8 +134,8 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
     m = jax.tree_util.tree_leaves(params)[0].shape[0]
     # One evaluation of em_map per trip of the loop, whatever it evaluates (the start, F(x1)
     # or the extrapolated point): XLA compiles em_map once, not three times.
-    _, l_shape = jax.eval_shape(em_map, params)
-    dtype = l_shape.dtype
+    dtype = (jax.eval_shape(em_map, params)[1].dtype if value_dtype is None
+             else jnp.dtype(value_dtype))
     vec = lambda value, kind=dtype: jnp.full((m,), value, kind)
     state = _State(params, params, params, params, vec(jnp.nan), vec(jnp.nan), vec(1.0),
                    jnp.asarray(0, jnp.int32), vec(0, jnp.int32), vec(False, bool),
@@ -232,7 +234,8 @@ def first_best(log_liks: jax.Array) -> jax.Array:
 
 
 def iterate_screened(em_map: Callable, params, *, tol: float, max_iters: int,
-                     screen_iters: int, keep: int, accelerate: bool = True):
+                     screen_iters: int, keep: int, accelerate: bool = True,
+                     value_dtype=None):
     """`iterate` from m starts, screened: all run `screen_iters` iterations together, then only
     the `keep` with the largest likelihood go on, for at most `max_iters` iterations in all.
 
@@ -249,12 +252,14 @@ def iterate_screened(em_map: Callable, params, *, tol: float, max_iters: int,
     screen = min(screen_iters, max_iters)
     if keep >= m or screen == 0:
         params, info = iterate(em_map, params, tol=tol, max_iters=max_iters,
-                               accelerate=accelerate)
+                               accelerate=accelerate, value_dtype=value_dtype)
         return params, jnp.arange(m), info
-    params, first = iterate(em_map, params, tol=tol, max_iters=screen, accelerate=accelerate)
+    params, first = iterate(em_map, params, tol=tol, max_iters=screen, accelerate=accelerate,
+                            value_dtype=value_dtype)
     kept = _top(first.log_likelihood, keep)
     params, rest = iterate(em_map, jax.tree_util.tree_map(lambda v: v[kept], params), tol=tol,
-                           max_iters=max_iters - screen, accelerate=accelerate)
+                           max_iters=max_iters - screen, accelerate=accelerate,
+                           value_dtype=first.log_likelihood.dtype)
     # A start that converged while screening takes one more iteration, which confirms it.
     tail = jnp.broadcast_to(first.log_likelihood, (max_iters - screen, m))
     return params, kept, FitInfo(
