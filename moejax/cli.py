@@ -248,10 +248,15 @@ def fit_command(path: str) -> None:
     for w in caught:
         sys.stderr.write(f"moejax fit: warning: {w.message}\n")
     mse = float(np.mean(np.square(np.asarray(model.predict(x)) - y)))
-    nll = -float(model.log_likelihood(x, y))
+    # The training statistics hold the likelihood and the mixing weights already (float64):
+    # no program of their own to compile on a first run.
+    stats = None if model.inference is None else jax.device_get(model.inference)
+    nll = (-float(model.log_likelihood(x, y)) if stats is None
+           else -float(stats.log_likelihood) / n)
     if not (math.isfinite(mse) and math.isfinite(nll)):
         raise InputError("the fit diverged (non-finite training error); nothing was written.")
-    weights = ", ".join(f"{v:.3f}" for v in np.asarray(model.mixing_weights(x)))
+    mixing = model.mixing_weights(x) if stats is None else stats.mixing_weights
+    weights = ", ".join(f"{v:.3f}" for v in np.asarray(mixing))
     if model.report is not None:
         r = jax.device_get(model.report)  # on the host: indexing would compile programs
         best = int(r.best)
