@@ -1009,11 +1009,10 @@ def _check_rows(num_rows: int, d: int, config: FitConfig) -> None:
 def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = False
          ) -> FittedMoE:
     """`fit` for one k on checked host data (x, y) with checked settings: the standardisation
-    and the padding to the row bucket on the host, stages 2-3 and stage 4 in a compiled
-    program each (`_start_program`, `_refine_program`), then the checks of what they report.
-    With a prior, an expert left with fewer than `MIN_ROWS_PER_EXPERT_PARAMETER` (d + 2)
-    posterior rows is dropped and k - 1 experts are fitted instead (least squares for k = 1),
-    with a warning unless `quiet`."""
+    and the padding to the row bucket on the host, stages 2-4 in one compiled program
+    (`_fit_program`), then the checks of what it reports. With a prior, an expert left with
+    fewer than `MIN_ROWS_PER_EXPERT_PARAMETER` (d + 2) posterior rows is dropped and k - 1
+    experts are fitted instead (least squares for k = 1), with a warning unless `quiet`."""
     num_experts, learn = config.num_experts, config.noise_std is None
     noise_std = None if learn else _validate.noise_levels(config.noise_std,
                                                           num_experts).astype(x.dtype)
@@ -1028,18 +1027,12 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     _announce_cost(x.shape[0], x.shape[1], config, x.dtype.itemsize, progress)
     penalty = (None if config.prior is None else
                prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
-    layout = sums.Layout(config.chunk_size)
-    starts, z, ys, checks = compilation.cached_call(
-        _start_program, (key, xp, yp, weights, std, noise_std),
+    params, report, checks = compilation.cached_call(
+        _fit_program,
+        (key, xp, yp, weights, std, noise_std, np.asarray(config.refine_tol, x.dtype), penalty),
         config=_Stages(**{name: getattr(config, name) for name in _Stages._fields}),
-        layout=layout)
-    params, report, refine_finite = starts, None, True
-    if config.num_refine_iters:
-        params, report, refine_finite = compilation.cached_call(
-            _refine_program, (starts, z, ys, np.asarray(config.refine_tol, x.dtype), weights,
-                              penalty),
-            num_iters=config.num_refine_iters, learn=learn, layout=layout)
-    (top, sigma, gating_finite), refine_finite = jax.device_get((checks, refine_finite))
+        layout=sums.Layout(config.chunk_size))
+    top, sigma, gating_finite, refine_finite = jax.device_get(checks)
     if top > _validate.scale_limit(x.shape[0], x.dtype, power=3):
         _validate.scales(*_standardised(std, x, y), power=3)  # raises, naming x or y
     _validate.noise_scale(sigma, x.dtype, estimated=learn)
@@ -1075,7 +1068,7 @@ def _standardised(std: Standardizer, x, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Stages(NamedTuple):
-    """The settings that shape `_start_program`: static, so a new value compiles a new program
+    """The settings that shape `_fit_program`: static, so a new value compiles a new program
     (the others, and sigma, the tolerance and the data's values, do not)."""
 
     num_experts: int
@@ -1088,21 +1081,16 @@ class _Stages(NamedTuple):
     num_refine_inits: int
 
 
-# Stages 2-3 run a few milliseconds in a warm fit: compiled for compile time (`compilation`).
-@compilation.jit(static_argnames=("config", "layout"), kind="fast_compile")
-def _start_program(key, x, y, weights, std: Standardizer, noise_std, config: _Stages,
-                   layout: sums.Layout):
-    """Stages 2-3 of `fit` as one compiled program, for x: (rows, d) and y: (rows,) padded
+@compilation.jit(static_argnames=("config", "layout"))
+def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
+                 config: _Stages, layout: sums.Layout):
+    """Stages 2-4 of `fit` as one compiled program, for x: (rows, d) and y: (rows,) padded
     with weight-0 rows (`weights`: (rows,), 1 on the data's rows) and standardised here.
-    noise_std: the given sigma in the target's units, or None to learn it.
-
-    Returns:
-      (starts, z, ys, checks): the refinement's starts (MoEParams with a leading axis of
-      1 + num_refine_inits: the moment start, then the random ones), or the moment start
-      alone without refinement; the standardised design z (rows, d + 1) (0 on padding rows)
-      and target ys (rows,); and what the host checks afterwards: (max(|x_std| sqrt(d),
-      |y_std|) for the overflow check, sigma's start, whether the gating EM stayed finite).
-    """
+    noise_std: the given sigma in the target's units, or None to learn it; penalty: the
+    prior's `moejax.prior.Penalty` for the refinement, or None. Returns the
+    parameters, the refinement's FitReport (None without refinement) and what the host
+    checks afterwards: (max(|x_std| sqrt(d), |y_std|) for the overflow check, sigma's start,
+    whether the gating EM and the refinement stayed finite)."""
     k, g, learn = config.num_experts, config.nonlinearity, noise_std is None
     real = weights > 0
     xs = jnp.where(real[:, None], preprocessing._transform_features(std, x), 0.0)
@@ -1123,22 +1111,15 @@ def _start_program(key, x, y, weights, std: Standardizer, noise_std, config: _St
         start_sigma = jnp.broadcast_to(start_sigma, (k,))
     params = MoEParams(jnp.concatenate([est.experts, pad], 1), jnp.concatenate([w, pad], 1),
                        start_sigma, g)
+    report, refine_finite = None, jnp.asarray(True)
     if config.num_refine_iters:
         randoms = jax.vmap(lambda key: random_init(key, z.shape[1], k, start_sigma, z.dtype,
                                                    nonlinearity=g))(
             jax.random.split(key_starts, config.num_refine_inits))
-        params = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
-    return params, z, ys, (top, sigma, info.finite)
-
-
-# Stage 4 is most of a warm fit's time: compiled for fast code.
-@compilation.jit(static_argnames=("num_iters", "learn", "layout"), kind="fast_code")
-def _refine_program(starts: MoEParams, z, y, tol, weights, penalty, num_iters: int,
-                    learn: bool, layout: sums.Layout):
-    """Stage 4 of `fit` as one compiled program: `_refine_starts` from `_start_program`'s
-    starts on its standardised (z, y); penalty: the prior's `moejax.prior.Penalty`, or None.
-    Returns (params, FitReport, whether the refinement stayed finite)."""
-    return _refine_starts(starts, z, y, num_iters, tol, learn, weights, layout, penalty)
+        starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
+        params, report, refine_finite = _refine_starts(starts, z, ys, config.num_refine_iters, tol,
+                                                       learn, weights, layout, penalty)
+    return params, report, (top, sigma, info.finite, refine_finite)
 
 
 def _least_squares(x, y, names: dict, noise_std=None) -> FittedMoE:

@@ -132,7 +132,7 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
     assert out.returncode == 0, out.stderr
     # For the next run: the fit's and the standard errors' programs exported, and compiled.
     exports = {p.name.split("-")[0] for p in (cache / mj.compilation.EXPORTS).iterdir()}
-    assert {"_start_program", "_refine_program", "_statistics", "_predict"} <= exports, exports
+    assert {"_fit_program", "_statistics", "_predict"} <= exports, exports
     compiled = {p.name.split("-")[0] for p in cache.iterdir()}
     assert {f"jit_{name}_exported" for name in exports} <= compiled, compiled
     assert "dropped 2 row(s)" in out.stdout and "lines 7, 9" in out.stdout

@@ -183,8 +183,8 @@ np.save(sys.argv[2], np.concatenate([np.ravel(v) for v in (
 
 def test_a_later_process_loads_the_exported_programs_instead_of_tracing_them(tmp_path):
     # Fresh processes sharing a cache directory (the cache is process state). The first traces
-    # the fit's two programs and the standard errors' and keeps them exported; the second
-    # traces none (JAX's compile log names every function it traces) and gives bit-identical
+    # the fit's program and the standard errors' and keeps both exported; the second traces
+    # neither (JAX's compile log names every function it traces) and gives bit-identical
     # numbers; an entry truncated as by a full disk is traced and written again.
     import os
     import re
@@ -200,21 +200,20 @@ def test_a_later_process_loads_the_exported_programs_instead_of_tracing_them(tmp
                               str(tmp_path / name)], env=env, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
-        traced = set(re.findall(
-            r"Finished tracing.*? (_start_program|_refine_program|_statistics) for", out.stderr))
+        traced = set(re.findall(r"Finished tracing.*? (_fit_program|_statistics) for",
+                                out.stderr))
         return traced, np.load(tmp_path / f"{name}.npy")
 
     traced, first = run("first")
-    assert traced == {"_start_program", "_refine_program", "_statistics"}
+    assert traced == {"_fit_program", "_statistics"}
     entries = sorted((cache / mj.compilation.EXPORTS).iterdir())
-    assert [e.name.split("-")[0] for e in entries] == ["_refine_program", "_start_program",
-                                                       "_statistics"]
+    assert [e.name.split("-")[0] for e in entries] == ["_fit_program", "_statistics"]
     traced, second = run("second")
     assert traced == set()
     np.testing.assert_array_equal(second, first)
     size = entries[0].stat().st_size
     entries[0].write_bytes(entries[0].read_bytes()[:100])
     traced, third = run("third")
-    assert traced == {"_refine_program"}
+    assert traced == {"_fit_program"}
     np.testing.assert_array_equal(third, first)
     assert entries[0].stat().st_size == size
