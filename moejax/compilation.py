@@ -131,20 +131,20 @@ def drop_cache(path: str) -> None:
 
 
 # XLA CPU options per kind of program (docs/scale.md "Compiling once"; measured on airfoil,
-# k = 3, jax 0.10.2, 2 cores, experiments/bench_compile.py). "iterative", a program whose
-# loops run many passes over the rows (the fit's): LLVM at -O1 instead of -O3 compiles about
-# 20% less, and its code is no slower. "single_pass", a program that makes one pass per call
-# (the standard errors'): XLA's older loop emitters too, which halve its compilation (0.96 ->
-# 0.47 s) for about a millisecond more per call; on the fit's program they made warm fits
-# 40% slower (stop 33 used them there).
+# k = 3, jax 0.10.2, 2 cores, experiments/bench_compile.py). "fast_code", for a program that
+# is most of a warm fit's time (the fit's): LLVM at -O1 instead of -O3 compiles about 20%
+# less, and its code is no slower. "fast_compile", for a program that runs a few
+# milliseconds per fit (the standard errors'): XLA's older loop emitters too, which halve its
+# compilation (0.96 -> 0.47 s) for about a millisecond more per fit; on the fit's program
+# they made warm fits 40% slower (stop 33 used them there).
 COMPILER_OPTIONS = {
-    "iterative": {"xla_backend_optimization_level": 1},
-    "single_pass": {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False},
+    "fast_code": {"xla_backend_optimization_level": 1},
+    "fast_compile": {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False},
 }
 
 
 @functools.cache
-def compiler_options(kind: str = "iterative") -> dict | None:
+def compiler_options(kind: str = "fast_code") -> dict | None:
     """`COMPILER_OPTIONS[kind]` where this jax takes them and XLA knows them, on the CPU, else
     None (jax before 0.4.36 has no jit(compiler_options=), older XLA may lack an option, and
     accelerators were not measured); None too with $MOEJAX_COMPILER_OPTIONS=0, XLA's own
@@ -164,7 +164,7 @@ class jit:  # noqa: N801  (a decorator, named like the jax.jit it stands for)
     that importing moejax starts no backend): the decorator of the programs that `cached_call`
     runs."""
 
-    def __init__(self, fn=None, *, kind: str = "iterative", **kwargs):
+    def __init__(self, fn=None, *, kind: str = "fast_code", **kwargs):
         self.fn, self.kind, self.kwargs, self._jitted = fn, kind, kwargs, None
         if fn is not None:
             functools.update_wrapper(self, fn)
@@ -218,7 +218,7 @@ def cached_call(jitted, args: tuple, **static):
     if path is None:
         return jitted(*args, **static)
     if path not in _LOADED:
-        kind = jitted.kind if isinstance(jitted, jit) else "iterative"
+        kind = jitted.kind if isinstance(jitted, jit) else "fast_code"
         _LOADED[path] = (_read(path, jitted.__name__, kind)
                          or _export(jitted, leaves, in_tree, static, path, kind))
         while len(_LOADED) > _MAX_LOADED:

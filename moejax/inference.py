@@ -110,7 +110,7 @@ def num_params(params: MoEParams, learn_sigma: bool) -> int:
 _BLOCK_ROWS = 4096
 
 
-@jit(static_argnames="learn_sigma", kind="single_pass")
+@jit(static_argnames="learn_sigma", kind="fast_compile")
 def _statistics(params: MoEParams, z, y, weights, y_scale, penalty, learn_sigma):
     theta = pack(params, learn_sigma)
 

@@ -359,8 +359,9 @@ def test_a_damaged_compilation_cache_is_detected_and_replaced(tmp_path):
             "--num_refine_iters=2")
     assert moejax(*args, cwd=tmp_path, cache=str(cache)).returncode == 0
     entries = {p.name.split("-")[0]: p for p in cache.iterdir()}
-    # The fit's two programs, run from their exports (compilation.cached_call).
-    a, b = entries["jit__start_program_exported"], entries["jit__refine_program_exported"]
+    # The fit's program and the standard errors', run from their exports
+    # (compilation.cached_call).
+    a, b = entries["jit__fit_program_exported"], entries["jit__statistics_exported"]
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
     a.write_bytes(b_bytes)
     b.write_bytes(a_bytes)
