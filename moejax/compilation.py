@@ -131,12 +131,12 @@ def drop_cache(path: str) -> None:
 
 
 # XLA CPU options per kind of program (docs/scale.md "Compiling once"; measured on airfoil,
-# k = 3, jax 0.10.2, 2 cores, experiments/bench_compile.py). "fast_code", for a program that
-# is most of a warm fit's time (the fit's): LLVM at -O1 instead of -O3 compiles about 20%
-# less, and its code is no slower. "fast_compile", for a program that runs a few
-# milliseconds per fit (the standard errors'): XLA's older loop emitters too, which halve its
-# compilation (0.96 -> 0.47 s) for about a millisecond more per fit; on the fit's program
-# they made warm fits 40% slower (stop 33 used them there).
+# k = 3, jax 0.10.2, 2 cores). "fast_code", for a program that is most of a warm fit's time
+# (the fit's): LLVM at -O1 instead of -O3 compiles about 13% less (6.35 s against 7.27 s),
+# and its code is no slower. "fast_compile", for a program that runs a few milliseconds per
+# fit (the standard errors'): XLA's older loop emitters too, which halve its compilation
+# (0.96 -> 0.47 s) for about a millisecond more per fit; on the fit's program they made warm
+# fits 40% slower (stop 33 used them there).
 COMPILER_OPTIONS = {
     "fast_code": {"xla_backend_optimization_level": 1},
     "fast_compile": {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False},
