@@ -134,8 +134,9 @@ def drop_cache(path: str) -> None:
 # k = 3, jax 0.10.2, 2 cores). "fast_code", for a program that is most of a warm fit's time
 # (the fit's): LLVM at -O1 instead of -O3 compiles about 13% less (6.35 s against 7.27 s),
 # and its code is no slower. "fast_compile", for a program that runs a few milliseconds per
-# fit (the standard errors'): XLA's older loop emitters too, which halve its compilation
-# (0.96 -> 0.47 s) for about a millisecond more per fit; on the fit's program they made warm
+# fit (the standard errors'): XLA's older loop emitters too, which cut its compilation by
+# a quarter to a half (0.96 -> 0.47 s as jitted, 1.1-1.4 -> 0.9-1.0 s as a loaded export)
+# for about a millisecond more per fit; on the fit's program they made warm
 # fits 40% slower (stop 33 used them there).
 COMPILER_OPTIONS = {
     "fast_code": {"xla_backend_optimization_level": 1},
