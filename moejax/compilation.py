@@ -136,8 +136,8 @@ def drop_cache(path: str) -> None:
 # and its code is no slower. "fast_compile", for a program that runs a few milliseconds per
 # fit (the standard errors'): XLA's older loop emitters too, which cut its compilation by
 # a quarter to a half (0.96 -> 0.47 s as jitted, 1.1-1.4 -> 0.9-1.0 s as a loaded export)
-# for about a millisecond more per fit; on the fit's program they made warm
-# fits 40% slower (stop 33 used them there).
+# for about a millisecond more per fit; on the fit's program they made warm fits 40% slower
+# (stop 33 used them there).
 COMPILER_OPTIONS = {
     "fast_code": {"xla_backend_optimization_level": 1},
     "fast_compile": {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False},

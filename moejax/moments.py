@@ -8,6 +8,7 @@ float rounding. Per-row weights come from y through `transform` (T2 or T3), eval
 block, so no (n,) temporary is formed in the chunked layouts either.
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -193,6 +194,9 @@ def initial_noise_std(y: jax.Array, nonlinearity: Nonlinearity = "linear") -> ja
     return _initial_noise_std(_validate.vector(y, "y"), nonlinearity)
 
 
+# Compiled once per row bucket: eagerly, each of its few operations would compile per row
+# count (and a streamed y's pass per wrapper).
+@functools.partial(jax.jit, static_argnames=("nonlinearity", "layout"))
 def _initial_noise_std(y, nonlinearity, weights=None, layout=Layout()):
     """`initial_noise_std` without input checks; with row weights, weighted means; one pass
     over y (`row_sum`, so a streamed y is read in blocks)."""

@@ -94,13 +94,7 @@ def _bucketed(x, y, weights, layout: Layout):
     if layout.mesh is not None or not all(isinstance(a, np.ndarray) for a in host):
         return x, y, weights
     *padded, pad = sums.pad_rows(sums.bucket_size(x.shape[0]), *host)
-    return padded[0], padded[1], (pad if weights is None else padded[2]).astype(x.dtype)
-
-
-# y's noise level for the moment stage, compiled once per row bucket (eagerly, its few
-# operations would each compile per row count, and a streamed y's pass per wrapper).
-_initial_noise_std_program = jax.jit(_initial_noise_std, static_argnames=("nonlinearity",
-                                                                          "layout"))
+    return padded[0], padded[1], pad if weights is None else padded[2]
 
 
 def _check_subspace_iters(num_subspace_iters):
@@ -244,7 +238,7 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     given = x, y  # for the diagnosis of a failure
     x, y, weights = _bucketed(x, y, weights, layout)
     if learn:
-        noise_std = _initial_noise_std_program(y, nonlinearity, weights, layout)
+        noise_std = _initial_noise_std(y, nonlinearity, weights, layout)
     _validate.noise_scale(noise_std, x.dtype, estimated=learn)
     _check_subspace_iters(num_subspace_iters)
     num_power_inits = _validate.count(num_power_inits, "num_power_inits")
