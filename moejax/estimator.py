@@ -1149,8 +1149,13 @@ def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, name
         return _fit(key, x, y, dataclasses.replace(config, num_experts=k), names,
                     lambda message: None, quiet=True)
 
+    def num_params(k):  # least squares learns its sigma; k >= 2 as configured
+        if k == 1 or config.noise_std is None:
+            return _num_params(k, x.shape[1], config.per_expert_noise)
+        return inference.parameter_count(k, x.shape[1], 0)
+
     return selection.score(key, x, y, max_experts=max_experts, num_folds=num_folds,
-                           nonlinearity=config.nonlinearity, fit_k=fit_k,
+                           nonlinearity=config.nonlinearity, fit_k=fit_k, num_params=num_params,
                            log_likelihood=lambda m, x, y: _on_rows(m, _log_likelihood, x, y,
                                                                    reduce=True))
 

@@ -119,7 +119,7 @@ def _one_standard_error(ks, cv) -> int:
 
 
 def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearity: str,
-          fit_k: Callable, log_likelihood: Callable):
+          fit_k: Callable, log_likelihood: Callable, num_params: Callable):
     """Every k = 1, ..., max_experts scored by BIC (fitted on all rows) and, with num_folds >= 2,
     by cross-validated log-likelihood (num_folds = 0 skips it). Every fold holds out
     n // num_folds rows and trains on the rest, so that all folds share one shape (one
@@ -134,6 +134,9 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
       fit_k: (key, x, y, k) -> a fitted model with `params.noise_std`; x and y are rows of
         the checked data.
       log_likelihood: (model, x, y) -> its mean log-likelihood on rows of the checked data.
+      num_params: k -> the free parameters of a k-expert fit, BIC's penalty: k's count also
+        when the fit dropped an expert, so that such a k scores as k - 1 with k's penalty
+        and is not chosen over k - 1 (docs/selection.md).
 
     Returns:
       (KSelection, {k: the model fitted on all rows}).
@@ -164,7 +167,7 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
         train_ll.append(float(log_likelihood(models[int(k)], x, y)))
     cv = np.array(cv) if num_folds else np.full((len(ks), 1), np.nan)
     train_ll = np.array(train_ll)
-    params = np.array([models[int(k)].num_params for k in ks])
+    params = np.array([num_params(int(k)) for k in ks])
     bic = -2 * n * train_ll + params * np.log(n)
     selection = KSelection(ks, params, train_ll, bic, cv.mean(axis=1), cv.std(axis=1),
                            _m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),

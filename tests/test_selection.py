@@ -45,6 +45,18 @@ def test_linear_data_choose_one_expert_which_is_least_squares(tmp_path):
     np.testing.assert_allclose(mj.io.load(tmp_path / "m.npz").predict(x), model.predict(x))
 
 
+def test_a_k_whose_fit_dropped_an_expert_keeps_its_penalty():
+    # Linear data: the k = 2 fit drops its second expert (too few posterior rows) and is least
+    # squares; it scores as k = 1 with k = 2's parameter count (docs/selection.md), so BIC
+    # cannot tie it with k = 1.
+    x, y = _data(1, 300, seed=1)
+    sel = mj.fit(jax.random.key(1), x, y, num_experts="auto", max_experts=2, **FAST).selection
+    assert sel.log_likelihood[1] == pytest.approx(sel.log_likelihood[0], abs=1e-9)
+    assert sel.num_params.tolist() == [6, 17]
+    assert sel.bic[1] - sel.bic[0] == pytest.approx(11 * np.log(300))
+    assert sel.best_bic == 1
+
+
 def test_bad_choices_are_named():
     x, y = _data(1, 200, seed=1)
     with pytest.raises(ValueError, match="integer or 'auto'"):
