@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import moejax as mj
+from moejax import selection
 
 FAST = dict(num_refine_iters=300, num_refine_inits=4)
 
@@ -46,14 +47,18 @@ def test_linear_data_choose_one_expert_which_is_least_squares(tmp_path):
 
 
 def test_a_k_whose_fit_dropped_an_expert_keeps_its_penalty():
-    # Linear data: the k = 2 fit drops its second expert (too few posterior rows) and is least
-    # squares; it scores as k = 1 with k = 2's parameter count (docs/selection.md), so BIC
-    # cannot tie it with k = 1.
+    # Every k's fit dropped to least squares (what fit does to an expert with too few
+    # posterior rows): each k scores with least squares' likelihood but k's own parameter
+    # count (docs/selection.md), so BIC cannot tie k with k - 1 and picks k = 1.
     x, y = _data(1, 300, seed=1)
-    sel = mj.fit(jax.random.key(1), x, y, num_experts="auto", max_experts=2, **FAST).selection
-    assert sel.log_likelihood[1] == pytest.approx(sel.log_likelihood[0], abs=1e-9)
-    assert sel.num_params.tolist() == [6, 17]
-    assert sel.bic[1] - sel.bic[0] == pytest.approx(11 * np.log(300))
+    counts = {1: 6, 2: 17, 3: 28}  # (2k - 1)(d + 1) + k, d = 4
+    sel, models = selection.score(
+        jax.random.key(0), x, y, max_experts=3, num_folds=0, nonlinearity="linear",
+        fit_k=lambda key, x, y, k: mj.fit(key, x, y, num_experts=1),
+        log_likelihood=lambda m, x, y: float(m.log_likelihood(x, y)), num_params=counts.get)
+    assert [m.num_experts for m in models.values()] == [1, 1, 1]
+    assert sel.num_params.tolist() == [6, 17, 28]
+    np.testing.assert_allclose(np.diff(sel.bic), 11 * np.log(300), rtol=1e-9)
     assert sel.best_bic == 1
 
 
