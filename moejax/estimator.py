@@ -930,10 +930,13 @@ ROWS_PER_PARAMETER = 5
 MIN_ROWS_PER_EXPERT_PARAMETER = 2
 
 
-def _num_params(num_experts: int, dim: int, per_expert_noise: bool) -> int:
-    """`inference.parameter_count` of a fit that learns sigma (one per expert, or shared)."""
+def _num_params(num_experts: int, dim: int, per_expert_noise: bool,
+                learn_sigma: bool = True) -> int:
+    """`inference.parameter_count` of a fit that learns sigma (one per expert, or shared), or
+    of one given sigma (`learn_sigma=False`: none counted)."""
     k = num_experts
-    return inference.parameter_count(k, dim, k if per_expert_noise and k > 1 else 1)
+    sigmas = (k if per_expert_noise and k > 1 else 1) if learn_sigma else 0
+    return inference.parameter_count(k, dim, sigmas)
 
 
 def supported_experts(num_rows: int, dim: int, per_expert_noise: bool = True) -> int:
@@ -1150,9 +1153,8 @@ def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, name
                     lambda message: None, quiet=True)
 
     def num_params(k):  # least squares learns its sigma; k >= 2 as configured
-        if k == 1 or config.noise_std is None:
-            return _num_params(k, x.shape[1], config.per_expert_noise)
-        return inference.parameter_count(k, x.shape[1], 0)
+        return _num_params(k, x.shape[1], config.per_expert_noise,
+                           learn_sigma=k == 1 or config.noise_std is None)
 
     return selection.score(key, x, y, max_experts=max_experts, num_folds=num_folds,
                            nonlinearity=config.nonlinearity, fit_k=fit_k, num_params=num_params,
