@@ -4,6 +4,7 @@ from moejax import datasets, io, sums
 from moejax._version import __version__ as __version__
 from moejax.compilation import enable_compilation_cache
 from moejax.baselines import joint_em, joint_gd, random_init
+from moejax.families import FAMILIES, Family, family_names, get_family, register_family
 from moejax.estimator import FitReport, FittedMoE, fit, select_num_experts
 from moejax.gating import GatingInfo, fit_gating
 from moejax.joint import refine
@@ -27,6 +28,8 @@ from moejax.tensor import PowerInfo
 
 __all__ = [
     "ExpertEstimate",
+    "FAMILIES",
+    "Family",
     "FitInfo",
     "FitReport",
     "FittedMoE",
@@ -44,9 +47,11 @@ __all__ = [
     "enable_compilation_cache",
     "expert_error",
     "fit",
+    "family_names",
     "fit_gating",
     "fit_standardizer",
     "gating_error",
+    "get_family",
     "get_nonlinearity",
     "initial_noise_std",
     "inverse_target",
@@ -65,6 +70,7 @@ __all__ = [
     "recover",
     "recover_experts",
     "refine",
+    "register_family",
     "register_nonlinearity",
     "sample",
     "select_num_experts",

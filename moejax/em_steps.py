@@ -1,6 +1,7 @@
 """The pieces of EM that the gating EM (`moejax.gating`) and the joint EM (`moejax.joint`) share
 (docs/algorithm.md section 4, docs/solvers.md): the E-step, the gating's M-steps (Bohning's bound
-and the capped Newton step), the Gram solves they need, and sigma's M-step.
+and the capped Newton step) and the Gram solves they need. The scale's M-step is the family's
+(`moejax.families`).
 
 The gating M-step maximises sum_n sum_i q_ni log softmax(W x_n)_i, a weighted multinomial
 logistic regression. Bohning's bound: the negative Hessian is bounded by
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy as jsp
 
+from moejax.predictive import gate_logits
 from moejax.sums import Layout, row_count, row_sum
 
 
@@ -36,9 +38,10 @@ def _softmax_experts(rows):
 def e_step(gating, x, log_dens):
     """Gate probabilities p and responsibilities q (each k arrays (n,)), log p(y_n | x_n): (n,).
 
-    q_ni is proportional to p_ni N(y_n | g(a_i . x_n), sigma^2) = softmax(logits + log_dens)_i.
+    q_ni is proportional to p_ni p(y_n | expert i, x_n) = softmax(logits + log_dens)_i;
+    log_dens: (k, n) (`predictive.expert_log_densities`).
     """
-    return e_step_rows(list(gating @ x.T), log_dens)
+    return e_step_rows(list(gate_logits(gating, x, expert_major=True)), log_dens)
 
 
 def e_step_rows(logits, log_dens):
@@ -138,29 +141,6 @@ def gating_solver(x: jax.Array, layout: Layout, matrix_free: bool, num_iters: in
 # Per-expert sigmas are kept at or above this fraction of sd(y): an expert that fits a few
 # rows exactly would otherwise drive its sigma, and the likelihood, to infinity.
 NOISE_FLOOR = 1e-3
-
-
-def noise_std_update(weighted_sq: jax.Array, weights: jax.Array, noise_std: jax.Array,
-                     floor, prior_sq=0.0, prior_count=0.0) -> jax.Array:
-    """The M-step for sigma from S_i = sum_n q_ni r_ni^2 and N_i = sum_n q_ni: (k,) each,
-    r_ni = y_n - g(a_i . x_n) (docs/algorithm.md section 4).
-
-    Shared (noise_std a scalar): sigma^2 = sum_i S_i / sum_i N_i; per expert (noise_std (k,)):
-    sigma_i^2 = S_i / N_i. With a prior on sigma^2 (`moejax.prior`), prior_sq = nu s^2 and
-    prior_count = nu + 2 are added to the numerator and the denominator: the MAP update.
-    Either is clipped below at `floor`, the exact maximiser over sigma >= floor, in every
-    method that learns sigma (`fit`, `refine`, `joint_em`, `fit_gating`, `recover`): on data
-    the experts fit exactly the likelihood has no maximum. An expert with no responsibility
-    (and no prior) keeps its sigma.
-    """
-    if jnp.ndim(noise_std) == 0:
-        return jnp.maximum(jnp.sqrt((jnp.sum(weighted_sq) + prior_sq)
-                                    / (jnp.sum(weights) + prior_count)), floor)
-    tiny = jnp.finfo(weighted_sq.dtype).tiny
-    count = weights + prior_count
-    var = jnp.where(count > tiny, (weighted_sq + prior_sq) / jnp.maximum(count, tiny),
-                    jnp.square(noise_std))
-    return jnp.maximum(jnp.sqrt(var), floor)
 
 
 def gram_matrix(x: jax.Array, layout: Layout = Layout(), weights=None) -> jax.Array:

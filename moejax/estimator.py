@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax import _validate, compilation, gating, inference, model, predictive, preprocessing
+from moejax import _validate, compilation, gating, inference, predictive, preprocessing
 from moejax import selection
 from moejax import prior as prior_lib
 from moejax import solver, sums
@@ -18,7 +18,6 @@ from moejax.inference import Inference
 from moejax.baselines import random_init
 from moejax.em_steps import e_step
 from moejax.joint import joint_em_map
-from moejax.model import expert_log_densities
 from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import nonlinearity_names
 from moejax.params import MoEParams
@@ -586,7 +585,7 @@ def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):
 # One compiled program per row bucket for each method (rather than one per operation).
 @jax.jit
 def _predict(params, standardizer, x):
-    pred = model._predict(params, design_matrix(standardizer, x))
+    pred = predictive.predict(params, design_matrix(standardizer, x))
     return preprocessing.inverse_target(standardizer, pred)
 
 
@@ -643,7 +642,7 @@ def _interval(params, standardizer, x, probs):
 
 @jax.jit
 def _sample(params, standardizer, x, key):
-    draws = predictive.sample(key, params, design_matrix(standardizer, x))
+    draws = predictive.sample_response(key, params, design_matrix(standardizer, x))
     return preprocessing.inverse_target(standardizer, draws)
 
 
@@ -683,8 +682,7 @@ def _refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
 def _occupancy(params: MoEParams, z, y, weights, layout) -> dict:
     """FitReport's effective_rows (k,) and saturated_rows of params on the rows (z, y)."""
     def block(zb, yb, w):
-        log_dens = expert_log_densities(zb, yb, params.experts, params.noise_std,
-                                        params.nonlinearity)
+        log_dens = predictive.expert_log_densities(params, zb, yb)
         gate, resp, _ = e_step(params.gating, zb, log_dens)
         top = functools.reduce(jnp.maximum, gate)
         return jnp.stack(resp) @ w, jnp.sum(w * (top > SATURATED_GATE))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moejax.compilation import cached_call, jit
-from moejax.model import _joint_log_probs
+from moejax import predictive
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
 from moejax.prior import Prior, log_prior
@@ -115,15 +115,14 @@ def _statistics(params: MoEParams, z, y, weights, y_scale, penalty, learn_sigma)
     theta = pack(params, learn_sigma)
 
     def rows(theta, zb, yb):  # log p(y | x) of a block's rows
-        return jax.nn.logsumexp(_joint_log_probs(unpack(theta, params, learn_sigma), zb, yb),
-                                axis=-1)
+        return predictive.log_density(unpack(theta, params, learn_sigma), zb, yb)
 
     def block(zb, yb, w):
         total = lambda theta: jnp.sum(w * rows(theta, zb, yb))
         per_row = jax.vmap(jax.grad(lambda t, zr, yr: rows(t, zr[None], yr[None])[0]),
                            in_axes=(None, 0, 0))(theta, zb, yb) * w[:, None]
-        q = jax.nn.softmax(_joint_log_probs(params, zb, yb), axis=-1)
-        gates = jax.nn.softmax(zb @ params.gating.T, axis=-1)
+        q = predictive.posteriors(params, zb, yb)
+        gates = predictive.gate_probabilities(params, zb)
         return dict(
             log_likelihood=total(theta), score=jax.grad(total)(theta),
             information=-jax.hessian(total)(theta), outer=per_row.T @ per_row,

@@ -14,6 +14,7 @@ from moejax import prior as prior_lib
 from moejax._version import __version__
 from moejax._files import atomic_write
 from moejax.estimator import FitReport, FittedMoE, _default_names
+from moejax.families import family_names, get_family
 from moejax.nonlinearities import nonlinearity_names
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
@@ -97,7 +98,7 @@ def save(path: str | bytes | os.PathLike, fitted: FittedMoE) -> None:
     if names is None and arrays["experts"].ndim == 2:
         names = default_feature_names(arrays["experts"].shape[1] - 1)
     meta = dict(format=FORMAT, format_version=FORMAT_VERSION, moejax_version=__version__,
-                nonlinearity=fitted.nonlinearity,
+                nonlinearity=fitted.nonlinearity, family=get_family(fitted.params.family).name,
                 feature_names=None if names is None else list(names),
                 target_name=fitted.target_name, noise_learned=bool(fitted.noise_learned),
                 prior=None if fitted.prior is None else fitted.prior._asdict())
@@ -141,6 +142,9 @@ def _problem(meta: dict, arrays: dict) -> str | None:
     if not isinstance(g, str) or g not in nonlinearity_names():
         return (f"unknown non-linearity {g!r} (a name in {nonlinearity_names()} is needed; "
                 "moejax.register_nonlinearity adds one)")
+    family = meta.get("family", "gaussian")  # files before the family registry: Gaussian
+    if not isinstance(family, str) or family not in family_names():
+        return f"unknown family {family!r} (a name in {family_names()} is needed)"
     names = meta.get("feature_names")
     if names is not None and (not isinstance(names, list) or len(names) != d1 - 1
                               or not all(isinstance(v, str) and v for v in names)
@@ -241,7 +245,8 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
                 fields.update(best_bic=int(fields["best_bic"]), best_cv=int(fields["best_cv"]))
             parts[part] = cls(**fields)
     return FittedMoE(
-        MoEParams(arrays["experts"], arrays["gating"], arrays["noise_std"], meta["nonlinearity"]),
+        MoEParams(arrays["experts"], arrays["gating"], arrays["noise_std"], meta["nonlinearity"],
+                  meta.get("family", "gaussian")),
         Standardizer(arrays["x_mean"], arrays["x_map"], arrays["y_mean"], arrays["y_scale"]),
         names, meta.get("target_name"), noise_learned=meta.get("noise_learned", True),
         prior=None if meta.get("prior") is None else prior_lib.check(Prior(**meta["prior"])),

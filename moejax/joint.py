@@ -14,26 +14,30 @@ import jax.numpy as jnp
 
 from moejax import _validate, solver
 from moejax.em_steps import (NOISE_FLOOR, bohning_step, e_step, gate_hessian, gram_matrix,
-                             gram_solver, newton_step, noise_std_update)
-from moejax.model import expert_log_densities
+                             gram_solver, newton_step)
+from moejax.families import Family, get_family
 from moejax.moments import response_std
 from moejax.nonlinearities import get_nonlinearity
+from moejax.predictive import expert_log_densities
 from moejax.params import MoEParams
 from moejax.prior import Penalty, log_prior
 from moejax.solver import FitInfo
 from moejax.sums import Layout, layout_of, row_count, row_sum
 
 
-def expert_sums(experts, resp, x, y, g):
-    """Sums over rows for the experts' M-step, at the current experts: G_i = sum_n q_ni s_ni^2
-    x_n x_n^T (k, d, d), b_i = sum_n q_ni s_ni r_ni x_n (k, d) and S_i = sum_n q_ni r_ni^2
-    (k,), with r_ni = y_n - g(a_i . x_n) and s_ni = g'(a_i . x_n). resp: (k, n), row weights
-    folded in."""
+def expert_sums(experts, resp, x, y, g, family: Family):
+    """Sums over rows for the experts' M-step, at the current experts: G_i = sum_n q_ni w_ni
+    x_n x_n^T (k, d, d), b_i = sum_n q_ni f_ni r_ni x_n (k, d) and S_i = sum_n q_ni
+    (the family's scale statistic) (k,), with r_ni = y_n - g(a_i . x_n) and the family's IRLS
+    weights (w, f) at slope s_ni = g'(a_i . x_n) (Gaussian: s^2 and s). resp: (k, n), row
+    weights folded in."""
     pre = experts @ x.T
     out, slope = jax.jvp(g, (pre,), (jnp.ones_like(pre),))
     resid = y - out
-    gram = jnp.einsum("kn,nd,ne->kde", resp * jnp.square(slope), x, x)
-    return gram, (resp * slope * resid) @ x, jnp.sum(resp * jnp.square(resid), axis=1)
+    weight, factor = family.irls_weights(out, slope)
+    gram = jnp.einsum("kn,nd,ne->kde", resp * weight, x, x)
+    return (gram, (resp * factor * resid) @ x,
+            jnp.sum(resp * family.scale_statistic(y, out), axis=1))
 
 
 def expert_step(gram, rhs, count):
@@ -53,7 +57,7 @@ NEWTON_MAX_CHANGE = 3.0
 
 
 def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout(),
-                  newton_gating=False, penalty: Penalty | None = None):
+                 newton_gating=False, penalty: Penalty | None = None, family="gaussian"):
     """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem, one pass
     over the rows (`row_sum`: in one block, in chunks, or over devices); weights: None or (n,)
     row weights (0 on padding rows). newton_gating: the gating's M-step is a capped Newton step
@@ -63,8 +67,11 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
     objective (log-likelihood + log prior) / n and F its MAP-EM map: the gating step ascends
     the penalised Q (the Bohning bound grows by k ridge (x) I, which bounds the ridge's
     curvature on the k - 1 free rows, so the step stays monotone), sigma's M-step adds the
-    prior's pseudo-rows (docs/algorithm.md section 9)."""
+    prior's pseudo-rows (docs/algorithm.md section 9). family: the experts' (`moejax.families`);
+    its scale is learned only if it has a dispersion."""
     g = get_nonlinearity(nonlinearity)
+    family = get_family(family)
+    learn_noise_std = learn_noise_std and family.has_dispersion
     gram_x = gram_matrix(x, layout, weights)
     floor = NOISE_FLOOR * response_std(y, layout, weights)
     count = row_count(x.shape[0], weights)
@@ -77,12 +84,13 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
         k = experts.shape[0]
 
         def block(xb, yb, w):
-            log_dens = expert_log_densities(xb, yb, experts, sigma, nonlinearity)
+            log_dens = expert_log_densities(
+                MoEParams(experts, gating, sigma, nonlinearity, family), xb, yb)
             gate, resp, log_lik = e_step(gating, xb, log_dens)
             diff = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) * w
             hess = (gate_hessian(gate, xb, w),) if newton_gating else ()
             resp = jnp.stack(resp) * w
-            return (diff @ xb, jnp.sum(w * log_lik), *expert_sums(experts, resp, xb, yb, g),
+            return (diff @ xb, jnp.sum(w * log_lik), *expert_sums(experts, resp, xb, yb, g, family),
                     jnp.sum(resp, axis=1), *hess)
 
         grad, log_lik, gram, rhs, sq, resp_sum, *hess = row_sum(block, (x, y), layout,
@@ -107,8 +115,8 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
                 "kd,kde,ke->k", delta, gram, delta)
             prior = (() if penalty is None else
                      (penalty.noise_dof * penalty.noise_scale, penalty.noise_dof + 2))
-            log_sigma = jnp.log(noise_std_update(jnp.maximum(new_sq, 0.0), resp_sum, sigma,
-                                                 floor, *prior))
+            log_sigma = jnp.log(family.scale_update(jnp.maximum(new_sq, 0.0), resp_sum, sigma,
+                                                    floor, *prior))
         return (experts + delta, new_gating, log_sigma), log_lik / count
 
     return em_map
@@ -119,7 +127,7 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
 def _refine(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accelerate=True,
               layout=Layout(), weights=None, newton_gating=False):
     em_map = jax.vmap(joint_em_map(x, y, init.nonlinearity, learn_noise_std, weights, layout,
-                                    newton_gating))
+                                   newton_gating, family=init.family))
     theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
     (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
                                                         max_iters=num_iters,

@@ -5,7 +5,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from moejax import _validate
+from moejax import _validate, predictive
+from moejax.families import get_family
 from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 from moejax.params import MoEParams
 from moejax.sums import Layout, layout_of, row_sum
@@ -59,16 +60,6 @@ def random_params(key: jax.Array, dim: int, num_experts: int, *, noise_std=0.1,
     return MoEParams(experts, gating, noise_std.astype(w.dtype), nonlinearity)
 
 
-def expert_noise(noise_std: jax.Array) -> jax.Array:
-    """sigma shaped to broadcast against expert-major (k, n) arrays: () or (k, 1)."""
-    return noise_std[:, None] if jnp.ndim(noise_std) else noise_std
-
-
-def expert_outputs(experts: jax.Array, x: jax.Array, nonlinearity: Nonlinearity) -> jax.Array:
-    """g(x @ experts.T): (n, k), each expert's noiseless output."""
-    return get_nonlinearity(nonlinearity)(x @ experts.T)
-
-
 def sample(key: jax.Array, params: MoEParams, n: int) -> tuple[jax.Array, jax.Array]:
     """Draws n samples of the model (docs/algorithm.md section 1).
 
@@ -93,32 +84,11 @@ def sample(key: jax.Array, params: MoEParams, n: int) -> tuple[jax.Array, jax.Ar
     k, d = params.experts.shape
     key_x, key_z, key_eps = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (n, d), params.experts.dtype)
-    z = jax.random.categorical(key_z, x @ params.gating.T)
-    mean = jnp.take_along_axis(expert_outputs(params.experts, x, params.nonlinearity), z[:, None],
-                               1)[:, 0]
-    sigma = jnp.broadcast_to(params.noise_std, (k,))[z]
-    y = mean + sigma * jax.random.normal(key_eps, (n,), mean.dtype)
-    return x, y
-
-
-def expert_log_densities(x: jax.Array, y: jax.Array, experts: jax.Array, noise_std: jax.Array,
-                         nonlinearity: Nonlinearity) -> jax.Array:
-    """log N(y_n | g(a_i . x_n), sigma_i^2), expert-major: (k, n). noise_std: () or (k,)."""
-    sq_resid = jnp.square(y - get_nonlinearity(nonlinearity)(experts @ x.T))
-    return gaussian_log_density(sq_resid, noise_std)
-
-
-def gaussian_log_density(sq_resid: jax.Array, noise_std: jax.Array) -> jax.Array:
-    """log N(r | 0, sigma_i^2) from squared residuals r^2 (k, n); noise_std () or (k,)."""
-    sigma = expert_noise(noise_std)
-    return -0.5 * sq_resid / jnp.square(sigma) - jnp.log(sigma) - 0.5 * jnp.log(2 * jnp.pi)
-
-
-def _joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """log [softmax(W x)_i N(y | g(a_i . x), sigma_i^2)]: (n, k)."""
-    log_gate = jax.nn.log_softmax(x @ params.gating.T, axis=-1)
-    return log_gate + expert_log_densities(x, y, params.experts, params.noise_std,
-                                           params.nonlinearity).T
+    z = jax.random.categorical(key_z, predictive.gate_logits(params.gating, x))
+    mean = jnp.take_along_axis(predictive.expert_means(params.experts, x, params.nonlinearity),
+                               z[:, None], 1)[:, 0]
+    scale = jnp.broadcast_to(params.noise_std, (k,))[z]
+    return x, get_family(params.family).sample(key_eps, mean, scale)
 
 
 def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array, *,
@@ -154,20 +124,16 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array, *,
 @functools.partial(jax.jit, static_argnames="layout")
 def _summed_log_likelihood(params: MoEParams, x, y, layout: Layout) -> jax.Array:
     def block(xb, yb, w):
-        log_lik = jax.nn.logsumexp(_joint_log_probs(params, xb, yb), axis=-1)
+        log_lik = predictive.log_density(params, xb, yb)
         return jnp.sum(w * log_lik), jnp.sum(w)
 
     total, count = row_sum(block, (x, y), layout)
     return total / count
 
 
-def _mean_log_likelihood(params: MoEParams, x, y) -> jax.Array:
-    """`log_likelihood` without input checks, for use inside jitted code."""
-    return jnp.mean(jax.nn.logsumexp(_joint_log_probs(params, x, y), axis=-1))
-
-
 def posteriors(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """P(z = i | x, y): the E-step responsibilities.
+    """P(z = i | x, y): the E-step responsibilities, also where y lies so far from every
+    expert that each joint density underflows (their limit, the nearest expert, not NaN).
 
     Args:
       params: the model; x: (n, d) inputs; y: (n,) responses.
@@ -185,7 +151,7 @@ def posteriors(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     """
     params = _validate.params(params)
     x, y = _validate.data(x, y, dim=params.experts.shape[1])
-    return jax.nn.softmax(_joint_log_probs(params, x, y), axis=-1)
+    return predictive.posteriors(params, x, y)
 
 
 def predict(params: MoEParams, x: jax.Array) -> jax.Array:
@@ -206,10 +172,4 @@ def predict(params: MoEParams, x: jax.Array) -> jax.Array:
     """
     params = _validate.params(params)
     x = _validate.features(x, dim=params.experts.shape[1])
-    return _predict(params, x)
-
-
-def _predict(params: MoEParams, x) -> jax.Array:
-    """`predict` without input checks, for use inside jitted code."""
-    gate = jax.nn.softmax(x @ params.gating.T, axis=-1)
-    return jnp.sum(gate * expert_outputs(params.experts, x, params.nonlinearity), axis=-1)
+    return predictive.predict(params, x)

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moejax.families import get_family
+
 Nonlinearity = Union[str, Callable[[jax.Array], jax.Array]]
 
 def _identity(z):
@@ -179,7 +181,8 @@ def output_second_moment(nonlinearity: Nonlinearity) -> float:
     return float(_hermite_moments(nonlinearity)[1, 0])
 
 
-def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConstants:
+def transform_constants(nonlinearity: Nonlinearity, noise_std, *,
+                        family: str = "gaussian") -> TransformConstants:
     """Constants b, a1, a2, c2, c3 of docs/algorithm.md section 2 for g = `nonlinearity`.
 
     The Hermite moments E[g(Z)^p He_m(Z)] come from quadrature (any g works, kinks included;
@@ -194,6 +197,7 @@ def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConst
     Args:
       nonlinearity: g, a name or an elementwise callable.
       noise_std: sigma > 0 (may be traced).
+      family: the experts' family (`moejax.families`), one with a moment start.
 
     Returns:
       TransformConstants(b, a1, a2, c2, c3).
@@ -201,13 +205,18 @@ def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConst
     Raises:
       ValueError: if the system is singular or c2 or c3 vanishes, i.e. the second or third
         moment cannot see the experts for this g (for example an even g such as z**2), or if
-        a concrete `noise_std` is not a positive finite number.
+        a concrete `noise_std` is not a positive finite number, or for a family whose
+        moments the transforms cannot use (`Family.moment_start` False).
 
     >>> c = transform_constants("linear", 0.1)  # linear g: b = 0, c2 = 2, c3 = 6
     >>> [round(float(v), 4) for v in (c.b, c.c2, c.c3)]
     [0.0, 2.0, 6.0]
     """
     name = _name(nonlinearity)
+    fam = get_family(family)
+    if not fam.moment_start:
+        raise ValueError(f"family {fam.name!r} has no moment start: the label transforms assume "
+                         "a noise of constant variance around g(a . x).")
     mom = _hermite_moments(nonlinearity)  # mom[p - 1, m] = E[g^p He_m]
     scale = max(1.0, float(np.max(np.abs(mom))))
     eg1, eg2, eg3 = mom  # each (4,): E[g^p He_m], m = 0..3
@@ -225,7 +234,7 @@ def transform_constants(nonlinearity: Nonlinearity, noise_std) -> TransformConst
             "see the experts for this g.")
 
     # The 2x2 system: system @ [a2, a1] = -(E[g^3 He_m] + 3 s^2 E[g He_m]), m = 1, 2.
-    s2 = jnp.square(jnp.asarray(noise_std, dtype=jnp.result_type(float)))
+    s2 = fam.noise_variance(jnp.asarray(noise_std, dtype=jnp.result_type(float)))
     inv = np.linalg.inv(system)
     rhs1 = -(eg3[1] + 3.0 * s2 * eg1[1])
     rhs2 = -(eg3[2] + 3.0 * s2 * eg1[2])

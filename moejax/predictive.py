@@ -1,19 +1,21 @@
-"""The model's predictive distribution per row (docs/algorithm.md section 6): gate
-probabilities, posteriors, the density of y given x, its mean and variance, its quantiles and
-draws. Pure functions of `MoEParams` on checked inputs (shapes: x (n, d), y (n,)); `FittedMoE`
-wraps them in the data's units.
+"""The model's formulas per row (docs/algorithm.md sections 1 and 6): the gate's logits and
+probabilities, the experts' means, the joint and posterior probabilities of the experts, the
+density of y given x, its mean and variance, its quantiles and draws. Pure functions of
+`MoEParams` on checked inputs (shapes: x (n, d), y (n,)); every estimator, E-step and
+`FittedMoE` method computes these quantities here, and y's distribution around an expert's
+mean comes from the params' family (`moejax.families`).
 
-Given x, y is a mixture of k normals: weights p_i(x) = softmax(W x)_i, means mu_i = g(a_i . x),
-sds sigma_i. Its CDF F(t) = sum_i p_i Phi((t - mu_i) / sigma_i) is increasing, so a quantile
-is found by bisection between the smallest mu_i - 12 sigma_i and the largest mu_i + 12 sigma_i,
-where F is 0 and 1 to float precision.
+Given x, y is a mixture of k family members: weights p_i(x) = softmax(W v)_i (v the gate's
+design, x in the paper's model), means mu_i = g(a_i . x), scales s_i (the Gaussian's sigma_i).
+Its CDF F(t) = sum_i p_i F_i(t) is increasing, so a quantile is found by bisection between the
+smallest and largest of the experts' `Family.bracket`s, where F is 0 and 1 to float precision.
 """
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.stats import norm
 
-from moejax.model import _joint_log_probs, expert_outputs
+from moejax.families import get_family
+from moejax.nonlinearities import Nonlinearity, get_nonlinearity
 from moejax.params import MoEParams
 
 # Bisection halves the bracket each step: 60 steps take a bracket of 24 sigma to 2e-17 of it,
@@ -21,60 +23,92 @@ from moejax.params import MoEParams
 _BISECTION_STEPS = 60
 
 
+def gate_logits(gating: jax.Array, v: jax.Array, expert_major: bool = False) -> jax.Array:
+    """The gate's logits W v_n for the gate's design v (n, d_gate): (n, k), or (k, n)
+    expert-major (the layout of the fused E-steps). The one formula for the logits: a gate on
+    other columns than the experts passes other rows v."""
+    return gating @ v.T if expert_major else v @ gating.T
+
+
+def expert_means(experts: jax.Array, x: jax.Array, nonlinearity: Nonlinearity,
+                 expert_major: bool = False) -> jax.Array:
+    """g(a_i . x_n), each expert's mean: (n, k), or (k, n) expert-major."""
+    g = get_nonlinearity(nonlinearity)
+    return g(experts @ x.T) if expert_major else g(x @ experts.T)
+
+
+def expert_scales(noise_std: jax.Array) -> jax.Array:
+    """The experts' scales shaped to broadcast against expert-major (k, n) arrays: () or
+    (k, 1)."""
+    return noise_std[:, None] if jnp.ndim(noise_std) else noise_std
+
+
+def expert_log_densities(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
+    """log p(y_n | expert i, x_n), expert-major: (k, n)."""
+    mean = expert_means(params.experts, x, params.nonlinearity, expert_major=True)
+    return get_family(params.family).log_density(y, mean, expert_scales(params.noise_std))
+
+
 def gate_probabilities(params: MoEParams, x: jax.Array) -> jax.Array:
     """p_i(x) = softmax(W x)_i: (n, k)."""
-    return jax.nn.softmax(x @ params.gating.T, axis=-1)
+    return jax.nn.softmax(gate_logits(params.gating, x), axis=-1)
+
+
+def joint_log_probs(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
+    """log [p_i(x_n) p(y_n | expert i, x_n)]: (n, k)."""
+    log_gate = jax.nn.log_softmax(gate_logits(params.gating, x), axis=-1)
+    return log_gate + expert_log_densities(params, x, y).T
+
+
+def log_density(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
+    """log p(y_n | x_n): (n,)."""
+    return jax.nn.logsumexp(joint_log_probs(params, x, y), axis=-1)
 
 
 def posteriors(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     """P(z = i | x, y): (n, k), rows summing to 1, also where y lies so far from every expert
     that each joint density underflows (their limit, not NaN)."""
-    p, mu, sigma = _components(params, x)
-    t = (y[:, None] - mu) / sigma
-    # softmax_i(log p_i - log sigma_i - t_i^2 / 2), with the t_i^2 compared as
-    # m^2 ((t_i / m)^2 - min_j (t_j / m)^2), m = max_j |t_j|, and the smallest term set to
-    # exactly 0: the row keeps a finite entry where m^2 overflows.
-    m = jnp.maximum(jnp.max(jnp.abs(t), axis=-1, keepdims=True), 1.0)
-    root = jnp.sqrt(m)  # t / m in two steps: 1 / m can be subnormal, which XLA flushes to 0
-    u = jnp.square(t / root / root)
-    excess = jnp.maximum(u - jnp.min(u, axis=-1, keepdims=True), 0.0)
-    nearest = jax.nn.one_hot(jnp.argmin(u, axis=-1), u.shape[-1], dtype=bool)
-    gap = jnp.where(nearest, 0.0, -0.5 * (m * excess) * m)
-    log_gate = jax.nn.log_softmax(x @ params.gating.T, axis=-1)
-    return jax.nn.softmax(log_gate - jnp.log(sigma) + gap, axis=-1)
-
-
-def log_density(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """log p(y_n | x_n): (n,)."""
-    return jax.nn.logsumexp(_joint_log_probs(params, x, y), axis=-1)
+    p, mu, scale = _components(params, x)
+    log_gate = jax.nn.log_softmax(gate_logits(params.gating, x), axis=-1)
+    relative = get_family(params.family).relative_log_density(y, mu, scale)
+    return jax.nn.softmax(log_gate + relative, axis=-1)
 
 
 def _components(params: MoEParams, x: jax.Array):
-    """(weights p (n, k), means mu (n, k), sds sigma broadcast to (n, k))."""
+    """(weights p (n, k), means mu (n, k), scales broadcast to (n, k))."""
     p = gate_probabilities(params, x)
-    mu = expert_outputs(params.experts, x, params.nonlinearity)
+    mu = expert_means(params.experts, x, params.nonlinearity)
     return p, mu, jnp.broadcast_to(params.noise_std, mu.shape)
 
 
+def predict(params: MoEParams, x: jax.Array) -> jax.Array:
+    """E[y | x] = sum_i p_i(x) mu_i(x): (n,)."""
+    p, mu, _ = _components(params, x)
+    return jnp.sum(p * mu, axis=-1)
+
+
 def mean_and_variance(params: MoEParams, x: jax.Array):
-    """E[y | x] and Var[y | x] = sum_i p_i (sigma_i^2 + mu_i^2) - E[y | x]^2: (n,) each."""
-    p, mu, sigma = _components(params, x)
+    """E[y | x] and Var[y | x] = sum_i p_i (Var_i + (mu_i - E[y | x])^2): (n,) each."""
+    p, mu, scale = _components(params, x)
     mean = jnp.sum(p * mu, axis=-1)
-    # The spread of the means around the mixture mean, plus the noise: never negative.
-    var = jnp.sum(p * (jnp.square(sigma) + jnp.square(mu - mean[:, None])), axis=-1)
+    # The spread of the means around the mixture mean, plus each expert's own: never negative.
+    var = jnp.sum(p * (get_family(params.family).variance(mu, scale)
+                       + jnp.square(mu - mean[:, None])), axis=-1)
     return mean, var
 
 
 def quantiles(params: MoEParams, x: jax.Array, probs: jax.Array) -> jax.Array:
     """The probs-quantiles of y given each row of x: (n, m) for probs (m,) in (0, 1)."""
-    p, mu, sigma = _components(params, x)
+    p, mu, scale = _components(params, x)
+    family = get_family(params.family)
 
     def cdf(t):  # t (n, m) -> F(t) (n, m)
-        u = (t[:, :, None] - mu[:, None, :]) / sigma[:, None, :]
-        return jnp.sum(p[:, None, :] * norm.cdf(u), axis=-1)
+        return jnp.sum(p[:, None, :] * family.cdf(t[:, :, None], mu[:, None, :],
+                                                  scale[:, None, :]), axis=-1)
 
-    lo = jnp.min(mu - 12 * sigma, axis=-1)[:, None] * jnp.ones_like(probs)
-    hi = jnp.max(mu + 12 * sigma, axis=-1)[:, None] * jnp.ones_like(probs)
+    low, high = family.bracket(mu, scale)
+    lo = jnp.min(low, axis=-1)[:, None] * jnp.ones_like(probs)
+    hi = jnp.max(high, axis=-1)[:, None] * jnp.ones_like(probs)
 
     def step(_, bracket):
         lo, hi = bracket
@@ -86,10 +120,10 @@ def quantiles(params: MoEParams, x: jax.Array, probs: jax.Array) -> jax.Array:
     return 0.5 * (lo + hi)
 
 
-def sample(key: jax.Array, params: MoEParams, x: jax.Array) -> jax.Array:
-    """One draw of y for each row of x: (n,)."""
+def sample_response(key: jax.Array, params: MoEParams, x: jax.Array) -> jax.Array:
+    """One draw of y given each row of x: (n,). (`moejax.sample` draws x as well.)"""
     key_z, key_eps = jax.random.split(key)
-    p, mu, sigma = _components(params, x)
+    p, mu, scale = _components(params, x)
     z = jax.random.categorical(key_z, jnp.log(p), axis=-1)
     pick = lambda a: jnp.take_along_axis(a, z[:, None], axis=1)[:, 0]
-    return pick(mu) + pick(sigma) * jax.random.normal(key_eps, z.shape, mu.dtype)
+    return get_family(params.family).sample(key_eps, pick(mu), pick(scale))

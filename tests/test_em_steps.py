@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, logsumexp, softmax
 
-from moejax import em_steps, model
+from moejax import em_steps, predictive
 
 
 def numpy_em_step(w, x, y, a, sigma):
@@ -26,7 +26,7 @@ def test_em_step_matches_numpy(small_problem):
     params, x, y = small_problem
     x, y = x[:2000], y[:2000]
     w0 = 0.3 * jax.random.normal(jax.random.key(0), params.gating.shape).at[-1].set(0.0)
-    log_dens = model.expert_log_densities(x, y, params.experts, params.noise_std, "linear")
+    log_dens = predictive.expert_log_densities(params, x, y)
     gate, resp, log_lik = em_steps.e_step(w0, x, log_dens)
     grad = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) @ x / x.shape[0]
     new = em_steps.bohning_step(w0, grad, em_steps.gram_solver(x.T @ x / x.shape[0]))
@@ -34,20 +34,6 @@ def test_em_step_matches_numpy(small_problem):
     new_ref, ll_ref = numpy_em_step(w0, x, y, params.experts, 0.1)
     np.testing.assert_allclose(new, new_ref, atol=1e-4)
     assert float(ll) == pytest.approx(ll_ref, rel=1e-5)
-
-
-def test_noise_std_update_matches_its_closed_forms():
-    rng = np.random.default_rng(0)
-    sq, q = rng.random(3) * 5, np.array([2.0, 0.0, 3.0])
-    shared = em_steps.noise_std_update(jnp.asarray(sq), jnp.asarray(q), jnp.asarray(1.0), 0.01)
-    assert float(shared) == pytest.approx(np.sqrt(sq.sum() / q.sum()), rel=1e-6)
-    old = jnp.array([1.0, 0.7, 1.0])
-    per = np.asarray(em_steps.noise_std_update(jnp.asarray(sq), jnp.asarray(q), old, 0.01))
-    # Each expert's own weighted residual sd; one without responsibility keeps its sigma.
-    np.testing.assert_allclose(per, [np.sqrt(sq[0] / 2), 0.7, np.sqrt(sq[2] / 3)], rtol=1e-6)
-    floored = em_steps.noise_std_update(jnp.asarray([1e-12, 1.0]), jnp.asarray([5.0, 1.0]),
-                                      jnp.ones(2), 0.01)
-    np.testing.assert_allclose(floored, [0.01, 1.0], rtol=1e-6)
 
 
 def numpy_newton_step(w, x, q):

@@ -88,6 +88,29 @@ def test_params_carry_their_nonlinearity_through_transformations():
     np.testing.assert_allclose(tanh_pred, mj.predict(params, x), atol=1e-6)
 
 
+def test_posteriors_give_the_nearest_expert_where_every_density_underflows():
+    params = mj.random_params(jax.random.key(3), 4, 3, noise_std=0.1)
+    x = jax.random.normal(jax.random.key(4), (6, 4))
+    # y^2 / sigma^2 overflows float32 in the first three rows: every joint density is 0.
+    post = np.asarray(mj.posteriors(params, x, jnp.asarray([1e20, -1e20, 1e30, 3.0, -3.0, 0.0])))
+    assert np.all(np.isfinite(post)) and np.allclose(post.sum(axis=1), 1.0)
+    # Far out (equal sigmas) the limit puts all weight on the expert whose mean is nearest y
+    # (at 1e3, where the means still differ in float32 and each density underflows).
+    y = jnp.asarray([1e3, -1e3, 1e4])
+    post = np.asarray(mj.posteriors(params, x[:3], y))
+    means = np.asarray(x @ params.experts.T)
+    nearest = np.where(np.asarray(y)[:3, None] > 0, means[:3].argmax(1)[:, None],
+                       means[:3].argmin(1)[:, None])[:, 0]
+    np.testing.assert_array_equal(post[:3].argmax(axis=1), nearest)
+    np.testing.assert_allclose(post[:3].max(axis=1), 1.0)
+
+
+def test_params_carry_their_family_as_structure():
+    params = mj.random_params(jax.random.key(5), 5, 3)
+    assert params.family == "gaussian" and jax.tree.leaves(params) == list(params[:3])
+    assert jax.jit(lambda p: p)(params)._replace(nonlinearity="tanh")[3:] == ("tanh", "gaussian")
+
+
 def test_params_are_pytrees():
     params = mj.random_params(jax.random.key(7), 5, 2)
     doubled = jax.tree_util.tree_map(lambda v: 2 * v, params)

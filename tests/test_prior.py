@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 import moejax as mj
-from moejax import em_steps, inference, io, joint, prior
+from moejax import families, inference, io, joint, prior
 from conftest import enable_x64
 
 
 def test_sigma_map_update_matches_its_closed_form():
     sq, rows = np.array([3.0, 0.2, 50.0]), np.array([10.0, 1.0, 400.0])
     nu, s2 = 3.0, 1 / 9
-    got = em_steps.noise_std_update(jnp.asarray(sq), jnp.asarray(rows), jnp.ones(3), 1e-3,
-                                    nu * s2, nu + 2)
+    got = families.GAUSSIAN.scale_update(jnp.asarray(sq), jnp.asarray(rows), jnp.ones(3),
+                                         1e-3, nu * s2, nu + 2)
     np.testing.assert_allclose(got, np.sqrt((sq + nu * s2) / (rows + nu + 2)), rtol=1e-6)
-    shared = em_steps.noise_std_update(jnp.asarray(sq), jnp.asarray(rows), jnp.asarray(1.0),
-                                       1e-3, nu * s2, nu + 2)
+    shared = families.GAUSSIAN.scale_update(jnp.asarray(sq), jnp.asarray(rows),
+                                            jnp.asarray(1.0), 1e-3, nu * s2, nu + 2)
     np.testing.assert_allclose(shared, np.sqrt((sq.sum() + nu * s2) / (rows.sum() + nu + 2)),
                                rtol=1e-6)
     # The MAP update maximises -(N/2 + nu/2 + 1) log s2 - (S + nu s^2) / (2 s2) over s2.

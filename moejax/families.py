@@ -1,0 +1,171 @@
+"""Expert families: the distribution of y given an expert's mean (docs/algorithm.md section 1,
+"Families"). A family is one registry entry, as a non-linearity is (`moejax.nonlinearities`):
+a static record of pure functions that every density, E-step, M-step, predictive quantity and
+draw reads, so that the normal distribution is written here and nowhere else.
+
+An expert i maps a row to its mean mu_i = g(a_i . x) (g the non-linearity, for a GLM family
+its inverse link) and a scale s_i, stored in `MoEParams.noise_std` (the Gaussian's sigma). A
+family whose variance is fixed by its mean (binomial, Poisson) has no dispersion: its scale is
+held at 1 and not learned (`has_dispersion`), as statsmodels fixes their scale at 1.
+
+Shapes: every function broadcasts y, mean and scale elementwise (expert-major (k, n) or
+row-major (n, k) arrays, the caller's choice), except `relative_log_density`, whose last axis
+is the experts.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.stats import norm
+
+
+class Family(NamedTuple):
+    """The distribution of y given an expert's mean mu and scale s.
+
+    Attributes:
+      name: the registry name, stored with saved models.
+      log_density: (y, mu, s) -> log p(y | mu, s).
+      relative_log_density: (y (...,), mu (..., k), s (..., k)) -> (..., k), log p(y | mu_i,
+        s_i) up to a constant per row, finite where every density underflows (y far from all
+        experts): the posterior's form (softmax over the experts), which gives their limit.
+      variance: (mu, s) -> Var[y | mu, s]; with unit scale, the variance function V(mu).
+      has_dispersion: whether s is a free parameter (the Gaussian's sigma) or fixed at 1.
+      irls_weights: (mu, slope) -> (w, f), slope = d mu / d eta at eta = a . x: the experts'
+        M-step is the weighted least-squares (IRLS, Gauss-Newton) step with normal equations
+        sum_n q_ni w_ni x_n x_n^T delta = sum_n q_ni f_ni (y_n - mu_ni) x_n, i.e. w =
+        slope^2 / V(mu), f = slope / V(mu) (docs/solvers.md).
+      scale_statistic: (y, mu) -> r^2, the squared Pearson residual (y - mu)^2 / V(mu) whose
+        responsibility-weighted sums the scale's M-step reads (`scale_update`).
+      scale_update: (S (k,), N (k,), s () or (k,), floor, prior_sq, prior_count) -> the
+        scale's M-step from S_i = sum_n q_ni r_ni^2 and N_i = sum_n q_ni.
+      cdf: (y, mu, s) -> P(Y <= y | mu, s).
+      bracket: (mu, s) -> (lo, hi) with cdf 0 and 1 there to float precision (quantiles
+        bisect between them).
+      sample: (key, mu, s) -> one draw per entry of mu.
+      noise_variance: s -> the variance of y around g(a . x) that the moment stage's label
+        transforms assume constant (docs/algorithm.md section 2).
+      moment_start: whether the moment stage (`recover`) applies: its transforms assume
+        y = g(a_z . x) + noise of a variance independent of x and a zero third moment.
+    """
+
+    name: str
+    log_density: Callable
+    relative_log_density: Callable
+    variance: Callable
+    has_dispersion: bool
+    irls_weights: Callable
+    scale_statistic: Callable
+    scale_update: Callable
+    cdf: Callable
+    bracket: Callable
+    sample: Callable
+    noise_variance: Callable
+    moment_start: bool
+
+
+def _normal_log_density(y, mean, scale):
+    """log N(y | mean, scale^2)."""
+    return (-0.5 * jnp.square(y - mean) / jnp.square(scale) - jnp.log(scale)
+            - 0.5 * jnp.log(2 * jnp.pi))
+
+
+def _normal_relative_log_density(y, mean, scale):
+    """log N(y | mean_i, scale_i^2) + c(row), last axis the experts, finite for any y."""
+    t = (y[..., None] - mean) / scale
+    # -log s_i - t_i^2 / 2 with the t_i^2 compared as m^2 ((t_i / m)^2 - min_j (t_j / m)^2),
+    # m = max_j |t_j|, and the smallest term set to exactly 0: the row keeps a finite entry
+    # where m^2 overflows.
+    m = jnp.maximum(jnp.max(jnp.abs(t), axis=-1, keepdims=True), 1.0)
+    root = jnp.sqrt(m)  # t / m in two steps: 1 / m can be subnormal, which XLA flushes to 0
+    u = jnp.square(t / root / root)
+    excess = jnp.maximum(u - jnp.min(u, axis=-1, keepdims=True), 0.0)
+    nearest = jax.nn.one_hot(jnp.argmin(u, axis=-1), u.shape[-1], dtype=bool)
+    gap = jnp.where(nearest, 0.0, -0.5 * (m * excess) * m)
+    return gap - jnp.log(scale)
+
+
+def _normal_scale_update(weighted_sq, weights, noise_std, floor, prior_sq=0.0, prior_count=0.0):
+    """sigma's M-step from S_i = sum_n q_ni r_ni^2 and N_i = sum_n q_ni: (k,) each, r_ni =
+    y_n - g(a_i . x_n) (docs/algorithm.md section 4).
+
+    Shared (noise_std a scalar): sigma^2 = sum_i S_i / sum_i N_i; per expert (noise_std (k,)):
+    sigma_i^2 = S_i / N_i. With a prior on sigma^2 (`moejax.prior`), prior_sq = nu s^2 and
+    prior_count = nu + 2 are added to the numerator and the denominator: the MAP update.
+    Either is clipped below at `floor`, the exact maximiser over sigma >= floor, in every
+    method that learns sigma (`fit`, `refine`, `joint_em`, `fit_gating`, `recover`): on data
+    the experts fit exactly the likelihood has no maximum. An expert with no responsibility
+    (and no prior) keeps its sigma.
+    """
+    if jnp.ndim(noise_std) == 0:
+        return jnp.maximum(jnp.sqrt((jnp.sum(weighted_sq) + prior_sq)
+                                    / (jnp.sum(weights) + prior_count)), floor)
+    tiny = jnp.finfo(weighted_sq.dtype).tiny
+    count = weights + prior_count
+    var = jnp.where(count > tiny, (weighted_sq + prior_sq) / jnp.maximum(count, tiny),
+                    jnp.square(noise_std))
+    return jnp.maximum(jnp.sqrt(var), floor)
+
+
+# Beyond 12 sds the normal CDF is 0 or 1 to float64 precision (Phi(-12) ~ 2e-33).
+_NORMAL_TAIL = 12
+
+
+GAUSSIAN = Family(
+    name="gaussian",
+    log_density=_normal_log_density,
+    relative_log_density=_normal_relative_log_density,
+    variance=lambda mean, scale: jnp.square(scale),
+    has_dispersion=True,
+    irls_weights=lambda mean, slope: (jnp.square(slope), slope),
+    scale_statistic=lambda y, mean: jnp.square(y - mean),
+    scale_update=_normal_scale_update,
+    cdf=lambda y, mean, scale: norm.cdf((y - mean) / scale),
+    bracket=lambda mean, scale: (mean - _NORMAL_TAIL * scale, mean + _NORMAL_TAIL * scale),
+    sample=lambda key, mean, scale: mean + scale * jax.random.normal(key, mean.shape,
+                                                                     mean.dtype),
+    noise_variance=jnp.square,
+    moment_start=True,
+)
+
+# The registry (the one piece of module state, as for non-linearities: a name must mean one
+# family for the whole process, so that saved models can name theirs).
+_FAMILIES = {GAUSSIAN.name: GAUSSIAN}
+
+FAMILIES = tuple(_FAMILIES)  # the built-in names
+
+
+def family_names() -> tuple[str, ...]:
+    """The names `get_family` accepts: the built-in ones and those registered since."""
+    return tuple(_FAMILIES)
+
+
+def get_family(family: "str | Family") -> Family:
+    """The `Family` of a registered name (a Family is returned as it is).
+
+    Raises:
+      ValueError: for an unknown name.
+
+    >>> get_family("gaussian").has_dispersion
+    True
+    """
+    if isinstance(family, Family):
+        return family
+    try:
+        return _FAMILIES[family]
+    except (KeyError, TypeError):
+        raise ValueError(f"family must be one of {family_names()}, got {family!r}.") from None
+
+
+def register_family(family: Family) -> None:
+    """Makes `family.name` stand for `family` wherever a family is named (`MoEParams.family`,
+    saved models). Registering the same record again is a no-op.
+
+    Raises:
+      ValueError: for a record that is not a `Family`, or a name already taken by another.
+    """
+    if not isinstance(family, Family) or not isinstance(family.name, str) or not family.name:
+        raise ValueError(f"family must be a Family with a non-empty name, got {family!r}.")
+    if _FAMILIES.get(family.name, family) is not family:
+        raise ValueError(f"family {family.name!r} is already registered with another record.")
+    _FAMILIES[family.name] = family
