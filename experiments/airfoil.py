@@ -69,7 +69,7 @@ def fit_method(method, key, x, y, k, g):
         return mj.fit(key, x, y, num_experts=k, nonlinearity=g, per_expert_noise=False,
                       **({} if method == "refine" else dict(num_refine_iters=0)))
     std = mj.fit_standardizer(x, y)
-    z = mj.estimator.design_matrix(std, jnp.asarray(x, jnp.float32))
+    z = mj.fitted.design_matrix(std, jnp.asarray(x, jnp.float32))
     ys = mj.transform_target(std, jnp.asarray(y, jnp.float32))
     iters = _EM_ITERS.value if method == "em" else _GD_STEPS.value
     params = _best_random_start(jax.random.split(key, _STARTS.value), z, ys, method, k, g,
@@ -81,7 +81,7 @@ def reference_train_nll(key, x, y, k, g):
     """Training NLL per row (target units) of the best of --reference_starts long joint EM
     runs from random starts: the maximum-likelihood yardstick."""
     std = mj.fit_standardizer(x, y)
-    z = mj.estimator.design_matrix(std, jnp.asarray(x, jnp.float32))
+    z = mj.fitted.design_matrix(std, jnp.asarray(x, jnp.float32))
     ys = mj.transform_target(std, jnp.asarray(y, jnp.float32))
     params = _best_random_start(jax.random.split(key, _REF.value), z, ys, "em", k, g,
                                 _REF_ITERS.value, 0.0, 1e-10)

@@ -7,7 +7,7 @@ On the airfoil data (the 80/20 training splits of `experiments.airfoil`), for k 
 joint EM to a tight tolerance (--tol, cap --max_iters). Screening after S iterations and
 keeping the K starts with the highest likelihood then, would lose the best final likelihood
 minus the best final likelihood among the K kept: the table gives its largest value over
-splits and k, for each S and K. This measurement sets `moejax.estimator.REFINE_SCREEN_ITERS`
+splits and k, for each S and K. This measurement sets `moejax.refinement.REFINE_SCREEN_ITERS`
 and `REFINE_KEEP` (docs/solvers.md). Writes refine_screening.{json,png} to --output_dir.
 """
 

@@ -5,7 +5,10 @@ from moejax._version import __version__ as __version__
 from moejax.compilation import enable_compilation_cache
 from moejax.baselines import joint_em, joint_gd, random_init
 from moejax.families import FAMILIES, Family, family_names, get_family, register_family
-from moejax.estimator import FitReport, FittedMoE, fit, select_num_experts
+from moejax.config import FitConfig
+from moejax.estimator import fit, select_num_experts
+from moejax.fitted import FittedMoE
+from moejax.refinement import FitReport
 from moejax.gating import GatingInfo, fit_gating
 from moejax.joint import refine
 from moejax.metrics import expert_error, gating_error, match_experts
@@ -30,6 +33,7 @@ __all__ = [
     "ExpertEstimate",
     "FAMILIES",
     "Family",
+    "FitConfig",
     "FitInfo",
     "FitReport",
     "FittedMoE",

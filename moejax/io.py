@@ -13,7 +13,8 @@ from moejax import _validate, inference
 from moejax import prior as prior_lib
 from moejax._version import __version__
 from moejax._files import atomic_write
-from moejax.estimator import FitReport, FittedMoE, _default_names
+from moejax.fitted import FittedMoE, _default_names
+from moejax.refinement import FitReport
 from moejax.families import family_names, get_family
 from moejax.nonlinearities import nonlinearity_names
 from moejax.params import MoEParams

@@ -108,7 +108,7 @@ def gating_error(est: MoEParams, truth: MoEParams) -> np.ndarray:
         return np.linalg.norm((w_hat - w_hat[-1]) - (w - w[-1]))
 
     for p, name in ((est, "est"), (truth, "truth")):
-        if not isinstance(p, tuple) or len(p) not in (3, 4):
+        if not isinstance(p, tuple) or len(p) not in (3, len(MoEParams._fields)):
             raise ValueError(f"{name} must be MoEParams, got {type(p).__name__}.")
     return _batched(one, est[0], est[1], truth[0], truth[1],
                     names=("est.experts", "est.gating", "truth.experts", "truth.gating"))

@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from moejax import _validate, estimator
+from moejax import _validate, estimator, selection
 from moejax.prior import Prior
 
 
@@ -104,11 +104,11 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"num_experts={k} needs at least {k} features (the moment "
                                  f"method recovers at most d experts), got n_features = "
                                  f"{X.shape[1]}; use num_experts='auto' or 1.")
-            params = estimator._num_params(k, X.shape[1], self.per_expert_noise)
+            params = selection.num_free_params(k, X.shape[1], self.per_expert_noise)
             if k > 1 and X.shape[1] + 2 <= X.shape[0] < params:
                 # A fold of a cross-validation may be too small for k: fit what its rows
                 # support rather than fail the whole search (moejax.fit refuses instead).
-                supported = estimator.supported_experts(*X.shape, self.per_expert_noise)
+                supported = selection.supported_experts(*X.shape, self.per_expert_noise)
                 _validate.warn(f"num_experts={k} has {params} free parameters, more than "
                                f"the {X.shape[0]} rows: fitted num_experts={supported} "
                                "instead.")

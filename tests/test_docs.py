@@ -5,12 +5,12 @@ import importlib
 
 import pytest
 
-MODULES = ["model", "metrics", "baselines", "compilation", "datasets", "estimator", "gating", "io",
+MODULES = ["model", "metrics", "baselines", "compilation", "datasets", "estimator", "families", "fitted", "gating", "io",
            "joint", "moments", "nonlinearities", "preprocessing", "recover", "sklearn", "sums",
            "_validate"]
 # Classes whose methods' examples use the objects the class's own example makes (a fitted
 # model), as a reader does: the class example runs first and shares its names.
-SHARED = {"moejax.estimator.FittedMoE", "moejax.sklearn.MoERegressor"}
+SHARED = {"moejax.fitted.FittedMoE", "moejax.sklearn.MoERegressor"}
 
 
 @pytest.mark.parametrize("name", MODULES)

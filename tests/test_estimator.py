@@ -84,16 +84,16 @@ def test_fit_keeps_the_best_start_and_reports_convergence():
     model = mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_inits=7)
     report = model.report
     assert report.log_likelihood.shape == (8,) and report.converged.shape == (8,)
-    assert int(np.sum(report.continued)) == mj.estimator.REFINE_KEEP
+    assert int(np.sum(report.continued)) == mj.refinement.REFINE_KEEP
     best = int(report.best)
     assert bool(report.continued[best]) and bool(report.converged[best])
     assert float(report.log_likelihood[best]) >= float(np.max(report.log_likelihood)) - 1e-6
     dropped = ~np.asarray(report.continued)
-    assert np.all(np.asarray(report.num_iters)[dropped] <= mj.estimator.REFINE_SCREEN_ITERS)
+    assert np.all(np.asarray(report.num_iters)[dropped] <= mj.refinement.REFINE_SCREEN_ITERS)
     assert int(np.min(np.asarray(report.num_iters)[~dropped])) > 0
     # The reported objective is that of the returned parameters (standardised scale): the
     # log-likelihood plus the default prior's log density, per row.
-    z = mj.estimator.design_matrix(model.standardizer, x)
+    z = mj.fitted.design_matrix(model.standardizer, x)
     ys = mj.transform_target(model.standardizer, y)
     pen = mj.prior.penalty(model.prior, 3, x.shape[1], jnp.float32)
     log_prior = mj.prior.log_prior(pen, model.params.gating, model.params.noise_std, True)
@@ -118,15 +118,15 @@ def test_a_new_row_count_in_the_same_bucket_does_not_recompile(monkeypatch):
     # stage, gating EM and refinement.
     # chex counts the traces of the three compiled stages, wrapped anew for this test.
     import importlib
-    estimator, gating, recover = (importlib.import_module(f"moejax.{m}")
-                                  for m in ("estimator", "gating", "recover"))
+    estimator, gating, recover, refinement = (importlib.import_module(f"moejax.{m}") for m in
+                                              ("estimator", "gating", "recover", "refinement"))
     stages = ((estimator, "_recover_experts", recover._recover_experts, (
                   "num_experts", "nonlinearity", "num_inits", "num_iters", "num_subspace_iters",
                   "layout")),
               (gating, "_fit_gating", gating._fit_gating, (
                   "nonlinearity", "num_inits", "num_iters", "learn_noise_std", "layout",
                   "matrix_free", "accelerate", "screen_iters")),
-              (estimator, "_refine_starts", estimator._refine_starts,
+              (refinement, "refine_starts", refinement.refine_starts,
                ("num_iters", "learn", "layout")))
     for module, name, jitted, static in stages:
         monkeypatch.setattr(module, name, jax.jit(
@@ -190,20 +190,19 @@ def test_dataframe_columns_and_series_name_become_the_model_names():
 def test_a_huge_fit_says_what_it_costs_before_it_starts():
     # k = 300 experts on a million rows of 300 features (the audit's hang): the cost of one
     # refinement pass is announced, and a warning says it is large, before any compilation.
-    from moejax.estimator import FitConfig, _announce_cost, refinement_cost
+    from moejax.refinement import announce_cost, refinement_cost
     work, memory = refinement_cost(1_000_000, 300, 300, 17, None, 4)
     assert work == 17 * 1_000_000 * 300 * (2 * 301 + 301 ** 2)
     assert memory == 4 * 17 * 300 * (8 * 1_000_000 + 301 ** 2)
     assert refinement_cost(1_000_000, 300, 300, 17, 4096, 4)[1] < memory / 50  # chunks bound it
     lines = []
-    config = FitConfig(num_experts=300).checked()
     with pytest.warns(UserWarning, match="this fit is large") as caught:
-        _announce_cost(1_000_000, 300, config, 4, lines.append)
+        announce_cost(1_000_000, 300, 300, 17, 3000, None, 4, lines.append)
     assert caught[0].filename == __file__
     assert lines == [f"refinement cost: {work:.2g} multiply-adds and {memory / 2**20:.0f} MiB of "
                      "temporaries per pass of its 17 starts, at most 6000 passes"]
     small = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a table-sized fit announces its cost, no warning
-        _announce_cost(1500, 5, FitConfig(num_experts=2).checked(), 4, small.append)
+        announce_cost(1500, 5, 2, 17, 3000, None, 4, small.append)
     assert len(small) == 1

@@ -125,8 +125,8 @@ def test_rows_bound_the_number_of_experts():
         mj.fit(jax.random.key(0), x[:40], y[:40], num_experts=2, num_refine_iters=20,
                standard_errors=False)
     assert any("fewer than 5 rows per parameter" in str(w.message) for w in caught)
-    assert mj.estimator.supported_experts(69, 3) == 1
-    assert mj.estimator.supported_experts(70, 3) == 2  # 5 x 14 parameters
+    assert mj.selection.supported_experts(69, 3) == 1
+    assert mj.selection.supported_experts(70, 3) == 2  # 5 x 14 parameters
     for seed in range(3):  # 30 rows support k = 1 only: "auto" does not interpolate them
         x, y = _one_regime(seed)
         model = mj.fit(jax.random.key(seed), x[:30], y[:30], num_experts="auto")

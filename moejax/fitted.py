@@ -1,0 +1,604 @@
+"""A fitted model in the data's units: `FittedMoE`, its per-row methods (each one compiled
+program per row bucket), its summary and coefficients; `design_matrix`, the input the model
+acts on."""
+
+import dataclasses
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moejax import _validate, compilation, inference, predictive, preprocessing, sums
+from moejax.inference import Inference
+from moejax.params import MoEParams
+from moejax.preprocessing import Standardizer
+from moejax.prior import Prior
+from moejax.refinement import SATURATED_GATE, FitReport
+from moejax.selection import KSelection
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedMoE:
+    """A fitted MoE with its preprocessing; a pytree (data: params, standardizer).
+
+    The model acts on z = [standardize(x), 1]: params.experts and params.gating are (k, d + 1),
+    their last column the intercepts, and params.noise_std (a scalar, or (k,) with one sigma per
+    expert) is in standardised target units.
+
+    The per-row methods (predict, log_density, posteriors, ...) run on the host's side of the
+    boundary: NumPy rows (and lists, DataFrames) are padded to a row bucket, so that a new row
+    count compiles nothing, and the results come back as NumPy arrays; JAX arrays give JAX
+    arrays, and the methods can be traced (jit, vmap) with them.
+
+    Attributes:
+      params: MoEParams on the standardised scale; params.nonlinearity is the experts' g
+        (also `FittedMoE.nonlinearity`), a name.
+      standardizer: the feature and target transform.
+      feature_names: optional names of the d input columns (checked on prediction by the CLI).
+      target_name: optional name of the target column.
+      report: how `fit` chose the parameters (None for least squares or a model built by
+        hand).
+      selection: with `fit(num_experts="auto")`, the scores of every k (`KSelection`);
+        else None.
+      inference: the training statistics behind standard errors and information criteria
+        (`moejax.inference.Inference`), or None.
+      noise_learned: whether sigma was fitted (False: it was given, and has no standard
+        error).
+      prior: the `moejax.Prior` of a regularised (MAP) fit, or None for maximum likelihood
+        (and for least squares and models built by hand).
+
+    Example (the methods' examples use this `model`, `x` and `y`):
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> x = rng.normal(size=(400, 3))
+      >>> y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=400)
+      >>> from moejax import fit
+      >>> model = fit(jax.random.key(0), x, y, num_experts=2, num_refine_iters=200)
+      >>> model
+      FittedMoE(k=2, d=3, nonlinearity='linear', n=400, log_likelihood=..., bic=...)
+    """
+
+    params: MoEParams
+    standardizer: Standardizer
+    feature_names: tuple[str, ...] | None = None
+    target_name: str | None = None
+    report: FitReport | None = None
+    selection: KSelection | None = None
+    inference: Inference | None = None
+    noise_learned: bool = True
+    prior: Prior | None = None
+
+    @property
+    def nonlinearity(self):
+        """The experts' g (params.nonlinearity)."""
+        return self.params.nonlinearity
+
+    @property
+    def num_experts(self) -> int:
+        return self.params.experts.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """d, the number of input features (without the intercept)."""
+        return self.params.experts.shape[1] - 1
+
+    @property
+    def noise_std(self) -> jax.Array:
+        """sigma in the target's original units: a scalar, or (k,) with one per expert."""
+        return self.params.noise_std * self.standardizer.y_scale
+
+    def design(self, x) -> jax.Array:
+        """The model's input z = [standardize(x), 1] (docs/algorithm.md section 5).
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n, d + 1) array.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.design(x[:2]).shape
+        (2, 4)
+        """
+        x = _validate.features(x, dim=self.dim)
+        return design_matrix(self.standardizer, x)
+
+    def predict(self, x) -> jax.Array:
+        """E[y | x] = sum_i softmax(W z)_i g(a_i . z) in the target's units, z = design(x).
+
+        Args:
+          x: (n, d) features in the units the model was fitted on.
+
+        Returns:
+          (n,) predictions.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.predict(x[:3]).shape
+        (3,)
+        """
+        return _on_rows(self, _predict, self._checked(x))
+
+    def log_likelihood(self, x, y) -> jax.Array:
+        """Mean log-density of y given x, (1/n) sum_n log p(y_n | x_n), in the target's
+        units (a density per unit of y, so comparable across models of the same target).
+
+        Args:
+          x: (n, d) features; y: (n,) targets.
+
+        Returns:
+          A scalar.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> bool(model.log_likelihood(x, y) > 0)  # sigma about 0.1: a density above 1
+        True
+        """
+        return _on_rows(self, _log_likelihood, *self._checked(x, y), reduce=True)
+
+    def mixing_weights(self, x) -> jax.Array:
+        """Mean gate probabilities (1/n) sum_n softmax(W z_n).
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (k,) weights summing to 1.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> w = np.asarray(model.mixing_weights(x))  # about the share of rows with x1 > 0
+        >>> w.shape, round(float(w.sum()), 4)
+        ((2,), 1.0)
+        """
+        return _on_rows(self, _mixing_weights, self._checked(x), reduce=True)
+
+    def _checked(self, x, y=None):
+        if y is None:
+            return _validate.features(x, dim=self.dim)
+        return _validate.data(x, y, dim=self.dim)
+
+    def gate_probabilities(self, x) -> jax.Array:
+        """P(z = i | x) = softmax(W z)_i for each row: the gate alone, before y is seen.
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n, k) probabilities, rows summing to 1.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.gate_probabilities(x[:3]).shape
+        (3, 2)
+        """
+        return _on_rows(self, _gate_probabilities, self._checked(x))
+
+    def posteriors(self, x, y) -> jax.Array:
+        """P(z = i | x, y) for each row: which expert produced it (flexmix's `posterior`).
+
+        Args:
+          x: (n, d) features; y: (n,) targets, in the data's units.
+
+        Returns:
+          (n, k) probabilities, rows summing to 1.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> np.asarray(model.posteriors(x[:3], y[:3])).sum(axis=1).round(4)
+        array([1., 1., 1.], dtype=float32)
+        """
+        return _on_rows(self, _posteriors, *self._checked(x, y))
+
+    def clusters(self, x, y) -> jax.Array:
+        """The most probable expert of each row given x and y (flexmix's `clusters`, 0-based).
+
+        Args:
+          x: (n, d) features; y: (n,) targets, in the data's units.
+
+        Returns:
+          (n,) integers in 0..k-1, the argmax of `posteriors`.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> sorted(set(np.asarray(model.clusters(x, y)).tolist()))
+        [0, 1]
+        """
+        return _on_rows(self, _clusters, *self._checked(x, y))
+
+    def log_density(self, x, y) -> jax.Array:
+        """log p(y_n | x_n) for each row, a density per unit of y (its mean is
+        `log_likelihood`).
+
+        Args:
+          x: (n, d) features; y: (n,) targets, in the data's units.
+
+        Returns:
+          (n,) log-densities.
+
+        Raises:
+          ValueError: for malformed or non-finite x or y, or shapes that do not match.
+
+        >>> bool(np.isclose(np.mean(model.log_density(x, y)), model.log_likelihood(x, y)))
+        True
+        """
+        return _on_rows(self, _log_density, *self._checked(x, y))
+
+    def predict_variance(self, x) -> jax.Array:
+        """Var[y | x] for each row, in squared target units: the noise of each expert plus
+        the spread of the experts' means around `predict(x)`.
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n,) variances.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> bool(np.all(np.asarray(model.predict_variance(x[:5])) > 0))
+        True
+        """
+        return _on_rows(self, _predict_variance, self._checked(x))
+
+    def predict_interval(self, x, level: float = 0.9):
+        """The central `level` predictive interval of y given each row of x: the
+        (1 - level) / 2 and (1 + level) / 2 quantiles of the mixture's predictive
+        distribution, found by bisection on its CDF (docs/algorithm.md section 6), not a
+        normal approximation.
+
+        Args:
+          x: (n, d) features in the data's units.
+          level: the interval's probability, in (0, 1).
+
+        Returns:
+          (lower, upper), each (n,), in the target's units.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array, or level outside (0, 1).
+
+        >>> lower, upper = model.predict_interval(x[:3], 0.9)
+        >>> lower.shape, bool(np.all(lower < upper))
+        ((3,), True)
+        """
+        level = _validate.positive(level, "level")
+        if not 0 < float(level) < 1:
+            raise ValueError(f"level must be in (0, 1), got {level!r}.")
+        probs = np.asarray([(1 - float(level)) / 2, (1 + float(level)) / 2],
+                           self.params.experts.dtype)
+        return _on_rows(self, functools.partial(_interval, probs=probs), self._checked(x))
+
+    def sample(self, key: jax.Array, x) -> jax.Array:
+        """One draw of y from the fitted model for each row of x.
+
+        Args:
+          key: PRNG key.
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n,) draws in the target's units.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> model.sample(jax.random.key(1), x[:4]).shape
+        (4,)
+        """
+        return _on_rows(self, functools.partial(_sample, key=key), self._checked(x))
+
+    def _stats(self) -> "inference.Inference":
+        if self.inference is None:
+            raise ValueError("this model has no training statistics (fitted with "
+                             "standard_errors=False, built by hand, or saved by an older "
+                             "moejax); refit it to get information criteria.")
+        return self.inference
+
+    @property
+    def num_params(self) -> int:
+        """Free parameters: k (d + 1) expert and (k - 1)(d + 1) gate coefficients, and the
+        fitted sigmas."""
+        return inference.num_params(self.params, self.noise_learned)
+
+    def aic(self) -> float:
+        """Akaike's criterion -2 log-likelihood + 2 num_params, on the training rows.
+
+        Returns:
+          A float; smaller is better.
+
+        Raises:
+          ValueError: for a model without training statistics (fitted with
+            standard_errors=False, or built by hand).
+
+        >>> model.aic() < model.bic()  # log(400) > 2
+        True
+        """
+        return float(-2 * self._stats().log_likelihood + 2 * self.num_params)
+
+    def bic(self) -> float:
+        """The Bayesian information criterion -2 log-likelihood + num_params log n, on the
+        training rows.
+
+        Returns:
+          A float; smaller is better.
+
+        Raises:
+          ValueError: for a model without training statistics (as `aic`).
+
+        >>> model.num_params  # 2 experts x 4 and 1 gate x 4 coefficients, 2 sigmas
+        14
+        >>> bool(np.isclose(model.bic(), model.aic() + 14 * (np.log(400) - 2)))
+        True
+        """
+        s = self._stats()
+        return float(-2 * s.log_likelihood + self.num_params * np.log(s.num_rows))
+
+    def icl(self) -> float:
+        """The integrated completed likelihood BIC + 2 * the entropy of the training
+        posteriors (Biernacki, Celeux and Govaert 2000): BIC penalised for experts that
+        overlap.
+
+        Returns:
+          A float, at least `bic()`; smaller is better.
+
+        Raises:
+          ValueError: for a model without training statistics (as `aic`).
+
+        >>> model.icl() >= model.bic()
+        True
+        """
+        return self.bic() + 2 * float(self._stats().entropy)
+
+    def coefficients(self) -> "inference.Coefficients":
+        """Every coefficient in the units of the data, with standard errors (statsmodels'
+        `params` / `bse`, flexmix's `refit`): each expert's intercept and slopes (for linear
+        g, its regression of y on x; else the pre-activation a . x + b in x's units), each
+        gate's intercept and slopes (its logit relative to the last expert), and sigma.
+        Standard errors from the observed information at the fit, and robust ones from the
+        sandwich (docs/algorithm.md section 7). When they are unavailable (a singular
+        information, a fit short of the maximum, no training statistics) the standard errors
+        are NaN, `problem` says why, and a warning is issued.
+
+        Returns:
+          `moejax.inference.Coefficients` (with `.table()` for a printout).
+
+        Raises:
+          Nothing: missing standard errors are NaN, with a warning (see above).
+
+        >>> c = model.coefficients()
+        >>> len(c.estimate) == model.num_params, bool(np.all(c.std_error > 0))
+        (True, True)
+        """
+        out = inference.coefficients(self.params, self.standardizer, self.inference,
+                                     self.feature_names or _default_names(self.dim),
+                                     self.noise_learned)
+        if out.problem:
+            _validate.warn(out.problem)
+        return out
+
+    def coefficient_covariance(self, robust: bool = False) -> np.ndarray:
+        """The covariance matrix of `coefficients().estimate` (statsmodels' `cov_params`).
+
+        Args:
+          robust: False for the inverse observed information, True for the sandwich.
+
+        Returns:
+          (m, m) covariance, m = num_params, in the data's units.
+
+        Raises:
+          ValueError: when the standard errors are unavailable (`coefficients().problem`
+            says why), or robust is not a bool.
+
+        >>> cov = model.coefficient_covariance()
+        >>> bool(np.allclose(np.sqrt(np.diag(cov)), model.coefficients().std_error))
+        True
+        """
+        why = inference.problem(self.inference)
+        if why:
+            raise ValueError(why + ".")
+        return inference.data_covariance(self.params, self.standardizer, self.inference,
+                                         self.noise_learned, _validate.flag(robust, "robust"))
+
+    def summary(self) -> str:
+        """A printable summary: the data, the likelihood and information criteria, how the
+        fit stopped, the prior, degeneracies, and every coefficient with its standard error,
+        z and p-value.
+
+        Returns:
+          The text, lines separated by newlines.
+
+        Raises:
+          Nothing: what is unavailable is said in the text.
+
+        >>> print(model.summary().splitlines()[0])
+        Mixture of 2 experts, g = linear; target y on x1, x2, x3
+        """
+        g = self.nonlinearity
+        names = self.feature_names or _default_names(self.dim)
+        lines = [f"Mixture of {self.num_experts} experts, g = {g}; target "
+                 f"{self.target_name or 'y'} on {', '.join(names)}"]
+        if self.inference is not None:
+            s = self.inference
+            lines.append(f"rows: {int(s.num_rows)}   parameters: {self.num_params}   "
+                         f"log-likelihood: {float(s.log_likelihood):.2f}")
+            lines.append(f"AIC: {self.aic():.2f}   BIC: {self.bic():.2f}   ICL: {self.icl():.2f}")
+            lines.append("mixing weights: " + " ".join(f"{v:.3f}" for v in s.mixing_weights))
+        if self.report is not None:
+            # On the host: indexing device arrays compiles a small program per index.
+            r = jax.device_get(self.report)
+            best = int(r.best)
+            start = "the moment start" if best == 0 else f"random start {best}"
+            state = ("converged" if bool(r.converged[best]) else "NOT converged (raise "
+                     "num_refine_iters)")
+            lines.append(f"fit: kept {start} of {len(r.converged)}, "
+                         f"{int(r.num_iters[best])} iterations, {state}")
+            lines.append(_prior_line(self.prior, float(r.log_likelihood[best])))
+            if r.effective_rows is not None:
+                rows = np.asarray(r.effective_rows)
+                n = float(np.sum(rows))
+                lines.append("rows per expert (posterior weight): "
+                             + " ".join(f"{v:.1f}" for v in rows)
+                             + f"; the gate alone decides {int(r.saturated_rows)} of "
+                             f"{n:.0f} rows (probability > {SATURATED_GATE})")
+        lines += [f"WARNING: {problem}" for problem in self.degeneracy()]
+        if self.selection is not None:
+            lines += ["", "k chosen from:", self.selection.table()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the table states the problem itself
+            lines += ["", self.coefficients().table()]
+        return "\n".join(lines)
+
+    def degeneracy(self) -> list[str]:
+        """What makes the fit degenerate: an expert fitted on fewer posterior rows than its
+        d + 2 parameters, or a sigma below `DEGENERATE_NOISE` sd(y) (a spike on a few rows).
+
+        Returns:
+          One sentence per problem; empty when there is none, and for a model without a
+          fit report.
+
+        Raises:
+          Nothing.
+
+        >>> model.degeneracy()
+        []
+        """
+        out = []
+        if self.report is not None and self.report.effective_rows is not None:
+            rows = np.asarray(self.report.effective_rows)
+            out += [f"expert {i} was fitted on {v:.1f} rows of posterior weight, fewer than "
+                    f"its d + 2 = {self.dim + 2} parameters" for i, v in enumerate(rows)
+                    if v < self.dim + 2]
+        if self.report is not None:
+            sigma = np.atleast_1d(np.asarray(self.params.noise_std))  # in units of sd(y)
+            out += [f"expert {i}'s sigma is {v:.2g} sd(y), a spike on a few rows (fit with the "
+                    "default prior)" for i, v in enumerate(np.broadcast_to(
+                        sigma, (self.num_experts,))) if v < DEGENERATE_NOISE]
+        return out
+
+    def __repr__(self) -> str:
+        fit = "" if self.inference is None else (
+            f", n={int(self.inference.num_rows)}, "
+            f"log_likelihood={float(self.inference.log_likelihood):.2f}, bic={self.bic():.2f}")
+        return (f"FittedMoE(k={self.num_experts}, d={self.dim}, "
+                f"nonlinearity={self.nonlinearity!r}{fit})")
+
+
+jax.tree_util.register_dataclass(
+    FittedMoE, data_fields=["params", "standardizer", "report", "selection", "inference"],
+    meta_fields=["feature_names", "target_name", "noise_learned", "prior"])
+
+
+# `FittedMoE.degeneracy`: a sigma below this fraction of sd(y) marks a degenerate expert.
+DEGENERATE_NOISE = 0.01
+
+
+def _prior_line(prior, objective: float) -> str:
+    """The summary's line on the prior and the objective the fit maximised."""
+    if prior is None:
+        return f"objective: maximum likelihood (prior=None), {objective:.4f} per row"
+    return (f"objective: penalised log-likelihood {objective:.4f} per row (standardised "
+            f"scale); prior: gate slopes N(0, {prior.gate_scale:g}^2), sigma^2 scaled-inv-chi^2("
+            f"{prior.noise_dof:g}, (sd(y) / k)^2)")
+
+
+def _default_names(dim: int) -> tuple[str, ...]:
+    """The names of unnamed columns: x1, ..., xd."""
+    return tuple(f"x{i + 1}" for i in range(dim))
+
+
+def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
+    """[standardize(x), 1]: (n, d + 1)."""
+    xs = preprocessing._transform_features(standardizer, x)
+    return jnp.concatenate([xs, jnp.ones_like(xs[:, :1])], axis=1)
+
+
+def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):
+    """fn(params, standardizer, *arrays) for a method of `model` on checked rows. Host
+    (NumPy) rows are padded with zero rows to their row bucket and the outputs cut back to n
+    rows on the host, as NumPy arrays, so that a new row count compiles nothing (even moving
+    an array of a new shape to the device compiles a program); with `reduce`, fn also takes
+    the row weights (0 on padding) and returns a weighted mean. JAX arrays (on a device, or
+    traced) go as they are, and give JAX arrays. With the persistent cache on, host rows go
+    through the exported program (`compilation.cached_call`), which a later process need not
+    trace."""
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return fn(model.params, model.standardizer, *arrays)
+    n = arrays[0].shape[0]
+    *padded, weights = sums.pad_rows(sums.bucket_size(n), *arrays)
+    args = (model.params, model.standardizer, *padded, *([weights] if reduce else []))
+    out = compilation.cached_call(fn, args)
+    return out if reduce else jax.tree.map(lambda v: np.asarray(v)[:n], out)
+
+
+# One compiled program per row bucket for each method (rather than one per operation).
+@jax.jit
+def _predict(params, standardizer, x):
+    pred = predictive.predict(params, design_matrix(standardizer, x))
+    return preprocessing.inverse_target(standardizer, pred)
+
+
+def _mean(values, weights):
+    return jnp.mean(values, axis=0) if weights is None else (
+        jnp.tensordot(weights, values, axes=1) / jnp.sum(weights))
+
+
+@jax.jit
+def _log_likelihood(params, standardizer, x, y, weights=None):
+    return _mean(_log_density(params, standardizer, x, y), weights)
+
+
+@jax.jit
+def _mixing_weights(params, standardizer, x, weights=None):
+    return _mean(_gate_probabilities(params, standardizer, x), weights)
+
+
+@jax.jit
+def _gate_probabilities(params, standardizer, x):
+    return predictive.gate_probabilities(params, design_matrix(standardizer, x))
+
+
+@jax.jit
+def _posteriors(params, standardizer, x, y):
+    y_std = preprocessing._transform_target(standardizer, y)
+    return predictive.posteriors(params, design_matrix(standardizer, x), y_std)
+
+
+@jax.jit
+def _clusters(params, standardizer, x, y):
+    return jnp.argmax(_posteriors(params, standardizer, x, y), axis=-1)
+
+
+@jax.jit
+def _log_density(params, standardizer, x, y):
+    y_std = preprocessing._transform_target(standardizer, y)
+    return (predictive.log_density(params, design_matrix(standardizer, x), y_std)
+            - jnp.log(standardizer.y_scale))
+
+
+@jax.jit
+def _predict_variance(params, standardizer, x):
+    _, var = predictive.mean_and_variance(params, design_matrix(standardizer, x))
+    return jnp.square(standardizer.y_scale) * var
+
+
+@jax.jit
+def _interval(params, standardizer, x, probs):
+    q = predictive.quantiles(params, design_matrix(standardizer, x), probs)
+    q = preprocessing.inverse_target(standardizer, q)
+    return q[:, 0], q[:, 1]
+
+
+@jax.jit
+def _sample(params, standardizer, x, key):
+    draws = predictive.sample_response(key, params, design_matrix(standardizer, x))
+    return preprocessing.inverse_target(standardizer, draws)

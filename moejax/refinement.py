@@ -1,0 +1,140 @@
+"""`fit`'s refinement: joint EM from the moment start and random starts, all in one vmap,
+screened (every start runs `REFINE_SCREEN_ITERS` iterations, the best `REFINE_KEEP` go on to
+convergence), the best kept and reported in a `FitReport`; and what a refinement pass costs
+(docs/solvers.md)."""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from moejax import _validate, predictive, solver, sums
+from moejax.em_steps import e_step
+from moejax.joint import joint_em_map
+from moejax.params import MoEParams
+
+
+class FitReport(NamedTuple):
+    """How `fit` got its parameters: every start refined by joint EM, the best kept.
+
+    Attributes:
+      log_likelihood, num_iters, num_passes, converged, finite, trace: as in
+        `moejax.FitInfo`, one entry per start (leading axis num_starts; trace
+        (num_refine_iters, num_starts)): the final training mean log-likelihood on the
+        standardised scale, the refinement iterations, the passes over the data of all starts
+        together, whether each met the stopping rule within the cap, stayed finite, and its L
+        before each iteration.
+      best: index of the kept start (0 is the moment start, 1.. the random ones).
+      continued: (num_starts,) whether each start went on after the screening iterations
+        (the others report their state then).
+      effective_rows: (k,) the kept start's posterior weight per expert on the training
+        rows, sum_n P(z = i | x_n, y_n): the rows each expert was fitted on.
+      saturated_rows: the number of training rows on which the kept start's largest gate
+        probability exceeds `SATURATED_GATE` (the gate decides them alone).
+
+    With a prior (`fit`'s default), log_likelihood and trace hold the objective the solver
+    maximised: (log-likelihood + log prior) / n.
+    """
+
+    log_likelihood: jax.Array
+    num_iters: jax.Array
+    num_passes: jax.Array
+    converged: jax.Array
+    finite: jax.Array
+    trace: jax.Array
+    best: jax.Array
+    continued: jax.Array
+    effective_rows: jax.Array | None = None
+    saturated_rows: jax.Array | None = None
+
+
+# Screening of the refinement's starts: all run this many iterations together, then the best
+# few go on to convergence (docs/solvers.md has the measurement behind both numbers).
+REFINE_SCREEN_ITERS = 50
+
+
+REFINE_KEEP = 4
+
+
+# Up to this many free gating parameters ((k - 1) (d + 1)) the refinement's gating M-step is a
+# capped Newton step (its Hessian costs (k - 1)^2 (d + 1)^2 per row), above it the Bohning step.
+NEWTON_GATING_MAX_PARAMS = 128
+
+
+# A gate probability above this decides a row alone (`FitReport.saturated_rows`).
+SATURATED_GATE = 0.999
+
+
+@functools.partial(jax.jit, static_argnames=("num_iters", "learn", "layout"))
+def refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
+                   layout=sums.Layout(), penalty=None):
+    """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood
+    (by the penalised objective with a `moejax.prior.Penalty`)."""
+    newton = (starts.gating.shape[1] - 1) * starts.gating.shape[2] <= NEWTON_GATING_MAX_PARAMS
+    em_map = jax.vmap(joint_em_map(z, y, starts.nonlinearity, learn, weights, layout, newton,
+                                   penalty))
+    theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
+    (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
+        em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
+        keep=REFINE_KEEP, value_dtype=z.dtype)
+    top = solver.first_best(jnp.where(info.finite[kept], info.log_likelihood[kept], -jnp.inf))
+    params = MoEParams(experts[top], gatings[top], jnp.exp(log_sigma[top]), starts.nonlinearity)
+    continued = jnp.zeros(info.num_iters.shape, bool).at[kept].set(True)
+    report = solver.make_info(FitReport, info, best=kept[top], continued=continued,
+                              **_occupancy(params, z, y, weights, layout))
+    return params, report, info.finite[kept[top]]
+
+
+def _occupancy(params: MoEParams, z, y, weights, layout) -> dict:
+    """FitReport's effective_rows (k,) and saturated_rows of params on the rows (z, y)."""
+    def block(zb, yb, w):
+        log_dens = predictive.expert_log_densities(params, zb, yb)
+        gate, resp, _ = e_step(params.gating, zb, log_dens)
+        top = functools.reduce(jnp.maximum, gate)
+        return jnp.stack(resp) @ w, jnp.sum(w * (top > SATURATED_GATE))
+
+    rows, saturated = sums.row_sum(block, (z, y), layout, weights)
+    return dict(effective_rows=rows, saturated_rows=saturated)
+
+
+# One refinement pass (all starts) above this many multiply-adds gets a warning before the fit
+# starts: a fit whose every pass is this large takes far longer than a table-sized one (a
+# 1500-row table with 5 features and k = 2 costs about 2.4e6 per pass).
+LARGE_PASS = 1e11
+
+
+def refinement_cost(num_rows: int, dim: int, num_experts: int, num_starts: int,
+                    chunk_size: int | None, itemsize: int) -> tuple[float, float]:
+    """What one joint-EM pass of `fit`'s refinement costs, for `num_starts` starts at once (the
+    screening iterations run them all): (multiply-adds, bytes of the pass's temporaries).
+
+    Per row, start and expert: the expert's and the gate's z . w (2 (d + 1)) and the weighted
+    outer product z z^T of the expert's normal equations ((d + 1)^2); per start, about eight
+    (rows of a block, k) arrays and k (d + 1, d + 1) normal equations."""
+    d1 = dim + 1
+    block = num_rows if chunk_size is None else min(chunk_size, num_rows)
+    work = float(num_starts) * num_rows * num_experts * (2 * d1 + d1 * d1)
+    memory = float(itemsize) * num_starts * num_experts * (8 * block + d1 * d1)
+    return work, memory
+
+
+def announce_cost(num_rows: int, dim: int, num_experts: int, num_starts: int, num_iters: int,
+                  chunk_size: int | None, itemsize: int, progress) -> None:
+    """Says what the refinement will cost before it starts (progress), and warns when one
+    pass is beyond `LARGE_PASS` multiply-adds: such a fit takes hours, not seconds."""
+    if not num_iters:
+        return
+    starts = num_starts
+    work, memory = refinement_cost(num_rows, dim, num_experts, starts, chunk_size, itemsize)
+    progress(f"refinement cost: {work:.2g} multiply-adds and {memory / 2**20:.0f} MiB of "
+             f"temporaries per pass of its {starts} starts, at most "
+             f"{2 * num_iters} passes")
+    if work > LARGE_PASS:
+        _validate.warn(
+            f"this fit is large: one refinement pass of its {starts} starts costs about "
+            f"{work:.2g} multiply-adds (k = {num_experts} experts on {num_rows} rows of "
+            f"{dim} features; minutes per pass on a CPU) and up to "
+            f"{2 * num_iters} passes may run. Fewer experts, fewer starts "
+            "(num_refine_inits), a lower num_refine_iters, or a GPU make it faster; "
+            "chunk_size bounds its memory.")
