@@ -12,6 +12,7 @@ table or model.
 """
 
 import csv
+import dataclasses
 import functools
 import importlib
 import logging
@@ -27,39 +28,52 @@ import jax
 import numpy as np
 
 from moejax import _files, compilation, estimator, io
+from moejax.config import FitConfig
 from moejax._version import __version__
-from moejax.nonlinearities import NONLINEARITIES, nonlinearity_names
+from moejax.nonlinearities import NONLINEARITIES
 from moejax.preprocessing import constant_columns
 from moejax.prior import Prior
 from moejax.tables import NA_VALUES, TableError, read_header, read_table
 
 COMMANDS = ("fit", "predict", "summary")
+# fit's settings with a flag of the same name (its default is FitConfig's); --experts and
+# --prior are read into num_experts and prior.
+FIT_SETTINGS = ("nonlinearity", "noise_std", "whiten", "num_refine_iters", "num_refine_inits",
+                "per_expert_noise", "max_experts", "select_by", "chunk_size")
+_DEFAULT = {field.name: field.default for field in dataclasses.fields(FitConfig)}
 
 _DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated; - "
                             "reads standard input).")
 _TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
 _EXPERTS = flags.DEFINE_string("experts", None, "fit: number of experts k (1 <= k <= d; 1 is "
                                "least squares), or 'auto' to choose k in 1..min(--max_experts, d).")
-_MAX_EXPERTS = flags.DEFINE_integer("max_experts", 4, "fit: the largest k that --experts=auto "
-                                    "tries.")
-_SELECT_BY = flags.DEFINE_enum("select_by", "bic", ["bic", "cv"], "fit: how --experts=auto "
-                               "chooses k: BIC, or 5-fold cross-validated log-likelihood.")
-_STARTS = flags.DEFINE_integer("num_refine_inits", 16, "fit: random starts of the refinement "
-                               "besides the moment start.")
-_CHUNK = flags.DEFINE_integer("chunk_size", None, "fit: rows per block of every pass over the "
-                              "data (bounds memory on large tables; default: all rows at once).")
-_NONLIN = flags.DEFINE_string("nonlinearity", "linear", "fit: the experts' non-linearity g: "
-                              f"one of {', '.join(NONLINEARITIES)}, or a name registered by "
-                              "an --import module.")
-_NOISE = flags.DEFINE_float("noise_std", None, "fit: known noise sd in target units "
-                            "(default: estimated).")
-_PER_EXPERT = flags.DEFINE_bool("per_expert_noise", True, "fit: learn one noise sd per expert "
-                                 "(else one shared by all).")
-_REFINE = flags.DEFINE_integer("num_refine_iters", 3000, "fit: cap on joint-EM refinement "
-                               "iterations (0 skips it).")
+_MAX_EXPERTS = flags.DEFINE_integer(
+    "max_experts", _DEFAULT["max_experts"], "fit: the largest k that --experts=auto tries.")
+_SELECT_BY = flags.DEFINE_enum(
+    "select_by", _DEFAULT["select_by"], ["bic", "cv"], "fit: how --experts=auto chooses k: "
+    "BIC, or 5-fold cross-validated log-likelihood.")
+_STARTS = flags.DEFINE_integer(
+    "num_refine_inits", _DEFAULT["num_refine_inits"], "fit: random starts of the refinement "
+    "besides the moment start.")
+_CHUNK = flags.DEFINE_integer(
+    "chunk_size", _DEFAULT["chunk_size"], "fit: rows per block of every pass over the data "
+    "(bounds memory on large tables; default: all rows at once).")
+_NONLIN = flags.DEFINE_string(
+    "nonlinearity", _DEFAULT["nonlinearity"], "fit: the experts' non-linearity g: one of "
+    f"{', '.join(NONLINEARITIES)}, or a name registered by an --import module.")
+_NOISE = flags.DEFINE_float(
+    "noise_std", _DEFAULT["noise_std"], "fit: known noise sd in target units (default: "
+    "estimated).")
+_PER_EXPERT = flags.DEFINE_bool(
+    "per_expert_noise", _DEFAULT["per_expert_noise"], "fit: learn one noise sd per expert "
+    "(else one shared by all).")
+_REFINE = flags.DEFINE_integer(
+    "num_refine_iters", _DEFAULT["num_refine_iters"], "fit: cap on joint-EM refinement "
+    "iterations (0 skips it).")
 # The 0.1 name, kept for one version (moejax/_renamed.py).
 flags.DEFINE_alias("refine_iters", "num_refine_iters")
-_WHITEN = flags.DEFINE_bool("whiten", True, "fit: whiten the features (else only standardise).")
+_WHITEN = flags.DEFINE_bool(
+    "whiten", _DEFAULT["whiten"], "fit: whiten the features (else only standardise).")
 _PRIOR = flags.DEFINE_bool("prior", True, "fit: the regularised fit with moejax.Prior()'s "
                            "default strengths (--noprior: maximum likelihood).")
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
@@ -174,15 +188,19 @@ def _as_given(message: str, path: str) -> str:
     return message.replace(repr(path), "standard input") if _DATA.value == "-" else message
 
 
-def _fit(x, y, k, feature_names):
+def _fit_config(k) -> FitConfig:
+    """The flags' fit settings, checked by the library; InputError naming the flag."""
+    settings = {name: flags.FLAGS[name].value for name in FIT_SETTINGS}
+    try:
+        return FitConfig.of(None, dict(settings, num_experts=k,
+                                       prior=Prior() if _PRIOR.value else None))
+    except ValueError as e:  # the library's message begins with the setting's name
+        raise InputError(f"--{e}") from None
+
+
+def _fit(x, y, config: FitConfig, feature_names):
     """`estimator.fit` with the flags' settings."""
-    return estimator.fit(jax.random.key(_SEED.value), x, y, num_experts=k,
-                         nonlinearity=_NONLIN.value, noise_std=_NOISE.value,
-                         whiten=_WHITEN.value, num_refine_iters=_REFINE.value,
-                         per_expert_noise=_PER_EXPERT.value,
-                         num_refine_inits=_STARTS.value, max_experts=_MAX_EXPERTS.value,
-                         select_by=_SELECT_BY.value, chunk_size=_CHUNK.value,
-                         prior=Prior() if _PRIOR.value else None,
+    return estimator.fit(jax.random.key(_SEED.value), x, y, config,
                          feature_names=feature_names, target_name=_TARGET.value,
                          progress=lambda m: print("  " + m, flush=True))
 
@@ -209,9 +227,7 @@ def fit_command(path: str) -> None:
     if _OUT.value == "-":
         raise InputError("--out=-: a model is a binary .npz file; give a file name.")
     check_out(_OUT.value, data=_DATA.value)
-    if _NONLIN.value not in nonlinearity_names():
-        raise InputError(f"--nonlinearity must be one of {nonlinearity_names()} (or a name "
-                         f"that an --import module registers), got {_NONLIN.value!r}.")
+    _fit_config(1)  # the settings checked before the table is read
     feature_names = tuple(fit_columns(path))
     table, _, lines = read_data(path, list(feature_names) + [_TARGET.value])
     check_range(table, list(feature_names) + [_TARGET.value], lines, path)
@@ -226,25 +242,17 @@ def fit_command(path: str) -> None:
     if d < 2 and k != 1:
         raise InputError(f"{_DATA.value!r} has {d} feature column(s); a mixture needs at least 2 "
                          "(--experts=1 fits least squares).")
-    for flag in (_MAX_EXPERTS, _STARTS) + ((_CHUNK,) if _CHUNK.value is not None else ()):
-        if flag.value < (0 if flag is _STARTS else 1):
-            raise InputError(f"--{flag.name} must be >= {0 if flag is _STARTS else 1}, got "
-                             f"{flag.value}.")
     if n < d + 2:
         raise InputError(f"{_DATA.value!r} has {n} usable rows; fitting {d} features needs at "
                          f"least d + 2 = {d + 2} (and far more for a useful fit).")
     check_columns(x, feature_names, y, _TARGET.value)
-    if _NOISE.value is not None and not _NOISE.value > 0:
-        raise InputError(f"--noise_std must be positive, got {_NOISE.value}.")
-    if _REFINE.value < 0:
-        raise InputError(f"--num_refine_iters must be >= 0, got {_REFINE.value}.")
     if not -2**63 <= _SEED.value < 2**63:
         raise InputError(f"--seed must fit in 64 bits (|seed| < 2^63), got {_SEED.value}.")
     print(f"fitting {k} {_NONLIN.value} experts to {n} rows, {d} features, target "
           f"{_TARGET.value!r}", flush=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = _fit(x, y, k, feature_names)
+        model = _fit(x, y, _fit_config(k), feature_names)
     for w in caught:
         sys.stderr.write(f"moejax fit: warning: {w.message}\n")
     mse = float(np.mean(np.square(np.asarray(model.predict(x)) - y)))

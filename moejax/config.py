@@ -1,4 +1,6 @@
-"""`FitConfig`: `fit`'s settings, declared once (type, default, allowed values, check)."""
+"""`FitConfig`: `fit`'s settings, declared once (name, type, default, meaning, check). `fit`,
+`select_num_experts`, `moejax.sklearn.MoERegressor` and the command line read them from here
+(tests/test_config.py holds the last two to the same names and defaults)."""
 
 import dataclasses
 
@@ -10,8 +12,35 @@ from moejax.prior import Prior
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """`fit`'s settings (see `fit` for each), checked once by `checked`; the stages read them
-    from here, and k selection fits each k with `dataclasses.replace(config, num_experts=k)`."""
+    """`fit`'s settings; `checked` validates them once, and the stages read them from here
+    (k selection fits each k with `dataclasses.replace(config, num_experts=k)`).
+
+    Attributes:
+      num_experts: k in [2, d]; 1 for least squares (one linear expert, a constant gate,
+        sigma by maximum likelihood unless noise_std is given); or "auto", which considers
+        only k whose free parameters number at most n / `selection.ROWS_PER_PARAMETER`
+        (`selection.supported_experts`). An explicit k with more free parameters than rows
+        is an error, and one with fewer than `ROWS_PER_PARAMETER` rows per parameter a
+        warning.
+      nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()` (so that the
+        model can be saved).
+      noise_std: sigma in the target's units (fixed; a scalar, or one per expert), or None to
+        estimate it (`fit` says how).
+      whiten: whiten x (True) or only standardise its columns.
+      num_refine_iters, refine_tol, num_refine_inits: the refinement's cap (0 skips it),
+        tolerance and extra random starts.
+      num_power_inits, num_gating_inits, num_gating_iters: the moment stage's restarts and
+        the gating EM's starts and cap.
+      per_expert_noise: learn one sigma per expert (else one shared).
+      max_experts, select_by: for num_experts="auto": the largest k, and "bic" or "cv".
+      chunk_size: None, or rows per block of every pass over the data (the moment stage, the
+        gating EM and the refinement), so that temporaries do not grow with n.
+      standard_errors: keep the training statistics behind `FittedMoE.coefficients`'
+        standard errors and the information criteria: the observed information at the fit by
+        exact autodiff, in float64 (docs/algorithm.md section 7); one more compiled program.
+      prior: a `moejax.Prior` (the default's strengths, or others), or None for maximum
+        likelihood.
+    """
 
     num_experts: int | str
     nonlinearity: str = "linear"
@@ -29,6 +58,25 @@ class FitConfig:
     chunk_size: int | None = None
     standard_errors: bool = True
     prior: Prior | None = Prior()
+
+    @classmethod
+    def of(cls, config: "FitConfig | None", settings: dict, where: str = "fit") -> "FitConfig":
+        """`config` (or the defaults) with `settings` (keyword arguments of `where`) in place
+        of its fields, checked; TypeError for a name that is not a setting."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [name for name in settings if name not in names]
+        if unknown:
+            raise TypeError(f"{where}() got unexpected keyword argument(s) {unknown}; its "
+                            f"settings are the fields of moejax.FitConfig: {names}.")
+        if config is None:
+            if "num_experts" not in settings:
+                raise TypeError(f"{where}() needs num_experts (an integer k, or 'auto'), as a "
+                                "keyword or in config.")
+            return cls(**settings).checked()
+        if not isinstance(config, cls):
+            raise ValueError(f"config must be a moejax.FitConfig or None, got "
+                             f"{type(config).__name__}.")
+        return dataclasses.replace(config, **settings).checked()
 
     def checked(self) -> "FitConfig":
         """The settings with counts and flags as Python values; ValueError naming the first
@@ -56,4 +104,6 @@ class FitConfig:
             num_power_inits=_validate.count(self.num_power_inits, "num_power_inits"),
             num_gating_inits=_validate.count(self.num_gating_inits, "num_gating_inits"),
             num_gating_iters=_validate.count(self.num_gating_iters, "num_gating_iters"),
-            max_experts=_validate.count(self.max_experts, "max_experts"))
+            max_experts=_validate.count(self.max_experts, "max_experts"),
+            chunk_size=(None if self.chunk_size is None
+                        else _validate.count(self.chunk_size, "chunk_size")))

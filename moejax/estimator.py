@@ -18,7 +18,6 @@ from moejax.fitted import FittedMoE, _log_likelihood, _on_rows
 from moejax.inference import Inference
 from moejax.moments import _initial_noise_std
 from moejax.params import MoEParams
-from moejax.prior import Prior
 from moejax.preprocessing import Standardizer
 from moejax._renamed import FIT_RENAMED, accepts_old_names
 from moejax.recover import _recover_experts
@@ -27,14 +26,8 @@ from moejax.selection import (MIN_ROWS_PER_EXPERT_PARAMETER, ROWS_PER_PARAMETER,
 
 
 @accepts_old_names(*FIT_RENAMED, renamed=FIT_RENAMED)
-def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "linear",
-        noise_std=None, whiten: bool = True, num_refine_iters: int = 3000,
-        refine_tol: float = 1e-8,
-        num_refine_inits: int = 16, num_power_inits: int = 10, num_gating_inits: int = 1,
-        num_gating_iters: int = 50, per_expert_noise: bool = True, feature_names=None,
-        target_name=None, max_experts: int = 4, select_by: str = "bic",
-        chunk_size: int | None = None, standard_errors: bool = True,
-        prior: Prior | None = Prior(), progress=None) -> FittedMoE:
+def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=None,
+        target_name=None, progress=None, **settings) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
@@ -55,11 +48,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
        of a thousand rows the extra starts cost a fraction of a second and guard against a
        poor local optimum.
 
-    noise_std: sigma in the target's units (fixed; a scalar, or one per expert), or None to
-    estimate it: started at the moment estimate `initial_noise_std` and updated by the
-    maximum-likelihood M-step in the gating EM and in every refinement iteration. With
-    `per_expert_noise` (the default) the refinement learns one sigma per expert, as mixtures of
-    regressions on real data need (docs/results.md measures it); else one shared sigma.
+    noise_std (a setting): sigma in the target's units (fixed), or None to estimate it:
+    started at the moment estimate `initial_noise_std` and updated by the maximum-likelihood
+    M-step in the gating EM and in every refinement iteration. With `per_expert_noise` (the
+    default) the refinement learns one sigma per expert, as mixtures of regressions on real
+    data need (docs/results.md measures it); else one shared sigma.
 
     prior: by default `fit` is regularised: it maximises the log-likelihood plus the log of a
     weak prior (`moejax.Prior`: a N(0, 2.5^2) prior on every gate slope per sd of the input,
@@ -86,28 +79,11 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     Args:
       key: PRNG key (the moment stage, the gating EM's and the random starts).
       x: (n, d) features in any units; y: (n,) target.
-      num_experts: k in [2, d]; 1 for least squares (one linear expert, a constant gate,
-        sigma by maximum likelihood unless noise_std is given); or "auto", which considers
-        only k whose free parameters number at most n / `ROWS_PER_PARAMETER`
-        (`supported_experts`). An explicit k with more free parameters than rows is an
-        error, and one with fewer than `ROWS_PER_PARAMETER` rows per parameter a warning.
-      nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()` (so that the
-        model can be saved).
-      noise_std, per_expert_noise: as above.
-      whiten: whiten x (True) or only standardise its columns.
-      num_refine_iters, refine_tol, num_refine_inits: the refinement's cap, tolerance and
-        extra random starts.
-      num_power_inits, num_gating_inits, num_gating_iters: the moment stage's and gating EM's.
+      config: a `moejax.FitConfig`, or None for its defaults.
       feature_names, target_name: optional names, kept with the model; by default a
         DataFrame x's columns and a Series y's name.
-      max_experts, select_by: for num_experts="auto".
-      chunk_size: None, or rows per block of every pass over the data (the moment stage, the
-        gating EM and the refinement), so that temporaries do not grow with n.
-      standard_errors: keep the training statistics behind `FittedMoE.coefficients`'
-        standard errors and the information criteria: the observed information at the fit by
-        exact autodiff, in float64 (docs/algorithm.md section 7); one more compiled program.
-      prior: a `moejax.Prior` (the default's strengths, or others), or None for maximum
-        likelihood.
+      **settings: `FitConfig`'s fields (num_experts, nonlinearity, noise_std, prior, ...),
+        in place of config's; num_experts is required without a config.
       progress: if given, called with a short message as each stage starts (the command
         line prints them).
 
@@ -117,8 +93,9 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     Raises:
       ValueError: for malformed, non-finite or constant data, constant or collinear
         feature columns (with whiten), k outside [2, d], n <= d, more free parameters than
-        rows, an unknown non-linearity or setting (or prior), or a refinement that produced
-        non-finite numbers (named cause).
+        rows, an unknown non-linearity or a bad setting value (or prior), or a refinement that
+        produced non-finite numbers (named cause).
+      TypeError: for a keyword that is not a setting, or no num_experts.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -128,14 +105,8 @@ def fit(key: jax.Array, x, y, *, num_experts: int | str, nonlinearity: str = "li
     >>> model.predict(x[:5]).shape, model.noise_std.shape
     ((5,), (2,))
     """
-    _validate.host_side("fit", x, y, key, noise_std)
-    config = FitConfig(num_experts=num_experts, nonlinearity=nonlinearity, noise_std=noise_std,
-                       whiten=whiten, num_refine_iters=num_refine_iters, refine_tol=refine_tol,
-                       num_refine_inits=num_refine_inits, num_power_inits=num_power_inits,
-                       num_gating_inits=num_gating_inits, num_gating_iters=num_gating_iters,
-                       per_expert_noise=per_expert_noise, max_experts=max_experts,
-                       select_by=select_by, chunk_size=chunk_size,
-                       standard_errors=standard_errors, prior=prior).checked()
+    config = FitConfig.of(config, settings)
+    _validate.host_side("fit", x, y, key, config.noise_std)
     progress = progress or (lambda message: None)
     # A DataFrame's columns and a Series' name, unless names are given (no pandas import).
     if feature_names is None and not isinstance(x, np.ndarray):
@@ -395,8 +366,9 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     _validate.host_side("select_num_experts", x, y, key)
     num_folds = _validate.count(num_folds, "num_folds", minimum=2)
     names = {name: fit_kwargs.pop(name, None) for name in ("feature_names", "target_name")}
-    config = FitConfig(num_experts="auto", nonlinearity=nonlinearity, max_experts=max_experts,
-                       **fit_kwargs).checked()
+    config = FitConfig.of(None, dict(num_experts="auto", nonlinearity=nonlinearity,
+                                     max_experts=max_experts, **fit_kwargs),
+                          "select_num_experts")
     x, y = _validate.data(x, y)
     if config.max_experts > x.shape[1]:
         raise ValueError(f"max_experts must be at most d = {x.shape[1]}, got "

@@ -26,6 +26,11 @@ from moejax import _validate, estimator, selection
 from moejax.prior import Prior
 
 
+# The estimator's parameters that are not `moejax.FitConfig` settings; every other one is passed
+# to `moejax.fit` by name (tests/test_config.py holds them to FitConfig's names and defaults).
+_NOT_SETTINGS = ("random_state",)
+
+
 class MoERegressor(RegressorMixin, BaseEstimator):
     """A mixture of experts fitted by `moejax.fit` (moment start, gating EM, joint-EM
     refinement; docs/algorithm.md), with scikit-learn's interface.
@@ -114,15 +119,12 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                                "instead.")
                 k = supported
         names = getattr(self, "feature_names_in_", None)
+        settings = {name: getattr(self, name) for name in self._get_param_names()
+                    if name not in _NOT_SETTINGS}
+        if isinstance(self.prior, str) and self.prior == "default":
+            settings["prior"] = Prior()
         self.model_ = estimator.fit(
-            jax.random.key(seed), X, y, num_experts=k, nonlinearity=self.nonlinearity,
-            num_refine_inits=self.num_refine_inits, num_refine_iters=self.num_refine_iters,
-            refine_tol=self.refine_tol, per_expert_noise=self.per_expert_noise,
-            whiten=self.whiten,
-            max_experts=self.max_experts, select_by=self.select_by,
-            standard_errors=self.standard_errors,
-            prior=Prior() if isinstance(self.prior, str) and self.prior == "default"
-            else self.prior,
+            jax.random.key(seed), X, y, **{**settings, "num_experts": k},
             feature_names=None if names is None else list(names), target_name=target_name)
         return self
 
