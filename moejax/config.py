@@ -85,7 +85,8 @@ class FitConfig:
         if not isinstance(self.nonlinearity, str) or self.nonlinearity not in nonlinearity_names():
             raise ValueError(f"nonlinearity must be one of {nonlinearity_names()} (a name, so "
                              "that the model can be saved; moejax.register_nonlinearity adds "
-                             f"one), got {self.nonlinearity!r}.")
+                             "one, and on the command line a name that an --import module "
+                             f"registers), got {self.nonlinearity!r}.")
         if isinstance(self.num_experts, str) and self.num_experts != "auto":
             raise ValueError(f"num_experts must be an integer or 'auto', got "
                              f"{self.num_experts!r}.")

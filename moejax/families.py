@@ -136,12 +136,28 @@ FAMILIES = tuple(_FAMILIES)  # the built-in names
 
 
 def family_names() -> tuple[str, ...]:
-    """The names `get_family` accepts: the built-in ones and those registered since."""
+    """The names `get_family` accepts: the built-in ones and those registered since.
+
+    Returns:
+      A tuple of names, the built-in `FAMILIES` first.
+
+    Raises:
+      Nothing.
+
+    >>> family_names()[0]
+    'gaussian'
+    """
     return tuple(_FAMILIES)
 
 
 def get_family(family: "str | Family") -> Family:
     """The `Family` of a registered name (a Family is returned as it is).
+
+    Args:
+      family: a name in `family_names()`, or a `Family`.
+
+    Returns:
+      The `Family` record.
 
     Raises:
       ValueError: for an unknown name.
@@ -161,8 +177,16 @@ def register_family(family: Family) -> None:
     """Makes `family.name` stand for `family` wherever a family is named (`MoEParams.family`,
     saved models). Registering the same record again is a no-op.
 
+    Args:
+      family: a `Family` whose functions follow the shapes in the module's docstring.
+
+    Returns:
+      None.
+
     Raises:
       ValueError: for a record that is not a `Family`, or a name already taken by another.
+
+    >>> register_family(get_family("gaussian"))  # the same record again: a no-op
     """
     if not isinstance(family, Family) or not isinstance(family.name, str) or not family.name:
         raise ValueError(f"family must be a Family with a non-empty name, got {family!r}.")
