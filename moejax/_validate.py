@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moejax.families import get_family
 from moejax.nonlinearities import get_nonlinearity
 from moejax.params import MoEParams
 from moejax.streams import Streamed, compute_dtype
@@ -225,22 +226,28 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
-def params(p, *, dim: int | None = None, name: str = "params"):
-    """p as MoEParams (a plain 3-tuple is read as a linear model) with experts and gating of
-    one shape (k, d), k >= 1 (one expert: least squares), noise_std positive, a scalar or one
-    per expert (k,), and a known non-linearity; values checked finite where concrete."""
+def params(p, *, dim: int | None = None, gate_dim: int | None = None, name: str = "params"):
+    """p as MoEParams (a plain 3-tuple is read as a linear model) with experts (k, d), k >= 1
+    (one expert: least squares), and gating (k, d_gate), d_gate = gate_dim (the width of the
+    gate's design) or by default d, noise_std positive, a scalar or one per expert (k,), and a
+    known non-linearity and family; values checked finite where concrete."""
     if not isinstance(p, MoEParams):
         if not isinstance(p, tuple) or len(p) != 3:
             raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std, "
                              f"nonlinearity), got {type(p).__name__}.")
         p = MoEParams(*p)
     get_nonlinearity(p.nonlinearity)
+    get_family(p.family)
     experts = _as_float(p[0], f"{name}.experts")
     gating = _as_float(p[1], f"{name}.gating")
     sigma = _as_float(p[2], f"{name}.noise_std")
-    if experts.ndim != 2 or gating.shape != experts.shape or experts.shape[0] < 1:
-        raise ValueError(f"{name}.experts and {name}.gating must both have shape (k, d) with "
-                         f"k >= 1, got {experts.shape} and {gating.shape}.")
+    gate_width = experts.shape[-1] if gate_dim is None else gate_dim
+    if (experts.ndim != 2 or experts.shape[0] < 1 or gating.ndim != 2
+            or gating.shape != (experts.shape[0], gate_width)):
+        raise ValueError(f"{name}.experts and {name}.gating must have shapes (k, d) and (k, "
+                         f"d_gate) with k >= 1 and d_gate = {gate_width} (the gate's design; "
+                         f"d unless the gate has its own), got {experts.shape} and "
+                         f"{gating.shape}.")
     if dim is not None and experts.shape[1] != dim:
         raise ValueError(f"{name} must have d = {dim} columns to match x, got "
                          f"{experts.shape[1]}.")
@@ -251,8 +258,8 @@ def params(p, *, dim: int | None = None, name: str = "params"):
     _finite(gating, f"{name}.gating")
     _positive_array(sigma, f"{name}.noise_std")
     dtype = jnp.promote_types(experts.dtype, gating.dtype)
-    return MoEParams(experts.astype(dtype), gating.astype(dtype), sigma.astype(dtype),
-                     p.nonlinearity)
+    return p._replace(experts=experts.astype(dtype), gating=gating.astype(dtype),
+                      noise_std=sigma.astype(dtype))
 
 
 def _positive_array(a: jax.Array, name: str) -> None:
@@ -313,9 +320,10 @@ def min_samples(dim: int) -> int:
     return dim + 1
 
 
-def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = False,
+def fit_inputs(x, y, num_experts, nonlinearity, noise_std=None, *, streams: bool = False,
                power: int | None = None):
-    """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays.
+    """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays
+    (noise_std None, to be learned or read from params, stays None).
     `streams`: the estimator reads rows only through `row_sum` (`Streamed` data accepted);
     `power`: the highest power of the data the estimator sums (see `scales`), checked too."""
     x, y = data(x, y, streams=streams)
@@ -329,13 +337,16 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std, *, streams: bool = Fa
             f"x has n = {n} samples; the moment method needs at least n = d + 1 = {min_samples(d)}"
             " (and far more for accuracy: the expert error falls like 1/sqrt(n)).")
     get_nonlinearity(nonlinearity)
-    positive(noise_std, "noise_std")
+    if noise_std is not None:
+        positive(noise_std, "noise_std")
     if _concrete(y) and bool(_constant(y)):
         first = y.stats().min if isinstance(y, Streamed) else float(y[0])
         raise ValueError(f"y is constant (every entry is {first:.6g}): there is nothing to "
                          "fit.")
     if power is not None:
         scales(x, y, power=power)
+    if noise_std is None:
+        return x, y, None
     if not _concrete(noise_std):
         return x, y, jnp.asarray(noise_std, x.dtype)
     # A concrete sigma stays on the host: jnp.asarray would compile a program per shape.

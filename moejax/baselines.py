@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from moejax import _validate, joint, predictive
+from moejax import _validate, joint, predictive, solver
+from moejax.inference import free_parts, from_parts
 from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import Nonlinearity
 from moejax.params import MoEParams
@@ -51,54 +52,46 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
                      nonlinearity)
 
 
+def gradient_map(loss, optimizer):
+    """theta = (free, optimiser state) -> (one optimiser step, -loss(free)): a map for
+    `solver.iterate(..., monotone=False)`, one gradient evaluation per step, for one problem
+    (no leading axis)."""
+    value_and_grad = jax.value_and_grad(loss)
+
+    def step(theta):
+        free, opt_state = theta
+        value, grad = value_and_grad(free)
+        updates, opt_state = optimizer.update(grad, opt_state)
+        return (optax.apply_updates(free, updates), opt_state), -value
+
+    return step
+
+
 @functools.partial(jax.jit, static_argnames=("num_steps", "learn_noise_std"))
 def _joint_gd(init: MoEParams, x, y, num_steps, learning_rate, tol, learn_noise_std=False):
     optimizer = optax.adam(learning_rate)
-    # sigma is optimised as log sigma, so it stays positive.
-    free = (init.experts, init.gating[:-1], jnp.log(init.noise_std))
-
-    def unpack(free):
-        experts, w, log_sigma = free
-        sigma = jnp.exp(log_sigma) if learn_noise_std else init.noise_std
-        return init._replace(experts=experts, gating=jnp.concatenate([w, jnp.zeros_like(w[:1])]),
-                             noise_std=sigma)
+    # The free parameters as inference packs them (sigma as log sigma, so it stays positive).
+    free = free_parts(init, learn_noise_std)
 
     def loss(free):
         # The plain (n, k) logsumexp form: its gradient ran 4x faster than that of the
         # expert-major E-step (k = 8, 10 seeds vmapped, n = 2e4).
-        return -jnp.mean(predictive.log_density(unpack(free), x, y))
+        return -jnp.mean(predictive.log_density(from_parts(free, init), x, y))
 
-    value_and_grad = jax.value_and_grad(loss)
-
-    def cond(c):
-        return (c[4] < num_steps) & ~c[5] & jnp.isfinite(c[2])
-
-    def body(c):
-        free, opt_state, value, grad, it, _, trace = c
-        updates, opt_state = optimizer.update(grad, opt_state)
-        new_free = optax.apply_updates(free, updates)
-        new_value, new_grad = value_and_grad(new_free)
-        converged = jnp.abs(new_value - value) <= tol * (1.0 + jnp.abs(value))
-        trace = trace.at[it].set(-value)
-        return new_free, opt_state, new_value, new_grad, it + 1, converged, trace
-
-    value, grad = value_and_grad(free)
-    start = (free, optimizer.init(free), value, grad, jnp.asarray(0, jnp.int32),
-             jnp.asarray(False), jnp.zeros((num_steps,), x.dtype))
-    free, _, value, _, it, converged, trace = jax.lax.while_loop(cond, body, start)
-    trace = jnp.where(jnp.arange(num_steps) < it, trace, -value)
-    params = unpack(free)
-    finite = jnp.isfinite(value) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(params)]))
-    return params, FitInfo(log_likelihood=-value, num_iters=it, num_passes=it + 1,
-                           converged=converged, finite=finite, trace=trace)
+    step = gradient_map(loss, optimizer)
+    one = lambda theta: jax.tree.map(lambda v: v[None], theta)  # iterate's leading axis
+    (free, _), info = solver.iterate(
+        lambda theta: one(step(jax.tree.map(lambda v: v[0], theta))),
+        one((free, optimizer.init(free))), tol=tol, max_iters=num_steps, accelerate=False,
+        value_dtype=x.dtype, monotone=False)
+    return (from_parts(jax.tree.map(lambda v: v[0], free), init),
+            solver.make_info(FitInfo, info, 0))
 
 
 def _start_noise_std(x, y, num_experts, nonlinearity, noise_std, layout=None):
     """Checked inputs and sigma's start: the given value, or the moment estimate if None.
     With a `layout`, the caller reads rows through `row_sum` (streamed data accepted)."""
-    x, y, sigma = _validate.fit_inputs(x, y, num_experts, nonlinearity,
-                                       1.0 if noise_std is None else noise_std,
+    x, y, sigma = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
                                        streams=layout is not None)
     layout = Layout() if layout is None else layout
     _validate.scales(x, y, power=2)

@@ -8,6 +8,7 @@ from moejax import _validate
 from moejax import prior as prior_lib
 from moejax.nonlinearities import nonlinearity_names
 from moejax.prior import Prior
+from moejax.refinement import REFINERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class FitConfig:
         exact autodiff, in float64 (docs/algorithm.md section 7); one more compiled program.
       prior: a `moejax.Prior` (the default's strengths, or others), or None for maximum
         likelihood.
+      refiner: the refinement's solver, a name in `moejax.refinement.REFINERS` ("joint_em").
     """
 
     num_experts: int | str
@@ -58,6 +60,7 @@ class FitConfig:
     chunk_size: int | None = None
     standard_errors: bool = True
     prior: Prior | None = Prior()
+    refiner: str = "joint_em"
 
     @classmethod
     def of(cls, config: "FitConfig | None", settings: dict, where: str = "fit") -> "FitConfig":
@@ -90,6 +93,8 @@ class FitConfig:
         if isinstance(self.num_experts, str) and self.num_experts != "auto":
             raise ValueError(f"num_experts must be an integer or 'auto', got "
                              f"{self.num_experts!r}.")
+        if self.refiner not in REFINERS:
+            raise ValueError(f"refiner must be one of {tuple(REFINERS)}, got {self.refiner!r}.")
         if self.select_by not in ("bic", "cv"):
             raise ValueError(f"select_by must be 'bic' or 'cv', got {self.select_by!r}.")
         _validate.positive(self.refine_tol, "refine_tol")

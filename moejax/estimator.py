@@ -20,7 +20,7 @@ from moejax.moments import _initial_noise_std
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
 from moejax._renamed import FIT_RENAMED, accepts_old_names
-from moejax.recover import _recover_experts
+from moejax.recover import POWER_ITERS, POWER_TOL, _recover_experts
 from moejax.selection import (MIN_ROWS_PER_EXPERT_PARAMETER, ROWS_PER_PARAMETER, KSelection,
                               check_rows, num_free_params, supported_experts)
 
@@ -138,8 +138,7 @@ def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=
         model = _least_squares(x, y, _names(feature_names, target_name, x.shape[1]),
                                config.noise_std)
     else:
-        x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, 1.0,
-                                       power=2)
+        x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, power=2)
         check_rows(*x.shape, config.num_experts, config.per_expert_noise)
         model = _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]),
                      progress)
@@ -248,6 +247,7 @@ class _Stages(NamedTuple):
     num_gating_iters: int
     num_refine_iters: int
     num_refine_inits: int
+    refiner: str
 
 
 @compilation.jit(static_argnames=("config", "layout"))
@@ -269,11 +269,15 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
     sigma = (_initial_noise_std(ys, g, weights) if learn else noise_std / std.y_scale)
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
     # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
-    est, _ = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))), k, g,
-                              config.num_power_inits, 100, 1e-6, None, layout, weights)
-    w, info = gating._fit_gating(key_gating, xs, ys, est.experts, sigma, g,
-                                 config.num_gating_inits, config.num_gating_iters, 1.0, learn,
-                                 layout, weights=weights)
+    est, _ = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))),
+                              num_experts=k, nonlinearity=g, num_inits=config.num_power_inits,
+                              num_iters=POWER_ITERS, tol=POWER_TOL, layout=layout,
+                              weights=weights)
+    w, info = gating._fit_gating(key_gating, xs, ys, est.experts, sigma, nonlinearity=g,
+                                 num_inits=config.num_gating_inits,
+                                 num_iters=config.num_gating_iters,
+                                 init_scale=gating.INIT_SCALE, learn_noise_std=learn,
+                                 layout=layout, weights=weights)
     pad = jnp.zeros((k, 1), xs.dtype)
     start_sigma = info.noise_std
     if learn and config.per_expert_noise:
@@ -288,7 +292,7 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
         starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
         params, report, refine_finite = refinement.refine_starts(
             starts, z, ys, num_iters=config.num_refine_iters, tol=tol, learn=learn,
-            weights=weights, layout=layout, penalty=penalty)
+            weights=weights, layout=layout, penalty=penalty, refiner=config.refiner)
     return params, report, (top, sigma, info.finite, refine_finite)
 
 

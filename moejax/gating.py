@@ -88,6 +88,9 @@ def em_sums(gatings, sigmas, x, y, experts, nonlinearity, layout, weights=None,
     return row_sum(block, (x, y), layout, weights)
 
 
+# The random starts' gating entries are N(0, (INIT_SCALE / sqrt(d))^2).
+INIT_SCALE = 1.0
+
 # Screening: every start runs this many iterations in the fused pass, then only the best goes
 # on (docs/solvers.md has the measurement behind the choice).
 SCREEN_ITERS = 3
@@ -132,7 +135,7 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
 
 def fit_gating(key: jax.Array, x: jax.Array, y: jax.Array, experts: jax.Array, *,
                noise_std, nonlinearity: Nonlinearity = "linear", num_inits: int = 1,
-               num_iters: int = 50, tol: float = 1e-6, init_scale: float = 1.0,
+               num_iters: int = 50, tol: float = 1e-6, init_scale: float = INIT_SCALE,
                learn_noise_std: bool = False, chunk_size: int | None = None,
                matrix_free: bool = False, accelerate: bool = True,
                weights=None) -> tuple[jax.Array, GatingInfo]:

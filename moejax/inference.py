@@ -71,23 +71,36 @@ def x64():
     return enable_x64(True)
 
 
+def free_parts(params: MoEParams, learn_sigma: bool) -> tuple:
+    """The free parameters as arrays: (experts (k, d), the gating's k - 1 free rows, and
+    log sigma if learned), the one parameterisation that `pack` flattens and the
+    gradient-descent baseline optimises."""
+    parts = (params.experts, params.gating[:-1])
+    return parts + (jnp.log(params.noise_std),) if learn_sigma else parts
+
+
+def from_parts(parts: tuple, like: MoEParams) -> MoEParams:
+    """The MoEParams of `free_parts`, shaped like `like` (whose sigma is kept if not
+    learned)."""
+    experts, free_gating, *log_sigma = parts
+    gating = jnp.concatenate([free_gating, jnp.zeros((1,) + free_gating.shape[1:],
+                                                     free_gating.dtype)])
+    sigma = (jnp.exp(log_sigma[0]) if log_sigma
+             else jnp.asarray(like.noise_std, experts.dtype))
+    return like._replace(experts=experts, gating=gating, noise_std=sigma)
+
+
 def pack(params: MoEParams, learn_sigma: bool) -> jax.Array:
-    """theta: (p,), see the module doc."""
-    parts = [params.experts.ravel(), params.gating[:-1].ravel()]
-    if learn_sigma:
-        parts.append(jnp.log(jnp.atleast_1d(params.noise_std)))
-    return jnp.concatenate(parts)
+    """theta: (p,), `free_parts` flattened (see the module doc)."""
+    return jnp.concatenate([jnp.ravel(v) for v in free_parts(params, learn_sigma)])
 
 
 def unpack(theta: jax.Array, like: MoEParams, learn_sigma: bool) -> MoEParams:
     """The MoEParams of theta, shaped like `like` (whose sigma is kept if not learned)."""
-    k, d1 = like.experts.shape
-    experts = theta[:k * d1].reshape(k, d1)
-    gating = jnp.concatenate([theta[k * d1:(2 * k - 1) * d1].reshape(k - 1, d1),
-                              jnp.zeros((1, d1), theta.dtype)])
-    sigma = (jnp.exp(theta[(2 * k - 1) * d1:]).reshape(jnp.shape(like.noise_std))
-             if learn_sigma else jnp.asarray(like.noise_std, theta.dtype))
-    return MoEParams(experts, gating, sigma, like.nonlinearity)
+    shapes = [jnp.shape(v) for v in free_parts(like, learn_sigma)]
+    ends = np.cumsum([math.prod(s) for s in shapes])[:-1]
+    return from_parts(tuple(v.reshape(s) for v, s in zip(jnp.split(theta, ends), shapes)),
+                      like)
 
 
 def parameter_count(num_experts: int, dim: int, num_sigmas: int) -> int:

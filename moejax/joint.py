@@ -186,7 +186,7 @@ def refine(params: MoEParams, x: jax.Array, y: jax.Array, *, num_iters: int = 20
     (True, True)
     """
     params = _validate.params(params)
-    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], params.nonlinearity, 1.0,
+    x, y, _ = _validate.fit_inputs(x, y, params.experts.shape[0], params.nonlinearity,
                                    streams=True)
     _validate.params(params, dim=x.shape[1])
     _validate.scales(x, y, power=2)

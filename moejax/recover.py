@@ -59,6 +59,11 @@ class RecoverInfo(NamedTuple):
     power: PowerInfo
 
 
+# The tensor power method's defaults: a cap of iterations per restart and its tolerance.
+POWER_ITERS = 100
+POWER_TOL = 1e-6
+
+
 @functools.partial(jax.jit, static_argnames=("num_experts", "nonlinearity", "num_inits",
                                              "num_iters", "num_subspace_iters", "layout"))
 def _recover_experts(key, x, y, noise_std, num_experts, nonlinearity, num_inits, num_iters,
@@ -108,7 +113,7 @@ def _check_subspace_iters(num_subspace_iters):
 @accepts_old_names("num_restarts", "subspace_iters")
 def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
                     nonlinearity: Nonlinearity = "linear", noise_std, num_power_inits: int = 10,
-                    num_power_iters: int = 100, power_tol: float = 1e-6,
+                    num_power_iters: int = POWER_ITERS, power_tol: float = POWER_TOL,
                     num_subspace_iters: int | None = None, chunk_size: int | None = None,
                     weights=None) -> tuple[ExpertEstimate, PowerInfo]:
     """The moment stage alone: experts and mixing weights from E[T2(y) S2(x)], E[T3(y) S3(x)].
@@ -167,8 +172,8 @@ def recover_experts(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: 
 @accepts_old_names("num_restarts", "num_em_iters", "em_tol", "subspace_iters")
 def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
             nonlinearity: Nonlinearity = "linear", noise_std=None, num_power_inits: int = 10,
-            num_power_iters: int = 100, power_tol: float = 1e-6, num_gating_inits: int = 1,
-            num_gating_iters: int = 50, gating_tol: float = 1e-6,
+            num_power_iters: int = POWER_ITERS, power_tol: float = POWER_TOL,
+            num_gating_inits: int = 1, num_gating_iters: int = 50, gating_tol: float = 1e-6,
             num_subspace_iters: int | None = None, chunk_size: int | None = None,
             weights=None) -> tuple[MoEParams, RecoverInfo]:
     """Consistent estimate of all MoE parameters from samples (docs/algorithm.md sections 2-4).
@@ -229,8 +234,8 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     (True, True)
     """
     learn = noise_std is None
-    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity,
-                                           1.0 if learn else noise_std, streams=True, power=3)
+    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
+                                           streams=True, power=3)
     weights = _validate.row_weights(weights, x.shape[0])
     if weights is not None:
         weights = weights.astype(x.dtype)

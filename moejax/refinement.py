@@ -4,7 +4,7 @@ convergence), the best kept and reported in a `FitReport`; and what a refinement
 (docs/solvers.md)."""
 
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,20 +66,59 @@ NEWTON_GATING_MAX_PARAMS = 128
 SATURATED_GATE = 0.999
 
 
-@functools.partial(jax.jit, static_argnames=("num_iters", "learn", "layout"))
+class Refiner(NamedTuple):
+    """A refinement solver, one entry of `REFINERS`: what `refine_starts` iterates.
+
+    Attributes:
+      make_map: (z, y, like, *, learn, weights, layout, penalty) -> a map theta -> (F(theta),
+        L(theta)) for one start (`solver.iterate`'s contract), L the (penalised) mean
+        log-likelihood; like: the starts' MoEParams (shapes, g, family).
+      to_theta: MoEParams of one start -> theta.
+      to_params: theta -> (experts, gating, sigma).
+      monotone: whether the map never lowers L (EM), or stops on |change| (`solver.iterate`).
+      accelerate: whether SQUAREM extrapolates it.
+    """
+
+    make_map: Callable
+    to_theta: Callable
+    to_params: Callable
+    monotone: bool = True
+    accelerate: bool = True
+
+
+def _joint_em(z, y, like: MoEParams, *, learn, weights, layout, penalty):
+    """The joint-EM map (`joint.joint_em_map`) with the capped Newton gate step when the
+    gating has at most `NEWTON_GATING_MAX_PARAMS` free parameters, else Bohning's."""
+    newton = (like.gating.shape[-2] - 1) * like.gating.shape[-1] <= NEWTON_GATING_MAX_PARAMS
+    return joint_em_map(z, y, like.nonlinearity, learn, weights, layout, newton, penalty,
+                        family=like.family)
+
+
+# The refiners `refine_starts` runs, by name (`FitConfig.refiner`): a new refiner is one entry.
+REFINERS = {
+    "joint_em": Refiner(
+        make_map=_joint_em,
+        to_theta=lambda p: (p.experts, p.gating, jnp.log(p.noise_std)),
+        to_params=lambda theta: (theta[0], theta[1], jnp.exp(theta[2]))),
+}
+
+
+@functools.partial(jax.jit, static_argnames=("num_iters", "learn", "layout", "refiner"))
 def refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
-                   layout=sums.Layout(), penalty=None):
-    """Joint EM from m starts (leading axis) in one vmap, screened; the best by likelihood
-    (by the penalised objective with a `moejax.prior.Penalty`)."""
-    newton = (starts.gating.shape[1] - 1) * starts.gating.shape[2] <= NEWTON_GATING_MAX_PARAMS
-    em_map = jax.vmap(joint_em_map(z, y, starts.nonlinearity, learn, weights, layout, newton,
-                                   penalty))
-    theta = (starts.experts, starts.gating, jnp.log(starts.noise_std))
-    (experts, gatings, log_sigma), kept, info = solver.iterate_screened(
-        em_map, theta, tol=tol, max_iters=num_iters, screen_iters=REFINE_SCREEN_ITERS,
-        keep=REFINE_KEEP, value_dtype=z.dtype)
+                  layout=sums.Layout(), penalty=None, refiner="joint_em"):
+    """The refiner (a name in `REFINERS`, joint EM by default) from m starts (leading axis)
+    in one vmap, screened; the best by likelihood (by the penalised objective with a
+    `moejax.prior.Penalty`)."""
+    solver_ = REFINERS[refiner]
+    em_map = jax.vmap(solver_.make_map(z, y, starts, learn=learn, weights=weights,
+                                       layout=layout, penalty=penalty))
+    theta, kept, info = solver.iterate_screened(
+        em_map, jax.vmap(solver_.to_theta)(starts), tol=tol, max_iters=num_iters,
+        screen_iters=REFINE_SCREEN_ITERS, keep=REFINE_KEEP, accelerate=solver_.accelerate,
+        value_dtype=z.dtype, monotone=solver_.monotone)
     top = solver.first_best(jnp.where(info.finite[kept], info.log_likelihood[kept], -jnp.inf))
-    params = MoEParams(experts[top], gatings[top], jnp.exp(log_sigma[top]), starts.nonlinearity)
+    best = jax.tree.map(lambda v: v[top], theta)
+    params = MoEParams(*solver_.to_params(best), *starts[3:])
     continued = jnp.zeros(info.num_iters.shape, bool).at[kept].set(True)
     report = solver.make_info(FitReport, info, best=kept[top], continued=continued,
                               **_occupancy(params, z, y, weights, layout))

@@ -16,7 +16,8 @@ reference implementation.
 
 Stopping: a problem stops when its accepted likelihood rose by at most tol * (1 + |L|) in one
 iteration (a relative change, absolute near L = 0), when its likelihood stops being finite, or
-after `max_iters` iterations.
+after `max_iters` iterations. A map that is not monotone (a gradient step, `monotone=False`)
+stops when L changed by at most that much either way: a fall is not convergence.
 """
 
 import functools
@@ -112,7 +113,8 @@ def _scale(c, leaf):
 
 
 def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
-            accelerate: bool = True, value_dtype=None) -> tuple[object, FitInfo]:
+            accelerate: bool = True, value_dtype=None,
+            monotone: bool = True) -> tuple[object, FitInfo]:
     """Iterates `em_map` from `params` until the likelihood stops rising; see the module doc.
 
     Args:
@@ -125,6 +127,8 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
       accelerate: SQUAREM (True) or the plain EM iteration (False).
       value_dtype: the dtype of L, if the caller knows it; None traces em_map once more to
         find it.
+      monotone: whether the map never lowers L (EM); False (a gradient step, with its
+        optimiser's state in theta) stops on |change of L| instead of its rise.
 
     Returns:
       (the last accepted iterate, FitInfo with leading axis m). Under vmap the loop runs
@@ -161,7 +165,8 @@ def iterate(em_map: Callable, params, *, tol: float, max_iters: int,
     def finish(s, x0_new, x1_new, l0_new, step_max):
         """The end of an iteration: the accepted iterate, the stopping rule, the trace."""
         broken = ~jnp.isfinite(l0_new)
-        converged = ~broken & (l0_new - s.l0 <= tol * (1.0 + jnp.abs(s.l0)))
+        change = l0_new - s.l0 if monotone else jnp.abs(l0_new - s.l0)
+        converged = ~broken & (change <= tol * (1.0 + jnp.abs(s.l0)))
         live = ~s.done
         # A problem whose likelihood stops being finite keeps its last finite iterate.
         advance = live & ~broken
@@ -235,7 +240,7 @@ def first_best(log_liks: jax.Array) -> jax.Array:
 
 def iterate_screened(em_map: Callable, params, *, tol: float, max_iters: int,
                      screen_iters: int, keep: int, accelerate: bool = True,
-                     value_dtype=None):
+                     value_dtype=None, monotone: bool = True):
     """`iterate` from m starts, screened: all run `screen_iters` iterations together, then only
     the `keep` with the largest likelihood go on, for at most `max_iters` iterations in all.
 
@@ -252,14 +257,15 @@ def iterate_screened(em_map: Callable, params, *, tol: float, max_iters: int,
     screen = min(screen_iters, max_iters)
     if keep >= m or screen == 0:
         params, info = iterate(em_map, params, tol=tol, max_iters=max_iters,
-                               accelerate=accelerate, value_dtype=value_dtype)
+                               accelerate=accelerate, value_dtype=value_dtype,
+                               monotone=monotone)
         return params, jnp.arange(m), info
     params, first = iterate(em_map, params, tol=tol, max_iters=screen, accelerate=accelerate,
-                            value_dtype=value_dtype)
+                            value_dtype=value_dtype, monotone=monotone)
     kept = _top(first.log_likelihood, keep)
     params, rest = iterate(em_map, jax.tree_util.tree_map(lambda v: v[kept], params), tol=tol,
                            max_iters=max_iters - screen, accelerate=accelerate,
-                           value_dtype=first.log_likelihood.dtype)
+                           value_dtype=first.log_likelihood.dtype, monotone=monotone)
     # A start that converged while screening takes one more iteration, which confirms it.
     tail = jnp.broadcast_to(first.log_likelihood, (max_iters - screen, m))
     return params, kept, FitInfo(

@@ -98,3 +98,32 @@ def test_joint_em_keeps_the_sigma_floor_on_noise_free_data():
     floor = mj.em_steps.NOISE_FLOOR * float(np.std(np.asarray(y)))
     assert float(params.noise_std) >= floor * (1 - 1e-5)
     assert bool(info.finite)
+
+
+def test_joint_gd_is_adam_on_inferences_parameters_stopped_by_the_solver(small_problem):
+    # The same run written out: Adam on inference.free_parts, stopped when |L| changed by at
+    # most tol (1 + |L|) in a step.
+    import optax
+    from moejax import inference, predictive
+    _, x, y = small_problem
+    x, y = x[:2000], y[:2000]
+    params, info = mj.joint_gd(jax.random.key(2), x, y, num_experts=3, noise_std=0.1,
+                               num_iters=300, learning_rate=0.02, tol=1e-6)
+    init = mj.random_init(jax.random.key(2), x.shape[1], 3, 0.1, x.dtype)
+    loss = jax.jit(lambda free: -jnp.mean(predictive.log_density(
+        inference.from_parts(free, init), x, y)))
+    free = inference.free_parts(init, False)
+    adam = optax.adam(0.02)
+    state, value, steps = adam.init(free), float(loss(free)), 0
+    for steps in range(1, 301):
+        grad = jax.jit(jax.grad(loss))(free)
+        updates, state = adam.update(grad, state)
+        free = optax.apply_updates(free, updates)
+        new = float(loss(free))
+        done = abs(new - value) <= 1e-6 * (1 + abs(value))
+        value = new
+        if done:
+            break
+    assert int(info.num_iters) == steps and bool(info.converged) == done
+    np.testing.assert_allclose(params.experts, free[0], atol=1e-4)
+    assert float(info.log_likelihood) == pytest.approx(-value, rel=1e-5)

@@ -206,3 +206,17 @@ def test_a_huge_fit_says_what_it_costs_before_it_starts():
         warnings.simplefilter("error")  # a table-sized fit announces its cost, no warning
         announce_cost(1500, 5, 2, 17, 3000, None, 4, small.append)
     assert len(small) == 1
+
+
+def test_the_refinement_reads_its_solver_from_the_refiner_registry(monkeypatch):
+    # A registered refiner is what fit runs: here joint EM under another name, which must give
+    # the default fit exactly, and an unknown name is refused before the data are read.
+    from moejax import refinement
+    monkeypatch.setitem(refinement.REFINERS, "joint_em_again", refinement.REFINERS["joint_em"])
+    _, x, y = _affine(3, 400)
+    kw = dict(num_experts=2, num_refine_iters=40, num_refine_inits=2, standard_errors=False)
+    default = mj.fit(jax.random.key(0), x, y, **kw)
+    again = mj.fit(jax.random.key(0), x, y, refiner="joint_em_again", **kw)
+    np.testing.assert_array_equal(default.params.experts, again.params.experts)
+    with pytest.raises(ValueError, match="refiner must be one of"):
+        mj.fit(jax.random.key(0), x, y, refiner="newton", **kw)

@@ -12,7 +12,7 @@ def weighted_least_squares(resp, x, y):
     """argmin_a sum_n q_ni (y_n - a . x_n)^2 for every expert i: (k, d); resp: (k, n). The
     experts' M-step for linear g from zero: one `expert_step` is exact."""
     experts = jnp.zeros((resp.shape[0], x.shape[1]), x.dtype)
-    gram, rhs, _ = joint.expert_sums(experts, resp, x, y, lambda z: z)
+    gram, rhs, _ = joint.expert_sums(experts, resp, x, y, lambda z: z, mj.families.GAUSSIAN)
     return experts + joint.expert_step(gram, rhs, x.shape[0])
 
 

@@ -130,3 +130,19 @@ def test_screening_with_keep_at_least_m_is_plain_iterate():
     b, info_b = solver.iterate(em_map, start, tol=1e-9, max_iters=100)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(info_a.num_iters, info_b.num_iters)
+
+
+def test_a_map_that_is_not_monotone_stops_on_the_size_of_the_change():
+    # L falls by 1 each step: for an EM map (monotone) a fall meets the stopping rule at once;
+    # for a gradient step it is not convergence, and the run goes to its cap.
+    def falling(theta):
+        (t,) = theta
+        return (t + 1.0,), -t[:, 0]
+
+    start = (jnp.zeros((1, 1)),)
+    _, em = solver.iterate(falling, start, tol=1e-6, max_iters=20, accelerate=False)
+    _, gd = solver.iterate(falling, start, tol=1e-6, max_iters=20, accelerate=False,
+                           monotone=False)
+    assert bool(em.converged[0]) and int(em.num_iters[0]) == 1
+    assert not bool(gd.converged[0]) and int(gd.num_iters[0]) == 20
+    np.testing.assert_allclose(gd.trace[:, 0], -np.arange(20.0))

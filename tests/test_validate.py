@@ -89,7 +89,7 @@ def test_bad_settings_are_value_errors_naming_the_argument(call, message):
 @pytest.mark.parametrize("params, message", [
     (NAN_PARAMS, "params.experts contains 1 NaN"),
     (TRUTH._replace(noise_std=-1.0), "params.noise_std must be a positive"),
-    (TRUTH._replace(gating=TRUTH.gating[:, :3]), "must both have shape \\(k, d\\)"),
+    (TRUTH._replace(gating=TRUTH.gating[:, :3]), "must have shapes \\(k, d\\) and \\(k, d_gate\\)"),
     (TRUTH[:2], "params must be MoEParams"),
     (TRUTH._replace(nonlinearity="softplus"), "nonlinearity must be one of"),
     ("params", "params must be MoEParams"),
