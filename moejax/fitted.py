@@ -279,8 +279,9 @@ class FittedMoE:
                            self.params.experts.dtype)
         return _on_rows(self, functools.partial(_interval, probs=probs), self._checked(x))
 
-    def sample(self, key: jax.Array, x) -> jax.Array:
-        """One draw of y from the fitted model for each row of x.
+    def sample_response(self, key: jax.Array, x) -> jax.Array:
+        """One draw of y given each row of x from the fitted model (`moejax.sample` draws x
+        too, from a model's parameters).
 
         Args:
           key: PRNG key.
@@ -292,10 +293,32 @@ class FittedMoE:
         Raises:
           ValueError: for x that is not a finite (n, d) array.
 
-        >>> model.sample(jax.random.key(1), x[:4]).shape
+        >>> model.sample_response(jax.random.key(1), x[:4]).shape
         (4,)
         """
         return _on_rows(self, functools.partial(_sample, key=key), self._checked(x))
+
+    def sample(self, key: jax.Array, x) -> jax.Array:
+        """`sample_response` under its 0.2 name, kept for one version (a DeprecationWarning).
+
+        Args:
+          key: PRNG key; x: (n, d) features.
+
+        Returns:
+          (n,) draws in the target's units.
+
+        Raises:
+          ValueError: as `sample_response`.
+
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     model.sample(jax.random.key(1), x[:4]).shape
+        (4,)
+        """
+        _validate.warn("FittedMoE.sample is now called sample_response (one draw of y given "
+                       "x); the old name will be removed in moejax 0.3.", DeprecationWarning)
+        return self.sample_response(key, x)
 
     def _stats(self) -> "inference.Inference":
         if self.inference is None:

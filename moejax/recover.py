@@ -258,9 +258,12 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
                                   num_subspace_iters, layout, weights)
     _validate.finite_result(jnp.all(jnp.isfinite(est.experts)), *given,
                             what="the moment stage", nonlinearity=nonlinearity)
-    w, info = gating._fit_gating(key_gating, x, y, est.experts, noise_std, nonlinearity,
-                                 num_gating_inits, num_gating_iters, 1.0, learn, layout,
-                                 num_subspace_iters is not None, gating_tol, weights=weights)
+    w, info = gating._fit_gating(key_gating, x, y, est.experts, noise_std,
+                                 nonlinearity=nonlinearity, num_inits=num_gating_inits,
+                                 num_iters=num_gating_iters, init_scale=gating.INIT_SCALE,
+                                 learn_noise_std=learn, layout=layout,
+                                 matrix_free=num_subspace_iters is not None, tol=gating_tol,
+                                 weights=weights)
     _validate.finite_result(info.finite, *given, noise_std=None if learn else noise_std,
                             what="recover", nonlinearity=nonlinearity)
     return (MoEParams(est.experts, w, info.noise_std, nonlinearity),

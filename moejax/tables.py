@@ -61,6 +61,38 @@ def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None =
         delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
     elif len(delimiter) != 1:
         raise TableError(f"--delimiter must be one character, got {delimiter!r}.")
+    rows, delimiter = _read_rows(path, delimiter, header_only)
+    # Blank lines (e.g. a trailing newline) are not data.
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
+    names = _header(path, numbered, delimiter)
+    if header_only:
+        return None, names, None
+    body = numbered[1:]
+    if not body:
+        raise TableError(f"{path!r} has a header line but no data rows.")
+    wanted = names if columns is None else [str(c) for c in columns]
+    absent = [c for c in wanted if c not in names]
+    if absent:
+        raise TableError(f"{path!r} has no column(s) {absent}; its columns are {names}.")
+    na = {str(v).strip() for v in na_values}
+    values, missing = _parse(path, body, names, wanted, na, delimiter)
+    if missing and not drop_missing:
+        raise TableError(f"{path!r} has {len(missing)} row(s) with missing or infinite cells, "
+                         f"at lines {_lines(missing)} (missing: "
+                         f"{', '.join(map(repr, sorted(na)))}); fix them or pass "
+                         "--drop_missing to drop those rows.")
+    dropped = set(missing)
+    keep = [i for i, (line, _) in enumerate(body) if line not in dropped]
+    if missing:
+        log(f"dropped {len(missing)} row(s) with missing or infinite cells (lines "
+            f"{_lines(missing)})")
+    table = np.array([values[i] for i in keep], dtype=np.float64).reshape(len(keep), len(wanted))
+    return table, wanted, np.array([body[i][0] for i in keep], dtype=np.int64)
+
+
+def _read_rows(path: str, delimiter: str, header_only: bool):
+    """The file's rows as lists of cells (only up to the header with `header_only`), and the
+    delimiter (an Excel "sep=;" first line names it)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             first = f.readline()
@@ -85,11 +117,15 @@ def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None =
                                  f"{e}{hint}.") from None
     except UnicodeDecodeError:
         raise TableError(f"{path!r} is not a text table (not UTF-8).") from None
-    # Blank lines (e.g. a trailing newline) are not data.
-    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
+    return rows, delimiter
+
+
+def _header(path: str, numbered: list, delimiter: str) -> list[str]:
+    """The column names of the first non-blank row; TableError for a missing, ambiguous or
+    repeated name, or a header that reads as one column because of the delimiter."""
     if not numbered:
         raise TableError(f"{path!r} is empty: expected a header line and data rows.")
-    (_, header), body = numbered[0], numbered[1:]
+    header = numbered[0][1]
     names = [c.strip() for c in header]
     others = [c for c in ",;\t|" if c != delimiter and c in "".join(header)]
     if len(names) == 1 and others:
@@ -99,16 +135,13 @@ def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None =
                          + ".")
     if len(set(names)) != len(names) or not all(names):
         raise TableError(f"{path!r}: the header must name every column once, got {names}.")
-    if header_only:
-        return None, names, None
-    if not body:
-        raise TableError(f"{path!r} has a header line but no data rows.")
-    wanted = names if columns is None else [str(c) for c in columns]
-    absent = [c for c in wanted if c not in names]
-    if absent:
-        raise TableError(f"{path!r} has no column(s) {absent}; its columns are {names}.")
+    return names
+
+
+def _parse(path: str, body: list, names: list, wanted: list, na: set, delimiter: str):
+    """The `wanted` cells of every row as floats (NaN for missing ones), and the line numbers
+    of rows with a missing or infinite cell; TableError for a ragged row or text cells."""
     index = [names.index(c) for c in wanted]
-    na = {str(v).strip() for v in na_values}
     values, missing, bad = [], [], {}
     for line, row in body:
         if len(row) != len(names):
@@ -134,18 +167,7 @@ def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None =
             missing.append(line)
     if bad:
         raise TableError(_text_message(path, bad, delimiter))
-    if missing and not drop_missing:
-        raise TableError(f"{path!r} has {len(missing)} row(s) with missing or infinite cells, "
-                         f"at lines {_lines(missing)} (missing: "
-                         f"{', '.join(map(repr, sorted(na)))}); fix them or pass "
-                         "--drop_missing to drop those rows.")
-    dropped = set(missing)
-    keep = [i for i, (line, _) in enumerate(body) if line not in dropped]
-    if missing:
-        log(f"dropped {len(missing)} row(s) with missing or infinite cells (lines "
-            f"{_lines(missing)})")
-    table = np.array([values[i] for i in keep], dtype=np.float64).reshape(len(keep), len(wanted))
-    return table, wanted, np.array([body[i][0] for i in keep], dtype=np.int64)
+    return values, missing
 
 
 def _text_message(path: str, bad: dict, delimiter: str) -> str:

@@ -35,7 +35,7 @@ def test_intervals_cover_at_their_level_on_draws_from_the_model(known):
     # 1e5 held-out rows: the binomial sd of a 90% coverage is 0.1 percentage points, so a
     # correct interval lands within 1 point at every level.
     x = _rows(100_000, 1)
-    y = np.asarray(known.sample(jax.random.key(2), x))
+    y = np.asarray(known.sample_response(jax.random.key(2), x))
     for level in (0.5, 0.8, 0.9, 0.95):
         lower, upper = map(np.asarray, known.predict_interval(x, level))
         coverage = np.mean((lower <= y) & (y <= upper))
@@ -54,7 +54,7 @@ def test_intervals_cover_at_their_level_on_draws_from_the_model(known):
 
 def test_mean_and_variance_match_draws_at_one_row(known):
     x = np.repeat(_rows(1, 3), 200_000, axis=0)
-    y = np.asarray(known.sample(jax.random.key(4), x), np.float64)
+    y = np.asarray(known.sample_response(jax.random.key(4), x), np.float64)
     mean, var = float(known.predict(x[:1])[0]), float(known.predict_variance(x[:1])[0])
     # Monte Carlo error: sd(mean) = sqrt(var / N), sd(var) ~ var sqrt(2 / N) for near-normal
     # tails; 5 of them.
@@ -64,7 +64,7 @@ def test_mean_and_variance_match_draws_at_one_row(known):
 
 def test_posteriors_clusters_and_densities_agree(known):
     x = _rows(500, 5)
-    y = np.asarray(known.sample(jax.random.key(6), x))
+    y = np.asarray(known.sample_response(jax.random.key(6), x))
     post = np.asarray(known.posteriors(x, y))
     np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(known.clusters(x, y)), post.argmax(axis=1))

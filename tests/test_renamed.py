@@ -52,3 +52,12 @@ def test_fit_accepts_the_old_names_with_a_warning():
     assert len(caught) == 3
     np.testing.assert_array_equal(old.params.experts, new.params.experts)
     assert old.report.trace.shape == new.report.trace.shape == (30, 3)
+
+
+def test_fitted_sample_is_sample_response_under_its_old_name():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 2))
+    model = mj.fit(jax.random.key(0), x, x @ [1.0, -1.0] + rng.normal(size=100), num_experts=1)
+    with pytest.warns(DeprecationWarning, match="now called sample_response"):
+        old = model.sample(jax.random.key(1), x[:5])
+    np.testing.assert_array_equal(old, model.sample_response(jax.random.key(1), x[:5]))
