@@ -90,7 +90,8 @@ def _joint_em(z, y, like: MoEParams, *, learn, weights, layout, penalty):
     """The joint-EM map (`joint.joint_em_map`) with the capped Newton gate step when the
     gating has at most `NEWTON_GATING_MAX_PARAMS` free parameters, else Bohning's."""
     newton = (like.gating.shape[-2] - 1) * like.gating.shape[-1] <= NEWTON_GATING_MAX_PARAMS
-    return joint_em_map(z, y, like.nonlinearity, learn, weights, layout, newton, penalty,
+    return joint_em_map(z, y, like.nonlinearity, learn_noise_std=learn, weights=weights,
+                        layout=layout, newton_gating=newton, penalty=penalty,
                         family=like.family)
 
 
