@@ -47,32 +47,32 @@ _DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-se
 _TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
 _EXPERTS = flags.DEFINE_string("experts", None, "fit: number of experts k (1 <= k <= d; 1 is "
                                "least squares), or 'auto' to choose k in 1..min(--max_experts, d).")
-_MAX_EXPERTS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "max_experts", _DEFAULT["max_experts"], "fit: the largest k that --experts=auto tries.")
 _SELECT_BY = flags.DEFINE_enum(
     "select_by", _DEFAULT["select_by"], ["bic", "cv"], "fit: how --experts=auto chooses k: "
     "BIC, or 5-fold cross-validated log-likelihood.")
-_STARTS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "num_refine_inits", _DEFAULT["num_refine_inits"], "fit: random starts of the refinement "
     "besides the moment start.")
-_CHUNK = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "chunk_size", _DEFAULT["chunk_size"], "fit: rows per block of every pass over the data "
     "(bounds memory on large tables; default: all rows at once).")
 _NONLIN = flags.DEFINE_string(
     "nonlinearity", _DEFAULT["nonlinearity"], "fit: the experts' non-linearity g: one of "
     f"{', '.join(NONLINEARITIES)}, or a name registered by an --import module.")
-_NOISE = flags.DEFINE_float(
+flags.DEFINE_float(
     "noise_std", _DEFAULT["noise_std"], "fit: known noise sd in target units (default: "
     "estimated).")
-_PER_EXPERT = flags.DEFINE_bool(
+flags.DEFINE_bool(
     "per_expert_noise", _DEFAULT["per_expert_noise"], "fit: learn one noise sd per expert "
     "(else one shared by all).")
-_REFINE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "num_refine_iters", _DEFAULT["num_refine_iters"], "fit: cap on joint-EM refinement "
     "iterations (0 skips it).")
 # The 0.1 name, kept for one version (moejax/_renamed.py).
 flags.DEFINE_alias("refine_iters", "num_refine_iters")
-_WHITEN = flags.DEFINE_bool(
+flags.DEFINE_bool(
     "whiten", _DEFAULT["whiten"], "fit: whiten the features (else only standardise).")
 _PRIOR = flags.DEFINE_bool("prior", True, "fit: the regularised fit with moejax.Prior()'s "
                            "default strengths (--noprior: maximum likelihood).")

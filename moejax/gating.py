@@ -109,8 +109,9 @@ def _fit_gating(key, x, y, experts, noise_std, nonlinearity, num_inits, num_iter
     sums = functools.partial(em_sums, x=x, y=y, experts=experts, nonlinearity=nonlinearity,
                              layout=layout, weights=weights, family=family)
     floor = NOISE_FLOOR * response_std(y, layout, weights)
-    update = jax.vmap(get_family(family).scale_update, in_axes=(0, 0, 0, None))
-    learn_noise_std = learn_noise_std and get_family(family).has_dispersion
+    fam = get_family(family)
+    update = jax.vmap(fam.scale_update, in_axes=(0, 0, 0, None))
+    learn_noise_std = learn_noise_std and fam.has_dispersion
 
     def em_map(theta):
         # sigma enters as log sigma: the extrapolated iterates must stay valid parameters.

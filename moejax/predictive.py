@@ -68,8 +68,9 @@ def log_density(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
 def posteriors(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     """P(z = i | x, y): (n, k), rows summing to 1, also where y lies so far from every expert
     that each joint density underflows (their limit, not NaN)."""
-    p, mu, scale = _components(params, x)
+    mu = expert_means(params.experts, x, params.nonlinearity)
     log_gate = jax.nn.log_softmax(gate_logits(params.gating, x), axis=-1)
+    scale = jnp.broadcast_to(params.noise_std, mu.shape)
     relative = get_family(params.family).relative_log_density(y, mu, scale)
     return jax.nn.softmax(log_gate + relative, axis=-1)
 

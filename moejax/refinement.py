@@ -110,16 +110,16 @@ def refine_starts(starts: MoEParams, z, y, num_iters, tol, learn, weights=None,
     """The refiner (a name in `REFINERS`, joint EM by default) from m starts (leading axis)
     in one vmap, screened; the best by likelihood (by the penalised objective with a
     `moejax.prior.Penalty`)."""
-    solver_ = REFINERS[refiner]
-    em_map = jax.vmap(solver_.make_map(z, y, starts, learn=learn, weights=weights,
+    entry = REFINERS[refiner]
+    em_map = jax.vmap(entry.make_map(z, y, starts, learn=learn, weights=weights,
                                        layout=layout, penalty=penalty))
     theta, kept, info = solver.iterate_screened(
-        em_map, jax.vmap(solver_.to_theta)(starts), tol=tol, max_iters=num_iters,
-        screen_iters=REFINE_SCREEN_ITERS, keep=REFINE_KEEP, accelerate=solver_.accelerate,
-        value_dtype=z.dtype, monotone=solver_.monotone)
+        em_map, jax.vmap(entry.to_theta)(starts), tol=tol, max_iters=num_iters,
+        screen_iters=REFINE_SCREEN_ITERS, keep=REFINE_KEEP, accelerate=entry.accelerate,
+        value_dtype=z.dtype, monotone=entry.monotone)
     top = solver.first_best(jnp.where(info.finite[kept], info.log_likelihood[kept], -jnp.inf))
     best = jax.tree.map(lambda v: v[top], theta)
-    params = MoEParams(*solver_.to_params(best), *starts[3:])
+    params = MoEParams(*entry.to_params(best), *starts[3:])
     continued = jnp.zeros(info.num_iters.shape, bool).at[kept].set(True)
     report = solver.make_info(FitReport, info, best=kept[top], continued=continued,
                               **_occupancy(params, z, y, weights, layout))
