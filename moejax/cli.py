@@ -27,7 +27,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from moejax import _files, compilation, estimator, io
+from moejax import _files, compilation, estimator, io, program_cache
 from moejax.config import FitConfig
 from moejax._version import __version__
 from moejax.nonlinearities import NONLINEARITIES
@@ -385,33 +385,14 @@ def _enable_compilation_cache() -> None:
 
 
 def _guarded(run, name: str) -> None:
-    """run() with the compilation cache guarded: entries JAX could not read are deleted (one
-    line instead of JAX's warnings, and the next run writes them again), and when the command
-    fails inside JAX with the cache on, which a damaged entry can cause, the cache is emptied
-    and the command run once more without it (one line on stderr)."""
-    directory = cache_dir()
-    if not directory:
-        return run()
+    """run() with the compilation cache guarded as the library guards it
+    (`program_cache.guarded`: a damaged entry deleted, or the cache emptied and the command
+    run again), every warning one line on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            run()
-        except (InputError, TableError):
-            raise
-        except Exception as e:
-            if not compilation.raised_inside_jax(e):
-                raise
-            compilation.drop_cache(directory)
-            sys.stderr.write(f"moejax {name}: warning: a program from the compilation cache "
-                             f"{directory!r} failed ({type(e).__name__}); emptied the cache "
-                             "and compiled again.\n")
-            run()
+            program_cache.guarded(run)
         finally:
-            damaged = compilation.discard_unreadable(directory, caught)
-            if damaged:
-                sys.stderr.write(f"moejax {name}: warning: unreadable entries in the "
-                                 f"compilation cache {directory!r} ({', '.join(damaged)}) "
-                                 "were deleted and compiled again.\n")
             for w in caught:
                 sys.stderr.write(f"moejax {name}: warning: {w.message}\n")
 
@@ -432,8 +413,6 @@ def main(argv) -> None:
         sys.stderr.write(f"moejax {argv[1]}: error: {e}\n")
         sys.exit(1)
     _enable_compilation_cache()
-    # Whole tracebacks (never shown): the cache guard tells JAX's errors from moejax's by them.
-    jax.config.update("jax_traceback_filtering", "off")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = _DATA.value

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax import _validate, compilation, gating, inference, preprocessing, refinement
-from moejax import selection
+from moejax import _validate, compilation, gating, inference, preprocessing, program_cache
+from moejax import refinement, selection
 from moejax import prior as prior_lib
 from moejax import sums
 from moejax.baselines import random_init
@@ -107,6 +107,14 @@ def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=
     """
     config = FitConfig.of(config, settings)
     _validate.host_side("fit", x, y, key, config.noise_std)
+    # A damaged entry of the persistent cache: deleted and compiled again (one warning).
+    return program_cache.guarded(lambda: _fit_any_k(key, x, y, config, feature_names,
+                                                    target_name, progress))
+
+
+def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progress
+               ) -> FittedMoE:
+    """`fit` after its settings are checked: k chosen, one k, or least squares."""
     progress = progress or (lambda message: None)
     # A DataFrame's columns and a Series' name, unless names are given (no pandas import).
     if feature_names is None and not isinstance(x, np.ndarray):
@@ -195,7 +203,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
                                progress)
     penalty = (None if config.prior is None else
                prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
-    params, report, checks = compilation.cached_call(
+    params, report, checks = program_cache.cached_call(
         _fit_program,
         (key, xp, yp, weights, std, noise_std, np.asarray(config.refine_tol, x.dtype), penalty),
         config=_Stages(**{name: getattr(config, name) for name in _Stages._fields}),

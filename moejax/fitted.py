@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax import _validate, compilation, inference, predictive, preprocessing, sums
+from moejax import _validate, inference, predictive, preprocessing, program_cache, sums
 from moejax.inference import Inference
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
@@ -552,14 +552,14 @@ def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):
     an array of a new shape to the device compiles a program); with `reduce`, fn also takes
     the row weights (0 on padding) and returns a weighted mean. JAX arrays (on a device, or
     traced) go as they are, and give JAX arrays. With the persistent cache on, host rows go
-    through the exported program (`compilation.cached_call`), which a later process need not
+    through the exported program (`program_cache.cached_call`), which a later process need not
     trace."""
     if not all(isinstance(a, np.ndarray) for a in arrays):
         return fn(model.params, model.standardizer, *arrays)
     n = arrays[0].shape[0]
     *padded, weights = sums.pad_rows(sums.bucket_size(n), *arrays)
     args = (model.params, model.standardizer, *padded, *([weights] if reduce else []))
-    out = compilation.cached_call(fn, args)
+    out = program_cache.cached_call(fn, args)
     return out if reduce else jax.tree.map(lambda v: np.asarray(v)[:n], out)
 
 

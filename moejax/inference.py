@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax.compilation import cached_call, jit
+from moejax.compilation import jit
+from moejax.program_cache import cached_call
 from moejax import predictive
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer

@@ -131,7 +131,7 @@ def test_drop_missing_drops_and_reports(workdir, tmp_path):
                  "--num_refine_iters=2", "--drop_missing", cwd=tmp_path, cache=str(cache))
     assert out.returncode == 0, out.stderr
     # For the next run: the fit's and the standard errors' programs exported, and compiled.
-    exports = {p.name.split("-")[0] for p in (cache / mj.compilation.EXPORTS).iterdir()}
+    exports = {p.name.split("-")[0] for p in (cache / mj.program_cache.EXPORTS).iterdir()}
     assert {"_fit_program", "_statistics", "_predict"} <= exports, exports
     compiled = {p.name.split("-")[0] for p in cache.iterdir()}
     assert {f"jit_{name}_exported" for name in exports} <= compiled, compiled
