@@ -19,7 +19,7 @@ from moejax.nonlinearities import (NONLINEARITIES, TransformConstants, get_nonli
                                    register_nonlinearity, transform_constants)
 from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target,
                                   transform_features, transform_target)
-from moejax._validate import min_samples
+from moejax._validate import DataError, min_samples
 from moejax.params import MoEParams
 from moejax.prior import Prior
 from moejax.recover import ExpertEstimate, RecoverInfo, recover, recover_experts
@@ -37,6 +37,7 @@ __all__ = [
     "FitInfo",
     "FitReport",
     "FittedMoE",
+    "DataError",
     "GatingInfo",
     "KSelection",
     "MoEParams",

@@ -27,6 +27,62 @@ def warn(message: str, category=UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+class DataError(ValueError):
+    """A `ValueError` about cells, rows or columns of the data, which it names: the first few
+    at fault (`cells`: (row, column, value shown) with None for "every row" or "no column")
+    and how many there are (`count`). `named` renders the same error with the columns named
+    and the rows labelled as the caller knows them (a model's feature names, a table's
+    lines). Unnamed, a cell reads as NumPy indexes it (x[4, 1], counting from 0)."""
+
+    def __init__(self, argument: str, problem: str, cells=(), count: int = 0,
+                 advice: str = "", *, subject: str | None = None, columns=None,
+                 target: str | None = None, row_label=None):
+        self.argument, self.problem, self.cells = argument, problem, tuple(cells)
+        self.count, self.advice = max(count, len(self.cells)), advice
+        self.subject, self.columns, self.target, self.row_label = (subject, columns, target,
+                                                                   row_label)
+        super().__init__(self._message())
+
+    def named(self, *, subject: str | None = None, columns=None, target: str | None = None,
+              row_label=None) -> "DataError":
+        """This error with `subject` in place of x or y, `columns` (d names) naming x's
+        columns, `target` y's, and `row_label(i)` labelling row i (e.g. "line 7")."""
+        return DataError(self.argument, self.problem, self.cells, self.count, self.advice,
+                         subject=subject or self.subject, columns=columns or self.columns,
+                         target=target or self.target, row_label=row_label or self.row_label)
+
+    def _message(self) -> str:
+        subject = self.subject or (f"y ({self.target!r})" if self.argument == "y" and
+                                   self.target else self.argument)
+        places = "; ".join(self._place(*cell) for cell in self.cells[:SHOWN_CELLS])
+        more = self.count - min(len(self.cells), SHOWN_CELLS)
+        return (f"{subject} {self.problem}" + (f": {places}" if places else "")
+                + (f"; and {more} more" if more > 0 else "")
+                + (f". {self.advice}." if self.advice else "."))
+
+    def _place(self, row, column, value) -> str:
+        named = self.columns is not None or self.row_label is not None or (
+            self.argument == "y" and self.target is not None)
+        if not named:
+            index = [":" if row is None else str(row)] + (
+                [] if column is None else [str(column)])
+            place = f"{self.argument}[{', '.join(index)}]"
+        else:
+            name = (self.target if self.argument == "y" else
+                    None if column is None else
+                    self.columns[column] if self.columns is not None
+                    and column < len(self.columns) else column)
+            parts = ([] if row is None else
+                     [self.row_label(row) if self.row_label else f"row {row} (from 0)"])
+            parts += [] if name is None else [f"column {name!r}"]
+            place = ", ".join(parts)
+        return place if value is None else f"{place} = {value}"
+
+
+# How many cells a DataError shows.
+SHOWN_CELLS = 5
+
+
 def _concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
@@ -70,6 +126,8 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
             a = np.asarray(a)
         except ValueError as e:  # ragged nested lists
             raise ValueError(f"{name} must be a rectangular array of real numbers: {e}") from None
+    if host and a.dtype.kind in "OUS":  # a DataFrame with a text column; numbers as objects
+        a = _numbers(a, name)
     target = compute_dtype(a.dtype)
     if target is None:
         raise ValueError(f"{name} must hold real numbers (float or integer), got dtype {a.dtype}.")
@@ -81,6 +139,30 @@ def _as_float(a, name: str, streams: bool = False) -> jax.Array:
     if target != a.dtype:  # integers (counts, codes) and half precision: see compute_dtype
         return jnp.asarray(a, target)
     return a
+
+
+def _numbers(a: np.ndarray, name: str) -> np.ndarray:
+    """An array of objects or strings as float64 if every entry is a number, else DataError
+    naming the columns (of a 2-D a) or rows that are not, with the first such cell of each."""
+    try:
+        return np.asarray(a, np.float64) if a.dtype.kind == "O" else _not_numbers(a, name)
+    except (TypeError, ValueError):
+        return _not_numbers(a, name)
+
+
+def _not_numbers(a: np.ndarray, name: str):
+    columns = a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1)
+    cells = []
+    for j in range(columns.shape[1]):
+        for i, value in enumerate(columns[:, j]):
+            if not isinstance(value, (int, float, np.number)) or isinstance(value, np.bool_):
+                shown = value.item() if isinstance(value, np.generic) else value
+                cells.append((i, j if a.ndim == 2 else None, repr(shown)[:40]))
+                break
+    advice = ("Drop those columns, or encode them as numbers (one 0/1 column per category)"
+              if a.ndim == 2 else "")
+    raise DataError(name, f"must hold real numbers, got dtype {a.dtype} with text or other "
+                    "non-numbers", cells, len(cells), advice)
 
 
 @jax.jit
@@ -110,12 +192,18 @@ def _overflowed(given, a: np.ndarray, name: str) -> None:
         return
     lost = np.isinf(a) & np.isfinite(given)
     if np.any(lost):
-        where = tuple(int(i) for i in np.argwhere(lost)[0])
-        raise ValueError(
-            f"{name} has {int(np.sum(lost))} value(s) beyond the range of {a.dtype}, JAX's "
-            f"default float type (largest {float(np.finfo(a.dtype).max):.3g}): "
-            f"{name}[{', '.join(map(str, where))}] = {float(given[where]):.6g}. Rescale "
-            f"{name} or enable float64 (docs/scale.md).")
+        raise DataError(name, f"has values beyond the range of {a.dtype}, JAX's default float "
+                        f"type (largest {float(np.finfo(a.dtype).max):.3g})",
+                        _cells(lost, given), int(np.sum(lost)),
+                        f"Rescale {name}, or enable float64 (docs/scale.md)")
+
+
+def _cells(bad: np.ndarray, values: np.ndarray) -> list:
+    """The first SHOWN_CELLS (row, column, value) where `bad` (a boolean array shaped like
+    values, 1-D or 2-D) holds."""
+    where = np.argwhere(bad)[:SHOWN_CELLS]
+    return [(int(w[0]), int(w[1]) if bad.ndim == 2 else None, f"{float(values[tuple(w)]):.6g}")
+            for w in where]
 
 
 @_eagerly
@@ -123,10 +211,13 @@ def _finite(a: jax.Array, name: str, given=None) -> None:
     # No host copy or (n, d) temporary, and it works on sharded arrays.
     if isinstance(a, (Streamed, np.ndarray)):
         bad = a.stats().nonfinite if isinstance(a, Streamed) else _host_nonfinite(a)
-        if bad:
-            if isinstance(a, np.ndarray) and given is not None:
-                _overflowed(given, a, name)
+        if bad and isinstance(a, Streamed):
             raise ValueError(f"{name} contains {bad} NaN or infinite value(s).")
+        if bad:
+            if given is not None:
+                _overflowed(given, a, name)
+            raise DataError(name, f"contains {bad} NaN or infinite value(s)",
+                            _cells(~np.isfinite(a), a) if a.ndim <= 2 else (), bad)
     elif _concrete(a) and not bool(_all_finite(a)):
         bad = int(jnp.size(a) - jnp.count_nonzero(jnp.isfinite(a)))
         if bad:
@@ -340,9 +431,7 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std=None, *, streams: bool
     if noise_std is not None:
         positive(noise_std, "noise_std")
     if _concrete(y) and bool(_constant(y)):
-        first = y.stats().min if isinstance(y, Streamed) else float(y[0])
-        raise ValueError(f"y is constant (every entry is {first:.6g}): there is nothing to "
-                         "fit.")
+        constant_target(y.stats().min if isinstance(y, Streamed) else float(y[0]))
     if power is not None:
         scales(x, y, power=power)
     if noise_std is None:
@@ -351,6 +440,11 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std=None, *, streams: bool
         return x, y, jnp.asarray(noise_std, x.dtype)
     # A concrete sigma stays on the host: jnp.asarray would compile a program per shape.
     return x, y, np.asarray(noise_std, x.dtype)
+
+
+def constant_target(value: float):
+    """Raises the DataError of a constant y (every entry `value`)."""
+    raise DataError("y", f"is constant (every entry is {value:.6g}): there is nothing to fit")
 
 
 def _constant(y) -> jax.Array:

@@ -11,6 +11,7 @@ status 1; nothing is written unless the command succeeds, and --out may not name
 table or model.
 """
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -31,7 +32,7 @@ from moejax import _files, compilation, estimator, io, program_cache
 from moejax.config import FitConfig
 from moejax._version import __version__
 from moejax.nonlinearities import NONLINEARITIES
-from moejax.preprocessing import constant_columns
+from moejax import DataError
 from moejax.prior import Prior
 from moejax.tables import NA_VALUES, TableError, read_header, read_table
 
@@ -143,34 +144,17 @@ def check_out(out: str, **inputs: str) -> None:
         raise InputError(f"--out {out!r} exists and is read-only.")
 
 
-def check_columns(x, names, y, target) -> None:
-    """Raises InputError naming constant or duplicated feature columns, or a constant target."""
-    constant = [names[i] for i in constant_columns(x, np.float64)]
-    if constant:
-        raise InputError(f"feature column(s) {constant} are constant: they carry no "
-                         "information; drop them.")
-    dupes = [(names[j], names[i]) for i in range(x.shape[1]) for j in range(i)
-             if np.array_equal(x[:, i], x[:, j])]
-    if dupes:
-        raise InputError("duplicated feature columns " + ", ".join(
-            f"{a!r} = {b!r}" for a, b in dupes[:5]) + "; drop one of each pair.")
-    if constant_columns(y[:, None], np.float64).size:
-        raise InputError(f"the target column {target!r} is constant: there is nothing to fit.")
-
-
-def check_range(table, names, lines, path) -> None:
-    """Raises InputError naming the line and column of the first cell beyond the range of
-    JAX's float type (float32 unless float64 is enabled): it would become infinite."""
-    limit = float(np.finfo(jax.dtypes.canonicalize_dtype(np.float64)).max)
-    over = np.argwhere(np.abs(table) > limit)
-    if over.size:
-        row, col = over[0]
-        raise InputError(f"{_as_given(repr(path), path)} line {int(lines[row])}, column "
-                         f"{names[col]!r}: {table[row, col]:.6g} is beyond the range of "
-                         f"{jax.dtypes.canonicalize_dtype(np.float64).name}, JAX's float type "
-                         f"(largest {limit:.3g})"
-                         + (f", and {over.shape[0] - 1} more cell(s)" if over.shape[0] > 1 else "")
-                         + "; rescale the column, or enable float64 (docs/scale.md).")
+@contextlib.contextmanager
+def _rows_of(path: str, lines, target: str | None = None):
+    """Turns the library's DataError about rows of the table at `path` (read from its
+    `lines`) into an InputError naming the file, its lines and its columns."""
+    try:
+        yield
+    except DataError as e:
+        subject = (_as_given(repr(path), path) if e.argument == "x" else
+                   f"the target column {target!r}")
+        raise InputError(str(e.named(subject=subject, row_label=lambda i: f"line {int(lines[i])}"))
+                         ) from None
 
 
 def read_data(path: str, columns=None):
@@ -230,7 +214,6 @@ def fit_command(path: str) -> None:
     _fit_config(1)  # the settings checked before the table is read
     feature_names = tuple(fit_columns(path))
     table, _, lines = read_data(path, list(feature_names) + [_TARGET.value])
-    check_range(table, list(feature_names) + [_TARGET.value], lines, path)
     x, y = table[:, :-1], table[:, -1]
     n, d = x.shape
     k = _EXPERTS.value.strip()
@@ -245,14 +228,14 @@ def fit_command(path: str) -> None:
     if n < d + 2:
         raise InputError(f"{_DATA.value!r} has {n} usable rows; fitting {d} features needs at "
                          f"least d + 2 = {d + 2} (and far more for a useful fit).")
-    check_columns(x, feature_names, y, _TARGET.value)
     if not -2**63 <= _SEED.value < 2**63:
         raise InputError(f"--seed must fit in 64 bits (|seed| < 2^63), got {_SEED.value}.")
     print(f"fitting {k} {_NONLIN.value} experts to {n} rows, {d} features, target "
           f"{_TARGET.value!r}", flush=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = _fit(x, y, _fit_config(k), feature_names)
+        with _rows_of(path, lines, _TARGET.value):  # the library checks the cells
+            model = _fit(x, y, _fit_config(k), feature_names)
     for w in caught:
         sys.stderr.write(f"moejax fit: warning: {w.message}\n")
     mse = float(np.mean(np.square(np.asarray(model.predict(x)) - y)))
@@ -330,10 +313,10 @@ def predict_command(path: str) -> None:
                          f"columns {wanted}; the data lack {absent} (it has {names}).")
     # Only the model's columns are read: others (an id, text) do not matter.
     x, _, lines = read_data(path, wanted)
-    check_range(x, wanted, lines, path)
     y = _known_target(path, model.target_name, lines) if model.target_name in names else None
     header = ["line", f"predicted_{model.target_name or 'y'}"]
-    columns = [np.asarray(model.predict(x), dtype=np.float64)]
+    with _rows_of(path, lines):  # the library checks the cells
+        columns = [np.asarray(model.predict(x), dtype=np.float64)]
     if level is not None:
         header += [f"lower_{level:g}", f"upper_{level:g}"]
         columns += [np.asarray(v, np.float64) for v in model.predict_interval(x, level)]

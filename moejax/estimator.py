@@ -107,20 +107,25 @@ def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=
     """
     config = FitConfig.of(config, settings)
     _validate.host_side("fit", x, y, key, config.noise_std)
-    # A damaged entry of the persistent cache: deleted and compiled again (one warning).
-    return program_cache.guarded(lambda: _fit_any_k(key, x, y, config, feature_names,
-                                                    target_name, progress))
+    # A DataFrame's columns and a Series' name, unless names are given (no pandas import).
+    if feature_names is None and not isinstance(x, np.ndarray):
+        feature_names = getattr(x, "columns", None)
+    if target_name is None and not isinstance(y, np.ndarray):
+        target_name = getattr(y, "name", None)
+    try:
+        # A damaged entry of the persistent cache: deleted and compiled again (one warning).
+        return program_cache.guarded(lambda: _fit_any_k(key, x, y, config, feature_names,
+                                                        target_name, progress))
+    except _validate.DataError as e:  # the cells at fault, named as the caller names them
+        raise e.named(columns=None if feature_names is None else
+                      [str(v) for v in feature_names],
+                      target=None if target_name is None else str(target_name)) from None
 
 
 def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progress
                ) -> FittedMoE:
     """`fit` after its settings are checked: k chosen, one k, or least squares."""
     progress = progress or (lambda message: None)
-    # A DataFrame's columns and a Series' name, unless names are given (no pandas import).
-    if feature_names is None and not isinstance(x, np.ndarray):
-        feature_names = getattr(x, "columns", None)
-    if target_name is None and not isinstance(y, np.ndarray):
-        target_name = getattr(y, "name", None)
     if config.num_experts == "auto":
         x, y = _validate.data(x, y)
         names = _names(feature_names, target_name, x.shape[1])

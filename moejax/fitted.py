@@ -161,9 +161,33 @@ class FittedMoE:
         return _on_rows(self, _mixing_weights, self._checked(x), reduce=True)
 
     def _checked(self, x, y=None):
-        if y is None:
-            return _validate.features(x, dim=self.dim)
-        return _validate.data(x, y, dim=self.dim)
+        """x (and y) checked for the per-row methods: a DataFrame's columns matched to the
+        fitted ones by name, errors naming the columns and rows at fault."""
+        x = self._columns(x)
+        try:
+            if y is None:
+                return _validate.features(x, dim=self.dim)
+            return _validate.data(x, y, dim=self.dim)
+        except _validate.DataError as e:
+            raise e.named(columns=self.feature_names, target=self.target_name) from None
+
+    def _columns(self, x):
+        """A DataFrame x's columns in the fitted order, selected by name (when the model has
+        names); ValueError listing the missing and the unknown names. Arrays stay positional
+        (their width is checked by the caller)."""
+        columns = getattr(x, "columns", None)
+        if columns is None or self.feature_names is None or isinstance(x, np.ndarray):
+            return x
+        given = [str(c) for c in columns]
+        missing = [c for c in self.feature_names if c not in given]
+        unknown = [c for c in given if c not in self.feature_names]
+        if missing or unknown or len(set(given)) != len(given):
+            raise ValueError(
+                "x's columns must be the fitted features " + repr(list(self.feature_names))
+                + " (in any order)" + (f"; missing: {missing}" if missing else "")
+                + (f"; not fitted: {unknown}" if unknown else "")
+                + ("; some names repeat" if len(set(given)) != len(given) else "") + ".")
+        return x[[list(columns)[given.index(c)] for c in self.feature_names]]
 
     def gate_probabilities(self, x) -> jax.Array:
         """P(z = i | x) = softmax(W z)_i for each row: the gate alone, before y is seen.

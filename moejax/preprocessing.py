@@ -80,11 +80,11 @@ def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Sta
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     constant = constant_columns(x, dtype, rcond)
     if constant.size:
-        raise ValueError(f"x has constant column(s) {constant.tolist()}: they carry no "
-                         "information and cannot be standardised; drop them.")
+        raise _validate.DataError(
+            "x", "has constant column(s), which carry no information and cannot be "
+            "standardised", [(None, int(j), None) for j in constant], advice="Drop them")
     if np.all(y == y[0]):
-        raise ValueError(f"y is constant (every entry is {y[0]:.6g}): there is nothing "
-                         "to fit.")
+        _validate.constant_target(y[0])
     # Statistics of each column divided by its largest magnitude, scaled back: data in very
     # small or very large units neither underflow nor overflow the variance.
     x_top = np.max(np.abs(x), axis=0)
@@ -97,10 +97,13 @@ def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Sta
         corr = (xc / sd).T @ (xc / sd) / x.shape[0]
         eigvals, eigvecs = np.linalg.eigh(corr)
         if eigvals[0] <= rcond * eigvals[-1]:
-            raise ValueError(
-                "x's columns are collinear (the feature covariance is singular: smallest "
-                f"eigenvalue {eigvals[0]:.3g} of the correlation matrix); drop redundant "
-                "columns or use whiten=False.")
+            # The columns of the near-dependency: their weights in its eigenvector.
+            involved = np.flatnonzero(np.abs(eigvecs[:, 0]) > 0.1)
+            raise _validate.DataError(
+                "x", "has collinear columns (the feature covariance is singular: smallest "
+                f"eigenvalue {eigvals[0]:.3g} of the correlation matrix), among them",
+                [(None, int(j), None) for j in involved],
+                advice="Drop redundant columns, or use whiten=False")
         x_map = (eigvecs / np.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
     else:
         x_map = np.diag(1.0 / sd)

@@ -99,14 +99,16 @@ def test_predict_writes_predictions_in_column_order_of_model(workdir):
     ("t.csv", "a;b;c;y\n" + "1;2;3;4\n" * 10, ["--target=y", "--experts=2"],
      "pass --delimiter=';'"),
     ("t.csv", "a,b,c,y\n" + "".join(f"{i},5,{i * i},{i % 3}\n" for i in range(20)),
-     ["--target=y", "--experts=2"], "feature column(s) ['b'] are constant"),
+     ["--target=y", "--experts=2"], "'t.csv' has constant column(s), which carry no "
+     "information and cannot be standardised: column 'b'"),
     ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{i},{i % 3}\n" for i in range(20)),
-     ["--target=y", "--experts=2"], "duplicated feature columns 'a' = 'c'"),
+     ["--target=y", "--experts=2"], "), among them: column 'a'; column 'c'. Drop redundant"),
     ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{i % 5},7\n" for i in range(20)),
      ["--target=y", "--experts=2"], "target column 'y' is constant"),
     ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{1e39 if i == 7 else i % 5},{i % 3}\n"
                                     for i in range(20)),
-     ["--target=y", "--experts=2"], "line 9, column 'c': 1e+39 is beyond the range of float32"),
+     ["--target=y", "--experts=2"], "'t.csv' has values beyond the range of float32, JAX's default float type (largest "
+     "3.4e+38): line 9, column 'c' = 1e+39. Rescale"),
     ("t.csv", "a,b,c,y\n" + "".join(f"{i},{i * i},{(i * 7) % 5},{i % 3}\n" for i in range(8)),
      ["--target=y", "--experts=2"], "more than the 8 rows"),
 ])

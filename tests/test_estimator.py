@@ -1,3 +1,4 @@
+import re
 import warnings
 
 import chex
@@ -185,6 +186,53 @@ def test_dataframe_columns_and_series_name_become_the_model_names():
     named = mj.fit(jax.random.key(0), frame, target, num_experts=1, feature_names=["a", "b"],
                    target_name="t")
     assert named.feature_names == ("a", "b") and named.target_name == "t"
+
+
+def test_a_dataframe_is_matched_to_the_fitted_columns_by_name():
+    # The newcomer's silent case: columns in another order were read by position. Now they
+    # are selected by name; missing, unknown or repeated names are refused, listed; NumPy rows
+    # stay positional.
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.normal(size=(300, 4)), columns=["a", "b", "c", "d"])
+    y = np.where(frame.a > 0, 2 * frame.b, -frame.c) + frame.d + 0.1 * rng.normal(size=300)
+    model = mj.fit(jax.random.key(0), frame, y, num_experts=2, num_refine_iters=30)
+    want = model.predict(frame.to_numpy())
+    reordered = frame[["d", "c", "b", "a"]]
+    np.testing.assert_array_equal(model.predict(reordered), want)
+    np.testing.assert_array_equal(model.log_density(reordered, y), model.log_density(frame, y))
+    assert np.abs(model.predict(reordered.to_numpy()) - want).max() > 0.1  # positional
+    for bad, listed in [(frame.rename(columns={"a": "z"}), "missing: ['a']; not fitted: ['z']"),
+                        (frame[["a", "b", "c"]], "missing: ['d']"),
+                        (frame.assign(e=1.0), "not fitted: ['e']")]:
+        with pytest.raises(ValueError, match=re.escape(listed)):
+            model.predict_interval(bad)
+
+
+def test_data_errors_name_the_rows_and_columns_at_fault():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame(rng.normal(size=(200, 3)), columns=["speed", "angle", "chord"])
+    target = pd.Series(frame.speed * 2 + 0.1 * rng.normal(size=200), name="sound")
+    holes = frame.copy()
+    holes.iloc[[3, 17], [1, 2]] = np.nan
+    with pytest.raises(ValueError, match=re.escape(
+            "x contains 4 NaN or infinite value(s): row 3 (from 0), column 'angle' = nan; "
+            "row 3 (from 0), column 'chord' = nan; row 17 (from 0), column 'angle' = nan")):
+        mj.fit(jax.random.key(0), holes, target, num_experts=2)
+    with pytest.raises(ValueError, match=re.escape("row 0 (from 0), column 'note' = 'ok'")):
+        mj.fit(jax.random.key(0), frame.assign(note="ok"), target, num_experts=2)
+    with pytest.raises(ValueError, match=re.escape("y ('sound') is constant")):
+        mj.fit(jax.random.key(0), frame, target * 0 + 3, num_experts=2)
+    with pytest.raises(ValueError, match=re.escape("collinear columns") + ".*"
+                       + re.escape("column 'speed'; column 'twice'")):
+        mj.fit(jax.random.key(0), frame.assign(twice=2 * frame.speed), target, num_experts=2)
+    model = mj.fit(jax.random.key(0), frame, target, num_experts=1)
+    holes.iloc[5, 0] = np.inf
+    with pytest.raises(ValueError, match=re.escape("row 3 (from 0), column 'angle' = nan")):
+        model.predict(holes)
+    # Numbers held as Python objects (a column pandas left as object) are numbers.
+    np.testing.assert_allclose(model.predict(frame.astype(object)), model.predict(frame))
 
 
 def test_a_huge_fit_says_what_it_costs_before_it_starts():

@@ -17,8 +17,9 @@ NAN_PARAMS = TRUTH._replace(experts=TRUTH.experts.at[0, 0].set(jnp.nan))
 
 
 @pytest.mark.parametrize("x, message", [
-    (np.asarray(X).astype(str), "x must hold real numbers .* dtype <U"),
-    (np.asarray(X).astype(object), "x must hold real numbers .* dtype object"),
+    (np.asarray(X).astype(str), "x must hold real numbers, got dtype <U.*x\\[0, 0\\] = '"),
+    (np.vstack([np.asarray(X).astype(object)[:-1], np.full((1, X.shape[1]), "a", object)]),
+     "x must hold real numbers, got dtype object .*x\\[399, 0\\] = 'a'; x\\[399, 1\\]"),
     ([[1.0, 2.0], [3.0]], "x must be a rectangular array"),
     ("1,2,3", "x must be an array of real numbers, got a string"),
 ])
@@ -204,3 +205,16 @@ def test_a_value_beyond_float32_is_named_with_its_position():
     x[7, 2] = np.nan
     with pytest.raises(ValueError, match="x contains 1 NaN or infinite"):
         mj.fit(jax.random.key(0), x, x[:, 0], num_experts=1)
+
+
+def test_a_data_error_names_the_cells_as_the_caller_knows_them():
+    error = mj.DataError("x", "contains 7 NaN or infinite value(s)", [(0, 1, "nan"), (2, 0, "inf")],
+                         7, "Drop those rows")
+    assert str(error) == ("x contains 7 NaN or infinite value(s): x[0, 1] = nan; x[2, 0] = inf; "
+                          "and 5 more. Drop those rows.")
+    named = error.named(subject="'t.csv'", columns=["a", "b"], row_label=lambda i: f"line {i + 2}")
+    assert isinstance(named, ValueError) and str(named) == (
+        "'t.csv' contains 7 NaN or infinite value(s): line 2, column 'b' = nan; line 4, column "
+        "'a' = inf; and 5 more. Drop those rows.")
+    target = mj.DataError("y", "is constant", [(4, None, "nan")]).named(target="price")
+    assert str(target) == "y ('price') is constant: row 4 (from 0), column 'price' = nan."
