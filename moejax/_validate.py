@@ -87,13 +87,17 @@ def _concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
-def host_side(what: str, *values) -> None:
+# What to do instead of tracing a function that runs on the host.
+_HOST_ADVICE = ("call it outside the transformation (its compiled parts are jitted inside it), "
+                "or jit the solvers it uses (moejax.refine, recover)")
+
+
+def host_side(what: str, *values, advice: str = _HOST_ADVICE) -> None:
     """Raises ValueError if any of `values` (pytrees) is traced: `what` runs on the host (it
     reads concrete values, pads rows, writes files) and cannot be jitted or vmapped."""
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(values)):
         raise ValueError(f"{what} runs on the host and cannot be traced (jax.jit, jax.vmap): "
-                         "call it outside the transformation (its compiled parts are jitted "
-                         "inside it), or jit the solvers it uses (moejax.refine, recover).")
+                         f"{advice}.")
 
 
 def _eagerly(fn):

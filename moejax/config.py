@@ -93,6 +93,8 @@ class FitConfig:
         if isinstance(self.num_experts, str) and self.num_experts != "auto":
             raise ValueError(f"num_experts must be an integer or 'auto', got "
                              f"{self.num_experts!r}.")
+        num_experts = (self.num_experts if isinstance(self.num_experts, str) else
+                       _validate.count(self.num_experts, "num_experts"))  # a bool is no count
         if self.refiner not in REFINERS:
             raise ValueError(f"refiner must be one of {tuple(REFINERS)}, got {self.refiner!r}.")
         if self.select_by not in ("bic", "cv"):
@@ -100,6 +102,7 @@ class FitConfig:
         _validate.positive(self.refine_tol, "refine_tol")
         return dataclasses.replace(
             self,
+            num_experts=num_experts,
             prior=prior_lib.check(self.prior),
             whiten=_validate.flag(self.whiten, "whiten"),
             standard_errors=_validate.flag(self.standard_errors, "standard_errors"),

@@ -22,7 +22,7 @@ from moejax.preprocessing import Standardizer
 from moejax._renamed import FIT_RENAMED, accepts_old_names
 from moejax.recover import POWER_ITERS, POWER_TOL, _recover_experts
 from moejax.selection import (MIN_ROWS_PER_EXPERT_PARAMETER, ROWS_PER_PARAMETER, KSelection,
-                              check_rows, num_free_params, supported_experts)
+                              check_rows, num_free_params, row_groups, supported_experts)
 
 
 @accepts_old_names(*FIT_RENAMED, renamed=FIT_RENAMED)
@@ -126,15 +126,21 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
                ) -> FittedMoE:
     """`fit` after its settings are checked: k chosen, one k, or least squares."""
     progress = progress or (lambda message: None)
-    if config.num_experts == "auto":
+    if config.num_experts in ("auto", 1):
         x, y = _validate.data(x, y)
+        if x.shape[0] < x.shape[1] + 2:  # k = 1 is always a candidate
+            raise ValueError(f"least squares (num_experts={config.num_experts!r}) needs at "
+                             f"least d + 2 = {x.shape[1] + 2} rows for d = {x.shape[1]} "
+                             f"features, got {x.shape[0]}.")
+    if config.num_experts == "auto":
         names = _names(feature_names, target_name, x.shape[1])
-        supported = supported_experts(*x.shape, config.per_expert_noise)
+        distinct, _ = row_groups(x, y)
+        supported = supported_experts(distinct, x.shape[1], config.per_expert_noise)
         max_experts = min(config.max_experts, x.shape[1], supported)
         folds = 5 if config.select_by == "cv" else 0
         progress(f"choosing k in 1..{max_experts} by "
                  + ("5-fold cross-validation" if folds else "BIC")
-                 + (f" ({x.shape[0]} rows support at most k = {supported}: "
+                 + (f" ({distinct} distinct rows support at most k = {supported}: "
                     f"{ROWS_PER_PARAMETER} rows per parameter)"
                     if supported < min(config.max_experts, x.shape[1]) else ""))
         scores, models = _select(key, x, y, config, max_experts, folds, names)
@@ -143,16 +149,13 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
         if best == max_experts and scores.at_largest():
             _validate.warn(scores.at_largest())
     elif config.num_experts == 1:
-        x, y = _validate.data(x, y)
-        if x.shape[0] < x.shape[1] + 2:
-            raise ValueError(f"least squares (num_experts=1) needs at least d + 2 = "
-                             f"{x.shape[1] + 2} rows, got {x.shape[0]}.")
         progress(f"least squares on {x.shape[0]} rows x {x.shape[1]} features")
         model = _least_squares(x, y, _names(feature_names, target_name, x.shape[1]),
                                config.noise_std)
     else:
         x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, power=2)
-        check_rows(*x.shape, config.num_experts, config.per_expert_noise)
+        check_rows(row_groups(x, y)[0], x.shape[1], config.num_experts,
+                   config.per_expert_noise, num_given=x.shape[0])
         model = _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]),
                      progress)
     if not config.standard_errors:
@@ -390,5 +393,11 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     if config.max_experts > x.shape[1]:
         raise ValueError(f"max_experts must be at most d = {x.shape[1]}, got "
                          f"{config.max_experts}.")
+    supported = supported_experts(row_groups(x, y)[0], x.shape[1], config.per_expert_noise)
+    if config.max_experts > supported:  # the rule `fit` applies to num_experts="auto"
+        _validate.warn(f"max_experts={config.max_experts}: the rows support k up to "
+                       f"{supported} ({ROWS_PER_PARAMETER} distinct rows per free parameter, "
+                       f"as fit(num_experts='auto') requires); scoring k = 1..{supported}.")
+        config = dataclasses.replace(config, max_experts=supported)
     names = _names(names["feature_names"], names["target_name"], x.shape[1])
     return _select(key, x, y, config, config.max_experts, num_folds, names)[0]

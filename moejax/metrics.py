@@ -7,7 +7,10 @@ from moejax import _validate
 from moejax.model import MoEParams
 
 
-def _batched(fn, *arrays, names, core_ndim=2):
+def _batched(fn, *arrays, names, core_ndim=2, what: str):
+    # Matching is SciPy's Hungarian algorithm on concrete numbers: no tracing.
+    _validate.host_side(what, *arrays, advice="call it on the results, outside the "
+                        "transformation (vmapped estimates carry a batch axis it takes)")
     arrays = [np.asarray(_validate._as_float(a, name), np.float64)
               for a, name in zip(arrays, names)]
     core = arrays[0].shape[-core_ndim:]
@@ -46,18 +49,26 @@ def match_experts(est_experts, true_experts) -> np.ndarray:
     Minimises sum_i ||est_{perm_i} - true_i||^2 (Hungarian algorithm).
 
     Args:
-      est_experts, true_experts: (..., k, d), leading axes broadcast.
+      est_experts, true_experts: (..., k, d), leading axes broadcast, or MoEParams (their
+        experts).
 
     Returns:
       (..., k) integer permutations.
 
     Raises:
-      ValueError: for shapes that do not match or broadcast.
+      ValueError: for shapes that do not match or broadcast, or traced arguments (jax.jit,
+        jax.vmap: the matching runs on the host; call it on the results).
 
     >>> match_experts(np.eye(3)[[2, 0, 1]], np.eye(3))
     array([1, 2, 0])
     """
-    return _batched(_match, est_experts, true_experts, names=("est_experts", "true_experts"))
+    return _batched(_match, _experts(est_experts), _experts(true_experts),
+                    names=("est_experts", "true_experts"), what="match_experts")
+
+
+def _experts(a):
+    """The experts of MoEParams, or `a` itself (an array of experts)."""
+    return a.experts if isinstance(a, MoEParams) else a
 
 
 def expert_error(est_experts, true_experts) -> np.ndarray:
@@ -65,13 +76,15 @@ def expert_error(est_experts, true_experts) -> np.ndarray:
 
     Args:
       est_experts, true_experts: (..., k, d), leading axes broadcast (e.g. a vmapped sweep's
-        (seeds, k, d) against one truth).
+        (seeds, k, d) against one truth), or MoEParams (their experts), as `gating_error`
+        takes them.
 
     Returns:
       (...) errors, float64.
 
     Raises:
-      ValueError: for shapes that do not match or broadcast.
+      ValueError: for shapes that do not match or broadcast, or traced arguments (jax.jit,
+        jax.vmap: the matching runs on the host; call it on the results).
 
     >>> float(expert_error(np.eye(3)[[2, 0, 1]], np.eye(3)))  # the same experts, reordered
     0.0
@@ -79,7 +92,8 @@ def expert_error(est_experts, true_experts) -> np.ndarray:
     def one(est, truth):
         return np.linalg.norm(est[_match(est, truth)] - truth)
 
-    return _batched(one, est_experts, true_experts, names=("est_experts", "true_experts"))
+    return _batched(one, _experts(est_experts), _experts(true_experts),
+                    names=("est_experts", "true_experts"), what="expert_error")
 
 
 def gating_error(est: MoEParams, truth: MoEParams) -> np.ndarray:
@@ -95,7 +109,8 @@ def gating_error(est: MoEParams, truth: MoEParams) -> np.ndarray:
       (...) errors, float64.
 
     Raises:
-      ValueError: for arguments that are not MoEParams or shapes that do not match.
+      ValueError: for arguments that are not MoEParams, shapes that do not match, or traced
+        arguments (jax.jit, jax.vmap: the matching runs on the host).
 
     >>> import jax
     >>> from moejax.model import random_params
@@ -111,4 +126,5 @@ def gating_error(est: MoEParams, truth: MoEParams) -> np.ndarray:
         if not isinstance(p, tuple) or len(p) not in (3, len(MoEParams._fields)):
             raise ValueError(f"{name} must be MoEParams, got {type(p).__name__}.")
     return _batched(one, est[0], est[1], truth[0], truth[1],
-                    names=("est.experts", "est.gating", "truth.experts", "truth.gating"))
+                    names=("est.experts", "est.gating", "truth.experts", "truth.gating"),
+                    what="gating_error")

@@ -145,15 +145,16 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
       ValueError: for too few rows for the folds, and whatever `fit_k` raises.
     """
     n, d = x.shape
-    if num_folds and (n // num_folds < 1 or n - n // num_folds < 2 * (d + 2)):
-        raise ValueError(f"{n} rows are too few for {num_folds}-fold cross-validation with "
-                         f"d = {d} features.")
+    num_groups, groups = row_groups(x, y)
+    if num_folds and (num_groups // num_folds < 1 or
+                      num_groups - num_groups // num_folds < 2 * (d + 2)):
+        raise ValueError(f"{_rows(num_groups, n)} are too few for {num_folds}-fold "
+                         f"cross-validation with d = {d} features.")
     key_perm, key_fit = jax.random.split(key)
     # Uniform draws for the row bucket, so that a new row count compiles nothing.
     perm = np.argsort(np.asarray(jax.random.uniform(key_perm, (sums.bucket_size(n),)))[:n],
                       kind="stable")
-    size = n // max(num_folds, 1)
-    folds = [perm[i * size:(i + 1) * size] for i in range(num_folds)]
+    folds = _folds(perm, groups, num_folds)
     ks = np.arange(1, max_experts + 1)
     everything = np.arange(n)
     cv, train_ll, models = [], [], {}
@@ -173,6 +174,29 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
                            _m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),
                            _one_standard_error(ks, cv) if num_folds else 0)
     return selection, models
+
+
+def _folds(perm: np.ndarray, groups: np.ndarray, num_folds: int) -> list[np.ndarray]:
+    """`num_folds` held-out sets of rows: the groups (distinct rows with their copies) in the
+    order their first row takes in `perm`, cut into runs of n // num_folds rows or the nearest
+    group boundary, so that a row and its copies are never on both sides of a fold. Without
+    copies, perm's consecutive runs of n // num_folds rows (equal shapes)."""
+    n = perm.size
+    if not num_folds:
+        return []
+    _, first = np.unique(groups[perm], return_index=True)
+    order = groups[perm][np.sort(first)]  # the groups in the order perm meets them
+    rows = np.concatenate([np.flatnonzero(groups == g) for g in order]) if np.unique(
+        groups).size < n else perm
+    size = n // num_folds
+    # Fold i ends at the group boundary nearest to (i + 1) * size.
+    starts = np.r_[0, np.flatnonzero(np.diff(groups[rows]) != 0) + 1, n]
+    cuts = [0] + [int(starts[np.argmin(np.abs(starts - (i + 1) * size))])
+                  for i in range(num_folds)]
+    if any(b <= a for a, b in zip(cuts[:-1], cuts[1:])):
+        raise ValueError(f"the rows cannot be cut into {num_folds} folds of about {size} rows "
+                         "that keep each row with its copies: a few rows repeat too often.")
+    return [rows[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 # `num_experts="auto"` considers k only when the rows number at least this many per free
@@ -205,19 +229,39 @@ def supported_experts(num_rows: int, dim: int, per_expert_noise: bool = True) ->
     return k
 
 
-def check_rows(num_rows: int, d: int, num_experts: int, per_expert_noise: bool) -> None:
-    """ValueError when an explicit k has more free parameters than there are rows; a warning
-    when it has more than a `ROWS_PER_PARAMETER`-th of them (the fit will overfit)."""
+def row_groups(x: np.ndarray, y: np.ndarray) -> tuple[int, np.ndarray]:
+    """(the number of distinct rows of (x, y), each row's group: rows that repeat another
+    share its group). Copies of a row add no information, so the rows rules count groups and
+    cross-validation keeps each group in one fold."""
+    _, groups = np.unique(np.c_[x, y], axis=0, return_inverse=True)
+    groups = groups.reshape(-1)
+    return int(groups.max()) + 1 if groups.size else 0, groups
+
+
+def _rows(num_rows: int, num_given: int | None) -> str:
+    """'the 40 rows', or 'the 14 distinct rows (of 700)' when rows repeat."""
+    if num_given is None or num_given == num_rows:
+        return f"the {num_rows} rows"
+    return f"the {num_rows} distinct rows (of {num_given}: copies of a row count once)"
+
+
+def check_rows(num_rows: int, d: int, num_experts: int, per_expert_noise: bool,
+               num_given: int | None = None) -> None:
+    """ValueError when an explicit k has more free parameters than there are distinct rows
+    (`num_rows`, of `num_given` rows); a warning when it has more than a
+    `ROWS_PER_PARAMETER`-th of them (the fit will overfit)."""
     k = num_experts
     params = num_free_params(k, d, per_expert_noise)
     if num_rows < params:
         raise ValueError(f"num_experts={k} has {params} free parameters on d = {d} features, "
-                         f"more than the {num_rows} rows: the fit would interpolate them. "
+                         f"more than {_rows(num_rows, num_given)}: the fit would interpolate "
+                         "them. "
                          f"Use fewer experts (the rows support k = "
                          f"{supported_experts(num_rows, d, per_expert_noise)}) or "
                          "num_experts='auto'.")
     if num_rows < ROWS_PER_PARAMETER * params:
-        _validate.warn(f"num_experts={k} has {params} free parameters for {num_rows} rows, "
+        _validate.warn(f"num_experts={k} has {params} free parameters for "
+                       f"{_rows(num_rows, num_given).removeprefix('the ')}, "
                        f"fewer than {ROWS_PER_PARAMETER} rows per parameter: expect the fit "
                        "to overfit (num_experts='auto' considers k up to "
                        f"{supported_experts(num_rows, d, per_expert_noise)}).")

@@ -110,12 +110,14 @@ class MoERegressor(RegressorMixin, BaseEstimator):
                                  f"method recovers at most d experts), got n_features = "
                                  f"{X.shape[1]}; use num_experts='auto' or 1.")
             params = selection.num_free_params(k, X.shape[1], self.per_expert_noise)
-            if k > 1 and X.shape[1] + 2 <= X.shape[0] < params:
+            distinct = selection.row_groups(X, y)[0] if k > 1 else X.shape[0]
+            if k > 1 and X.shape[1] + 2 <= X.shape[0] and distinct < params:
                 # A fold of a cross-validation may be too small for k: fit what its rows
                 # support rather than fail the whole search (moejax.fit refuses instead).
-                supported = selection.supported_experts(*X.shape, self.per_expert_noise)
+                supported = selection.supported_experts(distinct, X.shape[1],
+                                                        self.per_expert_noise)
                 _validate.warn(f"num_experts={k} has {params} free parameters, more than "
-                               f"the {X.shape[0]} rows: fitted num_experts={supported} "
+                               f"the {distinct} distinct rows: fitted num_experts={supported} "
                                "instead.")
                 k = supported
         names = getattr(self, "feature_names_in_", None)

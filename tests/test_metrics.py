@@ -40,3 +40,18 @@ def test_batched_inputs_broadcast():
     np.testing.assert_allclose(mj.expert_error(batch, truth.experts),
                                [0.0, 0.01 * np.sqrt(18), 0.02 * np.sqrt(18)], atol=1e-6)
     assert mj.match_experts(batch, truth.experts).shape == (3, 3)
+
+
+def test_one_argument_convention_and_a_clear_error_under_jit():
+    # expert_error and match_experts take MoEParams as gating_error does (or expert arrays);
+    # under jit or vmap all three refuse with the documented ValueError, not JAX's tracer error.
+    truth = mj.random_params(jax.random.key(4), 5, 3)
+    est = truth._replace(experts=np.asarray(truth.experts)[[2, 0, 1]] + 0.01)
+    assert float(mj.expert_error(est, truth)) == float(mj.expert_error(est.experts,
+                                                                       truth.experts))
+    np.testing.assert_array_equal(mj.match_experts(est, truth), [1, 2, 0])
+    for metric in (mj.expert_error, mj.match_experts, mj.gating_error):
+        with pytest.raises(ValueError, match="runs on the host and cannot be traced"):
+            jax.jit(metric)(est, truth)
+    with pytest.raises(ValueError, match="call it on the results"):
+        jax.vmap(mj.expert_error, in_axes=(0, None))(np.stack([est.experts] * 2), truth)

@@ -103,3 +103,45 @@ def test_choosing_the_largest_k_tried_is_flagged_where_k_could_be_larger():
                        num_refine_inits=4, standard_errors=False)
     assert model.num_experts == 2
     assert caught[0].filename == __file__  # attributed to the caller's line, not moejax's
+
+
+def test_copies_of_a_row_count_once_and_stay_in_one_fold():
+    # The audit's case: rows that are not independent (20 distinct rows, 30 copies each) no
+    # longer pass the rows rule as 600 rows, and no fold holds a row whose copy it trains on.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 3))
+    y = np.where(x[:, 0] > 0, 2 * x[:, 1], -x[:, 2]) + 0.1 * rng.normal(size=20)
+    xs, ys = np.tile(x, (30, 1)), np.tile(y, 30)
+    count, groups = selection.row_groups(xs, ys)
+    assert count == 20 and np.array_equal(groups[:20], groups[20:40])
+    perm = rng.permutation(600)
+    folds = selection._folds(perm, groups, 5)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(600))
+    for fold in folds:
+        held = set(groups[fold].tolist())
+        rest = set(np.delete(groups, fold).tolist())
+        assert held and not held & rest and 90 <= fold.size <= 150
+    # Without copies, the folds are perm's consecutive runs of n // 5 rows, as before.
+    other = rng.permutation(599)
+    plain = selection._folds(other, np.arange(599), 5)
+    assert [f.tolist() for f in plain] == [other[i * 119:(i + 1) * 119].tolist()
+                                          for i in range(5)]
+    model = mj.fit(jax.random.key(0), xs, ys, num_experts="auto", num_refine_iters=20)
+    assert model.num_experts == 1 and list(model.selection.num_experts) == [1]
+    with pytest.warns(UserWarning, match=r"for 14 distinct rows \(of 700: copies of a row"):
+        mj.fit(jax.random.key(0), np.tile(x[:14], (50, 1)), np.tile(y[:14], 50),
+               num_experts=2, num_refine_iters=5)
+    with pytest.warns(UserWarning, match="the rows support k up to 1"):
+        scores = mj.select_num_experts(jax.random.key(0), xs, ys, max_experts=3,
+                                       num_refine_iters=5)
+    assert list(scores.num_experts) == [1]
+
+
+def test_auto_needs_the_rows_least_squares_needs_and_a_bool_is_no_count():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(6, 5)), rng.normal(size=6)
+    for k in (1, "auto"):
+        with pytest.raises(ValueError, match=r"needs at least d \+ 2 = 7 rows"):
+            mj.fit(jax.random.key(0), x, y, num_experts=k)
+    with pytest.raises(ValueError, match="num_experts must be an integer >= 1, got True"):
+        mj.fit(jax.random.key(0), x, y, num_experts=True)
