@@ -107,7 +107,7 @@ def plot(path, summary, example, levels):
         axes[1].vlines(pos, np.asarray(example["lower"])[idx], np.asarray(example["upper"])[idx],
                        color=f"C{c}", alpha=0.35, lw=1)
         axes[1].scatter(pos, np.asarray(example["y"])[idx], s=5, color=f"C{c}",
-                        label=f"cluster {c + 1}")
+                        label=f"cluster {c}")
     axes[1].set(xlabel="test rows, by prediction", ylabel="scaled sound pressure (dB)",
                 title=f"split 0, k = {example['k']}: 90% intervals, targets by cluster")
     axes[1].legend(fontsize=8)

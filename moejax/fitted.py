@@ -224,19 +224,21 @@ class FittedMoE:
         return _on_rows(self, _posteriors, *self._checked(x, y))
 
     def clusters(self, x, y) -> jax.Array:
-        """The most probable expert of each row given x and y (flexmix's `clusters`, 0-based).
+        """The most probable expert of each row given x and y, numbered 1..k as the summary,
+        the coefficients and the command line number experts (flexmix's `clusters`).
 
         Args:
           x: (n, d) features; y: (n,) targets, in the data's units.
 
         Returns:
-          (n,) integers in 0..k-1, the argmax of `posteriors`.
+          (n,) integers in 1..k: 1 + the argmax of `posteriors` (whose column j is expert
+          j + 1).
 
         Raises:
           ValueError: for malformed or non-finite x or y, or shapes that do not match.
 
         >>> sorted(set(np.asarray(model.clusters(x, y)).tolist()))
-        [0, 1]
+        [1, 2]
         """
         return _on_rows(self, _clusters, *self._checked(x, y))
 
@@ -622,7 +624,8 @@ def _posteriors(params, standardizer, x, y):
 
 @jax.jit
 def _clusters(params, standardizer, x, y):
-    return jnp.argmax(_posteriors(params, standardizer, x, y), axis=-1)
+    # Expert numbers count from 1, as in the summary and the command line (docs/api.md).
+    return jnp.argmax(_posteriors(params, standardizer, x, y), axis=-1) + 1
 
 
 @jax.jit

@@ -67,7 +67,7 @@ def test_posteriors_clusters_and_densities_agree(known):
     y = np.asarray(known.sample_response(jax.random.key(6), x))
     post = np.asarray(known.posteriors(x, y))
     np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(known.clusters(x, y)), post.argmax(axis=1))
+    np.testing.assert_array_equal(np.asarray(known.clusters(x, y)), post.argmax(axis=1) + 1)
     z = known.design(x)
     y_std = mj.transform_target(known.standardizer, y)
     np.testing.assert_allclose(post, mj.posteriors(known.params, z, y_std), atol=1e-6)
@@ -80,13 +80,13 @@ def test_posteriors_clusters_and_densities_agree(known):
 
 def test_posteriors_of_targets_far_from_every_expert_are_their_limit(known):
     # Every joint density underflows; the posterior tends to the expert with the largest
-    # sigma (expert 1, sigma 0.5), not NaN.
+    # sigma (expert 2, column 1, sigma 0.5), not NaN.
     x = _rows(4, 7)
     y = np.array([1e20, -1e30, 1e35, -3e38])
     post = np.asarray(known.posteriors(x, y))
     assert np.all(np.isfinite(post)) and np.allclose(post.sum(axis=1), 1.0)
     np.testing.assert_array_equal(post.argmax(axis=1), 1)
-    np.testing.assert_array_equal(np.asarray(known.clusters(x, y)), 1)
+    np.testing.assert_array_equal(np.asarray(known.clusters(x, y)), 2)
 
 
 def test_bad_levels_and_inputs_are_refused(known):
