@@ -36,14 +36,8 @@ def main(argv):
     with open(os.path.join(_OUT.value, "choose_k.json"), "w") as f:
         json.dump({name: (value.tolist() if hasattr(value, "tolist") else value)
                    for name, value in sel._asdict().items()}, f, indent=1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.errorbar(sel.num_experts, sel.cv_log_likelihood, yerr=sel.cv_std, marker="o",
-                  label="5-fold CV")
-    left.plot(sel.num_experts, sel.log_likelihood, marker="s", label="training")
-    left.set(xlabel="k", ylabel="mean log-likelihood per row")
-    left.legend()
-    right.plot(range(1, len(sel.m2_spectrum) + 1), sel.m2_spectrum, marker="o")
-    right.set(xlabel="index", ylabel="eigenvalue of sign(c2) M2")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    mj.plot.selection(sel, axes=axes)
     fig.tight_layout()
     fig.savefig(os.path.join(_OUT.value, "choose_k.png"), dpi=120)
 

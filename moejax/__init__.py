@@ -1,6 +1,6 @@
 """moejax: consistent learning of mixture-of-experts regression in JAX."""
 
-from moejax import datasets, io, sums
+from moejax import datasets, io, plot, sums
 from moejax._version import __version__ as __version__
 from moejax.compilation import enable_compilation_cache
 from moejax.baselines import joint_em, joint_gd, random_init
@@ -61,6 +61,7 @@ __all__ = [
     "initial_noise_std",
     "inverse_target",
     "io",
+    "plot",
     "joint_em",
     "joint_gd",
     "log_likelihood",

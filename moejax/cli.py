@@ -4,6 +4,7 @@ r"""Command line: fit an MoE to a CSV/TSV table, and predict with a saved model.
     python -m moejax summary --model=model.npz
     python -m moejax predict --model=model.npz --data=test.csv --out=predictions.csv \
         --interval=0.9 --posteriors
+    python -m moejax plot --model=model.npz --data=train.csv --out=fit.png
 
 Files ending in .tsv or .tab are tab-separated, all others comma-separated (or pass
 --delimiter); the first line names the columns. Bad input ends with a one-line message and exit
@@ -36,7 +37,7 @@ from moejax import DataError
 from moejax.prior import Prior
 from moejax.tables import NA_VALUES, TableError, read_header, read_table
 
-COMMANDS = ("fit", "predict", "summary")
+COMMANDS = ("fit", "predict", "summary", "plot")
 # fit's settings with a flag of the same name (its default is FitConfig's); --experts and
 # --prior are read into num_experts and prior.
 FIT_SETTINGS = ("nonlinearity", "noise_std", "whiten", "num_refine_iters", "num_refine_inits",
@@ -78,14 +79,17 @@ flags.DEFINE_bool(
 _PRIOR = flags.DEFINE_bool("prior", True, "fit: the regularised fit with moejax.Prior()'s "
                            "default strengths (--noprior: maximum likelihood).")
 _SEED = flags.DEFINE_integer("seed", 0, "fit: PRNG seed.")
-_MODEL = flags.DEFINE_string("model", None, "predict, summary: a model written by `fit`.")
+_MODEL = flags.DEFINE_string("model", None, "predict, summary, plot: a model written by `fit`.")
+_FEATURE = flags.DEFINE_string("feature", None, "plot: the feature along which the experts and "
+                               "the gate are drawn (default: the one the gate depends on most).")
 _INTERVAL = flags.DEFINE_float("interval", None, "predict: also write the central predictive "
                                "interval of this level, e.g. 0.9 (columns lower, upper).")
 _POSTERIORS = flags.DEFINE_bool("posteriors", False, "predict: also write each row's gate "
                                 "probabilities p_1..p_k and, when the table holds the target, "
                                 "its posteriors q_1..q_k and cluster (1-based).")
 _OUT = flags.DEFINE_string("out", None, "fit: model file to write (.npz); predict: CSV to write "
-                           "(- writes standard output, and the report goes to standard error).")
+                           "(- writes standard output, and the report goes to standard error); "
+                           "plot: the PNG to write.")
 _DELIM = flags.DEFINE_string("delimiter", None, "Column separator of --data (default: tab for "
                              ".tsv/.tab files, else comma).")
 _CACHE = flags.DEFINE_string(
@@ -275,6 +279,40 @@ def summary_command() -> None:
     print(_load_model().summary())
 
 
+def plot_command(path: str) -> None:
+    """The model's overview figure (`moejax.plot.overview`) on the rows of --data, which
+    must hold the model's features and its target."""
+    _require(model=_MODEL.value, data=_DATA.value, out=_OUT.value)
+    if _OUT.value == "-":
+        raise InputError("--out=-: a plot is a PNG file; give a file name.")
+    check_out(_OUT.value, data=_DATA.value, model=_MODEL.value)
+    try:
+        import matplotlib
+    except ImportError:
+        raise InputError("plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")  # a file, no display
+    from moejax import plot
+
+    model = _load_model()
+    names = read_header(path, delimiter=_DELIM.value)
+    wanted = list(model.feature_names or ()) + [model.target_name]
+    absent = [c for c in wanted if c not in names]
+    if model.feature_names is None or model.target_name is None or absent:
+        raise InputError(f"{_DATA.value!r} must hold the model's features and target "
+                         f"{wanted}; it lacks {absent} (it has {names}).")
+    table, _, lines = read_data(path, wanted)
+    x, y = table[:, :-1], table[:, -1]
+    feature = _FEATURE.value
+    if feature is not None and feature not in model.feature_names:
+        raise InputError(f"--feature must be one of the model's features "
+                         f"{list(model.feature_names)}, got {feature!r}.")
+    with _rows_of(path, lines, model.target_name):
+        figure = plot.overview(model, x, y, feature)
+    _files.atomic_write(_OUT.value, lambda f: figure.savefig(f, format="png", dpi=110),
+                        binary=True)
+    print(f"wrote {_OUT.value} ({len(lines)} rows, {model.num_experts} experts)")
+
+
 def _known_target(path: str, name: str, lines) -> np.ndarray | None:
     """The target column on the rows `lines`, when every one of them holds a number (then
     the report scores the predictions); else None, with a note on stderr: unknown targets
@@ -397,7 +435,7 @@ def main(argv) -> None:
                 path = os.path.join(tmp, "stdin.csv")
                 with open(path, "wb") as f:
                     shutil.copyfileobj(sys.stdin.buffer, f)
-            command = dict(fit=fit_command, predict=predict_command,
+            command = dict(fit=fit_command, predict=predict_command, plot=plot_command,
                            summary=lambda path: summary_command())[argv[1]]
             _guarded(lambda: command(path), argv[1])
         except (InputError, ValueError, OSError) as e:
@@ -428,7 +466,8 @@ COMMAND_FLAGS = dict(
          "per_expert_noise", "num_refine_iters", "num_refine_inits", "max_experts", "select_by",
          "chunk_size", "whiten", "prior", "seed"],
     predict=["model", "data", "out", "interval", "posteriors"],
-    summary=["model"])
+    summary=["model"],
+    plot=["model", "data", "out", "feature"])
 _TABLE_FLAGS = ["delimiter", "na_values", "drop_missing", "cache_dir"]
 _SHARED_FLAGS = ["import"]
 

@@ -124,6 +124,27 @@ class FittedMoE:
         """
         return _on_rows(self, _predict, self._checked(x))
 
+    def expert_means(self, x) -> jax.Array:
+        """Each expert's mean g(a_i . x + b_i) for each row, in the target's units: what
+        expert i predicts (flexmix's per-component `predict`); `predict` weighs them by the
+        gate.
+
+        Args:
+          x: (n, d) features in the data's units.
+
+        Returns:
+          (n, k): column j is expert j + 1's mean.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> means = model.expert_means(x[:4])
+        >>> means.shape, bool(np.allclose((means * model.gate_probabilities(x[:4])).sum(1),
+        ...                               model.predict(x[:4]), atol=1e-4))
+        ((4, 2), True)
+        """
+        return _on_rows(self, _expert_means, self._checked(x))
+
     def log_likelihood(self, x, y) -> jax.Array:
         """Mean log-density of y given x, (1/n) sum_n log p(y_n | x_n), in the target's
         units (a density per unit of y, so comparable across models of the same target).
@@ -620,6 +641,13 @@ def _gate_probabilities(params, standardizer, x):
 def _posteriors(params, standardizer, x, y):
     y_std = preprocessing._transform_target(standardizer, y)
     return predictive.posteriors(params, design_matrix(standardizer, x), y_std)
+
+
+@jax.jit
+def _expert_means(params, standardizer, x):
+    means = predictive.expert_means(params.experts, design_matrix(standardizer, x),
+                                    params.nonlinearity)
+    return preprocessing.inverse_target(standardizer, means)
 
 
 @jax.jit

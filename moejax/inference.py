@@ -267,6 +267,22 @@ class Coefficients(NamedTuple):
     p_value: np.ndarray
     problem: str | None
 
+    def to_dict(self) -> dict:
+        """The coefficients as columns of plain Python values (JSON-ready): block, component,
+        term, estimate, std_error, robust_std_error, z, p_value (NaN where undefined)."""
+        return {name: np.asarray(getattr(self, name)).tolist()
+                for name in self._fields if name != "problem"}
+
+    def to_frame(self):
+        """The coefficients as a pandas DataFrame, one row per coefficient (the columns of
+        `to_dict`); ImportError without pandas."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("Coefficients.to_frame needs pandas (pip install pandas); "
+                              "to_dict gives the same columns without it.") from e
+        return pd.DataFrame(self.to_dict())
+
     def table(self) -> str:
         """The coefficients as a fixed-width text table, one block after another."""
         width = max(12, max(len(str(t)) for t in self.term) + 2)

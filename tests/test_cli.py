@@ -68,6 +68,21 @@ def test_fit_prints_summary_and_writes_model(workdir):
     assert (d / "model.npz").is_file()
 
 
+def test_plot_writes_the_overview_png(workdir):
+    pytest.importorskip("matplotlib")
+    d, table, _, _ = workdir
+    write_csv(d / "few.csv", HEADER, table[:400].tolist())
+    out = moejax("plot", "--model=model.npz", "--data=few.csv", "--out=fit.png",
+                 "--feature=f3", cwd=d)
+    assert out.returncode == 0, out.stderr
+    assert (d / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote fit.png (400 rows, 3 experts)" in out.stdout
+    write_csv(d / "no_target.csv", HEADER[:-1], table[:50, :-1].tolist())
+    out = moejax("plot", "--model=model.npz", "--data=no_target.csv", "--out=x.png", cwd=d)
+    assert out.returncode == 1 and "it lacks ['target']" in out.stderr
+    assert not (d / "x.png").exists()
+
+
 def test_predict_writes_predictions_in_column_order_of_model(workdir):
     d, table, _, oracle_mse = workdir
     # Columns shuffled and the target dropped: matched by name.
