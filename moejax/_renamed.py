@@ -1,6 +1,7 @@
 """Old argument names kept working for one version (docs/api.md, "Names")."""
 
 import functools
+import re
 
 from moejax import _validate
 
@@ -42,9 +43,19 @@ def accepts_old_names(*names, renamed=RENAMED):
     def wrap(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
-            if not renamed.keys().isdisjoint(kwargs):
-                kwargs = translate(kwargs, renamed, fn.__name__)
-            return fn(*args, **kwargs)
+            used = [old for old in renamed if old in kwargs]
+            if not used:
+                return fn(*args, **kwargs)
+            try:
+                return fn(*args, **translate(kwargs, renamed, fn.__name__))
+            except ValueError as e:  # a bad value: named as the caller spelled it
+                if type(e) is not ValueError:
+                    raise
+                message = str(e)
+                for old in used:
+                    message = re.sub(rf"\b{renamed[old]}\b",
+                                     f"{old} (now called {renamed[old]})", message)
+                raise ValueError(message) from None
 
         return call
 

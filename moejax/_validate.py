@@ -237,6 +237,8 @@ def features(x, *, dim: int | None = None, streams: bool = False) -> jax.Array:
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"x must have d = {dim} columns to match the parameters, got "
                          f"{x.shape[1]}.")
+    if x.shape[0] == 0:  # as scikit-learn: no rows is a mistake upstream, not an empty answer
+        raise ValueError(f"x has no rows (shape {x.shape}); give at least one.")
     _finite(x, "x", given)
     return x
 
@@ -253,7 +255,8 @@ def vector(a, name: str) -> jax.Array:
 def data(x, y, *, dim: int | None = None,
          streams: bool = False) -> tuple[jax.Array, jax.Array]:
     """(x, y) as float arrays of shapes (n, d) and (n,), checked as in `features`."""
-    x = features(x, dim=dim, streams=streams)
+    given_x, x = x, features(x, dim=dim, streams=streams)
+    _columns_kept(given_x, x)
     given, y = y, _as_float(y, "y", streams)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D with shape (n,), got shape {y.shape}.")
@@ -264,6 +267,24 @@ def data(x, y, *, dim: int | None = None,
     _digits_kept(given, y)
     dtype = jnp.promote_types(x.dtype, y.dtype)
     return x.astype(dtype), y.astype(dtype)
+
+
+def _columns_kept(given, x) -> None:
+    """Raises DataError naming the columns of a float64 host x that vary but became constant
+    when cast to float32 (JAX's default float type): x + 1e12 is not a constant column."""
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.size) or isinstance(
+            given, (jax.Array, Streamed)):
+        return
+    given = np.asarray(given)
+    if given.dtype != np.float64:
+        return
+    lost = np.flatnonzero((np.ptp(x, axis=0) == 0) & (np.ptp(given, axis=0) > 0))
+    if lost.size:
+        raise DataError("x", "has column(s) that vary in float64 but are constant in "
+                        "float32, JAX's default float type (their spread is below float32's "
+                        "resolution at their magnitude)", [(None, int(j), None) for j in lost],
+                        advice="Subtract a constant (e.g. the column's mean) first, or enable "
+                        "float64 (docs/scale.md)")
 
 
 def _digits_kept(given, y) -> None:

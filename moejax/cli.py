@@ -128,9 +128,9 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def check_out(out: str, **inputs: str) -> None:
+def check_out(out: str, stdout_ok: bool = False, **inputs: str) -> None:
     """Raises InputError, before any work, if `out` could not be written or names an input;
-    "-" (standard output) passes."""
+    "-" (standard output, where the command can write it: `stdout_ok`) passes."""
     if out == "-":
         return
     for flag, path in inputs.items():
@@ -140,6 +140,11 @@ def check_out(out: str, **inputs: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
         raise InputError(f"--out {out!r} is a directory; give a file name.")
+    if os.path.exists(out) and not os.path.isfile(out):  # /dev/stdout, a FIFO, a device
+        raise InputError(f"--out {out!r} is not a regular file (a pipe, FIFO, terminal or "
+                         "device): moejax writes a whole file and renames it into place. "
+                         "Give a file name" + (", or --out=- for standard output"
+                                               if stdout_ok else "") + ".")
     if not os.path.isdir(directory):
         raise InputError(f"--out: directory {directory!r} does not exist.")
     if not os.access(directory, os.W_OK | os.X_OK):
@@ -172,8 +177,12 @@ def read_data(path: str, columns=None):
 
 
 def _as_given(message: str, path: str) -> str:
-    """A message about `path` as the user named it: standard input for --data=-."""
-    return message.replace(repr(path), "standard input") if _DATA.value == "-" else message
+    """A message about `path` as the user named it: standard input for --data=-, the FIFO's
+    name for the copy of one."""
+    if path == _DATA.value:
+        return message
+    return message.replace(repr(path), "standard input" if _DATA.value == "-" else
+                           repr(_DATA.value))
 
 
 def _fit_config(k) -> FitConfig:
@@ -332,7 +341,7 @@ def _known_target(path: str, name: str, lines) -> np.ndarray | None:
 
 def predict_command(path: str) -> None:
     _require(model=_MODEL.value, data=_DATA.value, out=_OUT.value)
-    check_out(_OUT.value, data=_DATA.value, model=_MODEL.value)
+    check_out(_OUT.value, stdout_ok=True, data=_DATA.value, model=_MODEL.value)
     level = _INTERVAL.value
     if level is not None and not 0 < level < 1:
         raise InputError(f"--interval must be a level in (0, 1), e.g. 0.9; got {level}.")
@@ -350,7 +359,8 @@ def predict_command(path: str) -> None:
     with _rows_of(path, lines):  # the library checks the cells
         columns = [np.asarray(model.predict(x), dtype=np.float64)]
     if level is not None:
-        header += [f"lower_{level:g}", f"upper_{level:g}"]
+        # repr: the level as given (0.999999999, not 1 as :g would write it).
+        header += [f"lower_{level!r}", f"upper_{level!r}"]
         columns += [np.asarray(v, np.float64) for v in model.predict_interval(x, level)]
     if _POSTERIORS.value:
         k = model.num_experts
@@ -420,6 +430,12 @@ def main(argv) -> None:
                          f"  (got {argv[1:]}; see --help for the flags)\n")
         sys.exit(2)
     if flags.FLAGS["refine_iters"].present:
+        # An alias: absl keeps whichever came last, so both names at once is refused.
+        given = {a.split("=")[0].lstrip("-") for a in sys.argv[1:] if a.startswith("--")}
+        if "num_refine_iters" in given:
+            sys.stderr.write(f"moejax {argv[1]}: error: --refine_iters is the old name of "
+                             "--num_refine_iters; pass only --num_refine_iters.\n")
+            sys.exit(1)
         sys.stderr.write("moejax: warning: --refine_iters is now called --num_refine_iters; the "
                          "old name will be removed in moejax 0.3.\n")
     try:
@@ -431,10 +447,16 @@ def main(argv) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = _DATA.value
-            if path == "-" and argv[1] != "summary":  # read once, into a file
-                path = os.path.join(tmp, "stdin.csv")
-                with open(path, "wb") as f:
-                    shutil.copyfileobj(sys.stdin.buffer, f)
+            # Standard input, a FIFO or a process substitution (<(zcat t.csv.gz)) can be read
+            # once: into a file, which the command reads as often as it needs.
+            stream = path is not None and path != "-" and os.path.exists(path) and not (
+                os.path.isfile(path) or os.path.isdir(path))
+            if (path == "-" or stream) and argv[1] != "summary":
+                suffix = os.path.splitext(path)[1] if stream else ".csv"
+                path = os.path.join(tmp, "stdin" + suffix)
+                with open(path, "wb") as f, (open(_DATA.value, "rb") if stream
+                                             else contextlib.nullcontext(sys.stdin.buffer)) as s:
+                    shutil.copyfileobj(s, f)
             command = dict(fit=fit_command, predict=predict_command, plot=plot_command,
                            summary=lambda path: summary_command())[argv[1]]
             _guarded(lambda: command(path), argv[1])

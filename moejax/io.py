@@ -200,6 +200,9 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
     path = os.fsdecode(os.fspath(path))
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory, not a moejax model file.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{path!r} is not a regular file (a FIFO, socket or device), not a "
+                         "moejax model file.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path!r} does not exist.")
     if not os.access(path, os.R_OK):

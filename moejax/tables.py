@@ -55,6 +55,10 @@ def read_table(path: str, *, drop_missing: bool = False, delimiter: str | None =
     """
     if os.path.isdir(path):
         raise TableError(f"data file {path!r} is a directory.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise TableError(f"data file {path!r} is not a regular file (a FIFO, socket or "
+                         "device): read tables are files (the command line copies a stream "
+                         "given as --data into one first).")
     if not os.path.isfile(path):
         raise TableError(f"data file {path!r} does not exist.")
     if delimiter is None:

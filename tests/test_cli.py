@@ -5,6 +5,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -81,6 +82,40 @@ def test_plot_writes_the_overview_png(workdir):
     out = moejax("plot", "--model=model.npz", "--data=no_target.csv", "--out=x.png", cwd=d)
     assert out.returncode == 1 and "it lacks ['target']" in out.stderr
     assert not (d / "x.png").exists()
+
+
+def test_streams_and_odd_paths_are_read_or_refused_clearly(workdir):
+    # A FIFO as --data is read like standard input; a FIFO as --model, a device as --out and
+    # both names of one flag are refused with one line; the interval columns keep the level.
+    d, table, _, _ = workdir
+    fifo = d / "rows.fifo"
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    os.mkfifo(fifo)
+    rows = "\n".join(",".join(map(repr, r)) for r in table[:40].tolist())
+
+    def feed():
+        with open(fifo, "w") as f:
+            f.write(",".join(HEADER) + "\n" + rows + "\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    out = moejax("predict", "--model=model.npz", f"--data={fifo.name}", "--out=p.csv",
+                 "--interval=0.999999999", cwd=d)
+    writer.join(timeout=60)
+    assert out.returncode == 0, out.stderr
+    header = (d / "p.csv").read_text().splitlines()[0].split(",")
+    assert header[2:4] == ["lower_0.999999999", "upper_0.999999999"]
+    assert len((d / "p.csv").read_text().splitlines()) == 41
+    out = moejax("summary", f"--model={fifo.name}", cwd=d)
+    assert out.returncode == 1 and "is not a regular file" in out.stderr
+    if os.path.exists("/dev/null"):
+        out = moejax("predict", "--model=model.npz", "--data=train.csv", "--out=/dev/null",
+                     cwd=d)
+        assert out.returncode == 1 and "or --out=- for standard output" in out.stderr
+    out = moejax("fit", "--data=train.csv", "--target=target", "--experts=2", "--out=m.npz",
+                 "--refine_iters=5", "--num_refine_iters=10", cwd=d)
+    assert out.returncode == 1 and "pass only --num_refine_iters" in out.stderr
 
 
 def test_predict_writes_predictions_in_column_order_of_model(workdir):

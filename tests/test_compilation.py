@@ -52,7 +52,8 @@ def test_first_fit_is_a_few_programs_and_a_new_row_count_in_its_bucket_compiles_
              lambda m, a, b: m.posteriors(a, b), lambda m, a, b: m.clusters(a, b),
              lambda m, a, b: m.predict_interval(a), lambda m, a, b: m.mixing_weights(a),
              lambda m, a, b: m.log_density(a, b), lambda m, a, b: m.predict_variance(a),
-             lambda m, a, b: m.sample(jax.random.key(0), a)]
+             lambda m, a, b: m.sample_response(jax.random.key(0), a),
+             lambda m, a, b: m.expert_means(a)]
     for call in calls:
         _count(lambda: call(model, x[:390], y[:390]))  # compiles for the bucket, once
         for n in (401, 502, 512):

@@ -39,6 +39,17 @@ def test_both_names_of_one_idea_is_an_error():
         mj.fit(jax.random.key(1), x, y, num_experts=2, tol=1e-6, refine_tol=1e-6)
 
 
+def test_a_bad_value_under_an_old_name_is_reported_under_that_name():
+    _, x, y = truth_and_data(0, 1000)
+    with pytest.warns(DeprecationWarning), pytest.raises(
+            ValueError, match=r"^refine_iters \(now called num_refine_iters\) must be an "
+                              r"integer >= 0, got -1"):
+        mj.fit(jax.random.key(1), x, y, num_experts=2, refine_iters=-1)
+    with pytest.warns(DeprecationWarning), pytest.raises(
+            ValueError, match=r"^num_em_iters \(now called num_gating_iters\) must be"):
+        mj.recover(jax.random.key(1), x, y, num_experts=2, num_em_iters=0)
+
+
 def test_fit_accepts_the_old_names_with_a_warning():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 3))

@@ -218,3 +218,14 @@ def test_a_data_error_names_the_cells_as_the_caller_knows_them():
         "'a' = inf; and 5 more. Drop those rows.")
     target = mj.DataError("y", "is constant", [(4, None, "nan")]).named(target="price")
     assert str(target) == "y ('price') is constant: row 4 (from 0), column 'price' = nan."
+
+
+def test_no_rows_and_float32_lost_columns_are_named():
+    with pytest.raises(ValueError, match=r"x has no rows \(shape \(0, 5\)\)"):
+        mj.recover(KEY, np.zeros((0, 5)), np.zeros(0), num_experts=2)
+    x = np.random.default_rng(0).normal(size=(200, 3))
+    y = x[:, 0] + np.random.default_rng(1).normal(size=200)
+    x[:, 1] += 1e12
+    with pytest.raises(ValueError, match=r"vary in float64 but are constant in float32.*"
+                       r"x\[:, 1\]\. Subtract"):
+        mj.fit(KEY, x, y, num_experts=2)
