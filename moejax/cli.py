@@ -242,7 +242,12 @@ def fit_command(path: str) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with _rows_of(path, lines, _TARGET.value):  # the library checks the cells
-            model = _fit(x, y, _fit_config(k), feature_names)
+            try:
+                model = _fit(x, y, _fit_config(k), feature_names)
+            except ValueError as e:  # k's range is the library's check; --experts is the flag
+                if not str(e).startswith("num_experts "):
+                    raise
+                raise InputError(f"--experts{str(e).removeprefix('num_experts')}") from None
     for w in caught:
         sys.stderr.write(f"moejax fit: warning: {w.message}\n")
     mse = float(np.mean(np.square(np.asarray(model.predict(x)) - y)))

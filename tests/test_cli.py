@@ -144,7 +144,7 @@ def test_predict_writes_predictions_in_column_order_of_model(workdir):
     ("t.csv", "a,b,c,y\n" + "1,2,3,4\n" * 30, ["--target=y", "--experts=\u00b2"],
      "--experts must be"),
     ("t.csv", "a,y\n" + "".join(f"{i},{i % 3}\n" for i in range(20)),
-     ["--target=y", "--experts=2"], "num_experts must be an integer in [2, d=1], got 2"),
+     ["--target=y", "--experts=2"], "--experts must be an integer in [2, d=1], got 2"),
     ("t.csv", "", ["--target=y", "--experts=2"], "is empty"),
     ("t.csv", "a,b,y\n1,2\n", ["--target=y", "--experts=2"], "line 2 has 2 fields"),
     ("t.csv", "a;b;c;y\n" + "1;2;3;4\n" * 10, ["--target=y", "--experts=2"],
@@ -212,7 +212,7 @@ def test_predict_bad_inputs(workdir, tmp_path):
 
 def test_unknown_command_is_a_usage_error(tmp_path):
     out = moejax("train", cwd=tmp_path)
-    assert out.returncode == 2 and "usage: python -m moejax {fit,predict,summary}" in out.stderr
+    assert out.returncode == 2 and "usage: python -m moejax {fit,predict,summary,plot}" in out.stderr
 
 
 def _table_csv(path, workdir, rows=60):
