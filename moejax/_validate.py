@@ -437,16 +437,19 @@ def min_samples(dim: int) -> int:
 
 
 def fit_inputs(x, y, num_experts, nonlinearity, noise_std=None, *, streams: bool = False,
-               power: int | None = None):
+               power: int | None = None, beyond_dim: bool = False):
     """Checks the arguments shared by every estimator; returns (x, y, noise_std) as arrays
     (noise_std None, to be learned or read from params, stays None).
     `streams`: the estimator reads rows only through `row_sum` (`Streamed` data accepted);
-    `power`: the highest power of the data the estimator sums (see `scales`), checked too."""
+    `power`: the highest power of the data the estimator sums (see `scales`), checked too;
+    `beyond_dim`: k may exceed d (an estimator that does not need the moment method's k <= d,
+    as `fit` with random starts)."""
     x, y = data(x, y, streams=streams)
     n, d = x.shape
     if isinstance(num_experts, (bool, np.bool_)) or not isinstance(
-            num_experts, (int, np.integer)) or not 2 <= num_experts <= d:
-        raise ValueError(f"num_experts must be an integer in [2, d={d}], got "
+            num_experts, (int, np.integer)) or not 2 <= num_experts <= (n if beyond_dim else d):
+        raise ValueError(f"num_experts must be an integer in [2, "
+                         f"{f'n={n}' if beyond_dim else f'd={d}'}], got "
                          f"{num_experts!r}{_static_hint(num_experts)}.")
     if n < min_samples(d):
         raise ValueError(

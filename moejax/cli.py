@@ -29,7 +29,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from moejax import _files, compilation, estimator, io, program_cache
+from moejax import _files, compilation, estimator, io, program_cache, refinement
 from moejax.config import FitConfig
 from moejax._version import __version__
 from moejax.nonlinearities import NONLINEARITIES
@@ -232,8 +232,8 @@ def fit_command(path: str) -> None:
     k = _EXPERTS.value.strip()
     if k != "auto":
         if not (k.isascii() and k.isdigit()):  # its range is the library's to check
-            raise InputError(f"--experts must be 'auto' or an integer between 1 and the number "
-                             f"of features d = {d}, got {k!r}.")
+            raise InputError(f"--experts must be 'auto' or a positive integer (the number of "
+                             f"experts), got {k!r}.")
         k = int(k)
     if not -2**63 <= _SEED.value < 2**63:
         raise InputError(f"--seed must fit in 64 bits (|seed| < 2^63), got {_SEED.value}.")
@@ -263,7 +263,7 @@ def fit_command(path: str) -> None:
     if model.report is not None:
         r = jax.device_get(model.report)  # on the host: indexing would compile programs
         best = int(r.best)
-        start = "the moment start" if best == 0 else f"random start {best}"
+        start = refinement.start_name(best, model.moment_start)
         state = ("converged" if bool(r.converged[best])
                  else "NOT converged (raise --num_refine_iters)")
         print(f"kept {start} of {len(r.converged)}: {int(r.num_iters[best])} iterations, "

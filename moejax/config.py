@@ -17,7 +17,8 @@ class FitConfig:
     (k selection fits each k with `dataclasses.replace(config, num_experts=k)`).
 
     Attributes:
-      num_experts: k in [2, d]; 1 for least squares (one linear expert, a constant gate,
+      num_experts: k >= 2 (above d, fitted from random starts only); 1 for least squares
+        (one linear expert, a constant gate,
         sigma by maximum likelihood unless noise_std is given); or "auto", which considers
         only k whose free parameters number at most n / `selection.ROWS_PER_PARAMETER`
         (`selection.supported_experts`). An explicit k with more free parameters than rows

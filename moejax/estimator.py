@@ -65,7 +65,10 @@ def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=
     per parameter (2 (d + 2), `MIN_ROWS_PER_EXPERT_PARAMETER`) is dropped, with a warning,
     and k - 1 experts are fitted instead.
 
-    num_experts="auto" fits k = 1, ..., max_experts (at most d; k = 1 is least squares) and
+    k may exceed d: the moment start needs k <= d, so beyond it every start is random (the
+    refinement is then required, and `FittedMoE.moment_start` is False).
+
+    num_experts="auto" fits k = 1, ..., max_experts (k = 1 is least squares) and
     returns the one with the smallest BIC (`select_by="bic"`, one fit per k), or the one chosen
     by 5-fold cross-validated log-likelihood with the one-standard-error rule
     (`select_by="cv"`, six fits per k); `FittedMoE.selection` holds every k's scores and the
@@ -92,7 +95,7 @@ def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=
 
     Raises:
       ValueError: for malformed, non-finite or constant data, constant or collinear
-        feature columns (with whiten), k outside [2, d], n <= d, more free parameters than
+        feature columns (with whiten), k < 1, n <= d, more free parameters than
         rows, an unknown non-linearity or a bad setting value (or prior), or a refinement that
         produced non-finite numbers (named cause).
       TypeError: for a keyword that is not a setting, or no num_experts.
@@ -136,13 +139,13 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
         names = _names(feature_names, target_name, x.shape[1])
         distinct, _ = row_groups(x, y)
         supported = supported_experts(distinct, x.shape[1], config.per_expert_noise)
-        max_experts = min(config.max_experts, x.shape[1], supported)
+        max_experts = min(config.max_experts, supported)
         folds = 5 if config.select_by == "cv" else 0
         progress(f"choosing k in 1..{max_experts} by "
                  + ("5-fold cross-validation" if folds else "BIC")
                  + (f" ({distinct} distinct rows support at most k = {supported}: "
                     f"{ROWS_PER_PARAMETER} rows per parameter)"
-                    if supported < min(config.max_experts, x.shape[1]) else ""))
+                    if supported < config.max_experts else ""))
         scores, models = _select(key, x, y, config, max_experts, folds, names)
         best = scores.best_cv if folds else scores.best_bic
         model = dataclasses.replace(models[best], selection=scores)
@@ -153,7 +156,12 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
         model = _least_squares(x, y, _names(feature_names, target_name, x.shape[1]),
                                config.noise_std)
     else:
-        x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, power=2)
+        x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, power=2,
+                                       beyond_dim=True)
+        if config.num_experts > x.shape[1] and not config.num_refine_iters:
+            raise ValueError(f"num_experts={config.num_experts} > d = {x.shape[1]} features "
+                             "has no moment start (it needs k <= d): it is fitted from random "
+                             "starts by the refinement, so num_refine_iters must be positive.")
         check_rows(row_groups(x, y)[0], x.shape[1], config.num_experts,
                    config.per_expert_noise, num_given=x.shape[0])
         model = _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]),
@@ -284,6 +292,33 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
     top = jnp.maximum(jnp.max(jnp.abs(xs)) * jnp.sqrt(xs.shape[1]), jnp.max(jnp.abs(ys)))
     sigma = (_initial_noise_std(ys, g, weights) if learn else noise_std / std.y_scale)
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
+    if k <= xs.shape[1]:
+        params, gating_finite = _moment_start(key_tensor, key_gating, xs, ys, weights, sigma,
+                                              config, layout, learn)
+    else:  # no moment start (it needs k <= d): start 0 is one more random start
+        start_sigma = jnp.broadcast_to(sigma, (k,)) if learn and config.per_expert_noise \
+            else sigma
+        params = random_init(key_tensor, z.shape[1], k, start_sigma, z.dtype, nonlinearity=g)
+        gating_finite = jnp.asarray(True)
+    start_sigma = params.noise_std
+    report, refine_finite = None, jnp.asarray(True)
+    if config.num_refine_iters:
+        randoms = jax.vmap(lambda key: random_init(key, z.shape[1], k, start_sigma, z.dtype,
+                                                   nonlinearity=g))(
+            jax.random.split(key_starts, config.num_refine_inits))
+        starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
+        params, report, refine_finite = refinement.refine_starts(
+            starts, z, ys, num_iters=config.num_refine_iters, tol=tol, learn=learn,
+            weights=weights, layout=layout, penalty=penalty, refiner=config.refiner)
+    return params, report, (top, sigma, gating_finite, refine_finite)
+
+
+def _moment_start(key_tensor, key_gating, xs, ys, weights, sigma, config: _Stages,
+                  layout: sums.Layout, learn: bool):
+    """Stages 2-3 of `fit` on the standardised rows: the experts by the moment method, the
+    gating by EM with them fixed, as MoEParams on [x_std, 1] (zero intercepts); and whether
+    the gating EM stayed finite."""
+    k, g = config.num_experts, config.nonlinearity
     # The moment stage's transforms assume one sigma: given one per expert, it uses their rms.
     est, _ = _recover_experts(key_tensor, xs, ys, jnp.sqrt(jnp.mean(jnp.square(sigma))),
                               num_experts=k, nonlinearity=g, num_inits=config.num_power_inits,
@@ -298,18 +333,8 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
     start_sigma = info.noise_std
     if learn and config.per_expert_noise:
         start_sigma = jnp.broadcast_to(start_sigma, (k,))
-    params = MoEParams(jnp.concatenate([est.experts, pad], 1), jnp.concatenate([w, pad], 1),
-                       start_sigma, g)
-    report, refine_finite = None, jnp.asarray(True)
-    if config.num_refine_iters:
-        randoms = jax.vmap(lambda key: random_init(key, z.shape[1], k, start_sigma, z.dtype,
-                                                   nonlinearity=g))(
-            jax.random.split(key_starts, config.num_refine_inits))
-        starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
-        params, report, refine_finite = refinement.refine_starts(
-            starts, z, ys, num_iters=config.num_refine_iters, tol=tol, learn=learn,
-            weights=weights, layout=layout, penalty=penalty, refiner=config.refiner)
-    return params, report, (top, sigma, info.finite, refine_finite)
+    return MoEParams(jnp.concatenate([est.experts, pad], 1), jnp.concatenate([w, pad], 1),
+                     start_sigma, g), info.finite
 
 
 def _least_squares(x, y, names: dict, noise_std=None) -> FittedMoE:
@@ -361,7 +386,7 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     Args:
       key: PRNG key (the folds and every fit).
       x: (n, d) features; y: (n,) target.
-      max_experts: the largest k, at most d.
+      max_experts: the largest k (lowered, with a warning, to what the rows support).
       nonlinearity: the experts' g (a name).
       num_folds: F >= 2 cross-validation folds.
       **fit_kwargs: passed to every `fit` (e.g. num_refine_iters, per_expert_noise).
@@ -371,7 +396,7 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
       log-likelihood and its sd, the M2 spectrum, and the k each criterion picks.
 
     Raises:
-      ValueError: for malformed data, max_experts > d, num_folds < 2, or too few rows for
+      ValueError: for malformed data, num_folds < 2, or too few rows for
         the folds; and as `fit`.
 
     >>> import numpy as np
@@ -390,9 +415,6 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
                                      max_experts=max_experts, **fit_kwargs),
                           "select_num_experts")
     x, y = _validate.data(x, y)
-    if config.max_experts > x.shape[1]:
-        raise ValueError(f"max_experts must be at most d = {x.shape[1]}, got "
-                         f"{config.max_experts}.")
     supported = supported_experts(row_groups(x, y)[0], x.shape[1], config.per_expert_noise)
     if config.max_experts > supported:  # the rule `fit` applies to num_experts="auto"
         _validate.warn(f"max_experts={config.max_experts}: the rows support k up to "

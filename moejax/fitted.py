@@ -15,7 +15,7 @@ from moejax.inference import Inference
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
 from moejax.prior import Prior
-from moejax.refinement import SATURATED_GATE, FitReport
+from moejax.refinement import SATURATED_GATE, FitReport, start_name
 from moejax.selection import KSelection
 
 
@@ -74,6 +74,12 @@ class FittedMoE:
     def nonlinearity(self):
         """The experts' g (params.nonlinearity)."""
         return self.params.nonlinearity
+
+    @property
+    def moment_start(self) -> bool:
+        """Whether the fit had the moment start (start 0 of `report`): it needs k <= d;
+        beyond it every start is random."""
+        return self.num_experts <= self.dim
 
     @property
     def num_experts(self) -> int:
@@ -507,7 +513,7 @@ class FittedMoE:
             # On the host: indexing device arrays compiles a small program per index.
             r = jax.device_get(self.report)
             best = int(r.best)
-            start = "the moment start" if best == 0 else f"random start {best}"
+            start = start_name(best, self.moment_start)
             state = ("converged" if bool(r.converged[best]) else "NOT converged (raise "
                      "num_refine_iters)")
             lines.append(f"fit: kept {start} of {len(r.converged)}, "

@@ -49,6 +49,13 @@ class FitReport(NamedTuple):
     saturated_rows: jax.Array | None = None
 
 
+def start_name(start: int, moment_start: bool) -> str:
+    """How the report's start `start` began: "the moment start" (start 0, when the fit had
+    one: k <= d) or "random start i"."""
+    return ("the moment start" if start == 0 and moment_start else
+            f"random start {start + (not moment_start)}")
+
+
 # Screening of the refinement's starts: all run this many iterations together, then the best
 # few go on to convergence (docs/solvers.md has the measurement behind both numbers).
 REFINE_SCREEN_ITERS = 50

@@ -105,10 +105,6 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         k = self.num_experts
         if isinstance(k, numbers.Integral) and not isinstance(k, bool):
             k = int(k)
-            if k > X.shape[1]:
-                raise ValueError(f"num_experts={k} needs at least {k} features (the moment "
-                                 f"method recovers at most d experts), got n_features = "
-                                 f"{X.shape[1]}; use num_experts='auto' or 1.")
             params = selection.num_free_params(k, X.shape[1], self.per_expert_noise)
             distinct = selection.row_groups(X, y)[0] if k > 1 else X.shape[0]
             if k > 1 and X.shape[1] + 2 <= X.shape[0] and distinct < params:

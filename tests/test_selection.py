@@ -68,8 +68,6 @@ def test_bad_choices_are_named():
         mj.fit(jax.random.key(1), x, y, num_experts="many")
     with pytest.raises(ValueError, match="select_by"):
         mj.fit(jax.random.key(1), x, y, num_experts="auto", select_by="aic")
-    with pytest.raises(ValueError, match="max_experts must be at most d = 4"):
-        mj.select_num_experts(jax.random.key(1), x, y, max_experts=5)
     with pytest.raises(ValueError, match="num_folds"):
         mj.select_num_experts(jax.random.key(1), x, y, num_folds=1)
 
