@@ -51,6 +51,13 @@ class DataError(ValueError):
                          subject=subject or self.subject, columns=columns or self.columns,
                          target=target or self.target, row_label=row_label or self.row_label)
 
+    def __reduce__(self):
+        # Picklable (a joblib worker of a grid search sends its errors back): the message as
+        # rendered, since a row labeller need not pickle.
+        return _restore_data_error, (self.argument, self.problem, self.cells, self.count,
+                                     self.advice, self.subject, self.columns, self.target,
+                                     str(self))
+
     def _message(self) -> str:
         subject = self.subject or (f"y ({self.target!r})" if self.argument == "y" and
                                    self.target else self.argument)
@@ -77,6 +84,14 @@ class DataError(ValueError):
             parts += [] if name is None else [f"column {name!r}"]
             place = ", ".join(parts)
         return place if value is None else f"{place} = {value}"
+
+
+def _restore_data_error(argument, problem, cells, count, advice, subject, columns, target,
+                        message) -> DataError:
+    error = DataError(argument, problem, cells, count, advice, subject=subject, columns=columns,
+                      target=target)
+    error.args = (message,)
+    return error
 
 
 # How many cells a DataError shows.

@@ -47,8 +47,10 @@ _DEFAULT = {field.name: field.default for field in dataclasses.fields(FitConfig)
 _DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated; - "
                             "reads standard input).")
 _TARGET = flags.DEFINE_string("target", None, "fit: name of the target column.")
-_EXPERTS = flags.DEFINE_string("experts", None, "fit: number of experts k (1 <= k <= d; 1 is "
-                               "least squares), or 'auto' to choose k in 1..min(--max_experts, d).")
+_EXPERTS = flags.DEFINE_string("experts", None, "fit: number of experts k (1 is least squares; "
+                               "above the number of features d, from random starts only), or "
+                               "'auto' to choose k in 1..--max_experts (at most what the rows "
+                               "support).")
 flags.DEFINE_integer(
     "max_experts", _DEFAULT["max_experts"], "fit: the largest k that --experts=auto tries.")
 _SELECT_BY = flags.DEFINE_enum(

@@ -2,6 +2,7 @@
 that names it; NumPy scalars are accepted where Python ones are."""
 
 import functools
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -218,6 +219,9 @@ def test_a_data_error_names_the_cells_as_the_caller_knows_them():
         "'a' = inf; and 5 more. Drop those rows.")
     target = mj.DataError("y", "is constant", [(4, None, "nan")]).named(target="price")
     assert str(target) == "y ('price') is constant: row 4 (from 0), column 'price' = nan."
+    # A joblib worker sends its errors back pickled.
+    back = pickle.loads(pickle.dumps(named))
+    assert type(back) is mj.DataError and str(back) == str(named) and back.cells == named.cells
 
 
 def test_no_rows_and_float32_lost_columns_are_named():
