@@ -185,9 +185,12 @@ def _folds(perm: np.ndarray, groups: np.ndarray, num_folds: int) -> list[np.ndar
     if not num_folds:
         return []
     _, first = np.unique(groups[perm], return_index=True)
-    order = groups[perm][np.sort(first)]  # the groups in the order perm meets them
-    rows = np.concatenate([np.flatnonzero(groups == g) for g in order]) if np.unique(
-        groups).size < n else perm
+    if first.size == n:  # no copies
+        rows = perm
+    else:  # each group's rows together, the groups in the order perm meets them
+        rank = np.empty(int(groups.max()) + 1, np.int64)
+        rank[groups[perm][np.sort(first)]] = np.arange(first.size)
+        rows = np.argsort(rank[groups], kind="stable")
     size = n // num_folds
     # Fold i ends at the group boundary nearest to (i + 1) * size.
     starts = np.r_[0, np.flatnonzero(np.diff(groups[rows]) != 0) + 1, n]
