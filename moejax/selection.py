@@ -236,9 +236,22 @@ def row_groups(x: np.ndarray, y: np.ndarray) -> tuple[int, np.ndarray]:
     """(the number of distinct rows of (x, y), each row's group: rows that repeat another
     share its group). Copies of a row add no information, so the rows rules count groups and
     cross-validation keeps each group in one fold."""
-    _, groups = np.unique(np.c_[x, y], axis=0, return_inverse=True)
-    groups = groups.reshape(-1)
-    return int(groups.max()) + 1 if groups.size else 0, groups
+    table = np.ascontiguousarray(np.c_[x, y])
+    if not table.shape[0]:
+        return 0, np.zeros(0, np.int64)
+    # Rows sorted by a hash of their bits (a few times faster than np.unique(axis=0) on a
+    # large table), then told apart exactly: equal rows share a hash, so they are adjacent.
+    bits = table.view(np.uint64 if table.dtype.itemsize == 8 else np.uint32).astype(np.uint64)
+    # Odd 64-bit multipliers from a fixed seed: the same rows give the same groups.
+    hashes = bits @ (np.random.default_rng(0).integers(1, 2**63, size=table.shape[1],
+                                                       dtype=np.uint64) | 1)
+    order = np.argsort(hashes, kind="stable")
+    ordered = table[order]
+    new = np.r_[True, (np.diff(hashes[order]) != 0)
+                | np.any(ordered[1:] != ordered[:-1], axis=1)]
+    groups = np.empty(table.shape[0], np.int64)
+    groups[order] = np.cumsum(new) - 1
+    return int(groups.max()) + 1, groups
 
 
 def _rows(num_rows: int, num_given: int | None) -> str:
