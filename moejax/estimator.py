@@ -235,7 +235,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
         _validate.finite_result(refine_finite, xs, ys, what="fit's refinement",
                                 nonlinearity=config.nonlinearity)
     model = FittedMoE(params, std, report=report, noise_learned=learn, prior=config.prior,
-                      **names)
+                      target_range=_target_range(y), **names)
     rows = None if report is None else np.asarray(report.effective_rows)
     need = MIN_ROWS_PER_EXPERT_PARAMETER * (x.shape[1] + 2)
     if rows is None or rows.min() >= need or not learn or config.prior is None:
@@ -353,7 +353,14 @@ def _least_squares(x, y, names: dict, noise_std=None) -> FittedMoE:
     # Cast on the host (a cast on the device compiles a program per shape).
     params = MoEParams(*(jax.device_put(np.asarray(v, x.dtype)) for v in (
         beta[None], np.zeros((1, z.shape[1])), sigma)), "linear")
-    return FittedMoE(params, std, noise_learned=noise_std is None, **names)
+    return FittedMoE(params, std, noise_learned=noise_std is None,
+                     target_range=_target_range(y), **names)
+
+
+def _target_range(y) -> tuple[float, float]:
+    """(min, max) of checked host targets, as Python floats (a model's static metadata)."""
+    y = np.asarray(y, np.float64)
+    return float(y.min()), float(y.max())
 
 
 def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, names: dict):

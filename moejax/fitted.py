@@ -48,6 +48,9 @@ class FittedMoE:
         error).
       prior: the `moejax.Prior` of a regularised (MAP) fit, or None for maximum likelihood
         (and for least squares and models built by hand).
+      target_range: (min, max) of the training targets, or None (a model built by hand, or
+        saved before it was kept): `predict` warns of predictions far outside it
+        (`far_predictions`).
 
     Example (the methods' examples use this `model`, `x` and `y`):
       >>> import numpy as np
@@ -69,6 +72,7 @@ class FittedMoE:
     inference: Inference | None = None
     noise_learned: bool = True
     prior: Prior | None = None
+    target_range: tuple[float, float] | None = None
 
     @property
     def nonlinearity(self):
@@ -125,10 +129,54 @@ class FittedMoE:
         Raises:
           ValueError: for x that is not a finite (n, d) array.
 
+        A warning says how many predictions lie more than half the training targets' range
+        beyond it (`far_predictions`): there the gate sends a row to an expert whose line is
+        extrapolated far from the rows it was fitted on.
+
         >>> model.predict(x[:3]).shape
         (3,)
         """
-        return _on_rows(self, _predict, self._checked(x))
+        pred = _on_rows(self, _predict, self._checked(x))
+        far = self._far(pred)
+        if far is not None and far.any():
+            i = int(np.argmax(far))
+            lo, hi = self.target_range
+            _validate.warn(f"{int(far.sum())} of {far.size} predictions lie more than half the "
+                           f"training targets' range beyond it (training targets in "
+                           f"[{lo:.4g}, {hi:.4g}]; row {i} (from 0) predicts "
+                           f"{float(pred[i]):.4g}): the "
+                           "gate sends such rows to an expert whose line is extrapolated far "
+                           "from its rows. FittedMoE.far_predictions(x) flags them.")
+        return pred
+
+    def far_predictions(self, x) -> np.ndarray:
+        """Which rows' predictions lie more than half the training targets' range beyond it
+        (below min - span / 2 or above max + span / 2): the rows `predict` warns about.
+
+        Args:
+          x: (n, d) features in the units the model was fitted on.
+
+        Returns:
+          (n,) booleans; all False for a model without `target_range`.
+
+        Raises:
+          ValueError: for x that is not a finite (n, d) array.
+
+        >>> bool(model.far_predictions(x[:3]).any())
+        False
+        """
+        pred = np.asarray(_on_rows(self, _predict, self._checked(x)))
+        far = self._far(pred)
+        return np.zeros(pred.shape, bool) if far is None else far
+
+    def _far(self, pred) -> np.ndarray | None:
+        """The far-prediction flags of host predictions, or None (JAX arrays, which may be
+        traced, or no target_range)."""
+        if self.target_range is None or not isinstance(pred, np.ndarray):
+            return None
+        lo, hi = self.target_range
+        margin = (hi - lo) / 2
+        return (pred < lo - margin) | (pred > hi + margin)
 
     def expert_means(self, x) -> jax.Array:
         """Each expert's mean g(a_i . x + b_i) for each row, in the target's units: what
@@ -571,7 +619,7 @@ class FittedMoE:
 
 jax.tree_util.register_dataclass(
     FittedMoE, data_fields=["params", "standardizer", "report", "selection", "inference"],
-    meta_fields=["feature_names", "target_name", "noise_learned", "prior"])
+    meta_fields=["feature_names", "target_name", "noise_learned", "prior", "target_range"])
 
 
 # `FittedMoE.degeneracy`: a sigma below this fraction of sd(y) marks a degenerate expert.

@@ -102,7 +102,8 @@ def save(path: str | bytes | os.PathLike, fitted: FittedMoE) -> None:
                 nonlinearity=fitted.nonlinearity, family=get_family(fitted.params.family).name,
                 feature_names=None if names is None else list(names),
                 target_name=fitted.target_name, noise_learned=bool(fitted.noise_learned),
-                prior=None if fitted.prior is None else fitted.prior._asdict())
+                prior=None if fitted.prior is None else fitted.prior._asdict(),
+                target_range=None if fitted.target_range is None else list(fitted.target_range))
     for part in _PARTS:
         value = getattr(fitted, part)
         if value is not None:
@@ -156,6 +157,12 @@ def _problem(meta: dict, arrays: dict) -> str | None:
         return f"target_name must be a string, got {target!r}"
     if not isinstance(meta.get("noise_learned", True), bool):
         return f"noise_learned must be true or false, got {meta['noise_learned']!r}"
+    span = meta.get("target_range")  # absent in files before it was kept
+    if span is not None and not (
+            isinstance(span, list) and len(span) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in span)
+            and np.all(np.isfinite(span)) and span[0] <= span[1]):
+        return f"target_range must be null or [min, max] of finite numbers, got {span!r}"
     prior = meta.get("prior")
     if prior is not None:
         try:
@@ -254,4 +261,6 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
         Standardizer(arrays["x_mean"], arrays["x_map"], arrays["y_mean"], arrays["y_scale"]),
         names, meta.get("target_name"), noise_learned=meta.get("noise_learned", True),
         prior=None if meta.get("prior") is None else prior_lib.check(Prior(**meta["prior"])),
+        target_range=None if meta.get("target_range") is None else tuple(
+            float(v) for v in meta["target_range"]),
         **parts)

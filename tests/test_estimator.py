@@ -287,3 +287,27 @@ def test_more_experts_than_features_from_random_starts():
         assert np.all((0.07 < np.asarray(model.noise_std)) & (np.asarray(model.noise_std) < 0.16))
     with pytest.raises(ValueError, match="no moment start .* num_refine_iters must be positive"):
         mj.fit(jax.random.key(0), x, y, num_experts=3, num_refine_iters=0)
+
+
+def test_a_prediction_far_outside_the_training_targets_is_reported(tmp_path):
+    # The audit's absurd prediction (160 for a target within 5-50) is never silent: a row far
+    # outside the training rows, sent by the gate to an extrapolated expert, gets a warning and
+    # a flag; rows inside the training range do not. The range is saved with the model.
+    rng = np.random.default_rng(9)
+    x = rng.uniform(0, 1, size=(300, 2))
+    y = np.where(x[:, 0] > 0.5, 5 + 40 * x[:, 1], 50 - 40 * x[:, 1]) + rng.normal(size=300)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=2, num_refine_iters=100)
+    assert model.target_range == (float(y.astype(np.float32).min()),
+                                  float(y.astype(np.float32).max()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(x)  # the training rows: no warning
+    far = np.array([[0.9, 5.0], [0.2, -4.0], [0.5, 0.5]])
+    with pytest.warns(UserWarning, match=r"2 of 3 predictions lie more than half the training "
+                                         r"targets' range beyond it"):
+        pred = model.predict(far)
+    assert pred[0] > 50 + 23 and pred[1] > 50 + 23
+    np.testing.assert_array_equal(model.far_predictions(far), [True, True, False])
+    assert not model.far_predictions(x).any()
+    mj.io.save(tmp_path / "m.npz", model)
+    assert mj.io.load(tmp_path / "m.npz").target_range == model.target_range

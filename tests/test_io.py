@@ -204,6 +204,7 @@ def _rewrite(path, **changes):
     dict(format_version="1"), dict(target_name=[1]), dict(noise_std=np.float32(-0.5)),
     dict(y_scale=np.float32(0.0)), dict(experts=np.zeros((3,), np.float32)),
     dict(noise_std=np.ones(2, np.float32)), dict(noise_std=np.float32([0.1, 0.2, -0.1])),
+    dict(target_range=[3.0, 1.0]), dict(target_range=[0.0, "x"]), dict(target_range=5.0),
 ])
 def test_load_refuses_inconsistent_contents_with_a_value_error(tmp_path, fitted, change):
     model, _ = fitted
