@@ -242,7 +242,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
         return model
     i = int(np.argmin(rows))
     if not quiet:
-        _validate.warn(f"expert {i} of {num_experts} was fitted on {rows[i]:.1f} rows of "
+        _validate.warn(f"expert {i + 1} of {num_experts} was fitted on {rows[i]:.1f} rows of "
                        f"posterior weight, fewer than {MIN_ROWS_PER_EXPERT_PARAMETER} per each "
                        f"of its d + 2 = {x.shape[1] + 2} parameters: it is dropped and "
                        f"{num_experts - 1} expert(s) are fitted instead.")

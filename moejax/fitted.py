@@ -599,12 +599,12 @@ class FittedMoE:
         out = []
         if self.report is not None and self.report.effective_rows is not None:
             rows = np.asarray(self.report.effective_rows)
-            out += [f"expert {i} was fitted on {v:.1f} rows of posterior weight, fewer than "
+            out += [f"expert {i + 1} was fitted on {v:.1f} rows of posterior weight, fewer than "
                     f"its d + 2 = {self.dim + 2} parameters" for i, v in enumerate(rows)
                     if v < self.dim + 2]
         if self.report is not None:
             sigma = np.atleast_1d(np.asarray(self.params.noise_std))  # in units of sd(y)
-            out += [f"expert {i}'s sigma is {v:.2g} sd(y), a spike on a few rows (fit with the "
+            out += [f"expert {i + 1}'s sigma is {v:.2g} sd(y), a spike on a few rows (fit with the "
                     "default prior)" for i, v in enumerate(np.broadcast_to(
                         sigma, (self.num_experts,))) if v < DEGENERATE_NOISE]
         return out
