@@ -51,10 +51,12 @@ def test_overview_picks_the_gates_feature_and_refuses_an_unknown_one(fitted):
 
 def test_selection_and_coefficient_exports(fitted):
     model, x, y = fitted
-    scores = mj.select_num_experts(jax.random.key(1), x, y, max_experts=2, num_folds=2,
-                                   num_refine_iters=20)
+    scores = mj.KSelection(np.array([1, 2]), np.array([4, 11]), np.array([-1.2, -0.4]),
+                           np.array([980.0, 420.0]), np.array([-1.25, -0.5]),
+                           np.array([0.05, 0.04]), np.array([1.3, 0.9, 0.1]), 2, 2)
     left, right = plot.selection(scores)
-    assert len(right.get_lines()[0].get_ydata()) == 3
+    np.testing.assert_array_equal(right.get_lines()[0].get_ydata(), scores.m2_spectrum)
+    assert "BIC: k = 2" in [t.get_text() for t in left.get_legend().get_texts()]
     plt.close("all")
     coefficients = model.coefficients()
     columns = coefficients.to_dict()
