@@ -62,16 +62,17 @@ class KSelection(NamedTuple):
         return "\n".join(rows)
 
     def at_largest(self) -> str | None:
-        """A warning when a criterion chose the largest k tried and k could be larger (at
-        most d = len(m2_spectrum)): a larger k might score better still. Else None."""
+        """A warning when a criterion chose the largest k tried (k > 1; k may exceed d, fitted
+        from random starts): a larger k might score better still. Else None."""
         largest = int(self.num_experts[-1])
         chosen = [name for name, best in (("BIC", self.best_bic), ("cross-validation",
                                                                    self.best_cv))
-                  if best == largest and 1 < largest < len(self.m2_spectrum)]
+                  if best == largest and 1 < largest]
         if not chosen:
             return None
         return (f"{' and '.join(chosen)} chose k = {largest}, the largest k tried: a larger k "
-                "may score better still (raise max_experts, at most d).")
+                "may score better still (raise max_experts; 'auto' also stops at the k the "
+                "rows support).")
 
 
 def m2_spectrum(x, y, nonlinearity: str = "linear") -> np.ndarray:

@@ -88,7 +88,8 @@ def test_choosing_the_largest_k_tried_is_flagged_where_k_could_be_larger():
     warned = mj.selection.KSelection(m2_spectrum=np.ones(5), **base)
     assert "BIC chose k = 3, the largest k tried" in warned.at_largest()
     assert warned.at_largest() in warned.table()
-    assert mj.selection.KSelection(m2_spectrum=np.ones(3), **base).at_largest() is None  # k = d
+    # k = d no longer bounds k (beyond d, random starts): the largest k tried is flagged.
+    assert mj.selection.KSelection(m2_spectrum=np.ones(3), **base).at_largest() is not None
     assert mj.selection.KSelection(m2_spectrum=np.ones(5), **dict(base, best_bic=2)
                                    ).at_largest() is None
     # fit warns when it returns such a k: three regimes, at most two experts tried.
