@@ -293,7 +293,8 @@ def _columns_kept(given, x) -> None:
     given = np.asarray(given)
     if given.dtype != np.float64:
         return
-    lost = np.flatnonzero((np.ptp(x, axis=0) == 0) & (np.ptp(given, axis=0) > 0))
+    constant = np.flatnonzero(np.ptp(x, axis=0) == 0)  # the float64 pass only if needed
+    lost = constant[np.ptp(given[:, constant], axis=0) > 0] if constant.size else constant
     if lost.size:
         raise DataError("x", "has column(s) that vary in float64 but are constant in "
                         "float32, JAX's default float type (their spread is below float32's "

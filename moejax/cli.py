@@ -29,7 +29,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from moejax import _files, compilation, estimator, io, program_cache, refinement
+from moejax import _files, compilation, estimator, io, plot, program_cache, refinement
 from moejax.config import FitConfig
 from moejax._version import __version__
 from moejax.nonlinearities import NONLINEARITIES
@@ -307,7 +307,6 @@ def plot_command(path: str) -> None:
     except ImportError:
         raise InputError("plot needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # a file, no display
-    from moejax import plot
 
     model = _load_model()
     names = read_header(path, delimiter=_DELIM.value)

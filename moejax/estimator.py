@@ -137,7 +137,8 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
                              f"features, got {x.shape[0]}.")
     if config.num_experts == "auto":
         names = _names(feature_names, target_name, x.shape[1])
-        distinct, _ = row_groups(x, y)
+        rows = row_groups(x, y)
+        distinct = rows[0]
         supported = supported_experts(distinct, x.shape[1], config.per_expert_noise)
         max_experts = min(config.max_experts, supported)
         folds = 5 if config.select_by == "cv" else 0
@@ -146,7 +147,7 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
                  + (f" ({distinct} distinct rows support at most k = {supported}: "
                     f"{ROWS_PER_PARAMETER} rows per parameter)"
                     if supported < config.max_experts else ""))
-        scores, models = _select(key, x, y, config, max_experts, folds, names)
+        scores, models = _select(key, x, y, rows, config, max_experts, folds, names)
         best = scores.best_cv if folds else scores.best_bic
         model = dataclasses.replace(models[best], selection=scores)
         if best == max_experts and scores.at_largest():
@@ -363,8 +364,10 @@ def _target_range(y) -> tuple[float, float]:
     return float(y.min()), float(y.max())
 
 
-def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, names: dict):
-    """`selection.score` with least squares for k = 1 and `_fit` for k >= 2."""
+def _select(key, x, y, rows, config: FitConfig, max_experts: int, num_folds: int,
+            names: dict):
+    """`selection.score` with least squares for k = 1 and `_fit` for k >= 2; rows:
+    `row_groups(x, y)`."""
     def fit_k(key, x, y, k):
         if k == 1:
             return _least_squares(x, y, names)
@@ -375,7 +378,7 @@ def _select(key, x, y, config: FitConfig, max_experts: int, num_folds: int, name
         return num_free_params(k, x.shape[1], config.per_expert_noise,
                            learn_sigma=k == 1 or config.noise_std is None)
 
-    return selection.score(key, x, y, max_experts=max_experts, num_folds=num_folds,
+    return selection.score(key, x, y, rows, max_experts=max_experts, num_folds=num_folds,
                            nonlinearity=config.nonlinearity, fit_k=fit_k, num_params=num_params,
                            log_likelihood=lambda m, x, y: _on_rows(m, _log_likelihood, x, y,
                                                                    reduce=True))
@@ -422,11 +425,12 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
                                      max_experts=max_experts, **fit_kwargs),
                           "select_num_experts")
     x, y = _validate.data(x, y)
-    supported = supported_experts(row_groups(x, y)[0], x.shape[1], config.per_expert_noise)
+    rows = row_groups(x, y)
+    supported = supported_experts(rows[0], x.shape[1], config.per_expert_noise)
     if config.max_experts > supported:  # the rule `fit` applies to num_experts="auto"
         _validate.warn(f"max_experts={config.max_experts}: the rows support k up to "
                        f"{supported} ({ROWS_PER_PARAMETER} distinct rows per free parameter, "
                        f"as fit(num_experts='auto') requires); scoring k = 1..{supported}.")
         config = dataclasses.replace(config, max_experts=supported)
     names = _names(names["feature_names"], names["target_name"], x.shape[1])
-    return _select(key, x, y, config, config.max_experts, num_folds, names)[0]
+    return _select(key, x, y, rows, config, config.max_experts, num_folds, names)[0]

@@ -33,16 +33,13 @@ def feature_index(model: FittedMoE, feature) -> int:
     """The column of x that `feature` names: one of `model.feature_names`, or an integer
     index; ValueError otherwise."""
     names = list(model.feature_names or [])
-    if isinstance(feature, str):
-        if feature not in names:
-            raise ValueError(f"feature must be one of the model's features {names} or an "
-                             f"index in [0, {model.dim}), got {feature!r}.")
+    if isinstance(feature, str) and feature in names:
         return names.index(feature)
-    if isinstance(feature, (bool, np.bool_)) or not isinstance(feature, (int, np.integer)) \
-            or not 0 <= feature < model.dim:
-        raise ValueError(f"feature must be one of the model's features {names} or an index "
-                         f"in [0, {model.dim}), got {feature!r}.")
-    return int(feature)
+    if isinstance(feature, (int, np.integer)) and not isinstance(feature, (bool, np.bool_)) \
+            and 0 <= feature < model.dim:
+        return int(feature)
+    raise ValueError(f"feature must be one of the model's features {names} or an index in "
+                     f"[0, {model.dim}), got {feature!r}.")
 
 
 def _along(model: FittedMoE, x: np.ndarray, j: int) -> np.ndarray:

@@ -119,7 +119,8 @@ def _one_standard_error(ks, cv) -> int:
     return int(ks[np.argmax(deficit.mean(axis=1) <= se)])
 
 
-def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearity: str,
+def score(key: jax.Array, x, y, rows: tuple[int, np.ndarray], *, max_experts: int,
+          num_folds: int, nonlinearity: str,
           fit_k: Callable, log_likelihood: Callable, num_params: Callable):
     """Every k = 1, ..., max_experts scored by BIC (fitted on all rows) and, with num_folds >= 2,
     by cross-validated log-likelihood (num_folds = 0 skips it). Every fold holds out
@@ -129,6 +130,7 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
     Args:
       key: PRNG key (the folds and every fit).
       x: (n, d) features; y: (n,) target, both already checked by the caller.
+      rows: `row_groups(x, y)`, which the caller has for its rows rule.
       max_experts: the largest k (checked by the caller: at most d).
       num_folds: 0, or F >= 2 folds.
       nonlinearity: for the M2 spectrum.
@@ -146,7 +148,7 @@ def score(key: jax.Array, x, y, *, max_experts: int, num_folds: int, nonlinearit
       ValueError: for too few rows for the folds, and whatever `fit_k` raises.
     """
     n, d = x.shape
-    num_groups, groups = row_groups(x, y)
+    num_groups, groups = rows
     if num_folds and (num_groups // num_folds < 1 or
                       num_groups - num_groups // num_folds < 2 * (d + 2)):
         raise ValueError(f"{_rows(num_groups, n)} are too few for {num_folds}-fold "

@@ -53,7 +53,7 @@ def test_a_k_whose_fit_dropped_an_expert_keeps_its_penalty():
     x, y = _data(1, 300, seed=1)
     counts = {1: 6, 2: 17, 3: 28}  # (2k - 1)(d + 1) + k, d = 4
     sel, models = selection.score(
-        jax.random.key(0), x, y, max_experts=3, num_folds=0, nonlinearity="linear",
+        jax.random.key(0), x, y, selection.row_groups(x, y), max_experts=3, num_folds=0, nonlinearity="linear",
         fit_k=lambda key, x, y, k: mj.fit(key, x, y, num_experts=1),
         log_likelihood=lambda m, x, y: float(m.log_likelihood(x, y)), num_params=counts.get)
     assert [m.num_experts for m in models.values()] == [1, 1, 1]
