@@ -486,6 +486,16 @@ def fit_inputs(x, y, num_experts, nonlinearity, noise_std=None, *, streams: bool
     return x, y, np.asarray(noise_std, x.dtype)
 
 
+def family_target(y: np.ndarray, family) -> None:
+    """Raises the DataError of the rows of checked host y that `family` (a `Family`) cannot
+    hold (a 0/1 column with other values, a count that is negative or not whole)."""
+    bad = family.check_target(y)
+    if bad.size:
+        raise DataError("y", f"must be {family.target} for family {family.name!r}",
+                        [(int(i), None, f"{float(y[i]):.6g}") for i in bad[:SHOWN_CELLS]],
+                        count=int(bad.size))
+
+
 def constant_target(value: float):
     """Raises the DataError of a constant y (every entry `value`)."""
     raise DataError("y", f"is constant (every entry is {value:.6g}): there is nothing to fit")

@@ -40,8 +40,8 @@ from moejax.tables import NA_VALUES, TableError, read_header, read_table
 COMMANDS = ("fit", "predict", "summary", "plot")
 # fit's settings with a flag of the same name (its default is FitConfig's); --experts and
 # --prior are read into num_experts and prior.
-FIT_SETTINGS = ("nonlinearity", "noise_std", "whiten", "num_refine_iters", "num_refine_inits",
-                "per_expert_noise", "max_experts", "select_by", "chunk_size")
+FIT_SETTINGS = ("family", "nonlinearity", "noise_std", "whiten", "num_refine_iters",
+                "num_refine_inits", "per_expert_noise", "max_experts", "select_by", "chunk_size")
 _DEFAULT = {field.name: field.default for field in dataclasses.fields(FitConfig)}
 
 _DATA = flags.DEFINE_string("data", None, "Input table (.csv, or .tsv for tab-separated; - "
@@ -62,9 +62,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "chunk_size", _DEFAULT["chunk_size"], "fit: rows per block of every pass over the data "
     "(bounds memory on large tables; default: all rows at once).")
+flags.DEFINE_string(
+    "family", _DEFAULT["family"], "fit: the target's distribution given an expert: gaussian, "
+    "binomial (a 0/1 target, logit link) or poisson (a count, log link).")
 _NONLIN = flags.DEFINE_string(
     "nonlinearity", _DEFAULT["nonlinearity"], "fit: the experts' non-linearity g: one of "
-    f"{', '.join(NONLINEARITIES)}, or a name registered by an --import module.")
+    f"{', '.join(NONLINEARITIES)}, or a name registered by an --import module (default: the "
+    "family's, linear for gaussian).")
 flags.DEFINE_float(
     "noise_std", _DEFAULT["noise_std"], "fit: known noise sd in target units (default: "
     "estimated).")
@@ -239,13 +243,15 @@ def fit_command(path: str) -> None:
         k = int(k)
     if not -2**63 <= _SEED.value < 2**63:
         raise InputError(f"--seed must fit in 64 bits (|seed| < 2^63), got {_SEED.value}.")
-    print(f"fitting {k} {_NONLIN.value} experts to {n} rows, {d} features, target "
+    config = _fit_config(k)
+    kind = (config.family if config.family != "gaussian" else config.nonlinearity)
+    print(f"fitting {k} {kind} experts to {n} rows, {d} features, target "
           f"{_TARGET.value!r}", flush=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with _rows_of(path, lines, _TARGET.value):  # the library checks the cells
             try:
-                model = _fit(x, y, _fit_config(k), feature_names)
+                model = _fit(x, y, config, feature_names)
             except ValueError as e:  # k's range is the library's check; --experts is the flag
                 if not str(e).startswith("num_experts "):
                     raise
@@ -276,7 +282,9 @@ def fit_command(path: str) -> None:
               f"{'BIC' if _SELECT_BY.value == 'bic' else 'cross-validation'}:")
         print(model.selection.table())
     print(f"mixing weights: {weights}")
-    print("noise sd: " + ", ".join(f"{v:.4g}" for v in np.atleast_1d(np.asarray(model.noise_std))))
+    if model.noise_learned or config.noise_std is not None:  # a binomial or Poisson has none
+        print("noise sd: " + ", ".join(f"{v:.4g}"
+                                       for v in np.atleast_1d(np.asarray(model.noise_std))))
     print(f"training NLL: {nll:.4f} per row")
     print(f"training MSE: {mse:.4g}")
     io.save(_OUT.value, model)
@@ -490,7 +498,8 @@ def import_modules(names) -> None:
 
 # The flags each command reads (besides the shared table flags), for its --help.
 COMMAND_FLAGS = dict(
-    fit=["data", "target", "features", "exclude", "experts", "out", "nonlinearity", "noise_std",
+    fit=["data", "target", "features", "exclude", "experts", "out", "family", "nonlinearity",
+         "noise_std",
          "per_expert_noise", "num_refine_iters", "num_refine_inits", "max_experts", "select_by",
          "chunk_size", "whiten", "prior", "seed"],
     predict=["model", "data", "out", "interval", "posteriors"],

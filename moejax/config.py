@@ -6,6 +6,7 @@ import dataclasses
 
 from moejax import _validate
 from moejax import prior as prior_lib
+from moejax.families import family_names, get_family
 from moejax.nonlinearities import nonlinearity_names
 from moejax.prior import Prior
 from moejax.refinement import REFINERS
@@ -24,8 +25,12 @@ class FitConfig:
         (`selection.supported_experts`). An explicit k with more free parameters than rows
         is an error, and one with fewer than `ROWS_PER_PARAMETER` rows per parameter a
         warning.
+      family: the distribution of y given an expert (`moejax.families`): "gaussian" (the
+        default), "binomial" (a 0/1 y, logit link) or "poisson" (a count y, log link); a
+        name in `moejax.family_names()`.
       nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()` (so that the
-        model can be saved).
+        model can be saved); None: the family's default (linear for the Gaussian, the
+        inverse of the canonical link otherwise, the only g binomial and Poisson take).
       noise_std: sigma in the target's units (fixed; a scalar, or one per expert), or None to
         estimate it (`fit` says how).
       whiten: whiten x (True) or only standardise its columns.
@@ -46,7 +51,8 @@ class FitConfig:
     """
 
     num_experts: int | str
-    nonlinearity: str = "linear"
+    family: str = "gaussian"
+    nonlinearity: str | None = None
     noise_std: object = None
     whiten: bool = True
     num_refine_iters: int = 3000
@@ -86,11 +92,23 @@ class FitConfig:
         """The settings with counts and flags as Python values; ValueError naming the first
         bad one. num_experts's range and sigma's shape depend on the data (`fit` checks
         them)."""
-        if not isinstance(self.nonlinearity, str) or self.nonlinearity not in nonlinearity_names():
+        if not isinstance(self.family, str) or self.family not in family_names():
+            raise ValueError(f"family must be one of {family_names()}, got {self.family!r}.")
+        family = get_family(self.family)
+        nonlinearity = (family.default_nonlinearity if self.nonlinearity is None
+                        else self.nonlinearity)
+        if not isinstance(nonlinearity, str) or nonlinearity not in nonlinearity_names():
             raise ValueError(f"nonlinearity must be one of {nonlinearity_names()} (a name, so "
                              "that the model can be saved; moejax.register_nonlinearity adds "
                              "one, and on the command line a name that an --import module "
                              f"registers), got {self.nonlinearity!r}.")
+        if family.nonlinearities is not None and nonlinearity not in family.nonlinearities:
+            raise ValueError(f"nonlinearity must be one of {family.nonlinearities} for family "
+                             f"{family.name!r} (its {family.link} link), got "
+                             f"{self.nonlinearity!r}.")
+        if self.noise_std is not None and not family.has_dispersion:
+            raise ValueError(f"noise_std must be None for family {family.name!r}: its variance "
+                             f"is fixed by its mean, got {self.noise_std!r}.")
         if isinstance(self.num_experts, str) and self.num_experts != "auto":
             raise ValueError(f"num_experts must be an integer or 'auto', got "
                              f"{self.num_experts!r}.")
@@ -104,6 +122,7 @@ class FitConfig:
         return dataclasses.replace(
             self,
             num_experts=num_experts,
+            nonlinearity=nonlinearity,
             prior=prior_lib.check(self.prior),
             whiten=_validate.flag(self.whiten, "whiten"),
             standard_errors=_validate.flag(self.standard_errors, "standard_errors"),

@@ -14,9 +14,11 @@ from moejax import prior as prior_lib
 from moejax import sums
 from moejax.baselines import random_init
 from moejax.config import FitConfig
+from moejax.families import get_family
 from moejax.fitted import FittedMoE, _log_likelihood, _on_rows
 from moejax.inference import Inference
 from moejax.moments import _initial_noise_std
+from moejax.nonlinearities import get_nonlinearity
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
 from moejax._renamed import FIT_RENAMED, accepts_old_names
@@ -129,8 +131,10 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
                ) -> FittedMoE:
     """`fit` after its settings are checked: k chosen, one k, or least squares."""
     progress = progress or (lambda message: None)
+    family = get_family(config.family)
     if config.num_experts in ("auto", 1):
         x, y = _validate.data(x, y)
+        _validate.family_target(y, family)
         if x.shape[0] < x.shape[1] + 2:  # k = 1 is always a candidate
             raise ValueError(f"least squares (num_experts={config.num_experts!r}) needs at "
                              f"least d + 2 = {x.shape[1] + 2} rows for d = {x.shape[1]} "
@@ -153,16 +157,20 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
         if best == max_experts and scores.at_largest():
             _validate.warn(scores.at_largest())
     elif config.num_experts == 1:
-        progress(f"least squares on {x.shape[0]} rows x {x.shape[1]} features")
-        model = _least_squares(x, y, _names(feature_names, target_name, x.shape[1]),
-                               config.noise_std)
+        progress(("least squares" if family.has_dispersion else f"a {family.name} GLM")
+                 + f" on {x.shape[0]} rows x {x.shape[1]} features")
+        model = _one_expert(x, y, _names(feature_names, target_name, x.shape[1]), config)
     else:
         x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, power=2,
                                        beyond_dim=True)
-        if config.num_experts > x.shape[1] and not config.num_refine_iters:
-            raise ValueError(f"num_experts={config.num_experts} > d = {x.shape[1]} features "
-                             "has no moment start (it needs k <= d): it is fitted from random "
-                             "starts by the refinement, so num_refine_iters must be positive.")
+        _validate.family_target(y, family)
+        if not _has_moment_start(config, x.shape[1]) and not config.num_refine_iters:
+            raise ValueError(f"num_experts={config.num_experts} "
+                             + (f"> d = {x.shape[1]} features has no moment start (it needs "
+                                "k <= d)" if family.moment_start else
+                                f"of family {family.name!r} has no moment start")
+                             + ": it is fitted from random starts by the refinement, so "
+                             "num_refine_iters must be positive.")
         check_rows(row_groups(x, y)[0], x.shape[1], config.num_experts,
                    config.per_expert_noise, num_given=x.shape[0])
         model = _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]),
@@ -181,6 +189,12 @@ def _training_statistics(model: "FittedMoE", x, y) -> Inference:
     z, ys, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), z, ys)
     return inference.statistics(model.params, z, ys, weights, model.standardizer.y_scale,
                                 model.noise_learned, model.prior)
+
+
+def _has_moment_start(config: "FitConfig | _Stages", dim: int) -> bool:
+    """Whether `fit` starts from the moment method: k <= d and a family whose moments it
+    reads (docs/algorithm.md section 2)."""
+    return config.num_experts <= dim and get_family(config.family).moment_start
 
 
 def _names(feature_names, target_name, dim: int) -> dict:
@@ -204,25 +218,35 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     (`_fit_program`), then the checks of what it reports. With a prior, an expert left with
     fewer than `MIN_ROWS_PER_EXPERT_PARAMETER` (d + 2) posterior rows is dropped and k - 1
     experts are fitted instead (least squares for k = 1), with a warning unless `quiet`."""
-    num_experts, learn = config.num_experts, config.noise_std is None
-    noise_std = None if learn else _validate.noise_levels(config.noise_std,
-                                                          num_experts).astype(x.dtype)
+    family = get_family(config.family)
+    num_experts = config.num_experts
+    learn = config.noise_std is None and family.has_dispersion
+    noise_std = (np.ones((), x.dtype) if not family.has_dispersion else None if learn else
+                 _validate.noise_levels(config.noise_std, num_experts).astype(x.dtype))
     progress(f"standardising {x.shape[0]} rows x {x.shape[1]} features")
-    std = preprocessing._fit_standardizer(x, y, whiten=config.whiten)
+    std = preprocessing._fit_standardizer(x, y, whiten=config.whiten,
+                                          scale_target=family.has_dispersion)
     xp, yp, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), x, y)
-    progress(f"moment stage ({num_experts} experts), gating EM ({config.num_gating_inits} "
-             f"starts, at most {config.num_gating_iters} iterations)"
-             + (f", joint-EM refinement (the moment start and {config.num_refine_inits} "
-                f"random starts, at most {config.num_refine_iters} iterations each)"
-                if config.num_refine_iters else ""))
+    moment = _has_moment_start(config, x.shape[1])
+    progress((f"moment stage ({num_experts} experts), gating EM ({config.num_gating_inits} "
+              f"starts, at most {config.num_gating_iters} iterations)" if moment else
+              f"no moment start ({num_experts} experts)")
+             + (f", joint-EM refinement ({'the moment start and ' if moment else ''}"
+                f"{config.num_refine_inits + (not moment)} random starts, at most "
+                f"{config.num_refine_iters} iterations each)" if config.num_refine_iters else ""))
     refinement.announce_cost(x.shape[0], x.shape[1], num_experts, 1 + config.num_refine_inits,
                                config.num_refine_iters, config.chunk_size, x.dtype.itemsize,
                                progress)
     penalty = (None if config.prior is None else
-               prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype))
+               prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype, family))
+    # A random start's experts begin at the one-expert model without slopes (a GLM's Newton
+    # step from a mean far from the data's can overshoot); the Gaussian's y is centred.
+    intercept = (None if family.has_dispersion else
+                 np.asarray(family.start_intercept(float(np.mean(y))), x.dtype))
     params, report, checks = program_cache.cached_call(
         _fit_program,
-        (key, xp, yp, weights, std, noise_std, np.asarray(config.refine_tol, x.dtype), penalty),
+        (key, xp, yp, weights, std, noise_std, np.asarray(config.refine_tol, x.dtype), penalty,
+         intercept),
         config=_Stages(**{name: getattr(config, name) for name in _Stages._fields}),
         layout=sums.Layout(config.chunk_size))
     top, sigma, gating_finite, refine_finite = jax.device_get(checks)
@@ -239,7 +263,8 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
                       target_range=_target_range(y), **names)
     rows = None if report is None else np.asarray(report.effective_rows)
     need = MIN_ROWS_PER_EXPERT_PARAMETER * (x.shape[1] + 2)
-    if rows is None or rows.min() >= need or not learn or config.prior is None:
+    if (rows is None or rows.min() >= need or config.noise_std is not None
+            or config.prior is None):
         return model
     i = int(np.argmin(rows))
     if not quiet:
@@ -248,7 +273,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
                        f"of its d + 2 = {x.shape[1] + 2} parameters: it is dropped and "
                        f"{num_experts - 1} expert(s) are fitted instead.")
     if num_experts == 2:
-        return _least_squares(x, y, names, config.noise_std)
+        return _one_expert(x, y, names, config)
     return _fit(key, x, y, dataclasses.replace(config, num_experts=num_experts - 1), names,
                 progress, quiet)
 
@@ -266,6 +291,7 @@ class _Stages(NamedTuple):
 
     num_experts: int
     nonlinearity: str
+    family: str
     per_expert_noise: bool
     num_power_inits: int
     num_gating_inits: int
@@ -276,16 +302,18 @@ class _Stages(NamedTuple):
 
 
 @compilation.jit(static_argnames=("config", "layout"))
-def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
+def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty, intercept,
                  config: _Stages, layout: sums.Layout):
     """Stages 2-4 of `fit` as one compiled program, for x: (rows, d) and y: (rows,) padded
     with weight-0 rows (`weights`: (rows,), 1 on the data's rows) and standardised here.
     noise_std: the given sigma in the target's units, or None to learn it; penalty: the
-    prior's `moejax.prior.Penalty` for the refinement, or None. Returns the
+    prior's `moejax.prior.Penalty` for the refinement, or None; intercept: None, or the
+    random starts' expert intercept (a GLM family's). Returns the
     parameters, the refinement's FitReport (None without refinement) and what the host
     checks afterwards: (max(|x_std| sqrt(d), |y_std|) for the overflow check, sigma's start,
     whether the gating EM and the refinement stayed finite)."""
     k, g, learn = config.num_experts, config.nonlinearity, noise_std is None
+    fam = config.family
     real = weights > 0
     xs = jnp.where(real[:, None], preprocessing._transform_features(std, x), 0.0)
     ys = jnp.where(real, preprocessing._transform_target(std, y), 0.0)
@@ -293,19 +321,24 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
     top = jnp.maximum(jnp.max(jnp.abs(xs)) * jnp.sqrt(xs.shape[1]), jnp.max(jnp.abs(ys)))
     sigma = (_initial_noise_std(ys, g, weights) if learn else noise_std / std.y_scale)
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
-    if k <= xs.shape[1]:
+
+
+    def random_start(key, sigma):
+        p = random_init(key, z.shape[1], k, sigma, z.dtype, nonlinearity=g)._replace(family=fam)
+        return p if intercept is None else p._replace(experts=p.experts.at[:, -1].set(intercept))
+
+    if _has_moment_start(config, xs.shape[1]):
         params, gating_finite = _moment_start(key_tensor, key_gating, xs, ys, weights, sigma,
                                               config, layout, learn)
-    else:  # no moment start (it needs k <= d): start 0 is one more random start
+    else:  # no moment start (k > d, or the family's): start 0 is one more random start
         start_sigma = jnp.broadcast_to(sigma, (k,)) if learn and config.per_expert_noise \
             else sigma
-        params = random_init(key_tensor, z.shape[1], k, start_sigma, z.dtype, nonlinearity=g)
+        params = random_start(key_tensor, start_sigma)
         gating_finite = jnp.asarray(True)
     start_sigma = params.noise_std
     report, refine_finite = None, jnp.asarray(True)
     if config.num_refine_iters:
-        randoms = jax.vmap(lambda key: random_init(key, z.shape[1], k, start_sigma, z.dtype,
-                                                   nonlinearity=g))(
+        randoms = jax.vmap(lambda key: random_start(key, start_sigma))(
             jax.random.split(key_starts, config.num_refine_inits))
         starts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), params, randoms)
         params, report, refine_finite = refinement.refine_starts(
@@ -335,27 +368,75 @@ def _moment_start(key_tensor, key_gating, xs, ys, weights, sigma, config: _Stage
     if learn and config.per_expert_noise:
         start_sigma = jnp.broadcast_to(start_sigma, (k,))
     return MoEParams(jnp.concatenate([est.experts, pad], 1), jnp.concatenate([w, pad], 1),
-                     start_sigma, g), info.finite
+                     start_sigma, g, config.family), info.finite
 
 
-def _least_squares(x, y, names: dict, noise_std=None) -> FittedMoE:
-    """Least squares with Gaussian noise as a one-expert FittedMoE (k = 1: the gate is constant),
-    on the same standardised scale as `fit`'s models; x, y checked. noise_std: sigma in the
-    target's units (fixed), or None for its maximum-likelihood estimate."""
-    std = preprocessing._fit_standardizer(x, y)
+def _one_expert(x, y, names: dict, config: FitConfig) -> FittedMoE:
+    """k = 1 as a one-expert FittedMoE (the gate is constant) on the same standardised scale as
+    `fit`'s models, x and y checked: least squares with Gaussian noise (sigma by maximum
+    likelihood unless config.noise_std gives it), or the family's GLM (`_glm`, with the
+    prior's ridge on the slopes when config.prior is set)."""
+    family = get_family(config.family)
+    std = preprocessing._fit_standardizer(x, y, scale_target=family.has_dispersion)
     xs, ys = _standardised(std, x, y)
     z = np.concatenate([xs, np.ones_like(xs[:, :1])], axis=1)
-    beta = np.linalg.lstsq(z, ys, rcond=None)[0]
-    if noise_std is None:
-        sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
+    prior = None
+    if not family.has_dispersion:
+        ridge = None
+        if config.prior is not None:
+            prior = config.prior
+            ridge = prior_lib.penalty(prior, 1, x.shape[1], np.float64, family).expert_ridge
+        beta, sigma = _glm(z, ys, family, ridge), np.ones(())
     else:
-        sigma = np.asarray(_validate.noise_levels(noise_std, 1), np.float64).reshape(()) / float(
-            std.y_scale)
+        beta = np.linalg.lstsq(z, ys, rcond=None)[0]
+        if config.noise_std is None:
+            sigma = np.sqrt(np.mean(np.square(ys - z @ beta)))
+        else:
+            sigma = np.asarray(_validate.noise_levels(config.noise_std, 1), np.float64).reshape(
+                ()) / float(std.y_scale)
     # Cast on the host (a cast on the device compiles a program per shape).
     params = MoEParams(*(jax.device_put(np.asarray(v, x.dtype)) for v in (
-        beta[None], np.zeros((1, z.shape[1])), sigma)), "linear")
-    return FittedMoE(params, std, noise_learned=noise_std is None,
-                     target_range=_target_range(y), **names)
+        beta[None], np.zeros((1, z.shape[1])), sigma)), config.nonlinearity, family.name)
+    return FittedMoE(params, std, noise_learned=config.noise_std is None and
+                     family.has_dispersion, prior=prior, target_range=_target_range(y), **names)
+
+
+# The one-expert GLM's Newton iterations: a cap, and the tolerance on the change of the
+# penalised mean log-likelihood (relative, absolute near 0) at which they stop.
+GLM_MAX_ITERS, GLM_TOL = 100, 1e-12
+
+
+def _glm(z: np.ndarray, y: np.ndarray, family, ridge=None) -> np.ndarray:
+    """The maximum (penalised, with ridge (d + 1,) per column) likelihood coefficients (d + 1,)
+    of a GLM of `family` with its canonical link on the host, in float64: Newton's method
+    (IRLS) from the model without slopes, halving a step that lowers the objective."""
+    n = z.shape[0]
+    ridge = np.zeros(z.shape[1]) if ridge is None else np.asarray(ridge, np.float64)
+    g = get_nonlinearity(family.default_nonlinearity)
+
+    def objective(beta):
+        mean = np.asarray(g(z @ beta), np.float64)
+        return (float(np.mean(np.asarray(family.log_density(y, mean, 1.0))))
+                - 0.5 * float(np.sum(ridge * beta ** 2)) / n), mean
+
+    beta = np.zeros(z.shape[1])
+    beta[-1] = family.start_intercept(float(np.mean(y)))
+    value, mean = objective(beta)
+    for _ in range(GLM_MAX_ITERS):
+        w, _ = (np.asarray(v, np.float64) for v in family.irls_weights(mean, mean))
+        hess = (z.T * w) @ z / n + np.diag(ridge) / n
+        step = np.linalg.solve(hess, z.T @ (y - mean) / n - ridge * beta / n)
+        for _ in range(30):
+            new_value, new_mean = objective(beta + step)
+            if new_value >= value:
+                break
+            step = step / 2
+        else:
+            break
+        beta, old, value, mean = beta + step, value, new_value, new_mean
+        if new_value - old <= GLM_TOL * (1 + abs(new_value)):
+            break
+    return beta
 
 
 def _target_range(y) -> tuple[float, float]:
@@ -368,18 +449,22 @@ def _select(key, x, y, rows, config: FitConfig, max_experts: int, num_folds: int
             names: dict):
     """`selection.score` with least squares for k = 1 and `_fit` for k >= 2; rows:
     `row_groups(x, y)`."""
+    family = get_family(config.family)
+
     def fit_k(key, x, y, k):
         if k == 1:
-            return _least_squares(x, y, names)
+            return _one_expert(x, y, names, dataclasses.replace(config, noise_std=None))
         return _fit(key, x, y, dataclasses.replace(config, num_experts=k), names,
                     lambda message: None, quiet=True)
 
     def num_params(k):  # least squares learns its sigma; k >= 2 as configured
         return num_free_params(k, x.shape[1], config.per_expert_noise,
-                           learn_sigma=k == 1 or config.noise_std is None)
+                               learn_sigma=family.has_dispersion and (
+                                   k == 1 or config.noise_std is None))
 
     return selection.score(key, x, y, rows, max_experts=max_experts, num_folds=num_folds,
-                           nonlinearity=config.nonlinearity, fit_k=fit_k, num_params=num_params,
+                           nonlinearity=config.nonlinearity if family.moment_start else None,
+                           fit_k=fit_k, num_params=num_params,
                            log_likelihood=lambda m, x, y: _on_rows(m, _log_likelihood, x, y,
                                                                    reduce=True))
 

@@ -17,6 +17,8 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaincc, gammaln
 from jax.scipy.stats import norm
 
 
@@ -47,6 +49,19 @@ class Family(NamedTuple):
         transforms assume constant (docs/algorithm.md section 2).
       moment_start: whether the moment stage (`recover`) applies: its transforms assume
         y = g(a_z . x) + noise of a variance independent of x and a zero third moment.
+      nonlinearities: the g (inverse links) the family takes, the default first; None: any
+        (the Gaussian's default is linear).
+      link: the link's name as statsmodels and R name it ("identity", "logit", "log"), for a
+        family with fixed g; the Gaussian's is "identity" with linear g.
+      target: what y must be, in words, or "" for any finite number; `check_target` tests it.
+      check_target: host (NumPy) y (n,) -> the indices of the rows whose y the family cannot
+        hold (empty: none).
+      start_intercept: host mean of y -> the expert intercept eta = g^(-1)(mean) that random
+        starts begin from (the one-expert model without slopes).
+      max_step: None (the experts' M-step is the exact weighted least-squares step), or the
+        cap on each IRLS step's change of an expert's linear predictor, in root mean square
+        over the rows (Newton's step on a GLM can overshoot far from the optimum).
+      discrete: whether y takes integer values (quantiles are then integers).
     """
 
     name: str
@@ -60,8 +75,21 @@ class Family(NamedTuple):
     cdf: Callable
     bracket: Callable
     sample: Callable
-    noise_variance: Callable
+    noise_variance: Callable | None
     moment_start: bool
+    nonlinearities: tuple[str, ...] | None = None
+    link: str = "identity"
+    target: str = ""
+    check_target: Callable = lambda y: np.zeros((0,), int)
+    start_intercept: Callable = lambda mean: 0.0
+    max_step: float | None = None
+    discrete: bool = False
+
+    @property
+    def default_nonlinearity(self) -> str:
+        """The g that `fit` uses unless told otherwise: linear for the Gaussian, else the
+        inverse of the family's canonical link."""
+        return "linear" if self.nonlinearities is None else self.nonlinearities[0]
 
 
 def _normal_log_density(y, mean, scale):
@@ -128,9 +156,101 @@ GAUSSIAN = Family(
     moment_start=True,
 )
 
+# binomial and Poisson: canonical links only, so the IRLS weights are w = V(mu), f = 1 (the
+# slope d mu / d eta equals V(mu)), exact where mu saturates and V underflows. Their log
+# densities clip mu to [eps, 1 - eps] (binomial) or [tiny, ...] (Poisson): a row whose mean
+# rounds to 0 or 1 costs at most -log(eps) (16 nats in float32) instead of an infinite loss,
+# so posteriors and the likelihood stay finite.
+
+def _clip_probability(mean):
+    eps = jnp.finfo(jnp.result_type(mean)).eps
+    return jnp.clip(mean, eps, 1 - eps)
+
+
+def _binomial_log_density(y, mean, scale):
+    """log P(y | mu) of a 0/1 y: y log mu + (1 - y) log(1 - mu)."""
+    mu = _clip_probability(mean)
+    return y * jnp.log(mu) + (1 - y) * jnp.log1p(-mu)
+
+
+def _poisson_log_density(y, mean, scale):
+    """log P(y | mu) of a count y: y log mu - mu - log y!."""
+    mu = jnp.maximum(mean, jnp.finfo(jnp.result_type(mean)).tiny)
+    return y * jnp.log(mu) - mu - gammaln(y + 1)
+
+
+def _bad_rows(y, ok) -> np.ndarray:
+    return np.flatnonzero(~ok(np.asarray(y, np.float64)))
+
+
+def _keep_scale(weighted_sq, weights, noise_std, floor, prior_sq=0.0, prior_count=0.0):
+    """The scale of a family without a dispersion: fixed (never learned)."""
+    return noise_std
+
+
+def _pearson(y, mean, variance):
+    """(y - mu)^2 / V(mu), with a V that underflows read as the smallest normal number."""
+    return jnp.square(y - mean) / jnp.maximum(variance, jnp.finfo(jnp.result_type(mean)).tiny)
+
+
+# A GLM family's IRLS step moves each expert's linear predictor by at most this much (rms over
+# rows) per EM iteration: e-fold changes of a Poisson mean, odds ratios of e^3 per step.
+_GLM_MAX_STEP = 3.0
+
+BINOMIAL = Family(
+    name="binomial",
+    log_density=_binomial_log_density,
+    relative_log_density=lambda y, mean, scale: _binomial_log_density(y[..., None], mean,
+                                                                      scale),
+    variance=lambda mean, scale: mean * (1 - mean),
+    has_dispersion=False,
+    irls_weights=lambda mean, slope: (mean * (1 - mean), jnp.ones_like(mean)),
+    scale_statistic=lambda y, mean: _pearson(y, mean, mean * (1 - mean)),
+    scale_update=_keep_scale,
+    cdf=None,  # intervals of a 0/1 outcome say nothing: predict_interval refuses them
+    bracket=None,
+    sample=lambda key, mean, scale: jax.random.bernoulli(key, mean).astype(mean.dtype),
+    noise_variance=None,
+    moment_start=False,
+    nonlinearities=("sigmoid",),
+    link="logit",
+    target="0 or 1",
+    check_target=lambda y: _bad_rows(y, lambda v: (v == 0) | (v == 1)),
+    start_intercept=lambda mean: float(np.log(mean / (1 - mean))),
+    max_step=_GLM_MAX_STEP,
+)
+
+# Beyond mu + 12 sqrt(mu) + 12 the Poisson CDF is 1 to float64 precision for any mu.
+POISSON = Family(
+    name="poisson",
+    log_density=_poisson_log_density,
+    relative_log_density=lambda y, mean, scale: _poisson_log_density(y[..., None], mean,
+                                                                     scale),
+    variance=lambda mean, scale: mean,
+    has_dispersion=False,
+    irls_weights=lambda mean, slope: (mean, jnp.ones_like(mean)),
+    scale_statistic=lambda y, mean: _pearson(y, mean, mean),
+    scale_update=_keep_scale,
+    # P(Y <= t) = Q(floor(t) + 1, mu), the regularised upper incomplete gamma function.
+    cdf=lambda y, mean, scale: jnp.where(
+        y < 0, 0.0, gammaincc(jnp.floor(jnp.maximum(y, 0.0)) + 1, mean)),
+    bracket=lambda mean, scale: (jnp.full_like(mean, -1.0),
+                                 mean + _NORMAL_TAIL * jnp.sqrt(mean) + _NORMAL_TAIL),
+    sample=lambda key, mean, scale: jax.random.poisson(key, mean).astype(mean.dtype),
+    noise_variance=None,
+    moment_start=False,
+    nonlinearities=("exp",),
+    link="log",
+    target="a non-negative integer count",
+    check_target=lambda y: _bad_rows(y, lambda v: (v >= 0) & (v == np.round(v))),
+    start_intercept=lambda mean: float(np.log(mean)),
+    max_step=_GLM_MAX_STEP,
+    discrete=True,
+)
+
 # The registry (the one piece of module state, as for non-linearities: a name must mean one
 # family for the whole process, so that saved models can name theirs).
-_FAMILIES = {GAUSSIAN.name: GAUSSIAN}
+_FAMILIES = {f.name: f for f in (GAUSSIAN, BINOMIAL, POISSON)}
 
 FAMILIES = tuple(_FAMILIES)  # the built-in names
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from moejax import _validate, inference, predictive, preprocessing, program_cache, sums
 from moejax.inference import Inference
+from moejax.families import get_family
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
 from moejax.prior import Prior
@@ -81,9 +82,9 @@ class FittedMoE:
 
     @property
     def moment_start(self) -> bool:
-        """Whether the fit had the moment start (start 0 of `report`): it needs k <= d;
-        beyond it every start is random."""
-        return self.num_experts <= self.dim
+        """Whether the fit had the moment start (start 0 of `report`): it needs k <= d and a
+        family whose moments it reads (the Gaussian); otherwise every start is random."""
+        return self.num_experts <= self.dim and get_family(self.params.family).moment_start
 
     @property
     def num_experts(self) -> int:
@@ -242,7 +243,9 @@ class FittedMoE:
         try:
             if y is None:
                 return _validate.features(x, dim=self.dim)
-            return _validate.data(x, y, dim=self.dim)
+            x, y = _validate.data(x, y, dim=self.dim)
+            _validate.family_target(np.asarray(y), get_family(self.params.family))
+            return x, y
         except _validate.DataError as e:
             raise e.named(columns=self.feature_names, target=self.target_name) from None
 
@@ -357,7 +360,8 @@ class FittedMoE:
         """The central `level` predictive interval of y given each row of x: the
         (1 - level) / 2 and (1 + level) / 2 quantiles of the mixture's predictive
         distribution, found by bisection on its CDF (docs/algorithm.md section 6), not a
-        normal approximation.
+        normal approximation; integers for a count (Poisson) model, whose interval covers
+        at least `level`.
 
         Args:
           x: (n, d) features in the data's units.
@@ -367,12 +371,19 @@ class FittedMoE:
           (lower, upper), each (n,), in the target's units.
 
         Raises:
-          ValueError: for x that is not a finite (n, d) array, or level outside (0, 1).
+          ValueError: for x that is not a finite (n, d) array, level outside (0, 1), or a
+            binomial model (a 0/1 outcome has no informative interval: use `predict`'s
+            probabilities).
 
         >>> lower, upper = model.predict_interval(x[:3], 0.9)
         >>> lower.shape, bool(np.all(lower < upper))
         ((3,), True)
         """
+        family = get_family(self.params.family)
+        if family.cdf is None:
+            raise ValueError(f"predict_interval: a {family.name} model's outcome ({family.target}"
+                             ") has no informative predictive interval; predict gives its mean "
+                             "(the probability of a 1 for binomial).")
         level = _validate.positive(level, "level")
         if not 0 < float(level) < 1:
             raise ValueError(f"level must be in (0, 1), got {level!r}.")
@@ -547,9 +558,11 @@ class FittedMoE:
         >>> print(model.summary().splitlines()[0])
         Mixture of 2 experts, g = linear; target y on x1, x2, x3
         """
-        g = self.nonlinearity
+        family = get_family(self.params.family)
         names = self.feature_names or _default_names(self.dim)
-        lines = [f"Mixture of {self.num_experts} experts, g = {g}; target "
+        kind = ("experts, g = " + str(self.nonlinearity) if family.nonlinearities is None else
+                f"{family.name} experts, {family.link} link")
+        lines = [f"Mixture of {self.num_experts} {kind}; target "
                  f"{self.target_name or 'y'} on {', '.join(names)}"]
         if self.inference is not None:
             s = self.inference
@@ -566,7 +579,8 @@ class FittedMoE:
                      "num_refine_iters)")
             lines.append(f"fit: kept {start} of {len(r.converged)}, "
                          f"{int(r.num_iters[best])} iterations, {state}")
-            lines.append(_prior_line(self.prior, float(r.log_likelihood[best])))
+            lines.append(_prior_line(self.prior, float(r.log_likelihood[best]),
+                                     family.has_dispersion))
             if r.effective_rows is not None:
                 rows = np.asarray(r.effective_rows)
                 n = float(np.sum(rows))
@@ -602,7 +616,7 @@ class FittedMoE:
             out += [f"expert {i + 1} was fitted on {v:.1f} rows of posterior weight, fewer than "
                     f"its d + 2 = {self.dim + 2} parameters" for i, v in enumerate(rows)
                     if v < self.dim + 2]
-        if self.report is not None:
+        if self.report is not None and get_family(self.params.family).has_dispersion:
             sigma = np.atleast_1d(np.asarray(self.params.noise_std))  # in units of sd(y)
             out += [f"expert {i + 1}'s sigma is {v:.2g} sd(y), a spike on a few rows (fit with the "
                     "default prior)" for i, v in enumerate(np.broadcast_to(
@@ -626,13 +640,15 @@ jax.tree_util.register_dataclass(
 DEGENERATE_NOISE = 0.01
 
 
-def _prior_line(prior, objective: float) -> str:
-    """The summary's line on the prior and the objective the fit maximised."""
+def _prior_line(prior, objective: float, dispersion: bool = True) -> str:
+    """The summary's line on the prior and the objective the fit maximised; dispersion:
+    whether the family has one (a prior on sigma), else the prior is on the expert slopes."""
     if prior is None:
         return f"objective: maximum likelihood (prior=None), {objective:.4f} per row"
+    experts = (f"sigma^2 scaled-inv-chi^2({prior.noise_dof:g}, (sd(y) / k)^2)" if dispersion
+               else f"expert slopes N(0, {prior.expert_scale:g}^2)")
     return (f"objective: penalised log-likelihood {objective:.4f} per row (standardised "
-            f"scale); prior: gate slopes N(0, {prior.gate_scale:g}^2), sigma^2 scaled-inv-chi^2("
-            f"{prior.noise_dof:g}, (sd(y) / k)^2)")
+            f"scale); prior: gate slopes N(0, {prior.gate_scale:g}^2), {experts}")
 
 
 def _default_names(dim: int) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from moejax.program_cache import cached_call
 from moejax import predictive
 from moejax.params import MoEParams
 from moejax.preprocessing import Standardizer
+from moejax.families import get_family
 from moejax.prior import Prior, log_prior
 from moejax.prior import penalty as penalty_of
 from moejax.sums import Layout, row_sum
@@ -148,7 +149,7 @@ def _statistics(params: MoEParams, z, y, weights, y_scale, penalty, learn_sigma)
     if penalty is not None:  # the MAP fit's objective: its curvature and gradient
         def prior(theta):
             p = unpack(theta, params, learn_sigma)
-            return log_prior(penalty, p.gating, p.noise_std, learn_sigma)
+            return log_prior(penalty, p, learn_sigma)
 
         sums["score"] = sums["score"] + jax.grad(prior)(theta)
         information = information - jax.hessian(prior)(theta)
@@ -168,7 +169,8 @@ def statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma: bool,
     (log-likelihood + log prior), whose maximum the fit is; log_likelihood is not penalised."""
     with x64():
         k, d1 = params.experts.shape
-        penalty = None if prior is None else penalty_of(prior, k, d1 - 1, jnp.float64)
+        penalty = (None if prior is None else
+                   penalty_of(prior, k, d1 - 1, jnp.float64, params.family))
         out = cached_call(_statistics, (_float64(params), *_float64((z, y, weights, y_scale)),
                                         penalty), learn_sigma=learn_sigma)
         return Inference(*(np.asarray(v, np.float64) for v in out))
@@ -228,6 +230,8 @@ def data_units(theta, like: MoEParams, std: Standardizer, learn_sigma: bool):
         experts = (experts * std.y_scale).at[:, 0].add(std.y_mean)
     gates = affine(p.gating[:-1])
     sigma = jnp.atleast_1d(p.noise_std) * std.y_scale
+    if not get_family(p.family).has_dispersion:  # its scale is 1 by definition: not listed
+        sigma = sigma[:0]
     return jnp.concatenate([experts.ravel(), gates.ravel(), sigma])
 
 
@@ -346,7 +350,8 @@ def coefficients(params: MoEParams, std: Standardizer, inference: Inference | No
     else:
         se = [np.full(estimate.shape, np.nan)] * 2
     k = params.experts.shape[0]
-    labels = coefficient_labels(k, feature_names, int(np.size(params.noise_std)))
+    labels = coefficient_labels(k, feature_names, int(np.size(params.noise_std))
+                                if get_family(params.family).has_dispersion else 0)
     block = np.array([b for b, _, _ in labels])
     if not learn_sigma:  # a given sigma has no sampling error
         se = [np.where(block == "sigma", 0.0, s) for s in se]

@@ -23,7 +23,7 @@ from moejax.prior import Prior
 from moejax.selection import KSelection
 
 FORMAT = "moejax-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # What a fit reported, each part stored field by field as "part.field" (format 2; absent
 # parts load as None).
 _PARTS = {"report": FitReport, "selection": KSelection, "inference": inference.Inference}

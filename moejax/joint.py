@@ -40,15 +40,29 @@ def expert_sums(experts, resp, x, y, g, family: Family):
             jnp.sum(resp * family.scale_statistic(y, out), axis=1))
 
 
-def expert_step(gram, rhs, count):
+def expert_step(gram, rhs, count, experts=None, ridge=None):
     """The experts' M-step from `expert_sums`: delta_i = G_i^(-1) b_i, (k, d), one
-    Gauss-Newton step on sum_n q_ni (y_n - g(a_i . x_n))^2 for every expert. For linear g it
-    is the exact weighted least-squares update; for non-linear g a generalised M-step (weights
-    q g'^2, docs/solvers.md). count: the number of rows counted, the scale of the ridge."""
+    Gauss-Newton (IRLS) step on sum_n q_ni log p(y_n | a_i . x_n) for every expert. For linear
+    g and the Gaussian it is the exact weighted least-squares update; otherwise a generalised
+    M-step (docs/solvers.md). count: the number of rows counted, the scale of the ridge;
+    ridge: None, or (d,) a Gaussian prior's precision per column divided by count
+    (`moejax.prior`): then the step is the penalised one, (G_i + n R) delta_i = b_i - n R a_i,
+    at the current experts (k, d)."""
     d = gram.shape[-1]
     # A tiny ridge keeps an expert with (almost) no responsibility solvable.
-    ridge = 1e-6 * jnp.eye(d, dtype=gram.dtype)
-    return jnp.linalg.solve(gram / count + ridge, (rhs / count)[..., None])[..., 0]
+    lhs, rhs = gram / count + 1e-6 * jnp.eye(d, dtype=gram.dtype), rhs / count
+    if ridge is not None:
+        lhs, rhs = lhs + jnp.diag(ridge), rhs - ridge * experts
+    return jnp.linalg.solve(lhs, rhs[..., None])[..., 0]
+
+
+def capped(delta, gram_x, max_step):
+    """delta (k, d) with each row shortened so that its linear predictor moves by at most
+    max_step in root mean square over the rows: sqrt(delta_i^T C delta_i) <= max_step, C =
+    X^T X / n (the family's `max_step`; Newton's step on a GLM can overshoot far away)."""
+    size = jnp.sqrt(jnp.maximum(jnp.einsum("kd,de,ke->k", delta, gram_x, delta), 0.0))
+    return delta * jnp.minimum(1.0, max_step / jnp.maximum(size, jnp.finfo(delta.dtype).tiny)
+                               )[:, None]
 
 
 # The Newton gating step's trust region: the logits move by at most this much (root mean
@@ -76,6 +90,8 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
     floor = NOISE_FLOOR * response_std(y, layout, weights)
     count = row_count(x.shape[0], weights)
     ridge = None if penalty is None else penalty.gate_ridge / count
+    expert_ridge = (None if penalty is None or penalty.expert_ridge is None else
+                    penalty.expert_ridge / count)
     solve = gram_solver(gram_x) if penalty is None else None  # else it depends on k
 
     def em_map(theta):
@@ -98,7 +114,8 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
         grad = grad / count
         if penalty is not None:
             grad = grad - ridge * gating[:-1]
-            log_lik = log_lik + log_prior(penalty, gating, sigma, learn_noise_std)
+            log_lik = log_lik + log_prior(penalty, MoEParams(experts, gating, sigma),
+                                          learn_noise_std)
         if newton_gating:
             new_gating = newton_step(gating, grad, hess[0] / count, gram_x, NEWTON_MAX_CHANGE,
                                      ridge)
@@ -106,7 +123,9 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
             # (I - 1 1^T / k) >= I / k on the free rows: k ridge bounds the ridge's curvature.
             new_gating = bohning_step(gating, grad, solve if penalty is None else
                                       gram_solver(gram_x + 2 * k * jnp.diag(ridge)))
-        delta = expert_step(gram, rhs, count)
+        delta = expert_step(gram, rhs, count, experts, expert_ridge)
+        if family.max_step is not None:
+            delta = capped(delta, gram_x, family.max_step)
         if learn_noise_std:
             # sigma's exact maximiser given the new experts (ECM order), without another pass:
             # sum_n q (r - s delta . x)^2 = S - 2 delta . b + delta^T G delta, exact for linear

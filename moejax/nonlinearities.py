@@ -23,6 +23,7 @@ _NAMED = {
     "leaky_relu": jax.nn.leaky_relu,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
+    "exp": jnp.exp,  # the inverse of the log link (the Poisson family's)
 }
 
 NONLINEARITIES = tuple(_NAMED)  # the built-in names

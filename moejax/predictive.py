@@ -118,7 +118,9 @@ def quantiles(params: MoEParams, x: jax.Array, probs: jax.Array) -> jax.Array:
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
     lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, step, (lo, hi))
-    return 0.5 * (lo + hi)
+    # A discrete y's CDF is constant on [q, q + 1): F(floor(hi)) = F(hi) >= probs, and
+    # F(lo) < probs, so floor(hi) is the smallest integer quantile.
+    return jnp.floor(hi) if family.discrete else 0.5 * (lo + hi)
 
 
 def sample_response(key: jax.Array, params: MoEParams, x: jax.Array) -> jax.Array:

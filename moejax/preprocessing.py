@@ -70,8 +70,10 @@ def constant_columns(x: np.ndarray, dtype, rcond: float = 1e-10) -> np.ndarray:
     return np.flatnonzero(np.all(x == x[:1], axis=0) | (sd <= max(rcond, resolution) * unit))
 
 
-def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Standardizer:
-    """`fit_standardizer` on checked (x, y)."""
+def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10,
+                      scale_target: bool = True) -> Standardizer:
+    """`fit_standardizer` on checked (x, y); scale_target=False keeps y as it is (mean 0,
+    scale 1: a binomial or Poisson y is modelled in its own units)."""
     if x.shape[0] < 2:
         raise ValueError(f"x needs at least 2 rows to standardise, got {x.shape[0]}.")
     dtype = x.dtype
@@ -111,7 +113,9 @@ def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Sta
     y_unit = np.max(np.abs(y))
     y_mean = np.mean(y / y_unit) * y_unit
     y_scale = np.std((y - y_mean) / y_unit) * y_unit
-    if not y_scale > max(resolution * y_unit, 0.0) or not np.isfinite(y_scale):
+    if not scale_target:
+        y_mean, y_scale = 0.0, 1.0
+    elif not y_scale > max(resolution * y_unit, 0.0) or not np.isfinite(y_scale):
         raise ValueError(f"y's spread (max |y| = {y_unit:.3g}) is below what {dtype} "
                          "resolves: rescale y or use float64.")
     # Cast on the host and device_put: a cast on the device (or jnp.asarray) would compile a

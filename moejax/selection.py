@@ -29,7 +29,8 @@ class KSelection(NamedTuple):
       cv_log_likelihood: (m,) held-out mean log-likelihood per row, averaged over the folds
         (larger is better); NaN where no cross-validation was run.
       cv_std: (m,) its standard deviation over the folds.
-      m2_spectrum: (d,) eigenvalues of sign(c2) M2 on the standardised data, largest first.
+      m2_spectrum: (d,) eigenvalues of sign(c2) M2 on the standardised data, largest first
+        (empty for a family without a moment start).
       best_bic: the k with the smallest BIC.
       best_cv: the smallest k whose cross-validated log-likelihood is within one standard
         error (over the folds, of its paired difference) of the largest; 0 without
@@ -133,7 +134,7 @@ def score(key: jax.Array, x, y, rows: tuple[int, np.ndarray], *, max_experts: in
       rows: `row_groups(x, y)`, which the caller has for its rows rule.
       max_experts: the largest k (checked by the caller: at most d).
       num_folds: 0, or F >= 2 folds.
-      nonlinearity: for the M2 spectrum.
+      nonlinearity: for the M2 spectrum; None: none (a family without a moment start).
       fit_k: (key, x, y, k) -> a fitted model with `params.noise_std`; x and y are rows of
         the checked data.
       log_likelihood: (model, x, y) -> its mean log-likelihood on rows of the checked data.
@@ -174,6 +175,7 @@ def score(key: jax.Array, x, y, rows: tuple[int, np.ndarray], *, max_experts: in
     params = np.array([num_params(int(k)) for k in ks])
     bic = -2 * n * train_ll + params * np.log(n)
     selection = KSelection(ks, params, train_ll, bic, cv.mean(axis=1), cv.std(axis=1),
+                           np.zeros((0,)) if nonlinearity is None else
                            _m2_spectrum(x, y, nonlinearity), int(ks[np.argmin(bic)]),
                            _one_standard_error(ks, cv) if num_folds else 0)
     return selection, models

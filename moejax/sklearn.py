@@ -38,7 +38,10 @@ class MoERegressor(RegressorMixin, BaseEstimator):
     Args:
       num_experts: k >= 1 (1 is least squares), at most the number of features, or "auto"
         to choose k in 1..max_experts by `select_by`.
-      nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()`.
+      family: "gaussian", or "poisson" for a count y (log link); the experts'
+        distribution, a name in `moejax.family_names()`.
+      nonlinearity: the experts' g, a name in `moejax.nonlinearity_names()`, or None for the
+        family's default (linear for the Gaussian).
       num_refine_inits, num_refine_iters, refine_tol: the refinement's extra random starts, cap
         and tolerance.
       per_expert_noise: one noise sd per expert (else one shared).
@@ -66,11 +69,12 @@ class MoERegressor(RegressorMixin, BaseEstimator):
       ((4,), True)
     """
 
-    def __init__(self, num_experts=2, *, nonlinearity="linear", num_refine_inits=16,
+    def __init__(self, num_experts=2, *, family="gaussian", nonlinearity=None, num_refine_inits=16,
                  num_refine_iters=3000, refine_tol=1e-8, per_expert_noise=True, whiten=True,
                  max_experts=4, select_by="bic", standard_errors=False, prior="default",
                  random_state=None):
         self.num_experts = num_experts
+        self.family = family
         self.nonlinearity = nonlinearity
         self.num_refine_inits = num_refine_inits
         self.num_refine_iters = num_refine_iters

@@ -463,3 +463,25 @@ def test_import_registers_a_nonlinearity_for_fit_and_predict(tmp_path):
     out = moejax("fit", "--data=t.csv", "--target=y", "--experts=2", "--out=m2.npz",
                  "--nonlinearity=half_tanh", cwd=tmp_path)
     assert out.returncode == 1 and "--import module registers" in out.stderr
+
+
+def test_fit_and_predict_a_count_target_with_the_poisson_family(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = rng.poisson(np.exp(np.where(x[:, 0] > 0, 1 + 0.5 * x[:, 1], 0.2)))
+    write_csv(tmp_path / "counts.csv", ["a", "b", "n"], np.c_[x, y].tolist())
+    out = moejax("fit", "--data=counts.csv", "--target=n", "--experts=2", "--family=poisson",
+                 "--num_refine_iters=30", "--out=m.npz", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "fitting 2 poisson experts" in out.stdout and "noise sd" not in out.stdout
+    summary = moejax("summary", "--model=m.npz", cwd=tmp_path)
+    assert "Mixture of 2 poisson experts, log link" in summary.stdout
+    out = moejax("predict", "--model=m.npz", "--data=counts.csv", "--out=p.csv",
+                 "--interval=0.8", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = np.genfromtxt(tmp_path / "p.csv", delimiter=",", names=True)
+    assert np.all(rows["lower_08"] == np.round(rows["lower_08"]))
+    bad = moejax("fit", "--data=counts.csv", "--target=a", "--experts=2", "--family=poisson",
+                 "--out=bad.npz", cwd=tmp_path)
+    assert bad.returncode != 0 and "non-negative integer count" in bad.stderr
+    assert "line 2" in bad.stderr and not (tmp_path / "bad.npz").exists()

@@ -1,5 +1,6 @@
-"""Expert families (moejax/families.py): the Gaussian entry against SciPy's closed forms, its
-scale M-step, the robust relative density behind the one posterior, and the registry."""
+"""Expert families (moejax/families.py): the Gaussian, binomial and Poisson entries against
+SciPy's closed forms, the Gaussian's scale M-step, the robust relative density behind the one
+posterior, the GLM families' IRLS weights and targets, and the registry."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ from scipy import stats
 
 import moejax as mj
 from moejax import families
-from moejax.families import GAUSSIAN
+from moejax.families import BINOMIAL, GAUSSIAN, POISSON
 from conftest import enable_x64
 
 
@@ -93,3 +94,65 @@ def test_a_registered_family_runs_through_the_model():
     other = truth._replace(family="gaussian_twin")
     assert float(mj.log_likelihood(other, x, y)) == float(mj.log_likelihood(truth, x, y))
     np.testing.assert_array_equal(mj.sample(jax.random.key(1), other, 500)[1], y)
+
+
+def test_binomial_and_poisson_match_scipy_and_stay_finite_where_the_mean_saturates():
+    rng = np.random.default_rng(2)
+    mean = rng.uniform(0.05, 0.95, 40)
+    yb = (rng.uniform(size=40) < mean).astype(float)
+    rate = rng.uniform(0.1, 30.0, 40)
+    yp = rng.poisson(rate).astype(float)
+    with enable_x64():
+        f64 = lambda v: jnp.asarray(v, jnp.float64)
+        np.testing.assert_allclose(BINOMIAL.log_density(f64(yb), f64(mean), 1.0),
+                                   stats.bernoulli.logpmf(yb, mean), rtol=1e-12)
+        np.testing.assert_allclose(BINOMIAL.variance(f64(mean), 1.0), mean * (1 - mean))
+        np.testing.assert_allclose(POISSON.log_density(f64(yp), f64(rate), 1.0),
+                                   stats.poisson.logpmf(yp, rate), rtol=1e-10)
+        np.testing.assert_allclose(POISSON.variance(f64(rate), 1.0), rate)
+        t = f64(np.concatenate([yp, yp + 0.5, [-0.5, -3.0]]))
+        r = f64(np.concatenate([rate, rate, [1.0, 2.0]]))
+        np.testing.assert_allclose(POISSON.cdf(t, r, 1.0), stats.poisson.cdf(t, r), rtol=1e-9,
+                                   atol=1e-14)
+        lo, hi = POISSON.bracket(r, 1.0)
+        assert np.all(np.asarray(POISSON.cdf(lo, r, 1.0)) == 0.0)
+        assert np.all(1 - np.asarray(POISSON.cdf(hi, r, 1.0)) < 1e-15)
+    # A mean that rounds to 0 or 1 (a saturated logit, an underflowed rate) costs a finite
+    # loss, not an infinite one: the E-step and the likelihood stay finite.
+    for family, y, mu in ((BINOMIAL, [0.0, 1.0], [1.0, 0.0]), (POISSON, [3.0, 0.0], [0.0, 0.0])):
+        out = np.asarray(family.log_density(jnp.asarray(y), jnp.asarray(mu), 1.0))
+        assert np.all(np.isfinite(out)) and np.all(out <= 0)
+
+
+def test_glm_irls_weights_are_fisher_scorings_for_the_canonical_link():
+    # With g the inverse canonical link, slope = g'(eta) = V(mu): the general weights
+    # (slope^2 / V, slope / V) reduce to the families' (V, 1).
+    eta = jnp.linspace(-3.0, 3.0, 13)
+    for family, g in ((BINOMIAL, jax.nn.sigmoid), (POISSON, jnp.exp)):
+        mu, slope = jax.jvp(g, (eta,), (jnp.ones_like(eta),))
+        w, f = family.irls_weights(mu, slope)
+        v = family.variance(mu, 1.0)
+        np.testing.assert_allclose(w, slope ** 2 / v, rtol=1e-5)
+        np.testing.assert_allclose(f, slope / v, rtol=1e-5)
+        assert family.default_nonlinearity == family.nonlinearities[0]
+        assert not family.has_dispersion and not family.moment_start
+    assert GAUSSIAN.default_nonlinearity == "linear" and GAUSSIAN.nonlinearities is None
+
+
+def test_glm_draws_have_the_family_mean_and_variance():
+    n = 200_000
+    b = np.asarray(BINOMIAL.sample(jax.random.key(0), jnp.full((n,), 0.3), 1.0))
+    p = np.asarray(POISSON.sample(jax.random.key(1), jnp.full((n,), 4.0), 1.0))
+    assert set(np.unique(b)) == {0.0, 1.0} and np.all(p == np.round(p)) and p.min() >= 0
+    # Standard errors: sqrt(0.21 / 2e5) = 1e-3 for the binomial mean; sqrt(4 / 2e5) = 4.5e-3
+    # for the Poisson mean, about 0.016 for its variance (sd of the variance estimate).
+    assert abs(b.mean() - 0.3) < 6e-3
+    assert abs(p.mean() - 4.0) < 0.025 and abs(p.var() - 4.0) < 0.1
+
+
+def test_glm_targets_name_the_rows_they_cannot_hold():
+    np.testing.assert_array_equal(BINOMIAL.check_target(np.array([0.0, 1.0, 2.0, 0.5, 1.0])),
+                                  [2, 3])
+    np.testing.assert_array_equal(POISSON.check_target(np.array([0.0, 3.0, -1.0, 2.5, 7.0])),
+                                  [2, 3])
+    assert GAUSSIAN.check_target(np.array([-1.5, 2.0])).size == 0

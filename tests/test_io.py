@@ -329,3 +329,24 @@ def test_a_damaged_format_version_is_called_damaged_not_new(tmp_path, fitted, ve
     with pytest.raises(ValueError, match="is corrupted: its format_version") as info:
         mj.io.load(path)
     assert "Upgrade" not in str(info.value)
+
+
+def test_a_poisson_model_round_trips_with_its_family_and_prior(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2))
+    y = rng.poisson(np.exp(np.where(x[:, 0] > 0, 1 + 0.5 * x[:, 1], 0.2))).astype(float)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=2, family="poisson",
+                   num_refine_iters=20, prior=mj.Prior(expert_scale=1.5))
+    mj.io.save(tmp_path / "counts.npz", model)
+    loaded = mj.io.load(tmp_path / "counts.npz")
+    assert loaded.params.family == "poisson" and loaded.nonlinearity == "exp"
+    assert loaded.prior == mj.Prior(expert_scale=1.5) and not loaded.noise_learned
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    np.testing.assert_array_equal(loaded.predict_interval(x[:5])[1],
+                                  model.predict_interval(x[:5])[1])
+    assert loaded.summary() == model.summary()
+    # A format-2 file (before the expert prior): its prior's two fields load, the third
+    # takes its default.
+    _rewrite(tmp_path / "counts.npz", format_version=2,
+             prior=dict(gate_scale=2.5, noise_dof=3.0))
+    assert mj.io.load(tmp_path / "counts.npz").prior == mj.Prior()
