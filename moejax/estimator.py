@@ -471,7 +471,7 @@ def _select(key, x, y, rows, config: FitConfig, max_experts: int, num_folds: int
 
 @accepts_old_names(*FIT_RENAMED, renamed=FIT_RENAMED)
 def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
-                       nonlinearity: str = "linear", num_folds: int = 5,
+                       nonlinearity: str | None = None, num_folds: int = 5,
                        **fit_kwargs) -> KSelection:
     """Scores k = 1, ..., max_experts by BIC (fitted on all rows) and by `num_folds`-fold
     cross-validated log-likelihood; k = 1 is least squares, k >= 2 `fit` (with `fit_kwargs`).
@@ -482,7 +482,8 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
       key: PRNG key (the folds and every fit).
       x: (n, d) features; y: (n,) target.
       max_experts: the largest k (lowered, with a warning, to what the rows support).
-      nonlinearity: the experts' g (a name).
+      nonlinearity: the experts' g (a name), or None for the family's default (linear for
+        the Gaussian).
       num_folds: F >= 2 cross-validation folds.
       **fit_kwargs: passed to every `fit` (e.g. num_refine_iters, per_expert_noise).
 
