@@ -3,10 +3,11 @@ Rscript, and its fitted parameters scored in float64 here, or as a `moejax.Fitte
 data's units (so that moejax's intervals and posteriors apply to flexmix's fits too).
 
 flexmix fits the same model class as `moejax.fit` by EM: Gaussian linear experts with one sigma
-each and a multinomial-logit gate,
-    stepFlexmix(y ~ ., k = K, nrep = NREP, model = FLXMRglm(),
+each (or GLM experts of another family) and a multinomial-logit gate,
+    stepFlexmix(y ~ ., k = K, nrep = NREP, model = FLXMRglm(family = FAMILY),
                 concomitant = FLXPmultinom(~ . - y))
-(`~ .` alone would put y into the gate), keeping the best of NREP random starts by likelihood.
+(`~ .` alone would put y into the gate; a binomial y is given as cbind(y, 1 - y)), keeping the
+best of NREP random starts by likelihood.
 It removes a component whose prior weight falls below 0.05 during EM (its `minprior`), so a fit
 may return fewer than K components. R is optional: `apt-get install r-base-core r-cran-flexmix`.
 """
@@ -17,7 +18,7 @@ import subprocess
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import gammaln, logsumexp
 
 import moejax as mj
 
@@ -28,8 +29,11 @@ suppressMessages(library(flexmix))
 args <- commandArgs(trailingOnly = TRUE)
 train <- read.csv(args[1])
 k <- as.integer(args[2]); nrep <- as.integer(args[3]); set.seed(as.integer(args[4]))
+family <- args[5]
+response <- if (family == "binomial") cbind(y, 1 - y) ~ . else y ~ .
 seconds <- system.time(
-  m <- stepFlexmix(y ~ ., data = train, k = k, nrep = nrep, model = FLXMRglm(),
+  m <- stepFlexmix(response, data = train, k = k, nrep = nrep,
+                   model = FLXMRglm(family = family),
                    concomitant = FLXPmultinom(~ . - y), verbose = FALSE))[["elapsed"]]
 out <- function(name, v) cat(name, format(as.numeric(v), digits = 17), "\n")
 out("seconds", seconds)
@@ -40,7 +44,7 @@ out("loglik", as.numeric(logLik(m)))
 experts <- parameters(m)  # rows: coef.(Intercept), coef.<feature>..., sigma; one column each
 # as.numeric reads a matrix by columns: one component's coefficients after another.
 out("experts", experts[grep("^coef", rownames(experts)), , drop = FALSE])
-out("sigma", experts["sigma", ])
+if (family == "gaussian") out("sigma", experts["sigma", ])
 gate <- parameters(m, which = "concomitant")  # rows: (Intercept), features; first column 0
 out("gate", gate)
 """
@@ -64,9 +68,10 @@ def version() -> str:
     return f"flexmix {flexmix}, R {major}.{minor}"
 
 
-def run(x, y, k, seed, nrep, workdir):
+def run(x, y, k, seed, nrep, workdir, family="gaussian"):
     """flexmix's fit on (x, y): a dict of its parameters, as arrays with the intercept first
-    (experts (kept, d + 1), gate (kept, d + 1) with a zero first row, sigma (kept,)).
+    (experts (kept, d + 1), gate (kept, d + 1) with a zero first row, sigma (kept,), ones for
+    a family without one). family: "gaussian", "binomial" (0/1 y) or "poisson".
     Raises RuntimeError with R's last error line, or subprocess.TimeoutExpired."""
     names = [f"x{i + 1}" for i in range(x.shape[1])]
     path = os.path.join(workdir, "train.csv")
@@ -75,7 +80,7 @@ def run(x, y, k, seed, nrep, workdir):
     script = os.path.join(workdir, "fit.R")
     with open(script, "w") as f:
         f.write(_R_SCRIPT)
-    out = subprocess.run(["Rscript", script, path, str(k), str(nrep), str(seed)],
+    out = subprocess.run(["Rscript", script, path, str(k), str(nrep), str(seed), family],
                          capture_output=True, text=True, timeout=3600)
     if out.returncode:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "R failed")
@@ -86,18 +91,29 @@ def run(x, y, k, seed, nrep, workdir):
     return dict(seconds=float(fields["seconds"][0]), components=kept,
                 iterations=int(fields["iterations"][0]),
                 converged=bool(fields["converged"][0]), loglik=float(fields["loglik"][0]),
-                experts=fields["experts"].reshape(kept, d1), sigma=fields["sigma"],
+                experts=fields["experts"].reshape(kept, d1),
+                sigma=fields.get("sigma", np.ones(kept)),
                 gate=fields["gate"].reshape(kept, d1))
 
 
-def mixture_scores(fitted, x, y):
-    """(predictions (n,), mean log-density per row) of a flexmix fit on [1, x], in float64."""
+def mixture_scores(fitted, x, y, family="gaussian"):
+    """(predictions (n,), mean log-density per row) of a flexmix fit on [1, x], in float64
+    (predictions: the mean response, a probability or a rate for binomial or Poisson)."""
     z = np.c_[np.ones(len(x)), x]
     log_gate = z @ fitted["gate"].T
     log_gate -= logsumexp(log_gate, axis=1, keepdims=True)
-    means, sigma = z @ fitted["experts"].T, fitted["sigma"]
-    log_dens = (-0.5 * np.square((y[:, None] - means) / sigma) - np.log(sigma)
-                - 0.5 * np.log(2 * np.pi))
+    eta, sigma = z @ fitted["experts"].T, fitted["sigma"]
+    yc = y[:, None]
+    if family == "gaussian":
+        means = eta
+        log_dens = (-0.5 * np.square((yc - means) / sigma) - np.log(sigma)
+                    - 0.5 * np.log(2 * np.pi))
+    elif family == "binomial":  # log sigmoid(+-eta) without overflow
+        means = 1 / (1 + np.exp(-eta))
+        log_dens = -np.logaddexp(0.0, np.where(yc == 1, -eta, eta))
+    else:
+        means = np.exp(eta)
+        log_dens = yc * eta - means - gammaln(yc + 1)
     pred = np.sum(np.exp(log_gate) * means, axis=1)
     return pred, float(np.mean(logsumexp(log_gate + log_dens, axis=1)))
 

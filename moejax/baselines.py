@@ -19,17 +19,20 @@ from moejax.sums import Layout, layout_of
 
 
 def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=None, *,
-                nonlinearity: Nonlinearity = "linear") -> MoEParams:
-    """A random start: unit-norm Gaussian expert rows, gating entries N(0, 1/d), last row 0.
+                nonlinearity: Nonlinearity = "linear", gate_dim: int | None = None
+                ) -> MoEParams:
+    """A random start: unit-norm Gaussian expert rows, gating entries N(0, 1/d_gate), last
+    row 0.
 
     Args:
       key: PRNG key; dim: d; num_experts: k.
       noise_std: sigma of the start (one, or one per expert).
       dtype: the float type (default: JAX's default float).
       nonlinearity: the experts' g, carried by the result.
+      gate_dim: the width of the gate's design when it is not the experts' (default: dim).
 
     Returns:
-      MoEParams with experts (k, d), gating (k, d) and noise_std shaped like the input.
+      MoEParams with experts (k, d), gating (k, d_gate) and noise_std shaped like the input.
 
     Raises:
       ValueError: for dim or num_experts that is not a positive integer (noise_std is not
@@ -47,7 +50,8 @@ def random_init(key: jax.Array, dim: int, num_experts: int, noise_std, dtype=Non
     key_a, key_w = jax.random.split(key)
     experts = jax.random.normal(key_a, (num_experts, dim), dtype)
     experts = experts / jnp.linalg.norm(experts, axis=1, keepdims=True)
-    gating = jax.random.normal(key_w, (num_experts, dim), dtype) / jnp.sqrt(dim)
+    gate_dim = dim if gate_dim is None else _validate.count(gate_dim, "gate_dim")
+    gating = jax.random.normal(key_w, (num_experts, gate_dim), dtype) / jnp.sqrt(gate_dim)
     return MoEParams(experts, gating.at[-1].set(0.0), jnp.asarray(noise_std, dtype),
                      nonlinearity)
 

@@ -15,12 +15,12 @@ from moejax import sums
 from moejax.baselines import random_init
 from moejax.config import FitConfig
 from moejax.families import get_family
-from moejax.fitted import FittedMoE, _log_likelihood, _on_rows
+from moejax.fitted import FittedMoE, _log_likelihood, _on_rows, design_matrix
 from moejax.inference import Inference
 from moejax.moments import _initial_noise_std
 from moejax.nonlinearities import get_nonlinearity
 from moejax.params import MoEParams
-from moejax.preprocessing import Standardizer
+from moejax.preprocessing import Columns, Standardizer
 from moejax._renamed import FIT_RENAMED, accepts_old_names
 from moejax.recover import POWER_ITERS, POWER_TOL, _recover_experts
 from moejax.selection import (MIN_ROWS_PER_EXPERT_PARAMETER, ROWS_PER_PARAMETER, KSelection,
@@ -29,7 +29,8 @@ from moejax.selection import (MIN_ROWS_PER_EXPERT_PARAMETER, ROWS_PER_PARAMETER,
 
 @accepts_old_names(*FIT_RENAMED, renamed=FIT_RENAMED)
 def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=None,
-        target_name=None, progress=None, **settings) -> FittedMoE:
+        target_name=None, expert_columns=None, gate_columns=None, progress=None,
+        **settings) -> FittedMoE:
     """Fits an MoE to data that need not satisfy the method's assumptions.
 
     1. Standardise: whiten x (or only standardise, whiten=False), centre and scale y.
@@ -87,6 +88,14 @@ def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=
       config: a `moejax.FitConfig`, or None for its defaults.
       feature_names, target_name: optional names, kept with the model; by default a
         DataFrame x's columns and a Series y's name.
+      expert_columns: None (every column of x), or the columns of x the experts regress on:
+        names (with feature_names or a DataFrame) or integer positions.
+      gate_columns: None (the gate reads the experts' columns), or the gate's own columns
+        (concomitant variables, flexmix's `FLXPmultinom(~ v)`), named or positioned as
+        expert_columns; overlapping the experts' or not; [] for a gate of intercepts only
+        (constant mixing weights: a plain mixture of regressions). Standardised on their
+        own; a fit whose gate has its own columns has no moment start (docs/algorithm.md
+        section 1, "The gate's design").
       **settings: `FitConfig`'s fields (num_experts, nonlinearity, noise_std, prior, ...),
         in place of config's; num_experts is required without a config.
       progress: if given, called with a short message as each stage starts (the command
@@ -119,31 +128,37 @@ def fit(key: jax.Array, x, y, config: FitConfig | None = None, *, feature_names=
         target_name = getattr(y, "name", None)
     try:
         # A damaged entry of the persistent cache: deleted and compiled again (one warning).
-        return program_cache.guarded(lambda: _fit_any_k(key, x, y, config, feature_names,
-                                                        target_name, progress))
+        return program_cache.guarded(lambda: _fit_any_k(
+            key, x, y, config, feature_names, target_name, progress,
+            (expert_columns, gate_columns)))
     except _validate.DataError as e:  # the cells at fault, named as the caller names them
         raise e.named(columns=None if feature_names is None else
                       [str(v) for v in feature_names],
                       target=None if target_name is None else str(target_name)) from None
 
 
-def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progress
-               ) -> FittedMoE:
-    """`fit` after its settings are checked: k chosen, one k, or least squares."""
+def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progress,
+               roles=(None, None)) -> FittedMoE:
+    """`fit` after its settings are checked: k chosen, one k, or least squares. roles: fit's
+    (expert_columns, gate_columns)."""
     progress = progress or (lambda message: None)
     family = get_family(config.family)
     if config.num_experts in ("auto", 1):
         x, y = _validate.data(x, y)
-        _validate.family_target(y, family)
-        if x.shape[0] < x.shape[1] + 2:  # k = 1 is always a candidate
-            raise ValueError(f"least squares (num_experts={config.num_experts!r}) needs at "
-                             f"least d + 2 = {x.shape[1] + 2} rows for d = {x.shape[1]} "
-                             f"features, got {x.shape[0]}.")
+    else:
+        x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, power=2,
+                                       beyond_dim=True)
+    _validate.family_target(y, family)
+    names = _names(feature_names, target_name, x.shape[1], *roles)
+    dim, gate_dim = _widths(names["columns"], x.shape[1])
+    if config.num_experts in ("auto", 1) and x.shape[0] < dim + 2:  # k = 1 always a candidate
+        raise ValueError(f"least squares (num_experts={config.num_experts!r}) needs at "
+                         f"least d + 2 = {dim + 2} rows for d = {dim} "
+                         f"features, got {x.shape[0]}.")
     if config.num_experts == "auto":
-        names = _names(feature_names, target_name, x.shape[1])
         rows = row_groups(x, y)
         distinct = rows[0]
-        supported = supported_experts(distinct, x.shape[1], config.per_expert_noise)
+        supported = supported_experts(distinct, dim, config.per_expert_noise, gate_dim)
         max_experts = min(config.max_experts, supported)
         folds = 5 if config.select_by == "cv" else 0
         progress(f"choosing k in 1..{max_experts} by "
@@ -158,23 +173,20 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
             _validate.warn(scores.at_largest())
     elif config.num_experts == 1:
         progress(("least squares" if family.has_dispersion else f"a {family.name} GLM")
-                 + f" on {x.shape[0]} rows x {x.shape[1]} features")
-        model = _one_expert(x, y, _names(feature_names, target_name, x.shape[1]), config)
+                 + f" on {x.shape[0]} rows x {dim} features")
+        model = _one_expert(x, y, names, config)
     else:
-        x, y, _ = _validate.fit_inputs(x, y, config.num_experts, config.nonlinearity, power=2,
-                                       beyond_dim=True)
-        _validate.family_target(y, family)
-        if not _has_moment_start(config, x.shape[1]) and not config.num_refine_iters:
-            raise ValueError(f"num_experts={config.num_experts} "
-                             + (f"> d = {x.shape[1]} features has no moment start (it needs "
-                                "k <= d)" if family.moment_start else
-                                f"of family {family.name!r} has no moment start")
-                             + ": it is fitted from random starts by the refinement, so "
-                             "num_refine_iters must be positive.")
-        check_rows(row_groups(x, y)[0], x.shape[1], config.num_experts,
-                   config.per_expert_noise, num_given=x.shape[0])
-        model = _fit(key, x, y, config, _names(feature_names, target_name, x.shape[1]),
-                     progress)
+        if not _has_moment_start(config, dim, gate_dim) and not config.num_refine_iters:
+            why = (f"of family {family.name!r} has no moment start" if not family.moment_start
+                   else "with a gate on columns of its own has no moment start"
+                   if gate_dim is not None else
+                   f"> d = {dim} features has no moment start (it needs k <= d)")
+            raise ValueError(f"num_experts={config.num_experts} {why}: it is fitted from "
+                             "random starts by the refinement, so num_refine_iters must be "
+                             "positive.")
+        check_rows(row_groups(x, y)[0], dim, config.num_experts,
+                   config.per_expert_noise, num_given=x.shape[0], gate_dim=gate_dim)
+        model = _fit(key, x, y, config, names, progress)
     if not config.standard_errors:
         return model
     progress("standard errors: the observed information at the fit")
@@ -184,21 +196,76 @@ def _fit_any_k(key, x, y, config: FitConfig, feature_names, target_name, progres
 def _training_statistics(model: "FittedMoE", x, y) -> Inference:
     """The model's `Inference` on its checked training data, padded to the fit's row bucket
     (one compiled program per bucket)."""
-    xs, ys = _standardised(model.standardizer, x, y)
-    z = np.concatenate([xs, np.ones_like(xs[:, :1])], axis=1)
+    z, ys = _host_design(model.standardizer, _gathered(model.columns, x), y)
     z, ys, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), z, ys)
     return inference.statistics(model.params, z, ys, weights, model.standardizer.y_scale,
                                 model.noise_learned, model.prior)
 
 
-def _has_moment_start(config: "FitConfig | _Stages", dim: int) -> bool:
-    """Whether `fit` starts from the moment method: k <= d and a family whose moments it
-    reads (docs/algorithm.md section 2)."""
-    return config.num_experts <= dim and get_family(config.family).moment_start
+def _has_moment_start(config: "FitConfig | _Stages", dim: int, gate_dim=None) -> bool:
+    """Whether `fit` starts from the moment method: k <= d (the experts' columns), a gate on
+    the experts' design (gate_dim None) and a family whose moments it reads
+    (docs/algorithm.md section 2)."""
+    return (config.num_experts <= dim and gate_dim is None
+            and get_family(config.family).moment_start)
 
 
-def _names(feature_names, target_name, dim: int) -> dict:
-    """The model's column names as strings; ValueError unless feature_names names d columns."""
+def _widths(columns: Columns | None, num_features: int) -> tuple[int, int | None]:
+    """(the experts' number of columns d, the gate's own number or None when it shares)."""
+    if columns is None:
+        return num_features, None
+    return len(columns.experts), None if columns.gate is None else len(columns.gate)
+
+
+def _gathered(columns: Columns | None, x):
+    """x's columns in the design's order (`Columns.gather`), or x."""
+    return x if columns is None else columns.gather(x)
+
+
+def _column_roles(expert_columns, gate_columns, feature_names, dim: int) -> Columns | None:
+    """fit's expert_columns and gate_columns as a `Columns` (None: all columns to both);
+    ValueError naming the argument for a string, an unknown name or position, a repeat, or
+    no expert column."""
+    def indices(value, argument):
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise ValueError(f"{argument} must be a list of column names or positions, got "
+                             f"{value!r}.")
+        out = []
+        for v in value:
+            if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                if not 0 <= v < dim:
+                    raise ValueError(f"{argument}: position {v} is not a column of x "
+                                     f"(0..{dim - 1}).")
+                out.append(int(v))
+            elif feature_names is not None and str(v) in feature_names:
+                out.append(feature_names.index(str(v)))
+            else:
+                known = (f"the columns are {list(feature_names)}" if feature_names is not None
+                         else "x has no column names: give positions, or feature_names")
+                raise ValueError(f"{argument}: {v!r} is not a column of x ({known}).")
+        if len(set(out)) != len(out):
+            raise ValueError(f"{argument} names a column twice: {list(value)!r}.")
+        return tuple(out)
+
+    if expert_columns is None and gate_columns is None:
+        return None
+    experts = (tuple(range(dim)) if expert_columns is None
+               else indices(expert_columns, "expert_columns"))
+    if not experts:
+        raise ValueError("expert_columns must name at least one column (the experts regress "
+                         "on them).")
+    gate = None if gate_columns is None else indices(gate_columns, "gate_columns")
+    if gate == experts:
+        gate = None  # the gate reads the experts' design: the model without roles
+    if gate is None and experts == tuple(range(dim)):
+        return None
+    return Columns(dim, experts, gate)
+
+
+def _names(feature_names, target_name, dim: int, expert_columns=None,
+           gate_columns=None) -> dict:
+    """The model's column names as strings and its column roles (`_column_roles`); ValueError
+    unless feature_names names d columns."""
     if feature_names is not None:
         if isinstance(feature_names, (str, bytes)):
             raise ValueError(f"feature_names must be a sequence of d = {dim} names, got "
@@ -208,7 +275,8 @@ def _names(feature_names, target_name, dim: int) -> dict:
             raise ValueError(f"feature_names must name the d = {dim} columns of x, got "
                              f"{len(feature_names)} names.")
     return dict(feature_names=feature_names,
-                target_name=None if target_name is None else str(target_name))
+                target_name=None if target_name is None else str(target_name),
+                columns=_column_roles(expert_columns, gate_columns, feature_names, dim))
 
 
 def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = False
@@ -223,22 +291,25 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     learn = config.noise_std is None and family.has_dispersion
     noise_std = (np.ones((), x.dtype) if not family.has_dispersion else None if learn else
                  _validate.noise_levels(config.noise_std, num_experts).astype(x.dtype))
+    columns = names["columns"]
+    dim, gate_dim = _widths(columns, x.shape[1])
     progress(f"standardising {x.shape[0]} rows x {x.shape[1]} features")
-    std = preprocessing._fit_standardizer(x, y, whiten=config.whiten,
-                                          scale_target=family.has_dispersion)
-    xp, yp, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), x, y)
-    moment = _has_moment_start(config, x.shape[1])
+    std = preprocessing._fit_standardizer(
+        x, y, whiten=config.whiten, scale_target=family.has_dispersion,
+        columns=None if columns is None else (columns.experts, columns.gate))
+    xp, yp, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), _gathered(columns, x), y)
+    moment = _has_moment_start(config, dim, gate_dim)
     progress((f"moment stage ({num_experts} experts), gating EM ({config.num_gating_inits} "
               f"starts, at most {config.num_gating_iters} iterations)" if moment else
               f"no moment start ({num_experts} experts)")
              + (f", joint-EM refinement ({'the moment start and ' if moment else ''}"
                 f"{config.num_refine_inits + (not moment)} random starts, at most "
                 f"{config.num_refine_iters} iterations each)" if config.num_refine_iters else ""))
-    refinement.announce_cost(x.shape[0], x.shape[1], num_experts, 1 + config.num_refine_inits,
-                               config.num_refine_iters, config.chunk_size, x.dtype.itemsize,
-                               progress)
+    refinement.announce_cost(x.shape[0], max(dim, gate_dim or 0), num_experts,
+                             1 + config.num_refine_inits, config.num_refine_iters,
+                             config.chunk_size, x.dtype.itemsize, progress)
     penalty = (None if config.prior is None else
-               prior_lib.penalty(config.prior, num_experts, x.shape[1], x.dtype, family))
+               prior_lib.penalty(config.prior, num_experts, dim, x.dtype, family, gate_dim))
     # A random start's experts begin at the one-expert model without slopes (a GLM's Newton
     # step from a mean far from the data's can overshoot); the Gaussian's y is centred.
     intercept = (None if family.has_dispersion else
@@ -251,10 +322,12 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
         layout=sums.Layout(config.chunk_size))
     top, sigma, gating_finite, refine_finite = jax.device_get(checks)
     if top > _validate.scale_limit(x.shape[0], x.dtype, power=3):
-        _validate.scales(*_standardised(std, x, y), power=3)  # raises, naming x or y
+        z, ys = _host_design(std, _gathered(columns, x), y)
+        _validate.scales(z, ys, power=3)  # raises, naming x or y
     _validate.noise_scale(sigma, x.dtype, estimated=learn)
     if not (gating_finite and refine_finite):
-        xs, ys = _standardised(std, x, y)
+        z, ys = _host_design(std, _gathered(columns, x), y)
+        xs = z[:, :dim]
         _validate.finite_result(gating_finite, xs, ys, noise_std=None if learn else sigma,
                                 nonlinearity=config.nonlinearity)
         _validate.finite_result(refine_finite, xs, ys, what="fit's refinement",
@@ -262,7 +335,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     model = FittedMoE(params, std, report=report, noise_learned=learn, prior=config.prior,
                       target_range=_target_range(y), **names)
     rows = None if report is None else np.asarray(report.effective_rows)
-    need = MIN_ROWS_PER_EXPERT_PARAMETER * (x.shape[1] + 2)
+    need = MIN_ROWS_PER_EXPERT_PARAMETER * (dim + 2)
     if (rows is None or rows.min() >= need or config.noise_std is not None
             or config.prior is None):
         return model
@@ -270,7 +343,7 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
     if not quiet:
         _validate.warn(f"expert {i + 1} of {num_experts} was fitted on {rows[i]:.1f} rows of "
                        f"posterior weight, fewer than {MIN_ROWS_PER_EXPERT_PARAMETER} per each "
-                       f"of its d + 2 = {x.shape[1] + 2} parameters: it is dropped and "
+                       f"of its d + 2 = {dim + 2} parameters: it is dropped and "
                        f"{num_experts - 1} expert(s) are fitted instead.")
     if num_experts == 2:
         return _one_expert(x, y, names, config)
@@ -278,11 +351,16 @@ def _fit(key, x, y, config: FitConfig, names: dict, progress, quiet: bool = Fals
                 progress, quiet)
 
 
-def _standardised(std: Standardizer, x, y) -> tuple[np.ndarray, np.ndarray]:
-    """The standardised (x, y) on the host, in float64."""
+def _host_design(std: Standardizer, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """`fitted.design_matrix` of x (in the design's column order, `Columns.gather`) and the
+    standardised y, on the host in float64."""
     std = jax.tree.map(lambda v: np.asarray(v, np.float64), std)
-    return ((np.asarray(x, np.float64) - std.x_mean) @ std.x_map,
-            (np.asarray(y, np.float64) - std.y_mean) / std.y_scale)
+    x = np.asarray(x, np.float64)
+    dim, ones = std.x_mean.shape[0], np.ones((x.shape[0], 1))
+    parts = [(x[:, :dim] - std.x_mean) @ std.x_map, ones]
+    if std.gate_map is not None:
+        parts += [(x[:, dim:] - std.gate_mean) @ std.gate_map, ones]
+    return np.concatenate(parts, axis=1), (np.asarray(y, np.float64) - std.y_mean) / std.y_scale
 
 
 class _Stages(NamedTuple):
@@ -315,22 +393,28 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
     k, g, learn = config.num_experts, config.nonlinearity, noise_std is None
     fam = config.family
     real = weights > 0
-    xs = jnp.where(real[:, None], preprocessing._transform_features(std, x), 0.0)
+    z = jnp.where(real[:, None], design_matrix(std, x), 0.0)  # padding rows all 0
+    dim = std.x_mean.shape[0]
+    gate_dim = None if std.gate_map is None else std.gate_map.shape[0]
+    xs = z[:, :dim]
     ys = jnp.where(real, preprocessing._transform_target(std, y), 0.0)
-    z = jnp.concatenate([xs, real[:, None].astype(xs.dtype)], axis=1)  # padding rows all 0
-    top = jnp.maximum(jnp.max(jnp.abs(xs)) * jnp.sqrt(xs.shape[1]), jnp.max(jnp.abs(ys)))
+    top = jnp.maximum(jnp.max(jnp.abs(xs)) * jnp.sqrt(dim), jnp.max(jnp.abs(ys)))
+    if gate_dim:
+        top = jnp.maximum(top, jnp.max(jnp.abs(z[:, dim + 1:-1])) * jnp.sqrt(gate_dim))
     sigma = (_initial_noise_std(ys, g, weights) if learn else noise_std / std.y_scale)
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
 
 
     def random_start(key, sigma):
-        p = random_init(key, z.shape[1], k, sigma, z.dtype, nonlinearity=g)._replace(family=fam)
+        p = random_init(key, dim + 1, k, sigma, z.dtype, nonlinearity=g,
+                        gate_dim=None if gate_dim is None else gate_dim + 1)._replace(family=fam)
         return p if intercept is None else p._replace(experts=p.experts.at[:, -1].set(intercept))
 
-    if _has_moment_start(config, xs.shape[1]):
+    if _has_moment_start(config, dim, gate_dim):
         params, gating_finite = _moment_start(key_tensor, key_gating, xs, ys, weights, sigma,
                                               config, layout, learn)
-    else:  # no moment start (k > d, or the family's): start 0 is one more random start
+    else:  # no moment start (k > d, the gate's own columns or the family's): start 0 is one
+        # more random start
         start_sigma = jnp.broadcast_to(sigma, (k,)) if learn and config.per_expert_noise \
             else sigma
         params = random_start(key_tensor, start_sigma)
@@ -377,15 +461,19 @@ def _one_expert(x, y, names: dict, config: FitConfig) -> FittedMoE:
     likelihood unless config.noise_std gives it), or the family's GLM (`_glm`, with the
     prior's ridge on the slopes when config.prior is set)."""
     family = get_family(config.family)
-    std = preprocessing._fit_standardizer(x, y, scale_target=family.has_dispersion)
-    xs, ys = _standardised(std, x, y)
-    z = np.concatenate([xs, np.ones_like(xs[:, :1])], axis=1)
+    columns = names["columns"]
+    std = preprocessing._fit_standardizer(
+        x, y, scale_target=family.has_dispersion,
+        columns=None if columns is None else (columns.experts, columns.gate))
+    design, ys = _host_design(std, _gathered(columns, x), y)
+    dim = std.x_mean.shape[0]
+    z = design[:, :dim + 1]  # the expert's columns; the gate of one expert is constant
     prior = None
     if not family.has_dispersion:
         ridge = None
         if config.prior is not None:
             prior = config.prior
-            ridge = prior_lib.penalty(prior, 1, x.shape[1], np.float64, family).expert_ridge
+            ridge = prior_lib.penalty(prior, 1, dim, np.float64, family).expert_ridge
         beta, sigma = _glm(z, ys, family, ridge), np.ones(())
     else:
         beta = np.linalg.lstsq(z, ys, rcond=None)[0]
@@ -395,8 +483,9 @@ def _one_expert(x, y, names: dict, config: FitConfig) -> FittedMoE:
             sigma = np.asarray(_validate.noise_levels(config.noise_std, 1), np.float64).reshape(
                 ()) / float(std.y_scale)
     # Cast on the host (a cast on the device compiles a program per shape).
+    gate_width = design.shape[1] - (dim + 1) if std.gate_map is not None else dim + 1
     params = MoEParams(*(jax.device_put(np.asarray(v, x.dtype)) for v in (
-        beta[None], np.zeros((1, z.shape[1])), sigma)), config.nonlinearity, family.name)
+        beta[None], np.zeros((1, gate_width)), sigma)), config.nonlinearity, family.name)
     return FittedMoE(params, std, noise_learned=config.noise_std is None and
                      family.has_dispersion, prior=prior, target_range=_target_range(y), **names)
 
@@ -450,6 +539,7 @@ def _select(key, x, y, rows, config: FitConfig, max_experts: int, num_folds: int
     """`selection.score` with least squares for k = 1 and `_fit` for k >= 2; rows:
     `row_groups(x, y)`."""
     family = get_family(config.family)
+    dim, gate_dim = _widths(names["columns"], x.shape[1])
 
     def fit_k(key, x, y, k):
         if k == 1:
@@ -458,12 +548,14 @@ def _select(key, x, y, rows, config: FitConfig, max_experts: int, num_folds: int
                     lambda message: None, quiet=True)
 
     def num_params(k):  # least squares learns its sigma; k >= 2 as configured
-        return num_free_params(k, x.shape[1], config.per_expert_noise,
+        return num_free_params(k, dim, config.per_expert_noise,
                                learn_sigma=family.has_dispersion and (
-                                   k == 1 or config.noise_std is None))
+                                   k == 1 or config.noise_std is None), gate_dim=gate_dim)
 
+    # The M2 spectrum reads the moments of all of x: only for the model the moment start fits.
+    spectrum = family.moment_start and names["columns"] is None
     return selection.score(key, x, y, rows, max_experts=max_experts, num_folds=num_folds,
-                           nonlinearity=config.nonlinearity if family.moment_start else None,
+                           nonlinearity=config.nonlinearity if spectrum else None,
                            fit_k=fit_k, num_params=num_params,
                            log_likelihood=lambda m, x, y: _on_rows(m, _log_likelihood, x, y,
                                                                    reduce=True))
@@ -506,17 +598,21 @@ def select_num_experts(key: jax.Array, x, y, *, max_experts: int = 4,
     """
     _validate.host_side("select_num_experts", x, y, key)
     num_folds = _validate.count(num_folds, "num_folds", minimum=2)
-    names = {name: fit_kwargs.pop(name, None) for name in ("feature_names", "target_name")}
+    names = {name: fit_kwargs.pop(name, None) for name in (
+        "feature_names", "target_name", "expert_columns", "gate_columns")}
     config = FitConfig.of(None, dict(num_experts="auto", nonlinearity=nonlinearity,
                                      max_experts=max_experts, **fit_kwargs),
                           "select_num_experts")
     x, y = _validate.data(x, y)
+    _validate.family_target(y, get_family(config.family))
+    names = _names(names["feature_names"], names["target_name"], x.shape[1],
+                   names["expert_columns"], names["gate_columns"])
     rows = row_groups(x, y)
-    supported = supported_experts(rows[0], x.shape[1], config.per_expert_noise)
+    dim, gate_dim = _widths(names["columns"], x.shape[1])
+    supported = supported_experts(rows[0], dim, config.per_expert_noise, gate_dim)
     if config.max_experts > supported:  # the rule `fit` applies to num_experts="auto"
         _validate.warn(f"max_experts={config.max_experts}: the rows support k up to "
                        f"{supported} ({ROWS_PER_PARAMETER} distinct rows per free parameter, "
                        f"as fit(num_experts='auto') requires); scoring k = 1..{supported}.")
         config = dataclasses.replace(config, max_experts=supported)
-    names = _names(names["feature_names"], names["target_name"], x.shape[1])
     return _select(key, x, y, rows, config, config.max_experts, num_folds, names)[0]

@@ -14,7 +14,7 @@ from moejax import _validate, inference, predictive, preprocessing, program_cach
 from moejax.inference import Inference
 from moejax.families import get_family
 from moejax.params import MoEParams
-from moejax.preprocessing import Standardizer
+from moejax.preprocessing import Columns, Standardizer
 from moejax.prior import Prior
 from moejax.refinement import SATURATED_GATE, FitReport, start_name
 from moejax.selection import KSelection
@@ -52,6 +52,8 @@ class FittedMoE:
       target_range: (min, max) of the training targets, or None (a model built by hand, or
         saved before it was kept): `predict` warns of predictions far outside it
         (`far_predictions`).
+      columns: None (every column of x feeds the experts and the gate), or the
+        `moejax.preprocessing.Columns` of a fit with expert_columns or gate_columns.
 
     Example (the methods' examples use this `model`, `x` and `y`):
       >>> import numpy as np
@@ -74,6 +76,7 @@ class FittedMoE:
     noise_learned: bool = True
     prior: Prior | None = None
     target_range: tuple[float, float] | None = None
+    columns: Columns | None = None
 
     @property
     def nonlinearity(self):
@@ -82,9 +85,12 @@ class FittedMoE:
 
     @property
     def moment_start(self) -> bool:
-        """Whether the fit had the moment start (start 0 of `report`): it needs k <= d and a
-        family whose moments it reads (the Gaussian); otherwise every start is random."""
-        return self.num_experts <= self.dim and get_family(self.params.family).moment_start
+        """Whether the fit had the moment start (start 0 of `report`): it needs k <= d (the
+        experts' columns), a gate on the experts' design and a family whose moments it reads
+        (the Gaussian); otherwise every start is random."""
+        return (self.num_experts < self.params.experts.shape[1]
+                and (self.columns is None or self.columns.gate is None)
+                and get_family(self.params.family).moment_start)
 
     @property
     def num_experts(self) -> int:
@@ -92,8 +98,18 @@ class FittedMoE:
 
     @property
     def dim(self) -> int:
-        """d, the number of input features (without the intercept)."""
-        return self.params.experts.shape[1] - 1
+        """d, the number of x's columns (the features, without the intercept)."""
+        return (self.params.experts.shape[1] - 1 if self.columns is None
+                else self.columns.num_features)
+
+    def _names(self) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+        """(the experts' column names, the gate's own or None when it shares them)."""
+        names = self.feature_names or _default_names(self.dim)
+        if self.columns is None:
+            return tuple(names), None
+        pick = lambda index: tuple(names[i] for i in index)
+        gate = self.columns.gate
+        return pick(self.columns.experts), None if gate is None else pick(gate)
 
     @property
     def noise_std(self) -> jax.Array:
@@ -116,7 +132,8 @@ class FittedMoE:
         (2, 4)
         """
         x = _validate.features(x, dim=self.dim)
-        return design_matrix(self.standardizer, x)
+        return design_matrix(self.standardizer, x if self.columns is None
+                             else self.columns.gather(x))
 
     def predict(self, x) -> jax.Array:
         """E[y | x] = sum_i softmax(W z)_i g(a_i . z) in the target's units, z = design(x).
@@ -514,9 +531,9 @@ class FittedMoE:
         >>> len(c.estimate) == model.num_params, bool(np.all(c.std_error > 0))
         (True, True)
         """
-        out = inference.coefficients(self.params, self.standardizer, self.inference,
-                                     self.feature_names or _default_names(self.dim),
-                                     self.noise_learned)
+        experts, gate = self._names()
+        out = inference.coefficients(self.params, self.standardizer, self.inference, experts,
+                                     self.noise_learned, gate)
         if out.problem:
             _validate.warn(out.problem)
         return out
@@ -559,11 +576,13 @@ class FittedMoE:
         Mixture of 2 experts, g = linear; target y on x1, x2, x3
         """
         family = get_family(self.params.family)
-        names = self.feature_names or _default_names(self.dim)
+        names, gate = self._names()
         kind = ("experts, g = " + str(self.nonlinearity) if family.nonlinearities is None else
                 f"{family.name} experts, {family.link} link")
         lines = [f"Mixture of {self.num_experts} {kind}; target "
-                 f"{self.target_name or 'y'} on {', '.join(names)}"]
+                 f"{self.target_name or 'y'} on {', '.join(names)}"
+                 + ("" if gate is None else
+                    f"; gate on {', '.join(gate) if gate else 'an intercept only'}")]
         if self.inference is not None:
             s = self.inference
             lines.append(f"rows: {int(s.num_rows)}   parameters: {self.num_params}   "
@@ -610,12 +629,11 @@ class FittedMoE:
         >>> model.degeneracy()
         []
         """
-        out = []
+        out, own = [], self.params.experts.shape[1] + 1  # an expert's d + 1 coefficients, sigma
         if self.report is not None and self.report.effective_rows is not None:
             rows = np.asarray(self.report.effective_rows)
             out += [f"expert {i + 1} was fitted on {v:.1f} rows of posterior weight, fewer than "
-                    f"its d + 2 = {self.dim + 2} parameters" for i, v in enumerate(rows)
-                    if v < self.dim + 2]
+                    f"its d + 2 = {own} parameters" for i, v in enumerate(rows) if v < own]
         if self.report is not None and get_family(self.params.family).has_dispersion:
             sigma = np.atleast_1d(np.asarray(self.params.noise_std))  # in units of sd(y)
             out += [f"expert {i + 1}'s sigma is {v:.2g} sd(y), a spike on a few rows (fit with the "
@@ -633,7 +651,8 @@ class FittedMoE:
 
 jax.tree_util.register_dataclass(
     FittedMoE, data_fields=["params", "standardizer", "report", "selection", "inference"],
-    meta_fields=["feature_names", "target_name", "noise_learned", "prior", "target_range"])
+    meta_fields=["feature_names", "target_name", "noise_learned", "prior", "target_range",
+                 "columns"])
 
 
 # `FittedMoE.degeneracy`: a sigma below this fraction of sd(y) marks a degenerate expert.
@@ -657,9 +676,17 @@ def _default_names(dim: int) -> tuple[str, ...]:
 
 
 def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
-    """[standardize(x), 1]: (n, d + 1)."""
-    xs = preprocessing._transform_features(standardizer, x)
-    return jnp.concatenate([xs, jnp.ones_like(xs[:, :1])], axis=1)
+    """[standardize(x), 1]: (n, d + 1); when the gate has columns of its own
+    (`Standardizer.gate_map`), x holds the experts' d_e columns then the gate's d_gate
+    (`Columns.gather`) and the design is [z_experts, z_gate], each part [standardised, 1]:
+    (n, d_e + 1 + d_gate + 1) (`predictive.expert_part`, `predictive.gate_part`)."""
+    s = standardizer
+    dim = s.x_mean.shape[0]
+    xs = preprocessing._transform_features(s, x[:, :dim] if s.gate_map is not None else x)
+    parts = [xs, jnp.ones_like(x[:, :1])]
+    if s.gate_map is not None:
+        parts += [(x[:, dim:] - s.gate_mean) @ s.gate_map, jnp.ones_like(x[:, :1])]
+    return jnp.concatenate(parts, axis=1)
 
 
 def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):
@@ -671,6 +698,8 @@ def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):
     traced) go as they are, and give JAX arrays. With the persistent cache on, host rows go
     through the exported program (`program_cache.cached_call`), which a later process need not
     trace."""
+    if model.columns is not None:  # the experts' and the gate's columns, in the design's order
+        arrays = (model.columns.gather(arrays[0]), *arrays[1:])
     if not all(isinstance(a, np.ndarray) for a in arrays):
         return fn(model.params, model.standardizer, *arrays)
     n = arrays[0].shape[0]

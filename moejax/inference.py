@@ -105,17 +105,21 @@ def unpack(theta: jax.Array, like: MoEParams, learn_sigma: bool) -> MoEParams:
                       like)
 
 
-def parameter_count(num_experts: int, dim: int, num_sigmas: int) -> int:
-    """Free parameters of a k-expert model on d features: k (d + 1) expert and (k - 1)(d + 1)
-    gate coefficients (intercepts included; the last gate is 0), and the learned sigmas. The
-    one count behind `num_params`, BIC, k selection and the rules on rows."""
-    return (2 * num_experts - 1) * (dim + 1) + num_sigmas
+def parameter_count(num_experts: int, dim: int, num_sigmas: int,
+                    gate_dim: int | None = None) -> int:
+    """Free parameters of a k-expert model on d features: k (d + 1) expert and
+    (k - 1)(d_gate + 1) gate coefficients (intercepts included; the last gate is 0; d_gate = d
+    unless the gate has columns of its own), and the learned sigmas. The one count behind
+    `num_params`, BIC, k selection and the rules on rows."""
+    gate_dim = dim if gate_dim is None else gate_dim
+    return num_experts * (dim + 1) + (num_experts - 1) * (gate_dim + 1) + num_sigmas
 
 
 def num_params(params: MoEParams, learn_sigma: bool) -> int:
-    """The length of theta: `parameter_count` of params (design width d + 1)."""
+    """The length of theta: `parameter_count` of params (design widths d + 1, d_gate + 1)."""
     k, d1 = params.experts.shape
-    return parameter_count(k, d1 - 1, int(np.size(params.noise_std)) if learn_sigma else 0)
+    return parameter_count(k, d1 - 1, int(np.size(params.noise_std)) if learn_sigma else 0,
+                           params.gating.shape[1] - 1)
 
 
 # Rows per block of the sums below: the Hessian's forward-over-reverse pass holds p tangents of
@@ -170,7 +174,8 @@ def statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma: bool,
     with x64():
         k, d1 = params.experts.shape
         penalty = (None if prior is None else
-                   penalty_of(prior, k, d1 - 1, jnp.float64, params.family))
+                   penalty_of(prior, k, d1 - 1, jnp.float64, params.family,
+                              params.gating.shape[1] - 1))
         out = cached_call(_statistics, (_float64(params), *_float64((z, y, weights, y_scale)),
                                         penalty), learn_sigma=learn_sigma)
         return Inference(*(np.asarray(v, np.float64) for v in out))
@@ -228,6 +233,8 @@ def data_units(theta, like: MoEParams, std: Standardizer, learn_sigma: bool):
     experts = affine(p.experts)
     if p.nonlinearity == "linear":
         experts = (experts * std.y_scale).at[:, 0].add(std.y_mean)
+    if std.gate_map is not None:  # the gate's own columns, standardised on their own
+        m, x_map = std.gate_mean, std.gate_map
     gates = affine(p.gating[:-1])
     sigma = jnp.atleast_1d(p.noise_std) * std.y_scale
     if not get_family(p.family).has_dispersion:  # its scale is 1 by definition: not listed
@@ -235,11 +242,13 @@ def data_units(theta, like: MoEParams, std: Standardizer, learn_sigma: bool):
     return jnp.concatenate([experts.ravel(), gates.ravel(), sigma])
 
 
-def coefficient_labels(num_experts: int, feature_names, num_sigmas: int):
-    """(block, component (1-based), term) for every entry of `data_units`."""
+def coefficient_labels(num_experts: int, feature_names, num_sigmas: int, gate_names=None):
+    """(block, component (1-based), term) for every entry of `data_units`; gate_names: the
+    gate's columns when it has its own (default: feature_names)."""
     terms = ["(intercept)", *feature_names]
+    gate_terms = terms if gate_names is None else ["(intercept)", *gate_names]
     labels = [("expert", i + 1, t) for i in range(num_experts) for t in terms]
-    labels += [("gate", i + 1, t) for i in range(num_experts - 1) for t in terms]
+    labels += [("gate", i + 1, t) for i in range(num_experts - 1) for t in gate_terms]
     labels += [("sigma", i + 1 if num_sigmas > 1 else 0, "sigma") for i in range(num_sigmas)]
     return labels
 
@@ -340,8 +349,9 @@ def data_covariance(params: MoEParams, std: Standardizer, inference: Inference,
 
 
 def coefficients(params: MoEParams, std: Standardizer, inference: Inference | None,
-                 feature_names, learn_sigma: bool) -> Coefficients:
-    """The `Coefficients` table of a fitted model (see `data_units` for what each one is)."""
+                 feature_names, learn_sigma: bool, gate_names=None) -> Coefficients:
+    """The `Coefficients` table of a fitted model (see `data_units` for what each one is);
+    feature_names: the experts' columns, gate_names: the gate's when it has its own."""
     estimate, jac = _data_units_and_jacobian(params, std, learn_sigma)
     why = problem(inference)
     if why is None:
@@ -351,7 +361,7 @@ def coefficients(params: MoEParams, std: Standardizer, inference: Inference | No
         se = [np.full(estimate.shape, np.nan)] * 2
     k = params.experts.shape[0]
     labels = coefficient_labels(k, feature_names, int(np.size(params.noise_std))
-                                if get_family(params.family).has_dispersion else 0)
+                                if get_family(params.family).has_dispersion else 0, gate_names)
     block = np.array([b for b, _, _ in labels])
     if not learn_sigma:  # a given sigma has no sampling error
         se = [np.where(block == "sigma", 0.0, s) for s in se]

@@ -18,7 +18,7 @@ from moejax.refinement import FitReport
 from moejax.families import family_names, get_family
 from moejax.nonlinearities import nonlinearity_names
 from moejax.params import MoEParams
-from moejax.preprocessing import Standardizer
+from moejax.preprocessing import Columns, Standardizer
 from moejax.prior import Prior
 from moejax.selection import KSelection
 
@@ -36,6 +36,9 @@ _ARRAYS = {
     "y_mean": ("standardizer", "y_mean"),
     "y_scale": ("standardizer", "y_scale"),
 }
+# A gate on columns of its own (format 3): its standardisation, present only then.
+_GATE_ARRAYS = {"gate_mean": ("standardizer", "gate_mean"),
+                "gate_map": ("standardizer", "gate_map")}
 
 
 def default_feature_names(dim: int) -> tuple[str, ...]:
@@ -95,15 +98,22 @@ def save(path: str | bytes | os.PathLike, fitted: FittedMoE) -> None:
     _validate.host_side("moejax.io.save", fitted)
     arrays = {name: np.asarray(getattr(getattr(fitted, part), field))
               for name, (part, field) in _ARRAYS.items()}
+    arrays.update({name: np.asarray(getattr(getattr(fitted, part), field))
+                   for name, (part, field) in _GATE_ARRAYS.items()
+                   if getattr(getattr(fitted, part), field) is not None})
     names = fitted.feature_names
     if names is None and arrays["experts"].ndim == 2:
-        names = default_feature_names(arrays["experts"].shape[1] - 1)
+        names = default_feature_names(fitted.dim)
+    columns = fitted.columns
     meta = dict(format=FORMAT, format_version=FORMAT_VERSION, moejax_version=__version__,
                 nonlinearity=fitted.nonlinearity, family=get_family(fitted.params.family).name,
                 feature_names=None if names is None else list(names),
                 target_name=fitted.target_name, noise_learned=bool(fitted.noise_learned),
                 prior=None if fitted.prior is None else fitted.prior._asdict(),
-                target_range=None if fitted.target_range is None else list(fitted.target_range))
+                target_range=None if fitted.target_range is None else list(fitted.target_range),
+                columns=None if columns is None else dict(
+                    experts=list(columns.experts),
+                    gate=None if columns.gate is None else list(columns.gate)))
     for part in _PARTS:
         value = getattr(fitted, part)
         if value is not None:
@@ -121,15 +131,27 @@ def save(path: str | bytes | os.PathLike, fitted: FittedMoE) -> None:
 
 def _problem(meta: dict, arrays: dict) -> str | None:
     """What makes (meta, arrays) an invalid model, or None: the checks `save` and `load` share."""
-    if any(np.asarray(a).dtype.kind not in ("fi" if name in _ARRAYS else "fib")
+    plain = {**_ARRAYS, **_GATE_ARRAYS}
+    if any(np.asarray(a).dtype.kind not in ("fi" if name in plain else "fib")
            for name, a in arrays.items()):
         return "its arrays must hold real numbers"
     experts = arrays["experts"]
     k, d1 = experts.shape if experts.ndim == 2 else (0, 0)
+    columns, problem = _columns(meta, d1 - 1)
+    if problem:
+        return problem
     # sigma: one shared, or one per expert.
     sigma_shape = () if arrays["noise_std"].shape == () else (k,)
-    shapes = dict(experts=(k, d1), gating=(k, d1), noise_std=sigma_shape, x_mean=(d1 - 1,),
-                  x_map=(d1 - 1, d1 - 1), y_mean=(), y_scale=())
+    gate_dim = d1 - 1 if columns is None or columns.gate is None else len(columns.gate)
+    shapes = dict(experts=(k, d1), gating=(k, gate_dim + 1), noise_std=sigma_shape,
+                  x_mean=(d1 - 1,), x_map=(d1 - 1, d1 - 1), y_mean=(), y_scale=())
+    if columns is not None and columns.gate is not None:
+        shapes.update(gate_mean=(gate_dim,), gate_map=(gate_dim, gate_dim))
+    elif set(_GATE_ARRAYS) & set(arrays):
+        return "it holds a gate standardisation without gate columns"
+    missing = [n for n in shapes if n not in arrays]
+    if missing:
+        return f"it lacks the arrays {missing}"
     wrong = [n for n, s in shapes.items() if arrays[n].shape != s]
     if k < 1 or d1 < 2 or wrong:
         return (f"inconsistent array shapes {wrong or ['experts']} (experts {experts.shape}; "
@@ -148,10 +170,11 @@ def _problem(meta: dict, arrays: dict) -> str | None:
     if not isinstance(family, str) or family not in family_names():
         return f"unknown family {family!r} (a name in {family_names()} is needed)"
     names = meta.get("feature_names")
-    if names is not None and (not isinstance(names, list) or len(names) != d1 - 1
+    dim = d1 - 1 if columns is None else columns.num_features
+    if names is not None and (not isinstance(names, list) or len(names) != dim
                               or not all(isinstance(v, str) and v for v in names)
                               or len(set(names)) != len(names)):
-        return f"feature_names must be {d1 - 1} distinct non-empty strings, got {names!r}"
+        return f"feature_names must be {dim} distinct non-empty strings, got {names!r}"
     target = meta.get("target_name")
     if target is not None and not isinstance(target, str):
         return f"target_name must be a string, got {target!r}"
@@ -185,6 +208,27 @@ def _problem(meta: dict, arrays: dict) -> str | None:
         if wrong:
             return f"the training statistics {wrong} do not fit {p} parameters"
     return None
+
+
+def _columns(meta: dict, dim: int):
+    """(the model's `Columns` or None, a problem or None) from meta's "columns": null, or
+    {"experts": [...], "gate": [...] or null}, indices into x's columns, whose number is the
+    length of feature_names (saved with every model that has columns)."""
+    value = meta.get("columns")
+    if value is None:
+        return None, None
+    names = meta.get("feature_names")
+    index = lambda v: isinstance(v, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in v) and len(set(v)) == len(v)
+    if (not isinstance(value, dict) or set(value) != {"experts", "gate"}
+            or not isinstance(names, list) or not index(value["experts"])
+            or len(value["experts"]) != dim
+            or not (value["gate"] is None or index(value["gate"]))
+            or not all(0 <= i < len(names) for i in value["experts"] + (value["gate"] or []))):
+        return None, (f"columns must be null or {{experts, gate}} lists of {dim} and any number "
+                      f"of distinct column positions, got {value!r}")
+    gate = None if value["gate"] is None else tuple(value["gate"])
+    return Columns(len(names), tuple(value["experts"]), gate), None
 
 
 def load(path: str | bytes | os.PathLike) -> FittedMoE:
@@ -221,7 +265,7 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
             meta = json.loads(str(data["meta"][()]))
             arrays = {name: np.array(data[name]) for name in _ARRAYS}
             arrays.update({name: np.array(data[name]) for name in data.files
-                           if name.split(".")[0] in _PARTS})
+                           if name.split(".")[0] in _PARTS or name in _GATE_ARRAYS})
     except (OSError, ValueError, KeyError, EOFError, IndexError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path!r} is not a readable moejax model file (corrupted, truncated "
                          f"or another kind of .npz; {type(e).__name__})") from None
@@ -248,6 +292,8 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
     names = meta.get("feature_names")
     names = (default_feature_names(arrays["experts"].shape[1] - 1) if names is None
              else tuple(names))
+    columns = _columns(meta, arrays["experts"].shape[1] - 1)[0]
+    gate = {name: arrays[name] for name in _GATE_ARRAYS if name in arrays}
     parts = {}
     for part, cls in _PARTS.items():
         if f"{part}.{cls._fields[0]}" in arrays:
@@ -258,9 +304,10 @@ def load(path: str | bytes | os.PathLike) -> FittedMoE:
     return FittedMoE(
         MoEParams(arrays["experts"], arrays["gating"], arrays["noise_std"], meta["nonlinearity"],
                   meta.get("family", "gaussian")),
-        Standardizer(arrays["x_mean"], arrays["x_map"], arrays["y_mean"], arrays["y_scale"]),
+        Standardizer(arrays["x_mean"], arrays["x_map"], arrays["y_mean"], arrays["y_scale"],
+                     **gate),
         names, meta.get("target_name"), noise_learned=meta.get("noise_learned", True),
         prior=None if meta.get("prior") is None else prior_lib.check(Prior(**meta["prior"])),
         target_range=None if meta.get("target_range") is None else tuple(
             float(v) for v in meta["target_range"]),
-        **parts)
+        columns=columns, **parts)

@@ -18,7 +18,7 @@ from moejax.em_steps import (NOISE_FLOOR, bohning_step, e_step, gate_hessian, gr
 from moejax.families import Family, get_family
 from moejax.moments import response_std
 from moejax.nonlinearities import get_nonlinearity
-from moejax.predictive import expert_log_densities
+from moejax.predictive import expert_log_densities, expert_part, gate_part
 from moejax.params import MoEParams
 from moejax.prior import Penalty, log_prior
 from moejax.solver import FitInfo
@@ -30,7 +30,9 @@ def expert_sums(experts, resp, x, y, g, family: Family):
     x_n x_n^T (k, d, d), b_i = sum_n q_ni f_ni r_ni x_n (k, d) and S_i = sum_n q_ni
     (the family's scale statistic) (k,), with r_ni = y_n - g(a_i . x_n) and the family's IRLS
     weights (w, f) at slope s_ni = g'(a_i . x_n) (Gaussian: s^2 and s). resp: (k, n), row
-    weights folded in."""
+    weights folded in. x: the design, of which the experts read their part
+    (`predictive.expert_part`)."""
+    x = expert_part(experts, x)
     pre = experts @ x.T
     out, slope = jax.jvp(g, (pre,), (jnp.ones_like(pre),))
     resid = y - out
@@ -38,6 +40,12 @@ def expert_sums(experts, resp, x, y, g, family: Family):
     gram = jnp.einsum("kn,nd,ne->kde", resp * weight, x, x)
     return (gram, (resp * factor * resid) @ x,
             jnp.sum(resp * family.scale_statistic(y, out), axis=1))
+
+
+def gate_width_of(params: MoEParams, x) -> int | None:
+    """`joint_em_map`'s gate_width for params on the design x: None when they share it."""
+    width = params.gating.shape[-1]
+    return None if width == params.experts.shape[-1] == x.shape[1] else width
 
 
 def expert_step(gram, rhs, count, experts=None, ridge=None):
@@ -71,7 +79,8 @@ NEWTON_MAX_CHANGE = 3.0
 
 
 def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layout(),
-                 newton_gating=False, penalty: Penalty | None = None, family="gaussian"):
+                 newton_gating=False, penalty: Penalty | None = None, family="gaussian",
+                 gate_width: int | None = None):
     """theta = (experts, gating, log sigma) -> (F(theta), L(theta)) for one problem, one pass
     over the rows (`row_sum`: in one block, in chunks, or over devices); weights: None or (n,)
     row weights (0 on padding rows). newton_gating: the gating's M-step is a capped Newton step
@@ -82,11 +91,17 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
     the penalised Q (the Bohning bound grows by k ridge (x) I, which bounds the ridge's
     curvature on the k - 1 free rows, so the step stays monotone), sigma's M-step adds the
     prior's pseudo-rows (docs/algorithm.md section 9). family: the experts' (`moejax.families`);
-    its scale is learned only if it has a dispersion."""
+    its scale is learned only if it has a dispersion. gate_width: None when the gate shares
+    the experts' design x, else the width of the gate's part of x = [z_experts, z_gate]
+    (`predictive.gate_part`)."""
     g = get_nonlinearity(nonlinearity)
     family = get_family(family)
     learn_noise_std = learn_noise_std and family.has_dispersion
-    gram_x = gram_matrix(x, layout, weights)
+    # C = X^T X / n of the whole design; the gate's and the experts' blocks are its corners
+    # (the same matrix when the gate shares the experts' design).
+    gram_u = gram_matrix(x, layout, weights)
+    gate_from = 0 if gate_width is None else x.shape[1] - gate_width
+    gram_x = gram_u[gate_from:, gate_from:]
     floor = NOISE_FLOOR * response_std(y, layout, weights)
     count = row_count(x.shape[0], weights)
     ridge = None if penalty is None else penalty.gate_ridge / count
@@ -98,15 +113,17 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
         experts, gating, log_sigma = theta
         sigma = jnp.exp(log_sigma)
         k = experts.shape[0]
+        gram_e = gram_u[:experts.shape[1], :experts.shape[1]]
 
         def block(xb, yb, w):
             log_dens = expert_log_densities(
                 MoEParams(experts, gating, sigma, nonlinearity, family), xb, yb)
             gate, resp, log_lik = e_step(gating, xb, log_dens)
             diff = jnp.stack([q - p for q, p in zip(resp[:-1], gate[:-1])]) * w
-            hess = (gate_hessian(gate, xb, w),) if newton_gating else ()
+            vb = gate_part(gating, xb)
+            hess = (gate_hessian(gate, vb, w),) if newton_gating else ()
             resp = jnp.stack(resp) * w
-            return (diff @ xb, jnp.sum(w * log_lik), *expert_sums(experts, resp, xb, yb, g, family),
+            return (diff @ vb, jnp.sum(w * log_lik), *expert_sums(experts, resp, xb, yb, g, family),
                     jnp.sum(resp, axis=1), *hess)
 
         grad, log_lik, gram, rhs, sq, resp_sum, *hess = row_sum(block, (x, y), layout,
@@ -125,7 +142,7 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
                                       gram_solver(gram_x + 2 * k * jnp.diag(ridge)))
         delta = expert_step(gram, rhs, count, experts, expert_ridge)
         if family.max_step is not None:
-            delta = capped(delta, gram_x, family.max_step)
+            delta = capped(delta, gram_e, family.max_step)
         if learn_noise_std:
             # sigma's exact maximiser given the new experts (ECM order), without another pass:
             # sum_n q (r - s delta . x)^2 = S - 2 delta . b + delta^T G delta, exact for linear
@@ -146,7 +163,8 @@ def joint_em_map(x, y, nonlinearity, learn_noise_std, weights=None, layout=Layou
 def _refine(init: MoEParams, x, y, num_iters, tol, learn_noise_std=False, accelerate=True,
               layout=Layout(), weights=None, newton_gating=False):
     em_map = jax.vmap(joint_em_map(x, y, init.nonlinearity, learn_noise_std, weights, layout,
-                                   newton_gating, family=init.family))
+                                   newton_gating, family=init.family,
+                                   gate_width=gate_width_of(init, x)))
     theta = (init.experts[None], init.gating[None], jnp.log(init.noise_std)[None])
     (experts, gating, log_sigma), info = solver.iterate(em_map, theta, tol=tol,
                                                         max_iters=num_iters,

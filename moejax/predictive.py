@@ -23,17 +23,32 @@ from moejax.params import MoEParams
 _BISECTION_STEPS = 60
 
 
+def expert_part(experts: jax.Array, u: jax.Array) -> jax.Array:
+    """The experts' columns of a design u: u itself when the gate shares the experts' design
+    (u (n, d_e)), else its first d_e columns (u = [z_experts, z_gate], (n, d_e + d_gate);
+    docs/algorithm.md section 1, "The gate's design"). d_e is read from experts (k, d_e)."""
+    return u[:, :experts.shape[-1]]
+
+
+def gate_part(gating: jax.Array, u: jax.Array) -> jax.Array:
+    """The gate's columns of a design u: u itself when shared, else its last d_gate columns
+    (d_gate read from gating (k, d_gate))."""
+    return u[:, u.shape[1] - gating.shape[-1]:]
+
+
 def gate_logits(gating: jax.Array, v: jax.Array, expert_major: bool = False) -> jax.Array:
-    """The gate's logits W v_n for the gate's design v (n, d_gate): (n, k), or (k, n)
-    expert-major (the layout of the fused E-steps). The one formula for the logits: a gate on
-    other columns than the experts passes other rows v."""
+    """The gate's logits W v_n for the gate's part of the design v (`gate_part`): (n, k), or
+    (k, n) expert-major (the layout of the fused E-steps). The one formula for the logits."""
+    v = gate_part(gating, v)
     return gating @ v.T if expert_major else v @ gating.T
 
 
 def expert_means(experts: jax.Array, x: jax.Array, nonlinearity: Nonlinearity,
                  expert_major: bool = False) -> jax.Array:
-    """g(a_i . x_n), each expert's mean: (n, k), or (k, n) expert-major."""
+    """g(a_i . x_n), each expert's mean on the experts' part of the design x
+    (`expert_part`): (n, k), or (k, n) expert-major."""
     g = get_nonlinearity(nonlinearity)
+    x = expert_part(experts, x)
     return g(experts @ x.T) if expert_major else g(x @ experts.T)
 
 

@@ -19,12 +19,38 @@ class Standardizer(NamedTuple):
         close as possible to its standardised column), or diag(1 / sd) when only
         standardising.
       y_mean, y_scale: scalars, the target's mean and standard deviation.
+      gate_mean, gate_map: None when the gate reads the experts' standardised features; else
+        the same for the gate's own columns, (d_gate,) and (d_gate, d_gate), standardised on
+        their own (`moejax.fit`'s gate_columns).
     """
 
     x_mean: jax.Array
     x_map: jax.Array
     y_mean: jax.Array
     y_scale: jax.Array
+    gate_mean: jax.Array | None = None
+    gate_map: jax.Array | None = None
+
+
+class Columns(NamedTuple):
+    """Which of x's columns feed the experts and the gate, when they are not all of them to
+    both (`moejax.fit`'s expert_columns and gate_columns): static metadata of a model.
+
+    Attributes:
+      num_features: d, the number of x's columns.
+      experts: the experts' columns, indices into x.
+      gate: the gate's own columns (an empty tuple: a gate of intercepts only), or None when
+        the gate reads the experts' design.
+    """
+
+    num_features: int
+    experts: tuple[int, ...]
+    gate: tuple[int, ...] | None = None
+
+    def gather(self, x):
+        """x's columns in the order the model's design reads them: the experts', then the
+        gate's own (if any): (n, d_e [+ d_gate])."""
+        return x[:, list(self.experts) + list(self.gate or ())]
 
 
 def fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10) -> Standardizer:
@@ -71,22 +97,52 @@ def constant_columns(x: np.ndarray, dtype, rcond: float = 1e-10) -> np.ndarray:
 
 
 def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10,
-                      scale_target: bool = True) -> Standardizer:
+                      scale_target: bool = True, columns=None) -> Standardizer:
     """`fit_standardizer` on checked (x, y); scale_target=False keeps y as it is (mean 0,
-    scale 1: a binomial or Poisson y is modelled in its own units)."""
+    scale 1: a binomial or Poisson y is modelled in its own units). columns: None (every
+    column of x feeds the experts and the gate), or (expert columns, gate columns), tuples of
+    x's column indices: each part standardised on its own (`Standardizer.gate_map`), and the
+    errors name x's columns."""
     if x.shape[0] < 2:
         raise ValueError(f"x needs at least 2 rows to standardise, got {x.shape[0]}.")
     dtype = x.dtype
     # On the host in float64: a few passes over a table, with no compilation per table shape
     # (eager JAX would compile each operation anew for every row count).
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    experts, gate = (None, None) if columns is None else columns
+    parts = _feature_map(x, experts, dtype, whiten, rcond)
+    if gate is not None:
+        parts += _feature_map(x, gate, dtype, whiten, rcond)
+    if np.all(y == y[0]):
+        _validate.constant_target(y[0])
+    resolution = np.finfo(dtype).eps if np.finfo(dtype).bits < 64 else 0.0
+    y_unit = np.max(np.abs(y))
+    y_mean = np.mean(y / y_unit) * y_unit
+    y_scale = np.std((y - y_mean) / y_unit) * y_unit
+    if not scale_target:
+        y_mean, y_scale = 0.0, 1.0
+    elif not y_scale > max(resolution * y_unit, 0.0) or not np.isfinite(y_scale):
+        raise ValueError(f"y's spread (max |y| = {y_unit:.3g}) is below what {dtype} "
+                         "resolves: rescale y or use float64.")
+    # Cast on the host and device_put: a cast on the device (or jnp.asarray) would compile a
+    # program per shape.
+    x_mean, x_map, *gate_parts = (jax.device_put(np.asarray(v, dtype)) for v in parts)
+    y_mean, y_scale = (jax.device_put(np.asarray(v, dtype)) for v in (y_mean, y_scale))
+    return Standardizer(x_mean, x_map, y_mean, y_scale, *gate_parts)
+
+
+def _feature_map(x: np.ndarray, columns, dtype, whiten: bool, rcond: float):
+    """(mean (m,), map (m, m)) of x's `columns` (None: all) in float64, the standardisation
+    of `fit_standardizer`; DataError naming x's constant or collinear columns."""
+    index = np.arange(x.shape[1]) if columns is None else np.asarray(columns, int)
+    x = x[:, index]
     constant = constant_columns(x, dtype, rcond)
     if constant.size:
         raise _validate.DataError(
             "x", "has constant column(s), which carry no information and cannot be "
-            "standardised", [(None, int(j), None) for j in constant], advice="Drop them")
-    if np.all(y == y[0]):
-        _validate.constant_target(y[0])
+            "standardised", [(None, int(index[j]), None) for j in constant], advice="Drop them")
+    if not x.shape[1]:  # a gate without columns: its intercept alone
+        return np.zeros((0,)), np.zeros((0, 0))
     # Statistics of each column divided by its largest magnitude, scaled back: data in very
     # small or very large units neither underflow nor overflow the variance.
     x_top = np.max(np.abs(x), axis=0)
@@ -104,25 +160,10 @@ def _fit_standardizer(x, y, *, whiten: bool = True, rcond: float = 1e-10,
             raise _validate.DataError(
                 "x", "has collinear columns (the feature covariance is singular: smallest "
                 f"eigenvalue {eigvals[0]:.3g} of the correlation matrix), among them",
-                [(None, int(j), None) for j in involved],
+                [(None, int(index[j]), None) for j in involved],
                 advice="Drop redundant columns, or use whiten=False")
-        x_map = (eigvecs / np.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
-    else:
-        x_map = np.diag(1.0 / sd)
-    resolution = np.finfo(dtype).eps if np.finfo(dtype).bits < 64 else 0.0
-    y_unit = np.max(np.abs(y))
-    y_mean = np.mean(y / y_unit) * y_unit
-    y_scale = np.std((y - y_mean) / y_unit) * y_unit
-    if not scale_target:
-        y_mean, y_scale = 0.0, 1.0
-    elif not y_scale > max(resolution * y_unit, 0.0) or not np.isfinite(y_scale):
-        raise ValueError(f"y's spread (max |y| = {y_unit:.3g}) is below what {dtype} "
-                         "resolves: rescale y or use float64.")
-    # Cast on the host and device_put: a cast on the device (or jnp.asarray) would compile a
-    # program per shape.
-    x_mean, x_map, y_mean, y_scale = (jax.device_put(np.asarray(v, dtype))
-                                      for v in (x_mean, x_map, y_mean, y_scale))
-    return Standardizer(x_mean, x_map, y_mean, y_scale)
+        return x_mean, (eigvecs / np.sqrt(eigvals)) @ eigvecs.T / sd[:, None]
+    return x_mean, np.diag(1.0 / sd)
 
 
 def transform_features(s: Standardizer, x: jax.Array) -> jax.Array:

@@ -46,9 +46,10 @@ class Prior(NamedTuple):
 
 class Penalty(NamedTuple):
     """A `Prior` on the standardised scale of one fit, as arrays (a pytree: a new strength
-    compiles nothing). gate_ridge: (d + 1,) the ridge on each column of the design z (0 for the
-    intercept column); noise_dof: nu; noise_scale: s^2; expert_ridge: None (a family with a
-    dispersion), or (d + 1,) the ridge on each column of the experts' coefficients."""
+    compiles nothing). gate_ridge: (d_gate + 1,) the ridge on each column of the gate's
+    design (0 for the intercept column); noise_dof: nu; noise_scale: s^2; expert_ridge: None
+    (a family with a dispersion), or (d + 1,) the ridge on each column of the experts'
+    coefficients."""
 
     gate_ridge: jax.Array
     noise_dof: jax.Array
@@ -61,14 +62,18 @@ def _slope_ridge(scale: float, dim: int, dtype) -> np.ndarray:
     return np.concatenate([np.full((dim,), 1.0 / scale ** 2), [0.0]]).astype(dtype)
 
 
-def penalty(prior: Prior, num_experts: int, dim: int, dtype, family="gaussian") -> Penalty:
+def penalty(prior: Prior, num_experts: int, dim: int, dtype, family="gaussian",
+            gate_dim: int | None = None) -> Penalty:
     """The `Penalty` of `prior` for k experts of `family` on the design [x_std, 1] of d = dim
-    features, as host (NumPy) arrays: built on the host, it compiles nothing."""
+    features (and a gate on gate_dim features of its own, or on the experts' when None), as
+    host (NumPy) arrays: built on the host, it compiles nothing."""
     dtype = np.dtype(dtype)
     experts = (None if get_family(family).has_dispersion else
                _slope_ridge(prior.expert_scale, dim, dtype))
-    return Penalty(_slope_ridge(prior.gate_scale, dim, dtype), np.asarray(prior.noise_dof, dtype),
-                   np.asarray(1.0 / num_experts ** 2, dtype), experts)
+    gate_dim = dim if gate_dim is None else gate_dim
+    return Penalty(_slope_ridge(prior.gate_scale, gate_dim, dtype),
+                   np.asarray(prior.noise_dof, dtype), np.asarray(1.0 / num_experts ** 2, dtype),
+                   experts)
 
 
 def log_prior(pen: Penalty, params, learn_noise_std: bool) -> jax.Array:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from moejax import _validate, predictive, solver, sums
 from moejax.em_steps import e_step
-from moejax.joint import joint_em_map
+from moejax.joint import gate_width_of, joint_em_map
 from moejax.params import MoEParams
 
 
@@ -99,7 +99,7 @@ def _joint_em(z, y, like: MoEParams, *, learn, weights, layout, penalty):
     newton = (like.gating.shape[-2] - 1) * like.gating.shape[-1] <= NEWTON_GATING_MAX_PARAMS
     return joint_em_map(z, y, like.nonlinearity, learn_noise_std=learn, weights=weights,
                         layout=layout, newton_gating=newton, penalty=penalty,
-                        family=like.family)
+                        family=like.family, gate_width=gate_width_of(like, z))
 
 
 # The refiners `refine_starts` runs, by name (`FitConfig.refiner`): a new refiner is one entry.

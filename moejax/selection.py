@@ -220,19 +220,22 @@ MIN_ROWS_PER_EXPERT_PARAMETER = 2
 
 
 def num_free_params(num_experts: int, dim: int, per_expert_noise: bool,
-                learn_sigma: bool = True) -> int:
+                    learn_sigma: bool = True, gate_dim: int | None = None) -> int:
     """`inference.parameter_count` of a fit that learns sigma (one per expert, or shared), or
-    of one given sigma (`learn_sigma=False`: none counted)."""
+    of one given sigma (`learn_sigma=False`: none counted); gate_dim: the gate's own columns'
+    count (None: the experts' d)."""
     k = num_experts
     sigmas = (k if per_expert_noise and k > 1 else 1) if learn_sigma else 0
-    return inference.parameter_count(k, dim, sigmas)
+    return inference.parameter_count(k, dim, sigmas, gate_dim)
 
 
-def supported_experts(num_rows: int, dim: int, per_expert_noise: bool = True) -> int:
+def supported_experts(num_rows: int, dim: int, per_expert_noise: bool = True,
+                      gate_dim: int | None = None) -> int:
     """The largest k (at least 1) whose free parameters the rows support, at least
     `ROWS_PER_PARAMETER` rows per parameter: the largest k `num_experts="auto"` considers."""
     k = 1
-    while ROWS_PER_PARAMETER * num_free_params(k + 1, dim, per_expert_noise) <= num_rows:
+    while ROWS_PER_PARAMETER * num_free_params(k + 1, dim, per_expert_noise,
+                                               gate_dim=gate_dim) <= num_rows:
         k += 1
     return k
 
@@ -267,22 +270,23 @@ def _rows(num_rows: int, num_given: int | None) -> str:
 
 
 def check_rows(num_rows: int, d: int, num_experts: int, per_expert_noise: bool,
-               num_given: int | None = None) -> None:
+               num_given: int | None = None, gate_dim: int | None = None) -> None:
     """ValueError when an explicit k has more free parameters than there are distinct rows
     (`num_rows`, of `num_given` rows); a warning when it has more than a
-    `ROWS_PER_PARAMETER`-th of them (the fit will overfit)."""
+    `ROWS_PER_PARAMETER`-th of them (the fit will overfit). d: the experts' columns;
+    gate_dim: the gate's own, if any."""
     k = num_experts
-    params = num_free_params(k, d, per_expert_noise)
+    params = num_free_params(k, d, per_expert_noise, gate_dim=gate_dim)
     if num_rows < params:
         raise ValueError(f"num_experts={k} has {params} free parameters on d = {d} features, "
                          f"more than {_rows(num_rows, num_given)}: the fit would interpolate "
                          "them. "
                          f"Use fewer experts (the rows support k = "
-                         f"{supported_experts(num_rows, d, per_expert_noise)}) or "
+                         f"{supported_experts(num_rows, d, per_expert_noise, gate_dim)}) or "
                          "num_experts='auto'.")
     if num_rows < ROWS_PER_PARAMETER * params:
         _validate.warn(f"num_experts={k} has {params} free parameters for "
                        f"{_rows(num_rows, num_given).removeprefix('the ')}, "
                        f"fewer than {ROWS_PER_PARAMETER} rows per parameter: expect the fit "
                        "to overfit (num_experts='auto' considers k up to "
-                       f"{supported_experts(num_rows, d, per_expert_noise)}).")
+                       f"{supported_experts(num_rows, d, per_expert_noise, gate_dim)}).")
