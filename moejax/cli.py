@@ -109,8 +109,11 @@ _NA = flags.DEFINE_list("na_values", list(NA_VALUES), "Cells that mean a missing
 _IMPORT = flags.DEFINE_list("import", [], "Python modules to import first (comma-separated; "
                             "looked up on PYTHONPATH and in the current directory), e.g. one "
                             "that calls moejax.register_nonlinearity for a model's g.")
-_FEATURES = flags.DEFINE_list("features", None, "fit: the feature columns to use (default: "
-                              "every column but --target and --exclude).")
+_FEATURES = flags.DEFINE_list("features", None, "fit: the experts' feature columns (default: "
+                              "every column but --target, --exclude and --gate's).")
+_GATE = flags.DEFINE_list("gate", None, "fit: the gate's own columns (concomitant variables; "
+                          "they may overlap --features), or --gate= for constant mixing "
+                          "weights (a mixture of regressions); default: the experts' columns.")
 _EXCLUDE = flags.DEFINE_list("exclude", [], "fit: columns to leave out (e.g. an id or a text "
                              "column).")
 
@@ -201,10 +204,11 @@ def _fit_config(k) -> FitConfig:
         raise InputError(f"--{e}") from None
 
 
-def _fit(x, y, config: FitConfig, feature_names):
-    """`estimator.fit` with the flags' settings."""
+def _fit(x, y, config: FitConfig, feature_names, roles=(None, None)):
+    """`estimator.fit` with the flags' settings; roles: (expert_columns, gate_columns)."""
     return estimator.fit(jax.random.key(_SEED.value), x, y, config,
                          feature_names=feature_names, target_name=_TARGET.value,
+                         expert_columns=roles[0], gate_columns=roles[1],
                          progress=lambda m: print("  " + m, flush=True))
 
 
@@ -213,15 +217,17 @@ def fit_columns(path: str) -> list[str]:
     --exclude; InputError naming the flag for a column the table lacks."""
     names = read_header(path, delimiter=_DELIM.value)
     for flag, wanted in (("target", [_TARGET.value]), ("features", _FEATURES.value or []),
-                         ("exclude", _EXCLUDE.value)):
+                         ("exclude", _EXCLUDE.value), ("gate", _GATE.value or [])):
         absent = [c for c in wanted if c not in names]
         if absent:
             what = f"column {absent[0]!r} is" if len(absent) == 1 else f"columns {absent} are"
             raise InputError(f"--{flag}: {what} not in {_DATA.value!r}; its columns are "
                              f"{names}.")
-    if _TARGET.value in (_FEATURES.value or []):
-        raise InputError(f"--features names the target column {_TARGET.value!r}.")
-    features = _FEATURES.value or [c for c in names if c != _TARGET.value]
+    for flag, wanted in (("features", _FEATURES.value or []), ("gate", _GATE.value or [])):
+        if _TARGET.value in wanted:
+            raise InputError(f"--{flag} names the target column {_TARGET.value!r}.")
+    features = _FEATURES.value or [c for c in names if c != _TARGET.value
+                                   and c not in (_GATE.value or [])]
     return [c for c in features if c not in _EXCLUDE.value]
 
 
@@ -231,7 +237,10 @@ def fit_command(path: str) -> None:
         raise InputError("--out=-: a model is a binary .npz file; give a file name.")
     check_out(_OUT.value, data=_DATA.value)
     _fit_config(1)  # the settings checked before the table is read
-    feature_names = tuple(fit_columns(path))
+    experts = fit_columns(path)
+    gate = _GATE.value
+    # x holds the experts' columns, then the gate's own that the experts do not read.
+    feature_names = tuple(experts + [c for c in gate or () if c not in experts])
     table, _, lines = read_data(path, list(feature_names) + [_TARGET.value])
     x, y = table[:, :-1], table[:, -1]
     n, d = x.shape
@@ -251,7 +260,8 @@ def fit_command(path: str) -> None:
         warnings.simplefilter("always")
         with _rows_of(path, lines, _TARGET.value):  # the library checks the cells
             try:
-                model = _fit(x, y, config, feature_names)
+                model = _fit(x, y, config, feature_names,
+                             (None if gate is None else experts, gate))
             except ValueError as e:  # k's range is the library's check; --experts is the flag
                 if not str(e).startswith("num_experts "):
                     raise
@@ -498,10 +508,10 @@ def import_modules(names) -> None:
 
 # The flags each command reads (besides the shared table flags), for its --help.
 COMMAND_FLAGS = dict(
-    fit=["data", "target", "features", "exclude", "experts", "out", "family", "nonlinearity",
-         "noise_std",
-         "per_expert_noise", "num_refine_iters", "num_refine_inits", "max_experts", "select_by",
-         "chunk_size", "whiten", "prior", "seed"],
+    fit=["data", "target", "features", "exclude", "gate", "experts", "out", "family",
+         "nonlinearity", "noise_std", "per_expert_noise", "num_refine_iters",
+         "num_refine_inits", "max_experts", "select_by", "chunk_size", "whiten", "prior",
+         "seed"],
     predict=["model", "data", "out", "interval", "posteriors"],
     summary=["model"],
     plot=["model", "data", "out", "feature"])

@@ -28,7 +28,7 @@ from moejax.prior import Prior
 
 # The estimator's parameters that are not `moejax.FitConfig` settings; every other one is passed
 # to `moejax.fit` by name (tests/test_config.py holds them to FitConfig's names and defaults).
-_NOT_SETTINGS = ("random_state",)
+_NOT_SETTINGS = ("random_state", "expert_columns", "gate_columns")
 
 
 class MoERegressor(RegressorMixin, BaseEstimator):
@@ -51,6 +51,9 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         program per fit; off by default, since cross-validation does not need them).
       prior: "default" (`moejax.Prior()`, the regularised fit), a `moejax.Prior`, or None
         (maximum likelihood).
+      expert_columns, gate_columns: the experts' columns and the gate's own (concomitant
+        variables; [] for constant mixing weights), as `moejax.fit` takes them: names of a
+        DataFrame X's columns, or positions; None: every column to both.
       random_state: None, an int or a `numpy.random.RandomState`: the seed of the PRNG key.
 
     Attributes (after `fit`):
@@ -72,7 +75,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
     def __init__(self, num_experts=2, *, family="gaussian", nonlinearity=None, num_refine_inits=16,
                  num_refine_iters=3000, refine_tol=1e-8, per_expert_noise=True, whiten=True,
                  max_experts=4, select_by="bic", standard_errors=False, prior="default",
-                 random_state=None):
+                 expert_columns=None, gate_columns=None, random_state=None):
         self.num_experts = num_experts
         self.family = family
         self.nonlinearity = nonlinearity
@@ -85,6 +88,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         self.select_by = select_by
         self.standard_errors = standard_errors
         self.prior = prior
+        self.expert_columns = expert_columns
+        self.gate_columns = gate_columns
         self.random_state = random_state
 
     def fit(self, X, y):
@@ -109,13 +114,16 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         k = self.num_experts
         if isinstance(k, numbers.Integral) and not isinstance(k, bool):
             k = int(k)
-            params = selection.num_free_params(k, X.shape[1], self.per_expert_noise)
+            dim = X.shape[1] if self.expert_columns is None else len(self.expert_columns)
+            gate_dim = None if self.gate_columns is None else len(self.gate_columns)
+            params = selection.num_free_params(k, dim, self.per_expert_noise,
+                                               gate_dim=gate_dim)
             distinct = selection.row_groups(X, y)[0] if k > 1 else X.shape[0]
-            if k > 1 and X.shape[1] + 2 <= X.shape[0] and distinct < params:
+            if k > 1 and dim + 2 <= X.shape[0] and distinct < params:
                 # A fold of a cross-validation may be too small for k: fit what its rows
                 # support rather than fail the whole search (moejax.fit refuses instead).
-                supported = selection.supported_experts(distinct, X.shape[1],
-                                                        self.per_expert_noise)
+                supported = selection.supported_experts(distinct, dim, self.per_expert_noise,
+                                                        gate_dim)
                 _validate.warn(f"num_experts={k} has {params} free parameters, more than "
                                f"the {distinct} distinct rows: fitted num_experts={supported} "
                                "instead.")
@@ -127,7 +135,8 @@ class MoERegressor(RegressorMixin, BaseEstimator):
             settings["prior"] = Prior()
         self.model_ = estimator.fit(
             jax.random.key(seed), X, y, **{**settings, "num_experts": k},
-            feature_names=None if names is None else list(names), target_name=target_name)
+            feature_names=None if names is None else list(names), target_name=target_name,
+            expert_columns=self.expert_columns, gate_columns=self.gate_columns)
         return self
 
     def predict(self, X, return_std: bool = False):

@@ -485,3 +485,26 @@ def test_fit_and_predict_a_count_target_with_the_poisson_family(tmp_path):
                  "--out=bad.npz", cwd=tmp_path)
     assert bad.returncode != 0 and "non-negative integer count" in bad.stderr
     assert "line 2" in bad.stderr and not (tmp_path / "bad.npz").exists()
+
+
+def test_fit_with_a_gate_on_its_own_columns_and_with_a_constant_gate(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(600, 2))
+    v = 10 + 3 * rng.normal(size=600)
+    y = np.where(v > 10, 1 + 2 * x[:, 0], -1 - x[:, 1]) + 0.3 * rng.normal(size=600)
+    write_csv(tmp_path / "t.csv", ["a", "b", "v", "y"], np.c_[x, v, y].tolist())
+    out = moejax("fit", "--data=t.csv", "--target=y", "--experts=2", "--gate=v",
+                 "--num_refine_iters=50", "--out=m.npz", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = moejax("summary", "--model=m.npz", cwd=tmp_path).stdout
+    assert "target y on a, b; gate on v" in summary
+    out = moejax("predict", "--model=m.npz", "--data=t.csv", "--out=p.csv", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = moejax("fit", "--data=t.csv", "--target=y", "--experts=2", "--gate=",
+                 "--features=a,b", "--num_refine_iters=50", "--out=c.npz", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = moejax("summary", "--model=c.npz", cwd=tmp_path).stdout
+    assert "target y on a, b; gate on an intercept only" in summary
+    bad = moejax("fit", "--data=t.csv", "--target=y", "--experts=2", "--gate=w",
+                 "--out=bad.npz", cwd=tmp_path)
+    assert bad.returncode != 0 and "--gate: column 'w' is not in" in bad.stderr

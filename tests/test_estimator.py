@@ -1,3 +1,4 @@
+import functools
 import re
 import warnings
 
@@ -412,3 +413,89 @@ def test_poisson_intervals_are_integers_that_cover_at_least_their_level():
         binomial.predict_interval(x[:3])
     with pytest.raises(mj.DataError, match="must be 0 or 1"):
         binomial.log_likelihood(x[:3], np.array([0.0, 1.0, 3.0]))
+
+
+def _concomitant_data(seed, n=3000):
+    # Experts on (a, b); the gate on v alone, a column the experts do not see (flexmix's
+    # concomitant variable): P(expert 2 | v) = sigmoid(2 (v - 10) / 3), i.e. the logit of
+    # expert 1 against expert 2 is 20/3 - (2/3) v.
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    v = 10 + 3 * rng.normal(size=n)
+    second = rng.uniform(size=n) < 1 / (1 + np.exp(-2 * (v - 10) / 3))
+    y = np.where(second, 1 + 2 * x[:, 0], -1 - x[:, 1]) + 0.3 * rng.normal(size=n)
+    return np.c_[x, v], y
+
+
+def test_a_gate_on_its_own_column_recovers_the_concomitant_model():
+    truth = {("expert", "a"): (0.0, 2.0), ("expert", "b"): (-1.0, 0.0),
+             ("expert", "(intercept)"): (-1.0, 1.0)}
+    for seed in range(3):
+        x, y = _concomitant_data(seed)
+        model = mj.fit(jax.random.key(seed), x, y, num_experts=2, expert_columns=["a", "b"],
+                       gate_columns=["v"], feature_names=["a", "b", "v"])
+        assert model.columns == mj.preprocessing.Columns(3, (0, 1), (2,))
+        assert not model.moment_start and model.params.gating.shape == (2, 2)
+        assert model.params.experts.shape == (2, 3)
+        c = model.coefficients()
+        # The experts in the order of their slope on a (the second expert's is 2).
+        slope_a = c.estimate[(c.block == "expert") & (c.term == "a")]
+        order = np.argsort(slope_a)
+        for (block, term), values in truth.items():
+            rows = (c.block == block) & (c.term == term)
+            z = (c.estimate[rows][order] - np.asarray(values)) / c.std_error[rows][order]
+            assert np.all(np.abs(z) < 4), (seed, term, z)
+        gate = dict(zip(c.term[c.block == "gate"], c.estimate[c.block == "gate"]))
+        assert set(gate) == {"(intercept)", "v"}
+        sign = 1.0 if order[0] == 0 else -1.0  # gate 1 is expert 1's logit against expert 2's
+        se = dict(zip(c.term[c.block == "gate"], c.std_error[c.block == "gate"]))
+        assert abs(sign * gate["v"] + 2 / 3) < 4 * se["v"], (seed, gate)
+        assert abs(sign * gate["(intercept)"] - 20 / 3) < 4 * se["(intercept)"], (seed, gate)
+        assert "gate on v" in model.summary().splitlines()[0]
+
+
+def test_gate_columns_by_position_from_a_dataframe_overlapping_or_none():
+    pd = pytest.importorskip("pandas")
+    x, y = _concomitant_data(0, n=1000)
+    frame = pd.DataFrame(x, columns=["a", "b", "v"])
+    by_name = mj.fit(jax.random.key(0), frame, y, num_experts=2, expert_columns=["a", "b"],
+                     gate_columns=["v", "a"], standard_errors=False)
+    by_position = mj.fit(jax.random.key(0), x, y, num_experts=2, expert_columns=[0, 1],
+                         gate_columns=[2, 0], standard_errors=False)
+    np.testing.assert_array_equal(by_name.predict(frame), by_position.predict(x))
+    # A DataFrame's columns are matched by name, in any order.
+    np.testing.assert_array_equal(by_name.predict(frame[["v", "b", "a"]]),
+                                  by_name.predict(frame))
+    # No gate columns: constant mixing weights, a plain mixture of regressions (flexmix's
+    # default model); its BIC counts k - 1 gate intercepts.
+    constant = mj.fit(jax.random.key(0), x, y, num_experts=2, expert_columns=[0, 1],
+                      gate_columns=[])
+    weights = np.asarray(constant.gate_probabilities(x))
+    np.testing.assert_allclose(weights, np.broadcast_to(weights[:1], weights.shape), rtol=1e-6)
+    assert constant.num_params == 2 * 3 + 1 + 2
+    assert "gate on an intercept only" in constant.summary().splitlines()[0]
+    # The gate that sees v fits better than the constant one.
+    assert float(by_position.log_likelihood(x, y)) > float(constant.log_likelihood(x, y)) + 0.1
+    # The experts' columns, gated by the experts' own: the model without roles.
+    same = mj.fit(jax.random.key(0), x, y, num_experts=2, expert_columns=[0, 1, 2],
+                  gate_columns=[0, 1, 2], standard_errors=False)
+    assert same.columns is None and same.moment_start
+
+
+def test_column_roles_refuse_what_they_cannot_name():
+    x, y = _concomitant_data(0, n=300)
+    fit = functools.partial(mj.fit, jax.random.key(0), x, y, num_experts=2)
+    with pytest.raises(ValueError, match="gate_columns: 'v' is not a column of x .* no column "
+                                         "names"):
+        fit(gate_columns=["v"])
+    with pytest.raises(ValueError, match=r"expert_columns: position 3 is not a column of x"):
+        fit(expert_columns=[0, 3])
+    with pytest.raises(ValueError, match="gate_columns names a column twice"):
+        fit(gate_columns=[2, 2])
+    with pytest.raises(ValueError, match="gate_columns must be a list"):
+        fit(gate_columns="v", feature_names=["a", "b", "v"])
+    with pytest.raises(ValueError, match="expert_columns must name at least one column"):
+        fit(expert_columns=[])
+    with pytest.raises(ValueError, match="with a gate on columns of its own has no moment "
+                                         "start"):
+        fit(gate_columns=[2], num_refine_iters=0)

@@ -350,3 +350,22 @@ def test_a_poisson_model_round_trips_with_its_family_and_prior(tmp_path):
     _rewrite(tmp_path / "counts.npz", format_version=2,
              prior=dict(gate_scale=2.5, noise_dof=3.0))
     assert mj.io.load(tmp_path / "counts.npz").prior == mj.Prior()
+
+
+def test_a_model_with_gate_columns_round_trips_and_damage_to_them_is_named(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3))
+    y = np.where(x[:, 2] > 0, x[:, 0], -x[:, 1]) + 0.1 * rng.normal(size=400)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=2, expert_columns=[0, 1],
+                   gate_columns=[2], num_refine_iters=20, feature_names=["a", "b", "v"])
+    mj.io.save(tmp_path / "gated.npz", model)
+    loaded = mj.io.load(tmp_path / "gated.npz")
+    assert loaded.columns == model.columns and loaded.dim == 3
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    assert loaded.summary() == model.summary()
+    _rewrite(tmp_path / "gated.npz", columns=dict(experts=[0, 1], gate=[5]))
+    with pytest.raises(ValueError, match="is corrupted: columns must be null or"):
+        mj.io.load(tmp_path / "gated.npz")
+    _rewrite(tmp_path / "gated.npz", columns=None)
+    with pytest.raises(ValueError, match="is corrupted: .*gate standardisation without"):
+        mj.io.load(tmp_path / "gated.npz")

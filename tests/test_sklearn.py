@@ -74,3 +74,18 @@ def test_dataframe_names_reach_the_model():
     assert reg.model_.feature_names == ("speed", "angle", "chord")
     assert reg.model_.target_name == "noise"
     assert reg.predict(frame.iloc[:5]).shape == (5,)
+
+
+def test_the_estimator_takes_the_gate_columns_and_a_count_family():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 3))
+    y = np.where(X[:, 2] > 0, 1 + 2 * X[:, 0], -1 - X[:, 1]) + 0.3 * rng.normal(size=400)
+    reg = MoERegressor(num_experts=2, expert_columns=[0, 1], gate_columns=[2],
+                       num_refine_iters=100, random_state=0)
+    scores = cross_val_score(reg, X, y, cv=2)
+    assert np.all(scores > 0.8), scores
+    assert reg.fit(X, y).model_.columns.gate == (2,)
+    counts = rng.poisson(np.exp(np.where(X[:, 2] > 0, 1 + 0.5 * X[:, 0], 0.2)))
+    pois = MoERegressor(num_experts=2, family="poisson", num_refine_iters=100,
+                        random_state=0).fit(X, counts)
+    assert pois.model_.params.family == "poisson" and np.all(pois.predict(X[:5]) > 0)
