@@ -3,6 +3,8 @@ own units, many seeds, z-scores against the truth.
 
     python -m experiments.calibration                 # 4 settings x 200 seeds, about 15 minutes
     python -m experiments.calibration --num_seeds=20  # a quick look
+    python -m experiments.calibration --settings=binomial_k2_n4000,poisson_k2_n2000 \
+        --output_dir=experiments/results/calibration_families
 
 Each setting draws x = mu + u L (shifted, scaled, correlated; u ~ N(0, I)), a gate with logits
 e_i + f_i . x (the last 0) and experts y = b_i + c_i . x + sigma_i eps (linear g), or
@@ -13,6 +15,11 @@ covariance carried along), then z = (estimate - truth) / SE per coefficient. Rep
 setting and coefficient: the sd of z over seeds (1 when calibrated) and the coverage of the 95%
 Wald interval, for the model-based and the robust (sandwich) SEs; seeds whose fit has no SEs
 (`coefficients().problem`) are counted and left out.
+
+Settings named binomial_... or poisson_... draw y from the family around the experts' linear
+predictor on the same x and gate (y ~ Bernoulli(sigmoid(b_i + c_i . x)) or
+Poisson(exp(b_i + c_i . x))) and fit `fit(family=...)`: the model is then well specified, the
+coefficients are on the link scale and there is no sigma.
 
 For non-linear g, `fit`'s model is y = ybar + sd(y) g(a . x + b) + noise, with y's sample mean
 and sd taken as known, so the truth above is not in its class for any coefficients; the
@@ -38,7 +45,8 @@ from experiments import common
 _SEEDS = flags.DEFINE_integer("num_seeds", 200, "Seeds per setting.")
 _SETTINGS = flags.DEFINE_list("settings", ["linear_k2_n2000", "linear_k2_n500",
                                            "linear_k3_n4000", "tanh_k2_n2000"],
-                              "Settings: <g>_k<k>_n<n>.")
+                              "Settings: <g>_k<k>_n<n>, g a non-linearity or a family "
+                              "(binomial, poisson).")
 _REF = flags.DEFINE_integer("reference_factor", 100, "Non-linear g: the pseudo-true value is "
                             "the fit on this many times n rows.")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
@@ -67,13 +75,26 @@ def data_units(rows_u):
     return np.c_[rows_u[:, 0] - slopes @ MU, slopes]
 
 
+FAMILIES = ("binomial", "poisson")  # settings named after a family: a GLM mixture
+
+
 def truth(g, k):
-    """The true coefficients in the order of `coefficients()`: experts, gates, sigmas."""
+    """The true coefficients in the order of `coefficients()`: experts, gates, sigmas (none
+    for a family without one)."""
     experts = data_units(EXPERTS_U[k])
+    if g in FAMILIES:
+        return experts, data_units(GATES_U[k]), np.zeros((0,))
     if g == "linear":
         experts = S * experts
         experts[:, 0] += M
     return experts, data_units(GATES_U[k]), S * SIGMAS[k]
+
+
+def fit(key, x, y, g, k):
+    """`fit` with its defaults for the setting's g or family."""
+    if g in FAMILIES:
+        return mj.fit(key, x, y, num_experts=k, family=g)
+    return mj.fit(key, x, y, num_experts=k, nonlinearity=g)
 
 
 def draw(key, g, k, n):
@@ -85,6 +106,10 @@ def draw(key, g, k, n):
     p /= p.sum(1, keepdims=True)
     z = (rng.uniform(size=(n, 1)) > np.cumsum(p, axis=1)).sum(axis=1)
     pre = (EXPERTS_U[k][:, 0] + u @ EXPERTS_U[k][:, 1:].T)[np.arange(n), z]
+    if g == "binomial":
+        return x, (rng.uniform(size=n) < 1 / (1 + np.exp(-pre))).astype(float)
+    if g == "poisson":
+        return x, rng.poisson(np.exp(pre)).astype(float)
     out = pre if g == "linear" else np.asarray(mj.get_nonlinearity(g)(pre))
     y = M + S * (out + SIGMAS[k][z] * rng.normal(size=n))
     return x, y
@@ -109,10 +134,11 @@ def aligned(model, experts_t):
     perm = fitted[np.argsort(true)]  # perm[j]: the fitted expert matched to true expert j
     eye = np.eye(m)
     gate = lambda i, t: np.zeros(m) if i == k - 1 else eye[k * d1 + i * d1 + t]
+    sigmas = m - (2 * k - 1) * d1  # k, or 0 for a family without one
     R = np.array([eye[perm[j] * d1 + t] for j in range(k) for t in range(d1)]
                  + [gate(perm[j], t) - gate(perm[k - 1], t) for j in range(k - 1)
                     for t in range(d1)]
-                 + [eye[(2 * k - 1) * d1 + perm[j]] for j in range(k)])
+                 + [eye[(2 * k - 1) * d1 + perm[j]] for j in range(sigmas)])
     return R, est, model.coefficient_covariance(), model.coefficient_covariance(robust=True)
 
 
@@ -120,10 +146,10 @@ def reference(g, k, n):
     """The yardstick in truth order: the exact truth for linear g, else the pseudo-true value
     (a fit on reference_factor * n rows)."""
     experts_t, gates_t, sigmas_t = truth(g, k)
-    if g == "linear":
+    if g == "linear" or g in FAMILIES:
         return np.r_[experts_t.ravel(), gates_t.ravel(), sigmas_t]
     x, y = draw(jax.random.key(10**6), g, k, _REF.value * n)
-    model = mj.fit(jax.random.key(10**6), x, y, num_experts=k, nonlinearity=g)
+    model = fit(jax.random.key(10**6), x, y, g, k)
     out = aligned(model, experts_t)
     if out is None:
         raise RuntimeError("the reference fit has no standard errors")
@@ -140,11 +166,11 @@ def z_scores(model, g, k, true):
     return [(R @ est - true) / np.sqrt(np.diag(R @ c @ R.T)) for c in (cov, robust)]
 
 
-def labels(k):
+def labels(g, k):
     terms = ["(intercept)"] + [f"x{j + 1}" for j in range(MU.size)]
     return ([f"expert {i + 1} {t}" for i in range(k) for t in terms]
             + [f"gate {i + 1} {t}" for i in range(k - 1) for t in terms]
-            + [f"sigma {i + 1}" for i in range(k)])
+            + [f"sigma {i + 1}" for i in range(0 if g in FAMILIES else k)])
 
 
 def main(argv):
@@ -157,13 +183,13 @@ def main(argv):
         for seed in range(_SEEDS.value):
             key_data, key_fit = jax.random.split(jax.random.key(seed))
             x, y = draw(key_data, g, k, n)
-            model = mj.fit(key_fit, x, y, num_experts=k, nonlinearity=g)
+            model = fit(key_fit, x, y, g, k)
             z = z_scores(model, g, k, true)
             if z is None:
                 no_se += 1
                 continue
             zs.append(z)
-            for name, zm, zr in zip(labels(k), *z):
+            for name, zm, zr in zip(labels(g, k), *z):
                 rows.append(dict(setting=setting, seed=seed, coefficient=name, z=float(zm),
                                  z_robust=float(zr)))
             if (seed + 1) % 20 == 0:
@@ -171,7 +197,7 @@ def main(argv):
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
         z = np.array(zs)  # (seeds, 2, m)
         summary[setting] = dict(
-            g=g, k=k, n=n, seeds=_SEEDS.value, without_se=no_se, coefficients=labels(k),
+            g=g, k=k, n=n, seeds=_SEEDS.value, without_se=no_se, coefficients=labels(g, k),
             reference=true.tolist(),
             z_sd=np.std(z[:, 0], axis=0).tolist(), z_sd_robust=np.std(z[:, 1], axis=0).tolist(),
             z_mean=np.mean(z[:, 0], axis=0).tolist(),

@@ -214,3 +214,26 @@ def prior_small_n_table(summary) -> str:
                      f"{s['excess_nll_max']:.3f} | {err} | {s['degenerate']}/{s['seeds']} | "
                      f"{s['fewer_experts']} |")
     return "\n".join(lines)
+
+
+PEER_FAMILIES_METHODS = ("moejax", "moejax_ml", "glm", "flexmix")
+
+
+def peer_families_table(summary) -> str:
+    """experiments.peer_families' summary: per (table, k), the test NLL of every method and the
+    paired differences the goals read (mean ± se over the splits)."""
+    lines = ["| table | k | test NLL: moejax / ML / GLM / flexmix | moejax - GLM | "
+             "moejax - flexmix | train NLL, ML - flexmix | warm s: moejax / flexmix | "
+             "degenerate: moejax / flexmix |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda d: f"{d['mean']:+.4f} ± {d['se']:.4f}" if d else "–"
+    for e in summary:
+        nll = " / ".join(f"{e[m]['test_nll']:.4f}" if m in e else "–"
+                         for m in PEER_FAMILIES_METHODS)
+        warm = " / ".join(f"{e[m]['warm_seconds']:.2f}" if m in e else "–"
+                          for m in ("moejax", "flexmix"))
+        degenerate = " / ".join(str(e[m]["degenerate"]) if m in e else "–"
+                                for m in ("moejax", "flexmix"))
+        lines.append(f"| {e['table']} | {e['k']} | {nll} | {fmt(e['default_minus_glm'])} | "
+                     f"{fmt(e.get('default_minus_flexmix'))} | "
+                     f"{fmt(e.get('ml_train_minus_flexmix'))} | {warm} | {degenerate} |")
+    return "\n".join(lines)

@@ -4,8 +4,10 @@ target (issue 39's comparison): the same 80/20 splits through both.
     python -m experiments.peer_families
 
 Tables (`public_tables.load_glm`): flexmix's NPreg (its Poisson response on x and x^2, its
-binary response on x), flexmix's bioChemists (articles, a count, on 5 features) and MASS's
-Pima diabetes table (0/1 on 7 features). On each (table, k), for every split:
+binary response on x), flexmix's bioChemists (articles, a count, on 5 features), MASS's
+Pima diabetes table (0/1 on 7 features) and flexmix's patent table (patents on log R&D, the
+gate on R&D per sales: flexmix's concomitant-variable example; both tools fit the gate on its
+own column). On each (table, k), for every split:
 - `moejax`: `fit(family=...)` with its defaults (the prior, 16 random starts): test NLL per row,
   fit time (the first split's includes compilation, later ones run compiled: "warm"), and
   whether the fit is degenerate (`degeneracy()` not empty);
@@ -39,21 +41,23 @@ _FLEXMIX = flags.DEFINE_bool("flexmix", True, "Run R flexmix when it is installe
 _NREP = flags.DEFINE_integer("nrep", 5, "flexmix random starts (stepFlexmix's nrep).")
 _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write results.")
 
-METHODS = ("moejax", "moejax_ml", "glm", "flexmix")
+METHODS = common.PEER_FAMILIES_METHODS
 
 
-def _moejax(key, family, k, x_tr, y_tr, x_te, y_te, **settings) -> dict:
+def _moejax(key, family, roles, k, x_tr, y_tr, x_te, y_te, **settings) -> dict:
     tic = time.perf_counter()
     model = jax.block_until_ready(mj.fit(key, x_tr, y_tr, num_experts=k, family=family,
-                                         standard_errors=False, **settings))
+                                         standard_errors=False, expert_columns=roles[0],
+                                         gate_columns=roles[1], **settings))
     seconds = time.perf_counter() - tic
     return dict(test_nll=-float(model.log_likelihood(x_te, y_te)),
                 train_nll=-float(model.log_likelihood(x_tr, y_tr)), seconds=seconds,
                 components=model.num_experts, degenerate=bool(model.degeneracy()))
 
 
-def _flexmix(family, k, seed, x_tr, y_tr, x_te, y_te, workdir) -> dict:
-    fitted = flexmix.run(x_tr, y_tr, k, seed, _NREP.value, workdir, family=family)
+def _flexmix(family, roles, k, seed, x_tr, y_tr, x_te, y_te, workdir) -> dict:
+    fitted = flexmix.run(x_tr, y_tr, k, seed, _NREP.value, workdir, family=family,
+                         expert_columns=roles[0], gate_columns=roles[1])
     return dict(test_nll=-flexmix.mixture_scores(fitted, x_te, y_te, family)[1],
                 train_nll=-flexmix.mixture_scores(fitted, x_tr, y_tr, family)[1],
                 seconds=fitted["seconds"], components=fitted["components"],
@@ -72,17 +76,17 @@ def main(argv):
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in _TABLES.value:
-            x, y, family, description = public_tables.load_glm(name)
+            x, y, family, description, roles = public_tables.load_glm(name)
             print(f"{name}: {description} ({family})", flush=True)
             for k in ks:
                 for split in range(_SPLITS.value):
                     key, tr, te = common.split(split, len(y))
                     data = (x[tr], y[tr], x[te], y[te])
-                    out = dict(moejax=_moejax(key, family, k, *data),
-                               moejax_ml=_moejax(key, family, k, *data, prior=None),
-                               glm=_moejax(key, family, 1, *data))
+                    out = dict(moejax=_moejax(key, family, roles, k, *data),
+                               moejax_ml=_moejax(key, family, roles, k, *data, prior=None),
+                               glm=_moejax(key, family, roles, 1, *data))
                     if use_flexmix:
-                        out["flexmix"] = _flexmix(family, k, split, *data, workdir)
+                        out["flexmix"] = _flexmix(family, roles, k, split, *data, workdir)
                     for method, scores in out.items():
                         rows.append(dict(table=name, family=family, k=k, split=split,
                                          method=method, **scores))
@@ -95,7 +99,7 @@ def main(argv):
     base = os.path.join(_OUT.value, "peer_families")
     common.write_rows(base, rows, dict(meta=meta, summary=summary))
     plot(summary, base + ".png")
-    print(table(summary))
+    print(common.peer_families_table(summary))
     print(f"wrote {base}.csv, .json, .png")
 
 
@@ -133,23 +137,6 @@ def summarise(rows) -> list[dict]:
                                     worst=float(np.max(diff)))
             out.append(entry)
     return out
-
-
-def table(summary) -> str:
-    lines = ["| table | k | test NLL: moejax / ML / GLM / flexmix | moejax - GLM | "
-             "moejax - flexmix | train NLL, ML - flexmix | warm s: moejax / flexmix | "
-             "degenerate: moejax / flexmix |", "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda d: f"{d['mean']:+.4f} ± {d['se']:.4f}" if d else "–"
-    for e in summary:
-        nll = " / ".join(f"{e[m]['test_nll']:.4f}" if m in e else "–" for m in METHODS)
-        warm = " / ".join(f"{e[m]['warm_seconds']:.2f}" if m in e else "–"
-                          for m in ("moejax", "flexmix"))
-        degenerate = " / ".join(str(e[m]["degenerate"]) if m in e else "–"
-                                for m in ("moejax", "flexmix"))
-        lines.append(f"| {e['table']} | {e['k']} | {nll} | {fmt(e['default_minus_glm'])} | "
-                     f"{fmt(e.get('default_minus_flexmix'))} | "
-                     f"{fmt(e.get('ml_train_minus_flexmix'))} | {warm} | {degenerate} |")
-    return "\n".join(lines)
 
 
 def plot(summary, path):

@@ -2,7 +2,8 @@
 machine (no download): airfoil self-noise (moejax.datasets), scikit-learn's diabetes table,
 and four tables of R's MASS and datasets packages through Rscript (apt-get install
 r-base-core; MASS comes with it); and, for the binomial and Poisson families, four tables with
-a 0/1 or count target from flexmix and MASS (`load_glm`; apt-get install r-cran-flexmix).
+a 0/1 or count target from flexmix and MASS, one of them with a gate on its own column
+(`load_glm`; apt-get install r-cran-flexmix).
 
 Each loader returns (x (n, d), y (n,), ...) in float64; `load` and `load_glm` raise
 `Unavailable` when the package behind a table is missing.
@@ -37,7 +38,8 @@ _R_TABLES = {
 NAMES = ("airfoil", "diabetes", *_R_TABLES)
 
 # Tables with a 0/1 or count target: name -> (R expression, family, description). Factors are
-# coded 0/1 as flexmix's formulas would code them.
+# coded 0/1 as flexmix's formulas would code them. _ROLES: the tables whose gate has columns
+# of its own, name -> (expert columns, gate columns), positions in x.
 _R_GLM_TABLES = {
     "npreg_counts": ("with(flexmix_data('NPreg'), data.frame(yp, x, x2 = x^2))", "poisson",
                      "flexmix::NPreg: the Poisson response yp on x and x^2, 200 rows"),
@@ -49,7 +51,11 @@ _R_GLM_TABLES = {
     "pima": ("with(rbind(MASS::Pima.tr, MASS::Pima.te), data.frame(y = as.numeric(type == "
              "'Yes'), npreg, glu, bp, skin, bmi, ped, age))", "binomial",
              "MASS::Pima.tr + Pima.te: diabetes (0/1) of 532 Pima women on 7 features"),
+    "patent": ("with(flexmix_data('patent'), data.frame(Patents, lgRD, RDS))", "poisson",
+               "flexmix::patent: patents of 70 firms on log R&D spending, the gate on R&D "
+               "per sales (flexmix's concomitant example)"),
 }
+_ROLES = {"patent": ((0,), (1,))}
 # flexmix's tables are lazy data, not exported objects: read by name.
 _FLEXMIX_DATA = ("flexmix_data <- function(name) "
                  "get(data(list = name, package = 'flexmix', envir = environment()))")
@@ -57,12 +63,13 @@ GLM_NAMES = tuple(_R_GLM_TABLES)
 
 
 def load_glm(name: str):
-    """(x, y, family, description) of table `name` (one of GLM_NAMES)."""
+    """(x, y, family, description, (expert_columns, gate_columns)) of table `name` (one of
+    GLM_NAMES); the roles are (None, None) where every column feeds both."""
     if name not in _R_GLM_TABLES:
         raise ValueError(f"unknown table {name!r}; expected one of {GLM_NAMES}.")
     expr, family, description = _R_GLM_TABLES[name]
     x, y = _from_r(f"{{{_FLEXMIX_DATA}; {expr}}}")
-    return x, y, family, description
+    return x, y, family, description, _ROLES.get(name, (None, None))
 
 
 def _from_r(expr: str):

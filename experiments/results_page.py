@@ -137,6 +137,11 @@ def peer_flexmix(r) -> str:
     return "\n".join(lines)
 
 
+def peer_families(r) -> str:
+    """Binomial and Poisson experts against the GLM and R flexmix (experiments.peer_families)."""
+    return common.peer_families_table(r["summary"])
+
+
 def failure_map(r) -> str:
     """Fraction of seeds stuck per cell and method (median passes), the oracle's error."""
     methods = {"random_1": "1 random", "random_5": "best of 5", "random_R": "best of 20",
@@ -201,7 +206,8 @@ def prior_small_n(r) -> str:
 
 
 RENDERERS = {f.__name__: f for f in (error_table, failure_rates, synthetic_sweep, bench_sweep,
-                                     airfoil, peer_flexmix, failure_map, refine_screening,
+                                     airfoil, peer_flexmix, peer_families, failure_map,
+                                     refine_screening,
                                      calibration, intervals, generalisation, prior_small_n)}
 # A block may be empty (a new table) but never runs into the next block.
 _BLOCK = re.compile(r"(<!-- table: ([\w/]+) -->\n)((?:(?!<!-- table:).)*?)\n?<!-- end table -->",

@@ -358,11 +358,14 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
-def params(p, *, dim: int | None = None, gate_dim: int | None = None, name: str = "params"):
+def params(p, *, dim: int | None = None, gate_dim: int | None = None, name: str = "params",
+           design: int | None = None):
     """p as MoEParams (a plain 3-tuple is read as a linear model) with experts (k, d), k >= 1
     (one expert: least squares), and gating (k, d_gate), d_gate = gate_dim (the width of the
     gate's design) or by default d, noise_std positive, a scalar or one per expert (k,), and a
-    known non-linearity and family; values checked finite where concrete."""
+    known non-linearity and family; values checked finite where concrete. design: the width
+    of the x the params are evaluated on, d (the gate shares the experts' design) or
+    d + d_gate (x = [z_experts, z_gate], a gate on columns of its own)."""
     if not isinstance(p, MoEParams):
         if not isinstance(p, tuple) or len(p) != 3:
             raise ValueError(f"{name} must be MoEParams(experts, gating, noise_std, "
@@ -374,6 +377,18 @@ def params(p, *, dim: int | None = None, gate_dim: int | None = None, name: str 
     gating = _as_float(p[1], f"{name}.gating")
     sigma = _as_float(p[2], f"{name}.noise_std")
     gate_width = experts.shape[-1] if gate_dim is None else gate_dim
+    if design is not None and experts.ndim == 2 and gating.ndim == 2:
+        if design not in (experts.shape[1], experts.shape[1] + gating.shape[1]):
+            if gating.shape == experts.shape:  # the usual model: one design for both
+                raise ValueError(f"x must have d = {experts.shape[1]} columns to match the "
+                                 f"parameters, got {design}.")
+            raise ValueError(
+                f"x has {design} columns: {name}.experts (k, d) and {name}.gating (k, d_gate) "
+                f"must have d = {design} (a gate on the experts' design) or d + d_gate = "
+                f"{design} (x = [experts' design, gate's design]), got {experts.shape} and "
+                f"{gating.shape}.")
+        if design != experts.shape[1]:
+            gate_width = gating.shape[1]
     if (experts.ndim != 2 or experts.shape[0] < 1 or gating.ndim != 2
             or gating.shape != (experts.shape[0], gate_width)):
         raise ValueError(f"{name}.experts and {name}.gating must have shapes (k, d) and (k, "

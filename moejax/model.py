@@ -114,8 +114,8 @@ def log_likelihood(params: MoEParams, x: jax.Array, y: jax.Array, *,
     >>> bool(log_likelihood(p, x, y) > log_likelihood(p._replace(noise_std=1.0), x, y))
     True
     """
-    params = _validate.params(params)
-    x, y = _validate.data(x, y, dim=params.experts.shape[1], streams=True)
+    x, y = _validate.data(x, y, streams=True)
+    params = _validate.params(params, design=x.shape[1])
     out = _summed_log_likelihood(params, x, y, layout_of(x, chunk_size))
     _validate.stream_errors(x, y)
     return out
@@ -149,8 +149,8 @@ def posteriors(params: MoEParams, x: jax.Array, y: jax.Array) -> jax.Array:
     >>> posteriors(p, x, y).shape
     (10, 3)
     """
-    params = _validate.params(params)
-    x, y = _validate.data(x, y, dim=params.experts.shape[1])
+    x, y = _validate.data(x, y)
+    params = _validate.params(params, design=x.shape[1])
     return predictive.posteriors(params, x, y)
 
 
@@ -170,6 +170,6 @@ def predict(params: MoEParams, x: jax.Array) -> jax.Array:
     >>> predict(p, jax.numpy.zeros((4, 5)))  # g(0) = 0 for every expert
     Array([0., 0., 0., 0.], dtype=float32)
     """
-    params = _validate.params(params)
-    x = _validate.features(x, dim=params.experts.shape[1])
+    x = _validate.features(x)
+    params = _validate.params(params, design=x.shape[1])
     return predictive.predict(params, x)

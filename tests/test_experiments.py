@@ -196,17 +196,47 @@ params = mj.MoEParams(last(experts), last(gate - gate[1]), sigma)
 z = np.c_[x, np.ones(len(x))]
 assert ll == pytest.approx(float(mj.log_likelihood(params, z, y)), rel=1e-5)
 np.testing.assert_allclose(pred, mj.predict(params, z), rtol=1e-4, atol=1e-5)
+# Binomial and Poisson experts on columns 0 and 1, the gate on column 2 alone: moejax's
+# design [x_e, 1, x_gate, 1].
+for family, g, target in (("binomial", "sigmoid", (rng.uniform(size=300) < 0.4) * 1.0),
+                          ("poisson", "exp", rng.poisson(2.0, size=300) * 1.0)):
+    experts, gate = rng.normal(size=(2, 3)) * 0.5, rng.normal(size=(2, 2))
+    gate[0] = 0.0
+    fitted = dict(experts=experts, gate=gate, sigma=np.ones(2), expert_columns=[0, 1],
+                  gate_columns=[2])
+    pred, ll = flexmix.mixture_scores(fitted, x, target, family)
+    params = mj.MoEParams(last(experts), last(gate - gate[1]), 1.0, g, family)
+    u = np.c_[x[:, :2], np.ones(len(x)), x[:, 2], np.ones(len(x))]
+    assert ll == pytest.approx(float(mj.log_likelihood(params, u, target)), rel=1e-5), family
+    np.testing.assert_allclose(pred, mj.predict(params, u), rtol=1e-4, atol=1e-5)
 print("SCORES OK")
 """
 
 
 def test_flexmix_parameters_are_scored_as_the_same_model():
     # flexmix's layout (intercept first, first gate row zero) scored by the experiment equals
-    # moejax's likelihood of the same model (intercept last, last gate row zero). In its own
-    # process: the binary's absl flags would clash with another binary's imported here.
+    # moejax's likelihood of the same model (intercept last, last gate row zero), for every
+    # family and a gate on its own column. In its own process: the binary's absl flags would
+    # clash with another binary's imported here.
     out = subprocess.run([sys.executable, "-c", _SCORES], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0 and "SCORES OK" in out.stdout, out.stderr
+
+
+def test_peer_families_says_what_it_needs(tmp_path):
+    # Its tables come from R's packages: without R it says so and writes nothing; with R (a
+    # peer's machine), one table, one split.
+    out = run("experiments.peer_families", "--tables=npreg_binary", "--num_splits=2",
+              "--ks=2", f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    if "flexmix is not available" in out.stdout:
+        assert not list(tmp_path.iterdir())
+        return
+    rows = read_csv(tmp_path / "peer_families.csv")
+    assert {r["method"] for r in rows} == {"moejax", "moejax_ml", "glm", "flexmix"}
+    summary = json.loads((tmp_path / "peer_families.json").read_text())["summary"]
+    assert summary[0]["ml_train_minus_flexmix"]["mean"] < 0.005
+    assert (tmp_path / "peer_families.png").stat().st_size > 1000
 
 
 @pytest.mark.slow  # about 25 s of experiment
