@@ -1,6 +1,6 @@
-"""`MoERegressor`: `moejax.fit` as a scikit-learn estimator, for `Pipeline`, `cross_val_score`,
-`GridSearchCV` and the rest of scikit-learn (an optional dependency: `pip install
-moejax[sklearn]`).
+"""`MoERegressor` and `MoEClassifier` (a two-class target): `moejax.fit` as scikit-learn
+estimators, for `Pipeline`, `cross_val_score`, `GridSearchCV` and the rest of scikit-learn (an
+optional dependency: `pip install moejax[sklearn]`).
 
     from sklearn.model_selection import GridSearchCV
     from moejax.sklearn import MoERegressor
@@ -18,8 +18,9 @@ import numbers
 
 import jax
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moejax import _validate, estimator, selection
@@ -110,33 +111,7 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         """
         target_name = getattr(y, "name", None) if not isinstance(y, np.ndarray) else None
         X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        k = self.num_experts
-        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
-            k = int(k)
-            dim = X.shape[1] if self.expert_columns is None else len(self.expert_columns)
-            gate_dim = None if self.gate_columns is None else len(self.gate_columns)
-            params = selection.num_free_params(k, dim, self.per_expert_noise,
-                                               gate_dim=gate_dim)
-            distinct = selection.row_groups(X, y)[0] if k > 1 else X.shape[0]
-            if k > 1 and dim + 2 <= X.shape[0] and distinct < params:
-                # A fold of a cross-validation may be too small for k: fit what its rows
-                # support rather than fail the whole search (moejax.fit refuses instead).
-                supported = selection.supported_experts(distinct, dim, self.per_expert_noise,
-                                                        gate_dim)
-                _validate.warn(f"num_experts={k} has {params} free parameters, more than "
-                               f"the {distinct} distinct rows: fitted num_experts={supported} "
-                               "instead.")
-                k = supported
-        names = getattr(self, "feature_names_in_", None)
-        settings = {name: getattr(self, name) for name in self._get_param_names()
-                    if name not in _NOT_SETTINGS}
-        if isinstance(self.prior, str) and self.prior == "default":
-            settings["prior"] = Prior()
-        self.model_ = estimator.fit(
-            jax.random.key(seed), X, y, **{**settings, "num_experts": k},
-            feature_names=None if names is None else list(names), target_name=target_name,
-            expert_columns=self.expert_columns, gate_columns=self.gate_columns)
+        self.model_ = _fit_model(self, X, y, target_name)
         return self
 
     def predict(self, X, return_std: bool = False):
@@ -228,3 +203,194 @@ class MoERegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64)
         return np.asarray(self.model_.posteriors(X, y), np.float64)
+
+
+def _fit_model(est, X, y, target_name, **fixed):
+    """`moejax.fit` with the estimator's settings (its parameters but `_NOT_SETTINGS`, and
+    `fixed` ones) on validated X, y. A k whose free parameters outnumber the distinct rows
+    (a small fold of a cross-validation) fits what the rows support, with a warning, rather
+    than failing the whole search (moejax.fit refuses instead)."""
+    seed = int(check_random_state(est.random_state).randint(np.iinfo(np.int32).max))
+    k = est.num_experts
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+        k = int(k)
+        dim = X.shape[1] if est.expert_columns is None else len(est.expert_columns)
+        gate_dim = None if est.gate_columns is None else len(est.gate_columns)
+        per_expert = getattr(est, "per_expert_noise", True)
+        params = selection.num_free_params(k, dim, per_expert, gate_dim=gate_dim)
+        distinct = selection.row_groups(X, y)[0] if k > 1 else X.shape[0]
+        if k > 1 and dim + 2 <= X.shape[0] and distinct < params:
+            supported = selection.supported_experts(distinct, dim, per_expert, gate_dim)
+            _validate.warn(f"num_experts={k} has {params} free parameters, more than "
+                           f"the {distinct} distinct rows: fitted num_experts={supported} "
+                           "instead.")
+            k = supported
+    names = getattr(est, "feature_names_in_", None)
+    settings = {name: getattr(est, name) for name in est._get_param_names()
+                if name not in _NOT_SETTINGS}
+    if isinstance(est.prior, str) and est.prior == "default":
+        settings["prior"] = Prior()
+    return estimator.fit(
+        jax.random.key(seed), X, y, **{**settings, **fixed, "num_experts": k},
+        feature_names=None if names is None else list(names), target_name=target_name,
+        expert_columns=est.expert_columns, gate_columns=est.gate_columns)
+
+
+class MoEClassifier(ClassifierMixin, BaseEstimator):
+    """A mixture of logistic experts for a two-class target: `moejax.fit(family="binomial")`
+    (random starts, joint-EM refinement, the default prior on gate and expert slopes;
+    docs/algorithm.md section 1) with scikit-learn's classifier interface.
+
+    Args:
+      num_experts: k >= 1 (1 is logistic regression), or "auto" to choose k in
+        1..max_experts by `select_by`.
+      num_refine_inits, num_refine_iters, refine_tol: the refinement's random starts, cap
+        and tolerance.
+      whiten, max_experts, select_by, standard_errors, prior, expert_columns, gate_columns,
+        random_state: as `MoERegressor`'s.
+
+    Attributes (after `fit`):
+      classes_: the two classes, sorted; the second is the model's "1".
+      model_: the `moejax.FittedMoE` of the binomial mixture (its y is 1 for classes_[1]).
+      n_features_in_, feature_names_in_: as `MoERegressor`'s.
+
+    Example:
+      >>> import numpy as np
+      >>> rng = np.random.default_rng(0)
+      >>> X = rng.normal(size=(400, 3))
+      >>> logit = np.where(X[:, 0] > 0, 3 * X[:, 1], -3 * X[:, 2])
+      >>> y = np.where(rng.uniform(size=400) < 1 / (1 + np.exp(-logit)), "yes", "no")
+      >>> clf = MoEClassifier(num_experts=2, num_refine_iters=100, random_state=0).fit(X, y)
+      >>> clf.classes_.tolist(), clf.predict_proba(X[:2]).shape, bool(clf.score(X, y) > 0.7)
+      (['no', 'yes'], (2, 2), True)
+    """
+
+    def __init__(self, num_experts=2, *, num_refine_inits=16, num_refine_iters=3000,
+                 refine_tol=1e-8, whiten=True, max_experts=4, select_by="bic",
+                 standard_errors=False, prior="default", expert_columns=None,
+                 gate_columns=None, random_state=None):
+        self.num_experts = num_experts
+        self.num_refine_inits = num_refine_inits
+        self.num_refine_iters = num_refine_iters
+        self.refine_tol = refine_tol
+        self.whiten = whiten
+        self.max_experts = max_experts
+        self.select_by = select_by
+        self.standard_errors = standard_errors
+        self.prior = prior
+        self.expert_columns = expert_columns
+        self.gate_columns = gate_columns
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        # A binomial mixture: two classes (scikit-learn's checks then expect its error on more).
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def fit(self, X, y):
+        """Fits the binomial mixture to y == classes_[1].
+
+        Args:
+          X: (n, d) features (an array or a DataFrame); y: (n,) labels of two classes.
+
+        Returns:
+          self, fitted.
+
+        Raises:
+          ValueError: for a y with other than two classes, and as `moejax.fit`.
+
+        >>> clf.fit(X, y).model_.num_experts
+        2
+        """
+        target_name = getattr(y, "name", None) if not isinstance(y, np.ndarray) else None
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, index = np.unique(y, return_inverse=True)
+        if len(self.classes_) > 2:
+            raise ValueError(f"Only binary classification is supported by MoEClassifier (a "
+                             f"binomial mixture): y holds {len(self.classes_)} classes "
+                             f"({self.classes_[:5].tolist()}...).")
+        if len(self.classes_) < 2:
+            raise ValueError(f"y holds one class ({self.classes_.tolist()}): MoEClassifier "
+                             "needs two.")
+        self.model_ = _fit_model(self, X, index.astype(np.float64), target_name,
+                                 family="binomial")
+        return self
+
+    def predict_proba(self, X):
+        """P(class | x) for each row, the mixture's probability of classes_[1] and its
+        complement.
+
+        Args:
+          X: (n, d) features.
+
+        Returns:
+          (n, 2) probabilities, columns in the order of classes_.
+
+        Raises:
+          ValueError: for X that does not match the fitted features; NotFittedError before
+            `fit`.
+
+        >>> bool(np.allclose(clf.predict_proba(X[:3]).sum(axis=1), 1.0))
+        True
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        p = np.clip(np.asarray(self.model_.predict(X), np.float64), 0.0, 1.0)
+        return np.stack([1 - p, p], axis=1)
+
+    def predict_log_proba(self, X):
+        """log `predict_proba(X)`.
+
+        Args:
+          X: (n, d) features.
+
+        Returns:
+          (n, 2) log-probabilities (-inf where a probability is 0).
+
+        Raises:
+          ValueError: as `predict_proba`.
+
+        >>> clf.predict_log_proba(X[:2]).shape
+        (2, 2)
+        """
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def decision_function(self, X):
+        """The log-odds of classes_[1] for each row (positive: classes_[1] is predicted).
+
+        Args:
+          X: (n, d) features.
+
+        Returns:
+          (n,) log-odds.
+
+        Raises:
+          ValueError: as `predict_proba`.
+
+        >>> bool(np.all((clf.decision_function(X[:5]) > 0) == (clf.predict(X[:5]) == "yes")))
+        True
+        """
+        p = self.predict_proba(X)[:, 1]
+        with np.errstate(divide="ignore"):
+            return np.log(p) - np.log1p(-p)
+
+    def predict(self, X):
+        """The more probable class of each row (classes_[1] where its probability > 1/2).
+
+        Args:
+          X: (n, d) features.
+
+        Returns:
+          (n,) labels, elements of classes_.
+
+        Raises:
+          ValueError: as `predict_proba`.
+
+        >>> clf.predict(X[:3]).shape
+        (3,)
+        """
+        check_is_fitted(self)
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]

@@ -7,7 +7,7 @@ import pytest
 
 import moejax as mj
 from moejax import io, sums
-from moejax.sklearn import MoERegressor
+from moejax.sklearn import MoEClassifier, MoERegressor
 
 
 def _public():
@@ -21,7 +21,7 @@ def _public():
                 for name, fn in vars(module).items()
                 if inspect.isfunction(fn) and not name.startswith("_")
                 and fn.__module__ == module.__name__]
-    for cls in (mj.FittedMoE, MoERegressor):
+    for cls in (mj.FittedMoE, MoERegressor, MoEClassifier):
         out += [(f"{cls.__name__}.{name}", fn) for name, fn in vars(cls).items()
                 if inspect.isfunction(fn) and not name.startswith("_")]
     return out

@@ -16,7 +16,8 @@ MODULES = ["model", "metrics", "baselines", "compilation", "datasets", "estimato
            "_validate"]
 # Classes whose methods' examples use the objects the class's own example makes (a fitted
 # model), as a reader does: the class example runs first and shares its names.
-SHARED = {"moejax.fitted.FittedMoE", "moejax.sklearn.MoERegressor"}
+SHARED = {"moejax.fitted.FittedMoE", "moejax.sklearn.MoERegressor",
+          "moejax.sklearn.MoEClassifier"}
 
 
 @pytest.mark.parametrize("name", MODULES)

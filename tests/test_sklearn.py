@@ -1,6 +1,6 @@
-"""moejax.sklearn.MoERegressor: scikit-learn's own estimator checks (slow: make test-all) and,
-in the default suite, the uses people reach for first: clone, Pipeline, cross_val_score,
-GridSearchCV over k, DataFrames."""
+"""moejax.sklearn.MoERegressor and MoEClassifier: scikit-learn's own estimator checks (slow:
+make test-all) and, in the default suite, the uses people reach for first: clone, Pipeline,
+cross_val_score, GridSearchCV over k, DataFrames."""
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score  # noqa
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from moejax.sklearn import MoERegressor  # noqa: E402
+from moejax.sklearn import MoEClassifier, MoERegressor  # noqa: E402
 
 _FAST = dict(num_refine_iters=100, num_refine_inits=4, random_state=0)
 
@@ -31,6 +31,38 @@ def test_passes_scikit_learns_estimator_checks():
     failed = [(r["check_name"], str(r["exception"])) for r in results
               if r["status"] == "failed"]
     assert not failed
+
+
+@pytest.mark.slow
+def test_the_classifier_passes_scikit_learns_estimator_checks():
+    from sklearn.utils.estimator_checks import check_estimator
+    results = check_estimator(MoEClassifier(num_experts=2, num_refine_iters=20,
+                                            num_refine_inits=2, random_state=0), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])) for r in results
+              if r["status"] == "failed"]
+    assert not failed
+
+
+def test_the_classifier_in_a_pipeline_with_string_labels():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 3))
+    logit = np.where(x[:, 0] > 0, 3 * x[:, 1], -3 * x[:, 2])
+    labels = np.where(rng.uniform(size=600) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    pipe = make_pipeline(StandardScaler(), MoEClassifier(num_experts=2, **_FAST))
+    mixture = cross_val_score(pipe, x, labels, cv=3)
+    single = cross_val_score(MoEClassifier(num_experts=1, **_FAST), x, labels, cv=3)
+    # Two logistic regimes: the mixture classifies better than one logistic regression
+    # (measured: 0.815-0.84 against 0.705-0.735 accuracy over the 3 folds, a gap of 0.105
+    # whose folds vary by about 0.015).
+    assert mixture.mean() > single.mean() + 0.05, (mixture, single)
+    clf = MoEClassifier(num_experts=2, **_FAST).fit(x, labels)
+    proba = clf.predict_proba(x[:5])
+    assert clf.classes_.tolist() == ["no", "yes"] and proba.shape == (5, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert np.all(clf.predict(x[:5]) == clf.classes_[(proba[:, 1] > 0.5).astype(int)])
+    assert clf.model_.params.family == "binomial"
+    with pytest.raises(ValueError, match="Only binary classification"):
+        MoEClassifier(**_FAST).fit(x, np.arange(600) % 3)
 
 
 def test_clone_params_fit_predict_score():
