@@ -20,9 +20,11 @@ class KSelection(NamedTuple):
     """Scores of every candidate k (one entry per k in `num_experts`).
 
     Attributes:
-      num_experts: (m,) the candidates 1, ..., max_experts (1 is least squares).
-      num_params: (m,) free parameters: k (d + 1) expert weights and intercepts, (k - 1)(d + 1)
-        gating weights and intercepts, and sigma (one, or one per expert).
+      num_experts: (m,) the candidates 1, ..., max_experts (1 is least squares, or the
+        family's GLM).
+      num_params: (m,) free parameters: k (d + 1) expert weights and intercepts,
+        (k - 1)(d_gate + 1) gating weights and intercepts, and sigma (one, or one per expert;
+        none for a family without one).
       log_likelihood: (m,) training mean log-likelihood per row, fitted on all rows, in the
         target's original units.
       bic: (m,) -2 n log_likelihood + num_params log n (smaller is better).

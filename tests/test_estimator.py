@@ -499,3 +499,14 @@ def test_column_roles_refuse_what_they_cannot_name():
     with pytest.raises(ValueError, match="with a gate on columns of its own has no moment "
                                          "start"):
         fit(gate_columns=[2], num_refine_iters=0)
+
+
+def test_auto_chooses_k_with_the_familys_likelihood_and_no_sigma_in_the_count():
+    x, y = _glm_data("poisson", 0, n=1500)
+    model = mj.fit(jax.random.key(0), x, y, num_experts="auto", family="poisson",
+                   max_experts=2, standard_errors=False)
+    scores = model.selection
+    # 4 coefficients for one expert; two experts and a gate: 2 x 4 + 4; no sigma.
+    assert scores.num_params.tolist() == [4, 12] and scores.best_bic == 2
+    assert model.num_experts == 2 and scores.m2_spectrum.shape == (0,)
+    assert scores.log_likelihood[1] > scores.log_likelihood[0] + 0.1
