@@ -176,7 +176,8 @@ def test_least_squares_has_the_textbook_standard_errors():
     x = rng.normal(size=(300, 3)) * [1, 10, 100]
     y = 2 + x @ [1.0, -0.1, 0.01] + rng.normal(size=300)
     xj, yj = jax.numpy.asarray(x, jax.numpy.float32), jax.numpy.asarray(y, jax.numpy.float32)
-    model = estimator._one_expert(xj, yj, dict(feature_names=None, target_name=None),
+    model = estimator._one_expert(xj, yj, dict(feature_names=None, target_name=None,
+                                               columns=None),
                                   mj.FitConfig.of(None, dict(num_experts=1)))
     model = dataclasses.replace(model, inference=estimator._training_statistics(model, xj, yj))
     coef = model.coefficients()

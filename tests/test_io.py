@@ -287,7 +287,8 @@ def test_a_format_1_file_still_loads(tmp_path, fitted):
     # What moejax wrote before format 2: the parameters and preprocessing only.
     model, x = fitted
     arrays = dict(experts=model.params.experts, gating=model.params.gating,
-                  noise_std=model.params.noise_std, **model.standardizer._asdict())
+                  noise_std=model.params.noise_std,
+                  **{k: v for k, v in model.standardizer._asdict().items() if v is not None})
     meta = dict(format="moejax-model", format_version=1, moejax_version="0.2.0.dev0",
                 nonlinearity="tanh", feature_names=list(model.feature_names), target_name="y")
     np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(meta)),
