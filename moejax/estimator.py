@@ -203,11 +203,8 @@ def _training_statistics(model: "FittedMoE", x, y) -> Inference:
 
 
 def _has_moment_start(config: "FitConfig | _Stages", dim: int, gate_dim=None) -> bool:
-    """Whether `fit` starts from the moment method: k <= d (the experts' columns), a gate on
-    the experts' design (gate_dim None) and a family whose moments it reads
-    (docs/algorithm.md section 2)."""
-    return (config.num_experts <= dim and gate_dim is None
-            and get_family(config.family).moment_start)
+    """`refinement.has_moment_start` for config's k and family."""
+    return refinement.has_moment_start(config.num_experts, dim, gate_dim, config.family)
 
 
 def _widths(columns: Columns | None, num_features: int) -> tuple[int, int | None]:
@@ -355,12 +352,8 @@ def _host_design(std: Standardizer, x, y) -> tuple[np.ndarray, np.ndarray]:
     """`fitted.design_matrix` of x (in the design's column order, `Columns.gather`) and the
     standardised y, on the host in float64."""
     std = jax.tree.map(lambda v: np.asarray(v, np.float64), std)
-    x = np.asarray(x, np.float64)
-    dim, ones = std.x_mean.shape[0], np.ones((x.shape[0], 1))
-    parts = [(x[:, :dim] - std.x_mean) @ std.x_map, ones]
-    if std.gate_map is not None:
-        parts += [(x[:, dim:] - std.gate_mean) @ std.gate_map, ones]
-    return np.concatenate(parts, axis=1), (np.asarray(y, np.float64) - std.y_mean) / std.y_scale
+    return (design_matrix(std, np.asarray(x, np.float64), xp=np),
+            (np.asarray(y, np.float64) - std.y_mean) / std.y_scale)
 
 
 class _Stages(NamedTuple):
@@ -403,7 +396,6 @@ def _fit_program(key, x, y, weights, std: Standardizer, noise_std, tol, penalty,
         top = jnp.maximum(top, jnp.max(jnp.abs(z[:, dim + 1:-1])) * jnp.sqrt(gate_dim))
     sigma = (_initial_noise_std(ys, g, weights) if learn else noise_std / std.y_scale)
     key_tensor, key_gating, key_starts = jax.random.split(key, 3)
-
 
     def random_start(key, sigma):
         p = random_init(key, dim + 1, k, sigma, z.dtype, nonlinearity=g,

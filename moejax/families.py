@@ -197,54 +197,47 @@ def _pearson(y, mean, variance):
 # rows) per EM iteration: e-fold changes of a Poisson mean, odds ratios of e^3 per step.
 _GLM_MAX_STEP = 3.0
 
-BINOMIAL = Family(
-    name="binomial",
-    log_density=_binomial_log_density,
-    relative_log_density=lambda y, mean, scale: _binomial_log_density(y[..., None], mean,
-                                                                      scale),
-    variance=lambda mean, scale: mean * (1 - mean),
-    has_dispersion=False,
-    irls_weights=lambda mean, slope: (mean * (1 - mean), jnp.ones_like(mean)),
-    scale_statistic=lambda y, mean: _pearson(y, mean, mean * (1 - mean)),
-    scale_update=_keep_scale,
+
+def _canonical_glm(name, log_density, variance, **rest) -> Family:
+    """A family without dispersion and with its canonical link: the posterior's form is its
+    density (finite by the clipping above), the IRLS weights are (V(mu), 1), the scale
+    statistic the squared Pearson residual, no moment start, and capped Newton steps."""
+    return Family(
+        name=name, log_density=log_density,
+        relative_log_density=lambda y, mean, scale: log_density(y[..., None], mean, scale),
+        variance=lambda mean, scale: variance(mean), has_dispersion=False,
+        irls_weights=lambda mean, slope: (variance(mean), jnp.ones_like(mean)),
+        scale_statistic=lambda y, mean: _pearson(y, mean, variance(mean)),
+        scale_update=_keep_scale, noise_variance=None, moment_start=False,
+        max_step=_GLM_MAX_STEP, **rest)
+
+
+BINOMIAL = _canonical_glm(
+    "binomial", _binomial_log_density, lambda mean: mean * (1 - mean),
     cdf=None,  # intervals of a 0/1 outcome say nothing: predict_interval refuses them
     bracket=None,
     sample=lambda key, mean, scale: jax.random.bernoulli(key, mean).astype(mean.dtype),
-    noise_variance=None,
-    moment_start=False,
     nonlinearities=("sigmoid",),
     link="logit",
     target="0 or 1",
     check_target=lambda y: _bad_rows(y, lambda v: (v == 0) | (v == 1)),
     start_intercept=lambda mean: float(np.log(mean / (1 - mean))),
-    max_step=_GLM_MAX_STEP,
 )
 
 # Beyond mu + 12 sqrt(mu) + 12 the Poisson CDF is 1 to float64 precision for any mu.
-POISSON = Family(
-    name="poisson",
-    log_density=_poisson_log_density,
-    relative_log_density=lambda y, mean, scale: _poisson_log_density(y[..., None], mean,
-                                                                     scale),
-    variance=lambda mean, scale: mean,
-    has_dispersion=False,
-    irls_weights=lambda mean, slope: (mean, jnp.ones_like(mean)),
-    scale_statistic=lambda y, mean: _pearson(y, mean, mean),
-    scale_update=_keep_scale,
+POISSON = _canonical_glm(
+    "poisson", _poisson_log_density, lambda mean: mean,
     # P(Y <= t) = Q(floor(t) + 1, mu), the regularised upper incomplete gamma function.
     cdf=lambda y, mean, scale: jnp.where(
         y < 0, 0.0, gammaincc(jnp.floor(jnp.maximum(y, 0.0)) + 1, mean)),
     bracket=lambda mean, scale: (jnp.full_like(mean, -1.0),
                                  mean + _NORMAL_TAIL * jnp.sqrt(mean) + _NORMAL_TAIL),
     sample=lambda key, mean, scale: jax.random.poisson(key, mean).astype(mean.dtype),
-    noise_variance=None,
-    moment_start=False,
     nonlinearities=("exp",),
     link="log",
     target="a non-negative integer count",
     check_target=lambda y: _bad_rows(y, lambda v: (v >= 0) & (v == np.round(v))),
     start_intercept=lambda mean: float(np.log(mean)),
-    max_step=_GLM_MAX_STEP,
     discrete=True,
 )
 

@@ -16,7 +16,7 @@ from moejax.families import get_family
 from moejax.params import MoEParams
 from moejax.preprocessing import Columns, Standardizer
 from moejax.prior import Prior
-from moejax.refinement import SATURATED_GATE, FitReport, start_name
+from moejax.refinement import SATURATED_GATE, FitReport, has_moment_start, start_name
 from moejax.selection import KSelection
 
 
@@ -88,9 +88,9 @@ class FittedMoE:
         """Whether the fit had the moment start (start 0 of `report`): it needs k <= d (the
         experts' columns), a gate on the experts' design and a family whose moments it reads
         (the Gaussian); otherwise every start is random."""
-        return (self.num_experts < self.params.experts.shape[1]
-                and (self.columns is None or self.columns.gate is None)
-                and get_family(self.params.family).moment_start)
+        gate = None if self.columns is None else self.columns.gate
+        return has_moment_start(self.num_experts, self.params.experts.shape[1] - 1,
+                                None if gate is None else len(gate), self.params.family)
 
     @property
     def num_experts(self) -> int:
@@ -675,18 +675,19 @@ def _default_names(dim: int) -> tuple[str, ...]:
     return tuple(f"x{i + 1}" for i in range(dim))
 
 
-def design_matrix(standardizer: Standardizer, x: jax.Array) -> jax.Array:
+def design_matrix(standardizer: Standardizer, x: jax.Array, xp=jnp) -> jax.Array:
     """[standardize(x), 1]: (n, d + 1); when the gate has columns of its own
     (`Standardizer.gate_map`), x holds the experts' d_e columns then the gate's d_gate
     (`Columns.gather`) and the design is [z_experts, z_gate], each part [standardised, 1]:
-    (n, d_e + 1 + d_gate + 1) (`predictive.expert_part`, `predictive.gate_part`)."""
+    (n, d_e + 1 + d_gate + 1) (`predictive.expert_part`, `predictive.gate_part`). xp: jnp,
+    or np for host arrays (a standardizer of NumPy arrays), which compiles nothing."""
     s = standardizer
     dim = s.x_mean.shape[0]
     xs = preprocessing._transform_features(s, x[:, :dim] if s.gate_map is not None else x)
-    parts = [xs, jnp.ones_like(x[:, :1])]
+    parts = [xs, xp.ones_like(x[:, :1])]
     if s.gate_map is not None:
-        parts += [(x[:, dim:] - s.gate_mean) @ s.gate_map, jnp.ones_like(x[:, :1])]
-    return jnp.concatenate(parts, axis=1)
+        parts += [(x[:, dim:] - s.gate_mean) @ s.gate_map, xp.ones_like(x[:, :1])]
+    return xp.concatenate(parts, axis=1)
 
 
 def _on_rows(model: "FittedMoE", fn, *arrays, reduce: bool = False):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from moejax import _validate, predictive, solver, sums
 from moejax.em_steps import e_step
+from moejax.families import get_family
 from moejax.joint import gate_width_of, joint_em_map
 from moejax.params import MoEParams
 
@@ -49,9 +50,16 @@ class FitReport(NamedTuple):
     saturated_rows: jax.Array | None = None
 
 
+def has_moment_start(num_experts: int, dim: int, gate_dim: int | None, family) -> bool:
+    """Whether `fit` starts from the moment method (start 0 of the refinement): k <= d (the
+    experts' columns), a gate on the experts' design (gate_dim None) and a family whose
+    moments it reads (docs/algorithm.md sections 1 and 2)."""
+    return num_experts <= dim and gate_dim is None and get_family(family).moment_start
+
+
 def start_name(start: int, moment_start: bool) -> str:
     """How the report's start `start` began: "the moment start" (start 0, when the fit had
-    one: k <= d) or "random start i"."""
+    one: `has_moment_start`) or "random start i"."""
     return ("the moment start" if start == 0 and moment_start else
             f"random start {start + (not moment_start)}")
 
