@@ -1,6 +1,6 @@
 """moejax: consistent learning of mixture-of-experts regression in JAX."""
 
-from moejax import datasets, io, plot, sums
+from moejax import datasets, io, landscape, plot, sums
 from moejax._version import __version__ as __version__
 from moejax.compilation import enable_compilation_cache
 from moejax.baselines import joint_em, joint_gd, random_init
@@ -11,12 +11,14 @@ from moejax.fitted import FittedMoE
 from moejax.refinement import FitReport
 from moejax.gating import GatingInfo, fit_gating
 from moejax.joint import refine
+from moejax.landscape import DescentInfo, recover_by_descent
 from moejax.metrics import expert_error, gating_error, match_experts
 from moejax.model import log_likelihood, posteriors, predict, random_params, sample
 from moejax.moments import initial_noise_std
-from moejax.nonlinearities import (NONLINEARITIES, TransformConstants, get_nonlinearity,
-                                   nonlinearity_names, output_second_moment,
-                                   register_nonlinearity, transform_constants)
+from moejax.nonlinearities import (NONLINEARITIES, QuarticConstants, TransformConstants,
+                                   get_nonlinearity, nonlinearity_names, output_second_moment,
+                                   quartic_constants, register_nonlinearity,
+                                   transform_constants)
 from moejax.preprocessing import (Standardizer, fit_standardizer, inverse_target,
                                   transform_features, transform_target)
 from moejax._validate import DataError, min_samples
@@ -38,11 +40,13 @@ __all__ = [
     "FitReport",
     "FittedMoE",
     "DataError",
+    "DescentInfo",
     "GatingInfo",
     "KSelection",
     "MoEParams",
     "NONLINEARITIES",
     "PowerInfo",
+    "QuarticConstants",
     "Prior",
     "RecoverInfo",
     "Standardizer",
@@ -64,6 +68,7 @@ __all__ = [
     "plot",
     "joint_em",
     "joint_gd",
+    "landscape",
     "log_likelihood",
     "match_experts",
     "min_samples",
@@ -71,9 +76,11 @@ __all__ = [
     "output_second_moment",
     "posteriors",
     "predict",
+    "quartic_constants",
     "random_init",
     "random_params",
     "recover",
+    "recover_by_descent",
     "recover_experts",
     "refine",
     "register_family",

@@ -147,7 +147,7 @@ def _name(nonlinearity: Nonlinearity) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _hermite_moments(nonlinearity: Nonlinearity) -> np.ndarray:
-    """E[g(Z)^p He_m(Z)] for p = 1, 2, 3 (rows) and m = 0..3 (columns), float64, by quadrature."""
+    """E[g(Z)^p He_m(Z)] for p = 1..4 (rows) and m = 0..4 (columns), float64, by quadrature."""
     g = get_nonlinearity(nonlinearity)
     # jit: a custom_jvp function (jax.nn.relu) called under vmap returns a batch tracer even
     # inside ensure_compile_time_eval; a jitted call on constants is evaluated.
@@ -158,8 +158,8 @@ def _hermite_moments(nonlinearity: Nonlinearity) -> np.ndarray:
             f"nonlinearity {_name(nonlinearity)!r} must map a 1-D array elementwise to finite "
             "values of the same shape.")
     z = _NODES
-    he = np.stack([np.ones_like(z), z, z**2 - 1, z**3 - 3 * z])  # (4, nodes)
-    powers = np.stack([gz, gz**2, gz**3])  # (3, nodes)
+    he = np.stack([np.ones_like(z), z, z**2 - 1, z**3 - 3 * z, z**4 - 6 * z**2 + 3])
+    powers = np.stack([gz, gz**2, gz**3, gz**4])  # (4, nodes)
     return np.einsum("pj,mj,j->pm", powers, he, _WEIGHTS)
 
 
@@ -220,7 +220,7 @@ def transform_constants(nonlinearity: Nonlinearity, noise_std, *,
                          "a noise of constant variance around g(a . x).")
     mom = _hermite_moments(nonlinearity)  # mom[p - 1, m] = E[g^p He_m]
     scale = max(1.0, float(np.max(np.abs(mom))))
-    eg1, eg2, eg3 = mom  # each (4,): E[g^p He_m], m = 0..3
+    eg1, eg2, eg3 = mom[:3]  # each (5,): E[g^p He_m], m = 0..4
     if abs(eg1[1]) < _SINGULAR_RTOL * scale:
         raise ValueError(
             f"nonlinearity {name!r} has E[g(Z) Z] = 0, so the label transform T2 is undefined "
@@ -253,3 +253,68 @@ def transform_constants(nonlinearity: Nonlinearity, noise_std, *,
                 "cannot see the experts for this g.")
     dtype = jnp.result_type(float)
     return TransformConstants(*(jnp.asarray(v, dtype) for v in (b, a1, a2, c2, c3)))
+
+
+class QuarticConstants(NamedTuple):
+    """Constants of the fourth-order label transform Q4(y) = y^4 + b3 y^3 + b2 y^2 + b1 y + b0
+    of the designed-loss route (docs/algorithm.md section 10): c4 = E[h4 He4] scales its
+    moment, as c2 and c3 scale M2 and M3."""
+
+    b0: jax.Array
+    b1: jax.Array
+    b2: jax.Array
+    b3: jax.Array
+    c4: jax.Array
+
+
+def quartic_constants(nonlinearity: Nonlinearity, noise_std) -> QuarticConstants:
+    """Constants of Q4 (docs/algorithm.md section 10) for g = `nonlinearity` and a Gaussian
+    noise of sd sigma.
+
+    With h4(z) = E[Q4(g(z) + eps)], eps ~ N(0, sigma^2), (b3, b2, b1) solve E[h4 He_m] = 0 for
+    m = 1, 2, 3 (a 3 x 3 linear system), so that E[Q4(y) t4(u, v, x)] keeps only the fourth
+    Hermite coefficient c4 = E[h4 He4] of each expert; b0 = -E[h4] centres Q4 at a standard
+    normal a . x (it changes no expectation, only the estimate's variance). The Hermite
+    moments come from the same quadrature as `transform_constants`; sigma may be traced.
+
+    Args:
+      nonlinearity: g, a name or an elementwise callable.
+      noise_std: sigma > 0 (may be traced).
+
+    Returns:
+      QuarticConstants(b0, b1, b2, b3, c4).
+
+    Raises:
+      ValueError: if the system is singular or c4 vanishes (the fourth moment cannot see
+        the experts through this g).
+
+    >>> c = quartic_constants("linear", 0.5)  # Q4 = y^4 - 6 (1 + s^2) y^2 + 3 (1 + s^2)^2
+    >>> [round(float(v), 4) for v in c]
+    [4.6875, 0.0, -7.5, 0.0, 24.0]
+    """
+    mom = _hermite_moments(nonlinearity)  # mom[p - 1, m] = E[g^p He_m]
+    scale = max(1.0, float(np.max(np.abs(mom))))
+    s2 = jnp.square(jnp.asarray(noise_std, dtype=jnp.result_type(float)))
+    e1, e2, e3, e4 = mom
+    # E[(g + eps)^p He_m] for p = 1..4: the noise's moments are 0, s^2, 0, 3 s^4.
+    unit = np.eye(5)[0]  # He_0 = 1 is the only He_m with a non-zero mean
+    y1, y2 = e1, e2 + s2 * unit
+    y3 = e3 + 3 * s2 * e1
+    y4 = e4 + 6 * s2 * e2 + 3 * jnp.square(s2) * unit
+    # The sigma-free part of the system decides whether it is singular: the columns of y3 and
+    # y2 at m = 1..3 differ from e3 and e2 by multiples of e1 and of He_0 (which is 0 there).
+    system = np.stack([e3[1:4], e2[1:4], e1[1:4]], axis=1)
+    if abs(np.linalg.det(system)) < _SINGULAR_RTOL * scale**3:
+        raise ValueError(
+            f"nonlinearity {_name(nonlinearity)!r} gives a singular system for the fourth-order "
+            f"transform (det = {np.linalg.det(system):.3g}): the fourth moment cannot see the "
+            "experts for this g.")
+    b3, b2, b1 = jnp.linalg.solve(jnp.stack([y3[1:4], y2[1:4], y1[1:4]], axis=1),
+                                  -y4[1:4])
+    h4 = y4 + b3 * y3 + b2 * y2 + b1 * y1
+    c4 = h4[4]
+    if not isinstance(c4, jax.core.Tracer) and abs(float(c4)) < _SINGULAR_RTOL * scale:
+        raise ValueError(f"nonlinearity {_name(nonlinearity)!r} has c4 = 0: the fourth moment "
+                         "cannot see the experts for this g.")
+    dtype = jnp.result_type(float)
+    return QuarticConstants(*(jnp.asarray(v, dtype) for v in (-h4[0], b1, b2, b3, c4)))
