@@ -8,6 +8,7 @@ import os
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import moejax as mj
@@ -21,13 +22,14 @@ LABELS = {
     "refine": "moments + gating EM + joint EM",
     "em": "joint EM, random start(s)",
     "gd": "joint GD (Adam), random start(s)",
+    "descent": "designed losses + gating GD (Adam)",
     "ols": "least squares",
     "moejax": "moejax fit (sigma per expert)",
     "moejax_shared": "moejax fit (one sigma)",
     "moejax_ml": "moejax fit, prior=None (maximum likelihood)",
     "flexmix": "R flexmix, best of 5",
 }
-METHODS = ("moments", "refine", "em", "gd")  # the synthetic ones (`method_fn`)
+METHODS = ("moments", "refine", "em", "gd", "descent")  # the synthetic ones (`method_fn`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +50,68 @@ class Setting:
     gd_learning_rate: float = 0.02
 
 
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    k: int = 8
+    c: float = 0.5
+    sigma: float = 0.3
+    gating_norm: float = 2.0
+    nonlinearity: str = "linear"
+    n: int = 10_000
+    orthogonal: bool = True
+    extra_dims: int = 8
+
+    @property
+    def d(self) -> int:
+        return self.k + self.extra_dims
+
+    @property
+    def name(self) -> str:
+        return (f"k{self.k}_d{self.d}_c{self.c}_s{self.sigma}_w{self.gating_norm}_"
+                f"{self.nonlinearity}_n{self.n}" + ("" if self.orthogonal else "_nonorth"))
+
+
+def cells(full: bool, large_n=()) -> list[Cell]:
+    """The failure map's cells (`experiments.failure_map`): the base cell and one-axis
+    variations around it; the hard cells again at each n in large_n."""
+    base = Cell()
+    # The default keeps to about 27 minutes on 2 cores; noisier data (sigma = 1) alone took
+    # over 12 minutes there (EM converges slowly when the experts overlap), so it is --full's.
+    axes = dict(k=[4, 12], c=[0.0, 0.8], sigma=[0.1], orthogonal=[False])
+    if full:
+        axes = dict(k=[3, 4, 12, 16], c=[0.0, 0.8], sigma=[0.1, 0.5, 1.0],
+                    gating_norm=[1.0, 4.0, 6.0], nonlinearity=["relu", "tanh"],
+                    n=[3_000, 30_000, 100_000, 300_000], orthogonal=[False])
+    out = [base]
+    for axis, values in axes.items():
+        out += [dataclasses.replace(base, **{axis: v}) for v in values]
+    for n in large_n:
+        out += [dataclasses.replace(base, k=12, n=int(float(n))),
+                dataclasses.replace(base, c=0.8, n=int(float(n)))]
+    return out
+
+
+def make_truth(key, cell: Cell) -> mj.MoEParams:
+    """Unit-norm experts a_i = sqrt(c) u_0 + sqrt(1 - c) u_i (pairwise cosine c) for
+    orthonormal u_0..u_k, and gating rows of norm gating_norm (last row 0), orthogonal to every
+    expert or drawn freely."""
+    key_u, key_w = jax.random.split(key)
+    q, _ = jnp.linalg.qr(jax.random.normal(key_u, (cell.d, cell.d)))
+    u = q.T
+    experts = jnp.sqrt(cell.c) * u[0] + jnp.sqrt(1 - cell.c) * u[1:cell.k + 1]
+    w = jax.random.normal(key_w, (cell.k - 1, cell.d))
+    if cell.orthogonal:
+        w = w - w @ u[:cell.k + 1].T @ u[:cell.k + 1]  # also drop u_0: span(A) is inside
+    w = cell.gating_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
+    gating = jnp.concatenate([w, jnp.zeros((1, cell.d))])
+    return mj.MoEParams(experts, gating, jnp.asarray(cell.sigma), cell.nonlinearity)
+
+
 def method_fn(method: str, s: Setting) -> Callable:
     """(key, x, y) -> (MoEParams, passes over the data, converged) for one method; pure, so it
     vmaps over seeds. For "moments" the passes and convergence are those of the gating EM
-    inside `recover`; for "refine", those of the refinement."""
+    inside `recover`; for "refine", those of the refinement; for "descent", both descents'
+    passes and whether the gating's and the kept start's expert descent converged."""
     common = dict(num_experts=s.num_experts, nonlinearity=s.nonlinearity, noise_std=s.noise_std)
 
     def report(out):
@@ -70,6 +130,12 @@ def method_fn(method: str, s: Setting) -> Callable:
     if method == "gd":
         return lambda key, x, y: report(mj.joint_gd(key, x, y, num_iters=s.gd_steps, tol=s.tol,
                                                     learning_rate=s.gd_learning_rate, **common))
+    if method == "descent":
+        def descent(key, x, y):
+            params, info = mj.recover_by_descent(key, x, y, tol=s.tol, **common)
+            return (params, info.num_passes + info.experts.num_passes,
+                    info.converged & info.experts.converged[info.best_start])
+        return descent
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
 

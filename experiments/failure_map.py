@@ -25,7 +25,6 @@ Writes failure_map.{csv,json} and failure_map.png (stuck rates per cell and meth
 """
 
 import csv
-import dataclasses
 import json
 import os
 import time
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common import Cell, cells, make_truth
 import moejax as mj
 
 _FULL = flags.DEFINE_bool("full", False, "The full grid and seed count (hours on a CPU).")
@@ -59,63 +59,6 @@ _OUT = flags.DEFINE_string("output_dir", "experiments/results", "Where to write 
 METHODS = ("oracle", "random_1", "random_5", "random_R", "gd_1", "moments", "refine",
            "refine+4")
 TOLS = (1e-4, 1e-3, 1e-2)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    k: int = 8
-    c: float = 0.5
-    sigma: float = 0.3
-    gating_norm: float = 2.0
-    nonlinearity: str = "linear"
-    n: int = 10_000
-    orthogonal: bool = True
-    extra_dims: int = 8
-
-    @property
-    def d(self) -> int:
-        return self.k + self.extra_dims
-
-    @property
-    def name(self) -> str:
-        return (f"k{self.k}_d{self.d}_c{self.c}_s{self.sigma}_w{self.gating_norm}_"
-                f"{self.nonlinearity}_n{self.n}" + ("" if self.orthogonal else "_nonorth"))
-
-
-def cells(full: bool, large_n=()) -> list[Cell]:
-    """The base cell and one-axis variations around it; the hard cells again at each n in
-    large_n."""
-    base = Cell()
-    # The default keeps to about 27 minutes on 2 cores; noisier data (sigma = 1) alone took
-    # over 12 minutes there (EM converges slowly when the experts overlap), so it is --full's.
-    axes = dict(k=[4, 12], c=[0.0, 0.8], sigma=[0.1], orthogonal=[False])
-    if full:
-        axes = dict(k=[3, 4, 12, 16], c=[0.0, 0.8], sigma=[0.1, 0.5, 1.0],
-                    gating_norm=[1.0, 4.0, 6.0], nonlinearity=["relu", "tanh"],
-                    n=[3_000, 30_000, 100_000, 300_000], orthogonal=[False])
-    out = [base]
-    for axis, values in axes.items():
-        out += [dataclasses.replace(base, **{axis: v}) for v in values]
-    for n in large_n:
-        out += [dataclasses.replace(base, k=12, n=int(float(n))),
-                dataclasses.replace(base, c=0.8, n=int(float(n)))]
-    return out
-
-
-def make_truth(key, cell: Cell) -> mj.MoEParams:
-    """Unit-norm experts a_i = sqrt(c) u_0 + sqrt(1 - c) u_i (pairwise cosine c) for
-    orthonormal u_0..u_k, and gating rows of norm gating_norm (last row 0), orthogonal to every
-    expert or drawn freely."""
-    key_u, key_w = jax.random.split(key)
-    q, _ = jnp.linalg.qr(jax.random.normal(key_u, (cell.d, cell.d)))
-    u = q.T
-    experts = jnp.sqrt(cell.c) * u[0] + jnp.sqrt(1 - cell.c) * u[1:cell.k + 1]
-    w = jax.random.normal(key_w, (cell.k - 1, cell.d))
-    if cell.orthogonal:
-        w = w - w @ u[:cell.k + 1].T @ u[:cell.k + 1]  # also drop u_0: span(A) is inside
-    w = cell.gating_norm * w / jnp.linalg.norm(w, axis=1, keepdims=True)
-    gating = jnp.concatenate([w, jnp.zeros((1, cell.d))])
-    return mj.MoEParams(experts, gating, jnp.asarray(cell.sigma), cell.nonlinearity)
 
 
 def run_cell(cell: Cell, num_seeds: int, num_starts: int, tol: float, max_iters: int,

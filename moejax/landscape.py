@@ -78,18 +78,49 @@ class DescentInfo(NamedTuple):
 
 
 def q4_transform(consts: QuarticConstants):
-    """y -> Q4(y) = y^4 + b3 y^3 + b2 y^2 + b1 y + b0, elementwise."""
+    """The fourth-order label transform as a function.
+
+    Args:
+      consts: `QuarticConstants` (`moejax.quartic_constants`).
+
+    Returns:
+      y -> Q4(y) = y^4 + b3 y^3 + b2 y^2 + b1 y + b0, elementwise.
+
+    Raises:
+      Nothing.
+
+    >>> q4 = q4_transform(quartic_constants("linear", 0.0))  # y^4 - 6 y^2 + 3 = He4(y)
+    >>> float(q4(jnp.asarray(1.0)))
+    -2.0
+    """
     return lambda y: y * (y * (y * (y + consts.b3) + consts.b2) + consts.b1) + consts.b0
 
 
 def pair_moments(x: jax.Array, y: jax.Array, directions: jax.Array, transform,
                  layout: Layout = Layout(), weights: jax.Array | None = None) -> jax.Array:
-    """T[j, l] = (1/n) sum_n q_n t4(u_j, u_l, x_n), q = transform(y), for the rows u_j of
-    directions (k, d): (k, k), from the projections x u_j only (n d k + n k^2 work, one pass).
+    """The pair table T[j, l] = (1/n) sum_n q_n t4(u_j, u_l, x_n), q = transform(y), from the
+    projections x u_j only (n d k + n k^2 work, one pass; docs/algorithm.md section 10).
 
     With P = x U^T, G = U U^T, s = diag(G), C = (1/n) P^T diag(q) P, m = diag(C),
     A = (1/n) (P^2)^T diag(q) P^2 and q_bar = mean(q):
     T = A - s m^T - m s^T - 4 G * C + q_bar (s s^T + 2 G * G)  (* elementwise).
+
+    Args:
+      x: (n, d) inputs; y: (n,) responses.
+      directions: (k, d) the rows u_j.
+      transform: y -> q elementwise (Q4: `q4_transform`).
+      layout, weights: how the rows are summed (`sums.row_sum`).
+
+    Returns:
+      (k, k) symmetric table.
+
+    Raises:
+      Nothing (the caller checks the data).
+
+    >>> x = jax.random.normal(jax.random.key(0), (100_000, 3))
+    >>> t = pair_moments(x, jnp.ones(100_000), jnp.eye(3), lambda y: y)  # E[t4] = 0
+    >>> bool(jnp.max(jnp.abs(t)) < 0.2)
+    True
     """
     n = row_count(x.shape[0], weights)
 
@@ -126,7 +157,21 @@ def expert_loss(b: jax.Array, x: jax.Array, y: jax.Array, whitening: jax.Array, 
       layout, weights: how the rows are summed (`sums.row_sum`).
 
     Returns:
-      (L (), T (k, k)).
+      (L (), T (k, k)), T the scaled pair table at the unit rows.
+
+    Raises:
+      Nothing (the caller checks the data).
+
+    >>> from moejax import moments
+    >>> from moejax.model import random_params, sample
+    >>> truth = random_params(jax.random.key(0), dim=4, num_experts=2, noise_std=0.1)
+    >>> x, y = sample(jax.random.key(1), truth, 50_000)
+    >>> c2 = transform_constants("linear", 0.1)
+    >>> wh = moments.whitening(moments.second_moment(x, y, moments.t2_transform(c2)), 2)
+    >>> q4 = q4_transform(quartic_constants("linear", 0.1))
+    >>> loss, table = expert_loss(jnp.eye(2), x, y, wh.matrix, q4, 4.0 / 24.0)
+    >>> table.shape
+    (2, 2)
     """
     table = scale * pair_moments(x, y, _unit_rows(b) @ whitening.T, transform, layout, weights)
     diag = jnp.trace(table)
@@ -137,9 +182,30 @@ def expert_loss(b: jax.Array, x: jax.Array, y: jax.Array, whitening: jax.Array, 
 
 def gating_loss(free: tuple, experts: jax.Array, x: jax.Array, y: jax.Array, nonlinearity,
                 layout: Layout = Layout(), weights: jax.Array | None = None):
-    """Minus the mean log-likelihood with the experts fixed, -(1/n) sum_n log p(y_n | x_n),
-    of free = (gating (k, d), log sigma): the objective the gating EM ascends
-    (`moejax.fit_gating`)."""
+    """Minus the mean log-likelihood with the experts fixed, -(1/n) sum_n log p(y_n | x_n):
+    the objective the gating EM ascends (`moejax.fit_gating`), as a row sum.
+
+    Args:
+      free: (gating (k, d), log sigma () or (k,)).
+      experts: (k, d) the fixed experts.
+      x: (n, d) inputs; y: (n,) responses.
+      nonlinearity: the experts' g.
+      layout, weights: how the rows are summed (`sums.row_sum`).
+
+    Returns:
+      The loss, a scalar.
+
+    Raises:
+      Nothing (the caller checks the data).
+
+    >>> from moejax.model import random_params, sample
+    >>> truth = random_params(jax.random.key(0), dim=4, num_experts=2, noise_std=0.1)
+    >>> x, y = sample(jax.random.key(1), truth, 1000)
+    >>> free = (truth.gating, jnp.log(truth.noise_std))
+    >>> bool(gating_loss(free, truth.experts, x, y, "linear")
+    ...      < gating_loss((0 * truth.gating, free[1]), truth.experts, x, y, "linear"))
+    True
+    """
     gating, log_sigma = free
     params = MoEParams(experts, gating, jnp.exp(log_sigma), nonlinearity)
     n = row_count(x.shape[0], weights)

@@ -289,7 +289,7 @@ def quartic_constants(nonlinearity: Nonlinearity, noise_std) -> QuarticConstants
         the experts through this g).
 
     >>> c = quartic_constants("linear", 0.5)  # Q4 = y^4 - 6 (1 + s^2) y^2 + 3 (1 + s^2)^2
-    >>> [round(float(v), 4) for v in c]
+    >>> [round(float(v), 4) + 0.0 for v in c]  # + 0.0: no -0.0
     [4.6875, 0.0, -7.5, 0.0, 24.0]
     """
     mom = _hermite_moments(nonlinearity)  # mom[p - 1, m] = E[g^p He_m]

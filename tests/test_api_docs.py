@@ -6,7 +6,7 @@ import inspect
 import pytest
 
 import moejax as mj
-from moejax import io, sums
+from moejax import io, landscape, sums
 from moejax.sklearn import MoEClassifier, MoERegressor
 
 
@@ -16,7 +16,7 @@ def _public():
         obj = getattr(mj, name)
         if inspect.isfunction(obj):
             out.append((name, obj))
-    for module in (io, sums):  # the public modules' own functions (not their imports)
+    for module in (io, landscape, sums):  # the public modules' own functions (not their imports)
         out += [(f"{module.__name__.split('.')[-1]}.{name}", fn)
                 for name, fn in vars(module).items()
                 if inspect.isfunction(fn) and not name.startswith("_")

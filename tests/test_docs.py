@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 MODULES = ["model", "metrics", "baselines", "compilation", "datasets", "estimator", "families", "fitted", "gating", "io",
-           "joint", "moments", "nonlinearities", "preprocessing", "recover", "sklearn", "sums",
+           "joint", "landscape", "moments", "nonlinearities", "preprocessing", "recover", "sklearn", "sums",
            "_validate"]
 # Classes whose methods' examples use the objects the class's own example makes (a fitted
 # model), as a reader does: the class example runs first and shares its names.
