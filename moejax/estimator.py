@@ -198,8 +198,16 @@ def _training_statistics(model: "FittedMoE", x, y) -> Inference:
     (one compiled program per bucket)."""
     z, ys = _host_design(model.standardizer, _gathered(model.columns, x), y)
     z, ys, weights = sums.pad_rows(sums.bucket_size(x.shape[0]), z, ys)
-    return inference.statistics(model.params, z, ys, weights, model.standardizer.y_scale,
-                                model.noise_learned, model.prior)
+    stats = inference.statistics(model.params, z, ys, weights, model.standardizer.y_scale,
+                                 model.noise_learned, model.prior)
+    family = get_family(model.params.family)
+    if family.saturated_log_density is None:
+        return stats
+    y = np.asarray(y, np.float64)
+    with inference.x64():
+        return stats._replace(
+            saturated_log_likelihood=np.sum(np.asarray(family.saturated_log_density(y))),
+            null_log_likelihood=np.sum(np.asarray(family.log_density(y, np.mean(y), 1.0))))
 
 
 def _has_moment_start(config: "FitConfig | _Stages", dim: int, gate_dim=None) -> bool:

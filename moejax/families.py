@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaincc, gammaln
+from jax.scipy.special import gammaincc, gammaln, xlogy
 from jax.scipy.stats import norm
 
 
@@ -62,6 +62,9 @@ class Family(NamedTuple):
         cap on each IRLS step's change of an expert's linear predictor, in root mean square
         over the rows (Newton's step on a GLM can overshoot far from the optimum).
       discrete: whether y takes integer values (quantiles are then integers).
+      saturated_log_density: None, or y -> log p(y | mu = y), the saturated model's log
+        density per row, which the deviance 2 sum_n [log p(y_n | y_n) - log p(y_n | x_n)]
+        is measured from (families without dispersion; a Gaussian mixture has none).
     """
 
     name: str
@@ -84,6 +87,7 @@ class Family(NamedTuple):
     start_intercept: Callable = lambda mean: 0.0
     max_step: float | None = None
     discrete: bool = False
+    saturated_log_density: Callable | None = None
 
     @property
     def default_nonlinearity(self) -> str:
@@ -222,6 +226,7 @@ BINOMIAL = _canonical_glm(
     target="0 or 1",
     check_target=lambda y: _bad_rows(y, lambda v: (v == 0) | (v == 1)),
     start_intercept=lambda mean: float(np.log(mean / (1 - mean))),
+    saturated_log_density=jnp.zeros_like,  # a 0/1 outcome predicted exactly
 )
 
 # Beyond mu + 12 sqrt(mu) + 12 the Poisson CDF is 1 to float64 precision for any mu.
@@ -239,6 +244,7 @@ POISSON = _canonical_glm(
     check_target=lambda y: _bad_rows(y, lambda v: (v >= 0) & (v == np.round(v))),
     start_intercept=lambda mean: float(np.log(mean)),
     discrete=True,
+    saturated_log_density=lambda y: xlogy(y, y) - y - gammaln(y + 1),
 )
 
 # The registry (the one piece of module state, as for non-linearities: a name must mean one

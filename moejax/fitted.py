@@ -511,6 +511,58 @@ class FittedMoE:
         """
         return self.bic() + 2 * float(self._stats().entropy)
 
+    def deviance(self) -> float:
+        """The residual deviance 2 (log L_saturated - log L) on the training rows, as R's
+        `glm` and statsmodels report it: for binomial and Poisson experts, whose saturated
+        model predicts each row's own y (-2 log L for a 0/1 outcome). A Gaussian mixture has
+        no deviance (its saturated likelihood is unbounded); compare -2 log L or `aic`.
+
+        Returns:
+          A float >= 0 (up to rounding); smaller is better. On n - num_params degrees of
+          freedom.
+
+        Raises:
+          ValueError: for a Gaussian model, or one without the training statistics (fitted
+            with standard_errors=False, built by hand, or saved by a moejax before 0.3).
+
+        >>> x = np.random.default_rng(0).normal(size=(300, 2))
+        >>> counts = np.random.default_rng(1).poisson(np.exp(0.5 + x[:, 0]))
+        >>> glm = fit(jax.random.key(0), x, counts, num_experts=1, family="poisson")
+        >>> 0 < glm.deviance() < glm.null_deviance()
+        True
+        """
+        return self._deviance("saturated_log_likelihood", self._stats().log_likelihood)
+
+    def null_deviance(self) -> float:
+        """The deviance of the null model (one expert with an intercept only, mu = mean(y)):
+        2 (log L_saturated - log L_null) on n - 1 degrees of freedom, what `deviance` is
+        compared with (R's `glm`, statsmodels' `null_deviance`).
+
+        Returns:
+          A float >= 0.
+
+        Raises:
+          ValueError: as `deviance`.
+
+        >>> model.null_deviance()  # the class example's Gaussian mixture
+        Traceback (most recent call last):
+        ValueError: a mixture of gaussian experts has no deviance ...
+        """
+        return self._deviance("saturated_log_likelihood",
+                              self._stats().null_log_likelihood)
+
+    def _deviance(self, saturated: str, log_likelihood) -> float:
+        family = get_family(self.params.family)
+        if family.saturated_log_density is None:
+            raise ValueError(f"a mixture of {family.name} experts has no deviance (its "
+                             "saturated likelihood is unbounded): compare -2 log-likelihood, "
+                             "aic() or bic().")
+        top = getattr(self._stats(), saturated)
+        if top is None:
+            raise ValueError("this model was saved without its deviance (by a moejax before "
+                             "0.3); refit it to get the deviance.")
+        return float(2 * (top - log_likelihood))
+
     def coefficients(self) -> "inference.Coefficients":
         """Every coefficient in the units of the data, with standard errors (statsmodels'
         `params` / `bse`, flexmix's `refit`): each expert's intercept and slopes (for linear
@@ -588,6 +640,11 @@ class FittedMoE:
             lines.append(f"rows: {int(s.num_rows)}   parameters: {self.num_params}   "
                          f"log-likelihood: {float(s.log_likelihood):.2f}")
             lines.append(f"AIC: {self.aic():.2f}   BIC: {self.bic():.2f}   ICL: {self.icl():.2f}")
+            if s.saturated_log_likelihood is not None:
+                n = int(s.num_rows)
+                lines.append(f"deviance: {self.deviance():.2f} on {n - self.num_params} "
+                             f"degrees of freedom   null deviance: {self.null_deviance():.2f} "
+                             f"on {n - 1}")
             lines.append("mixing weights: " + " ".join(f"{v:.3f}" for v in s.mixing_weights))
         if self.report is not None:
             # On the host: indexing device arrays compiles a small program per index.

@@ -54,6 +54,10 @@ class Inference(NamedTuple):
       score: (p,) the gradient of L at the fitted theta (0 at an exact maximum).
       information: (p, p) the observed information I.
       outer: (p, p) B = sum_n s_n s_n^T, the sandwich's middle.
+      saturated_log_likelihood: sum_n log p(y_n | mu = y_n), the saturated model's, for a
+        family with a deviance (`Family.saturated_log_density`), else None.
+      null_log_likelihood: sum_n log p(y_n | mu = mean(y)), the null (intercept-only)
+        model's, for the same families, else None.
     """
 
     num_rows: jax.Array
@@ -63,6 +67,8 @@ class Inference(NamedTuple):
     score: jax.Array
     information: jax.Array
     outer: jax.Array
+    saturated_log_likelihood: jax.Array | None = None
+    null_log_likelihood: jax.Array | None = None
 
 
 def x64():
@@ -178,7 +184,7 @@ def statistics(params: MoEParams, z, y, weights, y_scale, learn_sigma: bool,
                               params.gating.shape[1] - 1))
         out = cached_call(_statistics, (_float64(params), *_float64((z, y, weights, y_scale)),
                                         penalty), learn_sigma=learn_sigma)
-        return Inference(*(np.asarray(v, np.float64) for v in out))
+        return jax.tree.map(lambda v: np.asarray(v, np.float64), out)  # None stays None
 
 
 def problem(inference: Inference | None) -> str | None:

@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import re
 import warnings
@@ -386,6 +387,37 @@ def test_one_glm_expert_is_the_maximum_likelihood_glm(family):
     c = model.coefficients()
     np.testing.assert_allclose(c.estimate[c.block == "expert"], best, atol=2e-4)
     assert float(model.log_likelihood(x, y)) * len(y) == pytest.approx(-nll(best), abs=2e-3)
+    # The deviances as R's glm defines them, from the fitted and the constant means.
+    def deviance(mu):
+        if family == "binomial":
+            return -2 * np.sum(y * np.log(mu) + (1 - y) * np.log1p(-mu))
+        return 2 * np.sum(special.xlogy(y, y / mu) - (y - mu))
+
+    from scipy import special
+    mu = np.asarray(model.predict(x), np.float64)
+    assert model.deviance() == pytest.approx(deviance(mu), rel=1e-4)
+    assert model.null_deviance() == pytest.approx(deviance(np.full_like(y, y.mean())),
+                                                  rel=1e-6)
+    assert f"deviance: {model.deviance():.2f} on {len(y) - 4} degrees" in model.summary()
+
+
+def test_the_deviance_is_saved_and_refused_where_it_does_not_exist(tmp_path):
+    x, y = _glm_data("poisson", 2, n=300)
+    model = mj.fit(jax.random.key(0), x, y, num_experts=1, family="poisson")
+    mj.io.save(tmp_path / "m.npz", model)
+    assert mj.io.load(tmp_path / "m.npz").deviance() == pytest.approx(model.deviance())
+    # A model saved before the deviance was kept: a clear error, the rest intact.
+    old = dataclasses.replace(model, inference=model.inference._replace(
+        saturated_log_likelihood=None, null_log_likelihood=None))
+    mj.io.save(tmp_path / "old.npz", old)
+    loaded = mj.io.load(tmp_path / "old.npz")
+    assert loaded.aic() == pytest.approx(model.aic())
+    with pytest.raises(ValueError, match="refit it to get the deviance"):
+        loaded.deviance()
+    gaussian = mj.fit(jax.random.key(0), x, np.log1p(y), num_experts=1)
+    assert "deviance" not in gaussian.summary()
+    with pytest.raises(ValueError, match="gaussian experts has no deviance"):
+        gaussian.null_deviance()
 
 
 def test_glm_families_refuse_targets_and_settings_they_cannot_hold():
