@@ -205,10 +205,40 @@ def prior_small_n(r) -> str:
     return common.prior_small_n_table(r["summary"])
 
 
+def designed_losses(r) -> str:
+    """Median expert / gating error (median passes; warm ms per pass) per n and method, and
+    the slope of log(median expert error) on log(n) (experiments.designed_losses, part 1)."""
+    methods = r["summary"]["methods"]
+    ns = list(next(iter(methods.values()))["median_expert_error"])
+    lines = ["| method | " + " | ".join(f"n = {int(n):,}" for n in ns) + " | slope |",
+             "|---|" + "---|" * (len(ns) + 1)]
+    for m, v in methods.items():
+        cells = [f"{v['median_expert_error'][n]:.3f} / {v['median_gating_error'][n]:.3f} "
+                 f"({v['median_passes'][n]:.0f}; {1e3 * v['seconds_per_pass'][n]:.2f} ms)"
+                 for n in ns]
+        lines.append(f"| {common.LABELS[m]} | " + " | ".join(cells) + f" | {v['slope']:.2f} |")
+    return "\n".join(lines)
+
+
+def designed_losses_cells(r) -> str:
+    """Per failure-map cell: the fraction of single-start descents that reached the truth's
+    basin, the fraction that collapsed, the kept start's expert error (up to signs) beside the
+    tensor method's, and the median Adam steps (experiments.designed_losses, part 2)."""
+    lines = ["| cell | starts in the basin | starts collapsed | kept start's error (up to "
+             "signs) | tensor method's error | median steps |", "|---|---|---|---|---|---|"]
+    for name, v in r["summary"]["cells"].items():
+        lines.append(f"| {name} | {v['reached']:.2f} | {v['collapsed']:.2f} | "
+                     f"{v['median_kept_error']:.3f} "
+                     f"({v['median_kept_error_up_to_signs']:.3f}) | "
+                     f"{v['median_tensor_error']:.3f} | {v['median_steps']:.0f} |")
+    return "\n".join(lines)
+
+
 RENDERERS = {f.__name__: f for f in (error_table, failure_rates, synthetic_sweep, bench_sweep,
                                      airfoil, peer_flexmix, peer_families, failure_map,
                                      refine_screening,
-                                     calibration, intervals, generalisation, prior_small_n)}
+                                     calibration, intervals, generalisation, prior_small_n,
+                                     designed_losses, designed_losses_cells)}
 # A block may be empty (a new table) but never runs into the next block.
 _BLOCK = re.compile(r"(<!-- table: ([\w/]+) -->\n)((?:(?!<!-- table:).)*?)\n?<!-- end table -->",
                     re.S)

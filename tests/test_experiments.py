@@ -334,3 +334,19 @@ def test_intervals(tmp_path):
         ("ols", 0.5), ("ols", 0.9), ("moejax", 0.5), ("moejax", 0.9)]
     assert all(0.3 < s["coverage"] < 1 and s["width"] > 0 for s in r["summary"])
     assert len(r["example_split0"]["cluster"]) == 1503 // 5
+
+
+@pytest.mark.slow  # make test-all; keeps the default suite near 10 minutes
+def test_designed_losses(tmp_path):
+    out = run("experiments.designed_losses", "--ns=500,1000", "--num_seeds=2", "--num_starts=2",
+              "--cells=k4_d12_c0.5_s0.3_w2.0_linear_n10000", f"--output_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    rows = read_csv(tmp_path / "designed_losses.csv")
+    assert len(rows) == 4 * 2 * 2 and {r["method"] for r in rows} == {"moments", "descent",
+                                                                        "em", "gd"}
+    cells = read_csv(tmp_path / "designed_losses_cells.csv")
+    assert len(cells) == 2 and all(0 <= float(r["reached"]) <= 1 for r in cells)
+    summary = json.loads((tmp_path / "designed_losses.json").read_text())["summary"]
+    assert set(summary["methods"]) == {"moments", "descent", "em", "gd"}
+    assert summary["gating"]["median_em_passes"] > 0
+    assert (tmp_path / "designed_losses.png").stat().st_size > 1000
