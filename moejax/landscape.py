@@ -59,8 +59,8 @@ class DescentInfo(NamedTuple):
         over the data (gradient evaluations), whether the likelihood changed by at most
         tol * (1 + |L|) in a step within the cap, finiteness, and L before each step.
       experts: the expert descent's FitInfo, one entry per random start, its log_likelihood
-        the negative designed loss -L(B) (num_passes all starts together, plus the passes for
-        M2 and the signs).
+        the negative designed loss -L(B) (num_passes all starts together, plus 3: M2, the kept
+        start's pair table and the signs).
       best_start: which start's experts were kept (the smallest loss).
       mixing_weights: (k,) pi_j = 1 / T(b_j, b_j) at the kept start, near the truth's
         E[p_j(x)] when the model holds (a diagnostic, as `RecoverInfo.mixing_weights`).
