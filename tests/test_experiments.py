@@ -277,7 +277,7 @@ def test_bench_stream(tmp_path):
 def test_results_page_tables_match_their_json(tmp_path):
     out = run("experiments.results_page", "--check")
     assert out.returncode == 0, out.stderr
-    assert "docs/results.md: 12 tables match" in out.stdout
+    assert "docs/results.md: 17 tables match" in out.stdout
     assert "docs/inference.md: 4 tables match" in out.stdout
     assert "docs/failure_map.md: 3 tables match" in out.stdout
     assert "docs/solvers.md: 1 tables match" in out.stdout
