@@ -71,9 +71,23 @@ def gradient_map(loss, optimizer):
     return step
 
 
+def adam_descent(loss, start, num_steps: int, learning_rate, tol, dtype):
+    """Adam on loss from start (a pytree, one problem): (the last iterate, FitInfo), stopped
+    by the solver's rule for maps that are not monotone (-loss changed by at most
+    tol * (1 + |loss|) in a step), num_steps a cap. The descent of `joint_gd` and of the
+    designed losses (`moejax.landscape`)."""
+    optimizer = optax.adam(learning_rate)
+    step = gradient_map(loss, optimizer)
+    one = lambda theta: jax.tree.map(lambda v: v[None], theta)  # iterate's leading axis
+    (free, _), info = solver.iterate(
+        lambda theta: one(step(jax.tree.map(lambda v: v[0], theta))),
+        one((start, optimizer.init(start))), tol=tol, max_iters=num_steps, accelerate=False,
+        value_dtype=dtype, monotone=False)
+    return jax.tree.map(lambda v: v[0], free), solver.make_info(FitInfo, info, 0)
+
+
 @functools.partial(jax.jit, static_argnames=("num_steps", "learn_noise_std"))
 def _joint_gd(init: MoEParams, x, y, num_steps, learning_rate, tol, learn_noise_std=False):
-    optimizer = optax.adam(learning_rate)
     # The free parameters as inference packs them (sigma as log sigma, so it stays positive).
     free = free_parts(init, learn_noise_std)
 
@@ -82,14 +96,8 @@ def _joint_gd(init: MoEParams, x, y, num_steps, learning_rate, tol, learn_noise_
         # expert-major E-step (k = 8, 10 seeds vmapped, n = 2e4).
         return -jnp.mean(predictive.log_density(from_parts(free, init), x, y))
 
-    step = gradient_map(loss, optimizer)
-    one = lambda theta: jax.tree.map(lambda v: v[None], theta)  # iterate's leading axis
-    (free, _), info = solver.iterate(
-        lambda theta: one(step(jax.tree.map(lambda v: v[0], theta))),
-        one((free, optimizer.init(free))), tol=tol, max_iters=num_steps, accelerate=False,
-        value_dtype=x.dtype, monotone=False)
-    return (from_parts(jax.tree.map(lambda v: v[0], free), init),
-            solver.make_info(FitInfo, info, 0))
+    free, info = adam_descent(loss, free, num_steps, learning_rate, tol, x.dtype)
+    return from_parts(free, init), info
 
 
 def _start_noise_std(x, y, num_experts, nonlinearity, noise_std, layout=None):

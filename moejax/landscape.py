@@ -30,17 +30,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from moejax import _validate, moments, predictive, solver
-from moejax.baselines import gradient_map
-from moejax.moments import _initial_noise_std
+from moejax.baselines import adam_descent
 from moejax.nonlinearities import (Nonlinearity, QuarticConstants, quartic_constants,
                                    transform_constants)
 from moejax.params import MoEParams
-from moejax.recover import _bucketed
+from moejax.recover import _prepared
 from moejax.solver import FitInfo
-from moejax.sums import Layout, layout_of, row_count, row_sum
+from moejax.sums import Layout, row_count, row_sum
 
 # mu, the weight of the diagonal terms, and lambda, the norm penalty's: on the population loss
 # with mixing weights drawn from Dirichlet(2, ..., 2), every random start of k = 2, 3, 5 reached
@@ -214,19 +212,6 @@ def gating_loss(free: tuple, experts: jax.Array, x: jax.Array, y: jax.Array, non
     return -total / n
 
 
-def _descend(loss, start, num_steps, learning_rate, tol, dtype):
-    """Adam on loss from start (no leading axis): (the last iterate, FitInfo), with the
-    solver's stopping rule on the change of -loss."""
-    optimizer = optax.adam(learning_rate)
-    step = gradient_map(loss, optimizer)
-    one = lambda theta: jax.tree.map(lambda v: v[None], theta)
-    (free, _), info = solver.iterate(
-        lambda theta: one(step(jax.tree.map(lambda v: v[0], theta))),
-        one((start, optimizer.init(start))), tol=tol, max_iters=num_steps, accelerate=False,
-        value_dtype=dtype, monotone=False)
-    return jax.tree.map(lambda v: v[0], free), solver.make_info(FitInfo, info, 0)
-
-
 @functools.partial(jax.jit, static_argnames=("num_experts", "nonlinearity", "num_starts",
                                              "num_expert_steps", "num_gating_steps", "learn",
                                              "layout"))
@@ -245,7 +230,7 @@ def _recover_by_descent(key, x, y, noise_std, weights, learning_rate, gating_lea
                                  weights=weights)[0]
     starts = _unit_rows(jax.random.normal(key, (num_starts, k, k), x.dtype))
     bs, expert_info = jax.vmap(
-        lambda b: _descend(loss, b, num_expert_steps, learning_rate, tol, x.dtype))(starts)
+        lambda b: adam_descent(loss, b, num_expert_steps, learning_rate, tol, x.dtype))(starts)
     best = jnp.argmin(jnp.where(jnp.isfinite(expert_info.log_likelihood),
                                 -expert_info.log_likelihood, jnp.inf))
     b = _unit_rows(bs[best])
@@ -265,7 +250,7 @@ def _recover_by_descent(key, x, y, noise_std, weights, learning_rate, gating_lea
                            nonlinearity, layout, weights)
 
     start = (jnp.zeros((k, d), x.dtype), jnp.log(noise_std).astype(x.dtype))
-    (gating, log_sigma), gate_info = _descend(gate_loss, start, num_gating_steps,
+    (gating, log_sigma), gate_info = adam_descent(gate_loss, start, num_gating_steps,
                                               gating_learning_rate, tol, x.dtype)
     gating = gating - gating[-1]  # the softmax is unchanged; the last row 0 as everywhere
     # Passes: one per Adam step of every start, M2, the pair table and the signs.
@@ -325,17 +310,8 @@ def recover_by_descent(key: jax.Array, x: jax.Array, y: jax.Array, *, num_expert
     True
     """
     learn = noise_std is None
-    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
-                                           streams=True, power=4)
-    weights = _validate.row_weights(weights, x.shape[0])
-    if weights is not None:
-        weights = weights.astype(x.dtype)
-    layout = layout_of(x, chunk_size)
-    given = x, y
-    x, y, weights = _bucketed(x, y, weights, layout)
-    if learn:
-        noise_std = _initial_noise_std(y, nonlinearity, weights, layout)
-    _validate.noise_scale(noise_std, x.dtype, estimated=learn)
+    x, y, weights, noise_std, layout, given = _prepared(
+        x, y, num_experts, nonlinearity, noise_std, chunk_size, weights, power=4)
     quartic_constants(nonlinearity, 1.0)  # raises for a g the fourth moment cannot see
     num_starts = _validate.count(num_starts, "num_starts")
     num_expert_steps = _validate.count(num_expert_steps, "num_expert_steps")

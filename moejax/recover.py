@@ -102,6 +102,27 @@ def _bucketed(x, y, weights, layout: Layout):
     return padded[0], padded[1], pad if weights is None else padded[2]
 
 
+def _prepared(x, y, num_experts, nonlinearity, noise_std, chunk_size, weights, *, power):
+    """The boundary of an estimator that reads rows only through `row_sum` (`recover`,
+    `recover_by_descent`): checked inputs (`power`: the highest power of the data it sums),
+    the layout, the rows padded to their bucket, and sigma (the given one, or the moment
+    estimate when None). Returns (x, y, weights, sigma, layout, given), given the rows as
+    passed (for the diagnosis of a failure)."""
+    learn = noise_std is None
+    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
+                                           streams=True, power=power)
+    weights = _validate.row_weights(weights, x.shape[0])
+    if weights is not None:
+        weights = weights.astype(x.dtype)
+    layout = layout_of(x, chunk_size)
+    given = x, y
+    x, y, weights = _bucketed(x, y, weights, layout)
+    if learn:
+        noise_std = _initial_noise_std(y, nonlinearity, weights, layout)
+    _validate.noise_scale(noise_std, x.dtype, estimated=learn)
+    return x, y, weights, noise_std, layout, given
+
+
 def _check_subspace_iters(num_subspace_iters):
     if num_subspace_iters is not None and (isinstance(num_subspace_iters, bool)
                                            or not isinstance(num_subspace_iters, int)
@@ -234,17 +255,8 @@ def recover(key: jax.Array, x: jax.Array, y: jax.Array, *, num_experts: int,
     (True, True)
     """
     learn = noise_std is None
-    x, y, noise_std = _validate.fit_inputs(x, y, num_experts, nonlinearity, noise_std,
-                                           streams=True, power=3)
-    weights = _validate.row_weights(weights, x.shape[0])
-    if weights is not None:
-        weights = weights.astype(x.dtype)
-    layout = layout_of(x, chunk_size)
-    given = x, y  # for the diagnosis of a failure
-    x, y, weights = _bucketed(x, y, weights, layout)
-    if learn:
-        noise_std = _initial_noise_std(y, nonlinearity, weights, layout)
-    _validate.noise_scale(noise_std, x.dtype, estimated=learn)
+    x, y, weights, noise_std, layout, given = _prepared(
+        x, y, num_experts, nonlinearity, noise_std, chunk_size, weights, power=3)
     _check_subspace_iters(num_subspace_iters)
     num_power_inits = _validate.count(num_power_inits, "num_power_inits")
     num_power_iters = _validate.count(num_power_iters, "num_power_iters")
