@@ -531,7 +531,7 @@ class FittedMoE:
         >>> 0 < glm.deviance() < glm.null_deviance()
         True
         """
-        return self._deviance("saturated_log_likelihood", self._stats().log_likelihood)
+        return self._deviance(self._stats().log_likelihood)
 
     def null_deviance(self) -> float:
         """The deviance of the null model (one expert with an intercept only, mu = mean(y)):
@@ -548,16 +548,17 @@ class FittedMoE:
         Traceback (most recent call last):
         ValueError: a mixture of gaussian experts has no deviance ...
         """
-        return self._deviance("saturated_log_likelihood",
-                              self._stats().null_log_likelihood)
+        return self._deviance(self._stats().null_log_likelihood)
 
-    def _deviance(self, saturated: str, log_likelihood) -> float:
+    def _deviance(self, log_likelihood) -> float:
+        """2 (log L_saturated - log_likelihood) on the training rows, or the ValueError of
+        `deviance`."""
         family = get_family(self.params.family)
         if family.saturated_log_density is None:
             raise ValueError(f"a mixture of {family.name} experts has no deviance (its "
                              "saturated likelihood is unbounded): compare -2 log-likelihood, "
                              "aic() or bic().")
-        top = getattr(self._stats(), saturated)
+        top = self._stats().saturated_log_likelihood
         if top is None:
             raise ValueError("this model was saved without its deviance (by a moejax before "
                              "0.3); refit it to get the deviance.")
